@@ -1,0 +1,36 @@
+# The rlyard services image: one image runs every service kind. docker-compose.yml
+# and k8s/ (both generated from configs/services.yaml) start `rlyard serve <kind>`
+# with the service's RLYARD_* environment, exactly as `rlyard up` does.
+FROM python:3.11.14-slim-trixie
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# The non-root user the containers run as (k8s/ sets runAsUser to the same id).
+RUN groupadd --system --gid 10001 rlyard \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin rlyard
+
+# torch first, from the CPU index, in its own layer: `pip install .` then finds
+# torch==2.13.0 installed and never pulls a CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /app
+# The repository minus .dockerignore: the code, configs/ and data/ (the table's
+# relative paths, e.g. RLYARD_TOOLS_DB_DIR=data/spider/database, resolve here).
+COPY . .
+RUN pip install --no-cache-dir . \
+ && rm -rf build ./*.egg-info
+
+USER 10001:10001
+
+# Defaults for a bare `docker run` of the CMD below (the sql-tools entry of the
+# table); Compose and Kubernetes set every variable of the service explicitly.
+ENV RLYARD_HOST=0.0.0.0 \
+    RLYARD_PORT=50051 \
+    RLYARD_METRICS_PORT=9101
+EXPOSE 50051 9101
+CMD ["rlyard", "serve", "tools"]

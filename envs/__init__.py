@@ -1,0 +1,1 @@
+"""envs (implemented by a later issue)."""

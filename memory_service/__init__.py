@@ -1,0 +1,1 @@
+"""memory_service (implemented by a later issue)."""

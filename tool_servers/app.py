@@ -1,0 +1,58 @@
+"""Assembles the tool server: settings → tools → executor → servicer → runtime."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from rlyard.interceptors import ConcurrencyLimiter
+from rlyard.server import ServiceDefinition
+from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
+from tool_servers.executor import ToolExecutor
+from tool_servers.registry import ToolContext, build_tools
+from tool_servers.servicer import ToolServicer
+from tool_servers.session import SessionStore
+from tool_servers.settings import ToolServerSettings
+
+SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
+
+
+def _build(settings: ToolServerSettings) -> tuple[ToolExecutor, ToolContext]:
+    pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="tool")
+    ctx = ToolContext(settings, pool)
+    tools = build_tools(settings.tools, ctx)
+    sessions = SessionStore(settings.session_idle_s, settings.max_sessions)
+    executor = ToolExecutor(tools, sessions)
+    sessions.validate = executor.validate_context
+    return executor, ctx
+
+
+def build_executor(settings: ToolServerSettings) -> tuple[ToolExecutor, ThreadPoolExecutor]:
+    """The tools named in ``settings`` behind an executor (fails on unknown names)."""
+    executor, ctx = _build(settings)
+    return executor, ctx.pool
+
+
+def tool_service(settings: ToolServerSettings) -> ServiceDefinition:
+    """The tool server as a ``ServiceDefinition`` for ``rlyard.server``."""
+    executor, ctx = _build(settings)
+
+    def register(server: grpc.aio.Server, limiter: ConcurrencyLimiter) -> None:
+        tools_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(executor, limiter), server)
+
+    async def stop() -> None:
+        await executor.sessions.stop()
+        ctx.pool.shutdown(wait=False, cancel_futures=True)
+        for resource in ctx.shared.values():
+            dispose = getattr(resource, "dispose", None)
+            if dispose is not None:
+                dispose()
+
+    return ServiceDefinition(
+        name="tools",
+        full_names=[SERVICE_NAME],
+        register=register,
+        on_start=[executor.sessions.start],
+        on_stop=[stop],
+    )

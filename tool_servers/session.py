@@ -1,0 +1,125 @@
+"""Per-trajectory sessions: context (e.g. the database) and tool state, freed on
+``CloseSession`` or after an idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlyard.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """State of one trajectory on this server."""
+
+    session_id: str
+    context: dict[str, str]
+    idle_timeout_s: float
+    last_used: float = field(default_factory=time.monotonic)
+    state: dict[str, Any] = field(default_factory=dict)   # tools keep per-session state here
+    ephemeral: bool = False                                # a one-off call's context
+
+    def touch(self) -> None:
+        """Mark as used now (postpones idle expiry)."""
+        self.last_used = time.monotonic()
+
+
+class SessionStore:
+    """Open sessions by id, with idle expiry by a background reaper."""
+
+    def __init__(
+        self,
+        default_idle_s: float,
+        max_sessions: int,
+        validate: Callable[[Mapping[str, str]], None] = lambda ctx: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.default_idle_s = default_idle_s
+        self.max_sessions = max_sessions
+        self.validate = validate
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, session_id: str, context: Mapping[str, str], idle_timeout_s: float) -> Session:
+        """Open a session; the context is validated against the tools first."""
+        if session_id and session_id in self._sessions:
+            raise AlreadyExists(f"session {session_id!r} is already open")
+        if len(session_id) > 256:
+            raise InvalidArgument("session_id is longer than 256 characters")
+        if len(self._sessions) >= self.max_sessions:
+            self.expire()
+            if len(self._sessions) >= self.max_sessions:
+                raise ResourceExhausted(
+                    f"{self.max_sessions} sessions are open; close sessions when trajectories end"
+                )
+        self.validate(context)
+        sid = session_id or uuid.uuid4().hex
+        idle = idle_timeout_s if idle_timeout_s > 0 else self.default_idle_s
+        session = Session(sid, dict(context), idle, last_used=self.clock())
+        self._sessions[sid] = session
+        logger.debug("session %s opened (%s)", sid, context)
+        return session
+
+    def ephemeral(self, context: Mapping[str, str]) -> Session:
+        """A throwaway session for a one-off call with inline context."""
+        self.validate(context)
+        return Session("", dict(context), 0.0, ephemeral=True)
+
+    def get(self, session_id: str) -> Session:
+        """The open session, touched; NOT_FOUND if unknown or expired."""
+        session = self._sessions.get(session_id)
+        if session is not None and self.clock() - session.last_used > session.idle_timeout_s:
+            # expired but not reaped yet (the reaper runs at a quarter of the default timeout)
+            del self._sessions[session_id]
+            session = None
+        if session is None:
+            raise NotFound(
+                f"session {session_id!r} is not open (never opened, closed, or expired when idle)"
+            )
+        session.last_used = self.clock()
+        return session
+
+    def close(self, session_id: str) -> bool:
+        """Free a session; returns whether it existed."""
+        return self._sessions.pop(session_id, None) is not None
+
+    def expire(self) -> int:
+        """Free sessions idle past their timeout; returns how many."""
+        now = self.clock()
+        dead = [s.session_id for s in self._sessions.values() if now - s.last_used > s.idle_timeout_s]
+        for sid in dead:
+            del self._sessions[sid]
+            logger.info("session %s expired after being idle", sid)
+        return len(dead)
+
+    async def start(self) -> None:
+        """Start the background reaper."""
+        interval = max(0.05, min(30.0, self.default_idle_s / 4))
+
+        async def reap() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.expire()
+
+        self._reaper = asyncio.get_running_loop().create_task(reap())
+
+    async def stop(self) -> None:
+        """Stop the reaper and drop every session."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        self._sessions.clear()

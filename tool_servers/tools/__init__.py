@@ -1,0 +1,1 @@
+"""Tool plug-ins: one module per tool, named after the tool."""

@@ -1,0 +1,97 @@
+"""What the SQL tools share: the databases of a server and the table rendering."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rlyard.errors import InvalidArgument
+from tool_servers.registry import ToolContext
+from tool_servers.session import Session
+from tool_servers.sqlite_db import QueryResult, SqliteDatabases, SqlLimits, to_jsonable
+
+
+def databases(ctx: ToolContext) -> SqliteDatabases:
+    """The server's ``SqliteDatabases`` (one per server, shared by its SQL tools)."""
+    dbs = ctx.shared.get("sqlite_databases")
+    if dbs is None:
+        dbs = ctx.shared["sqlite_databases"] = SqliteDatabases(ctx.settings.db_dir, ctx.settings.worker_threads)
+    assert isinstance(dbs, SqliteDatabases)
+    return dbs
+
+
+def limits(ctx: ToolContext) -> SqlLimits:
+    """The per-query caps from the server's settings."""
+    s = ctx.settings
+    return SqlLimits(s.sql_timeout_s, s.sql_max_rows, s.sql_max_bytes, s.sql_count_limit)
+
+
+def validate_db_context(ctx: ToolContext, context: Mapping[str, str]) -> None:
+    """A session of the SQL tools names an existing database."""
+    if "db_id" not in context:
+        raise InvalidArgument("the SQL tools need a session context with a db_id")
+    databases(ctx).resolve(context["db_id"])
+
+
+def db_id_of(session: Session) -> str:
+    """The database of a session (validated when the session opened)."""
+    return session.context["db_id"]
+
+
+def _cell(value: Any, width: int) -> str:
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, bytes):
+        text = f"<blob {len(value)} bytes>"
+    elif isinstance(value, float):
+        text = repr(value)
+    else:
+        text = str(value)
+    text = text.replace("\n", " ").replace("|", "/")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    more_rows: int,
+    more_exact: bool,
+    max_rows: int,
+    cell_chars: int,
+    max_chars: int,
+) -> tuple[str, int]:
+    """A compact table for the model: a header, rows, and an explicit marker for
+    what was left out ("… N more rows"). Returns the text and how many rows it hides."""
+    if not columns:
+        return "(statement returned no columns)", 0
+    lines = [" | ".join(columns)]
+    shown = 0
+    used = len(lines[0])
+    for row in rows[:max_rows]:
+        line = " | ".join(_cell(v, cell_chars) for v in row)
+        if used + len(line) + 1 > max_chars and shown > 0:
+            break
+        lines.append(line)
+        used += len(line) + 1
+        shown += 1
+    hidden = len(rows) - shown + more_rows
+    if not rows:
+        lines.append("(no rows)")
+    elif hidden > 0 or not more_exact:
+        prefix = "more than " if not more_exact else ""
+        lines.append(f"… {prefix}{hidden} more row{'s' if hidden != 1 else ''} "
+                     f"({shown} of {'over ' if not more_exact else ''}{len(rows) + more_rows} shown)")
+    return "\n".join(lines), hidden
+
+
+def structured_rows(result: QueryResult) -> dict[str, Any]:
+    """The rows as rewards read them."""
+    return {
+        "columns": result.columns,
+        "rows": [[to_jsonable(v) for v in row] for row in result.rows],
+        "row_count": len(result.rows),
+        "more_rows": result.more_rows,
+        "more_rows_exact": result.more_rows_exact,
+        "truncated": result.truncated,
+    }

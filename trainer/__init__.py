@@ -1,0 +1,1 @@
+"""trainer (implemented by a later issue)."""
