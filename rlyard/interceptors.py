@@ -36,20 +36,19 @@ class ConcurrencyLimiter:
         self.service = service
         self.limit = limit
         self.in_flight = 0
-        self._gauge = metrics.RPC_IN_FLIGHT.labels(service)
+        # read when Prometheus scrapes, so the hot path does no metric update
+        metrics.RPC_IN_FLIGHT.labels(service).set_function(lambda: self.in_flight)
 
     def try_acquire(self, n: int = 1) -> bool:
         """Take ``n`` slots if they are free; the event loop is single-threaded."""
         if self.in_flight + n > self.limit:
             return False
         self.in_flight += n
-        self._gauge.set(self.in_flight)
         return True
 
     def release(self, n: int = 1) -> None:
         """Give back ``n`` slots."""
         self.in_flight -= n
-        self._gauge.set(self.in_flight)
 
 
 def _code_name(code: grpc.StatusCode | None) -> str:

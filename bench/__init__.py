@@ -1,0 +1,1 @@
+"""Benchmarks of rlyard's runtime (run as ``python -m bench.<name>``)."""
