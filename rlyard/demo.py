@@ -1,10 +1,11 @@
 """The embedded demo (the README's main command, for now).
 
-Starts the SQL tool server of the ``sql`` profile as a local process over the
-Spider dev databases, runs a short scripted session of real calls through the
-gRPC client — schema discovery, queries, an SQL error the agent then fixes, a
-refused write, a batch of Spider gold queries over the CallTools stream — and
-writes ``runs/demo-<time>/report.json`` and ``transcript.md``.
+Starts the services of the ``sql`` profile (the SQL tool server over the Spider
+dev databases and the reward service) as local processes, runs a short scripted
+session of real calls through the gRPC client — schema discovery, queries, an
+SQL error the agent then fixes, a refused write, a batch of Spider gold queries
+over the CallTools stream — scores three answers with ``sql_execution`` through
+the reward service, and writes ``runs/demo-<time>/report.json`` and ``transcript.md``.
 Later issues turn this into the training demo.
 """
 
@@ -55,6 +56,29 @@ SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
      {"query": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}),
     ("malformed arguments get a readable error", "sql_query", {"sql": "SELECT 1"}),
 ]
+
+
+async def _rewards(target: str) -> list[dict[str, Any]]:
+    """Score three answers to one question through the reward service: the right SQL,
+    the right SQL with its columns swapped (equal under Spider semantics), a wrong one."""
+    from reward_service.convert import item_to_pb, spec_to_pb
+    from reward_service.spec import parse_spec
+    from reward_service.types import ScoringItem
+    from rlyard.reward_client import RewardClient
+
+    gold = {"db_id": "concert_singer", "query": "SELECT name, country FROM singer WHERE age > 40"}
+    answers = {
+        "right": "SELECT name, country FROM singer WHERE age > 40",
+        "columns swapped": "SELECT country, name FROM singer WHERE age > 40",
+        "wrong": "SELECT name, country FROM singer WHERE age > 30",
+    }
+    spec = spec_to_pb(parse_spec({"sql_execution": 1.0}))
+    async with RewardClient(target, timeout=30.0) as client:
+        results = await client.score_batch(
+            [item_to_pb(ScoringItem(k, v, ground_truth=gold)) for k, v in answers.items()], default_spec=spec
+        )
+    return [{"answer": r.item_id, "sql": answers[r.item_id], "total": r.total, "explanation": r.explanation}
+            for r in results]
 
 
 async def _session(target: str, progress: Progress) -> tuple[list[Step], dict[str, Any]]:
@@ -113,6 +137,8 @@ def run_demo(output_dir: Path, console: Console) -> int:
         target = next(e.target for e in endpoints.values() if e.kind == "tools")
         with Progress(console=console, transient=True) as progress:
             steps, batch = asyncio.run(_session(target, progress))
+        reward_target = next(e.target for e in endpoints.values() if e.kind == "reward")
+        scored = asyncio.run(_rewards(reward_target))
 
     table = Table("#", "why", "call", "result", "ms", show_lines=True)
     for i, s in enumerate(steps, 1):
@@ -124,6 +150,10 @@ def run_demo(output_dir: Path, console: Console) -> int:
                   f"{batch['wall_seconds']} s ({batch['calls_per_second']} calls/s), "
                   f"{batch['errors']} errors")
 
+    console.print("Rewards (sql_execution through the reward service, which runs both queries on the tool server):")
+    for r in scored:
+        console.print(f"  {r['answer']:<16} {r['total']:.1f}  {r['explanation']}", markup=False)
+
     report = {
         "kind": "demo",
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
@@ -131,6 +161,7 @@ def run_demo(output_dir: Path, console: Console) -> int:
         "services": [{"name": s.name, "kind": s.kind} for s in specs],
         "session": [asdict(s) for s in steps],
         "spider_gold_batch": batch,
+        "rewards": scored,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# rlyard demo transcript", ""]
@@ -141,6 +172,9 @@ def run_demo(output_dir: Path, console: Console) -> int:
     console.print(f"report: [bold]{out / 'report.json'}[/], transcript: {out / 'transcript.md'}")
     expected_errors = {3, 5, 6, 7}  # 0-based steps that must be refused
     wrong = [i + 1 for i, s in enumerate(steps) if s.is_error != (i in expected_errors)]
+    if [r["total"] for r in scored] != [1.0, 1.0, 0.0]:
+        console.print("[red]unexpected rewards[/]")
+        return 1
     if wrong or batch["errors"]:
         console.print(f"[red]unexpected outcomes in steps {wrong}, {batch['errors']} gold errors[/]")
         return 1

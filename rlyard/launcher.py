@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rlyard.errors import ConfigError
 from rlyard.services import ROOT, ServiceSpec
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class Launcher:
         port = 0 if self.ephemeral_ports else spec.port
         metrics = 0 if self.ephemeral_ports else spec.metrics_port
         env = dict(os.environ)
-        env.update(spec.runtime_env(self.host, port, metrics))
+        peers = {dep: self.endpoints[dep].target for dep in spec.depends_on}
+        env.update(spec.runtime_env(self.host, port, metrics, peers))
         # relative paths in the table are relative to the repository root
         for key, value in spec.env.items():
             if key.endswith("_DIR") and not os.path.isabs(value):
@@ -125,10 +127,19 @@ class Launcher:
         return env
 
     def start(self, on_ready: Callable[[Endpoint], None] | None = None) -> dict[str, Endpoint]:
-        """Start every service and wait until each is SERVING; on failure stop them all."""
+        """Start the services in table order — each after the services it depends on are
+        SERVING, so their real addresses reach it — and wait until every one is SERVING;
+        on failure stop them all."""
+        names = {s.name for s in self.specs}
+        for spec in self.specs:
+            missing = [d for d in spec.depends_on if d not in names]
+            if missing:
+                raise ConfigError(
+                    f"{spec.name} depends on {', '.join(missing)}, which this profile does not start; "
+                    "add them to the profile"
+                )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            pending: dict[str, tuple[ServiceSpec, Path, Path]] = {}
             for spec in self.specs:
                 ready = self.run_dir / f"{spec.name}.ready.json"
                 ready.unlink(missing_ok=True)
@@ -143,10 +154,8 @@ class Launcher:
                         stdin=subprocess.DEVNULL,
                         preexec_fn=_die_with_parent,
                     )
-                pending[spec.name] = (spec, ready, log_file)
-            for name, (spec, ready, log_file) in pending.items():
                 endpoint = self._wait_ready(spec, ready, log_file)
-                self.endpoints[name] = endpoint
+                self.endpoints[spec.name] = endpoint
                 if on_ready is not None:
                     on_ready(endpoint)
         except BaseException:

@@ -6,7 +6,9 @@ table, so they start the same command with the same environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from rlyard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TABLE = ROOT / "configs" / "services.yaml"
+_PLACEHOLDER = re.compile(r"\{([a-z0-9][a-z0-9-]*)\}")
 
 
 @dataclass(frozen=True)
@@ -39,20 +42,33 @@ class ServiceSpec:
     replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
+    depends_on: tuple[str, ...] = ()
+    # name -> port of each service this one depends on (filled from the table)
+    peer_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def command(self) -> list[str]:
         """The command every deployment runs."""
         return ["rlyard", "serve", self.kind]
 
-    def runtime_env(self, host: str, port: int, metrics_port: int | None) -> dict[str, str]:
-        """The complete environment of one instance."""
+    def runtime_env(
+        self, host: str, port: int, metrics_port: int | None, peers: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The complete environment of one instance.
+
+        ``{name}`` in an env value becomes the address of the service ``name`` (one of
+        ``depends_on``): ``peers[name]`` when given (the launcher passes the real
+        loopback addresses), else ``name:port`` — the DNS name Compose and Kubernetes give it.
+        """
         env = {
             "RLYARD_HOST": host,
             "RLYARD_PORT": str(port),
             "RLYARD_METRICS_PORT": "" if metrics_port is None else str(metrics_port),
         }
-        env.update(self.env)
+        addresses = {n: f"{n}:{p}" for n, p in self.peer_ports.items()}
+        addresses.update(peers or {})
+        for key, value in self.env.items():
+            env[key] = _PLACEHOLDER.sub(lambda m: addresses[m.group(1)], value)
         return env
 
 
@@ -90,6 +106,7 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             replicas=int(raw.get("replicas", 1)),
             env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
             resources=Resources(**(raw.get("resources") or {})),
+            depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad service entry {raw!r} in the service table: {exc}") from None
@@ -105,4 +122,18 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     ports = [p for s in services for p in (s.port, s.metrics_port)]
     if len(set(ports)) != len(ports):
         raise ConfigError(f"{path}: every port and metrics_port must be unique, got {ports}")
-    return ServiceTable(image=str(data["image"]), services=services)
+    seen: dict[str, int] = {}
+    resolved = []
+    for s in services:
+        for dep in s.depends_on:
+            if dep not in seen:
+                raise ConfigError(
+                    f"{path}: {s.name} depends on {dep!r}, which must be a service listed before it"
+                )
+        for key, value in s.env.items():
+            for ref in _PLACEHOLDER.findall(value):
+                if ref not in s.depends_on:
+                    raise ConfigError(f"{path}: {s.name}.env.{key} refers to {{{ref}}}; add {ref} to depends_on")
+        resolved.append(replace(s, peer_ports={d: seen[d] for d in s.depends_on}))
+        seen[s.name] = s.port
+    return ServiceTable(image=str(data["image"]), services=tuple(resolved))

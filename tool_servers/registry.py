@@ -9,8 +9,6 @@ duplicate name, and ``build_tools`` fails at start-up on an unknown one.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from rlyard.errors import ConfigError
+from rlyard.plugins import add_plugin, check_known, import_modules
 from tool_servers.result import ToolResult
 from tool_servers.session import Session
 from tool_servers.settings import ToolServerSettings
@@ -60,26 +58,17 @@ _TOOL_PACKAGE = "tool_servers.tools"
 
 def register(cls: type[T]) -> type[T]:
     """Class decorator: add a tool to the registry under its ``name``."""
-    name = cls.name  # type: ignore[attr-defined]
-    if name in REGISTRY and REGISTRY[name] is not cls:
-        raise ConfigError(f"tool name {name!r} is registered twice ({REGISTRY[name]} and {cls})")
-    REGISTRY[name] = cls  # type: ignore[assignment]
+    add_plugin(REGISTRY, "tool", cls)
     return cls
 
 
 def load_plugins() -> None:
     """Import every module of ``tool_servers.tools`` so that they register."""
-    package = importlib.import_module(_TOOL_PACKAGE)
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{_TOOL_PACKAGE}.{info.name}")
+    import_modules(_TOOL_PACKAGE)
 
 
 def build_tools(names: tuple[str, ...] | list[str], ctx: ToolContext) -> dict[str, Tool]:
     """Instantiate the named tools; an unknown name is a start-up error."""
     load_plugins()
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise ConfigError(
-            f"unknown tool(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))}"
-        )
+    check_known(REGISTRY, "tool", names)
     return {name: REGISTRY[name](ctx) for name in names}

@@ -5,6 +5,7 @@
     rlyard tool list                   the tools a tool server offers
     rlyard tool call NAME JSON --db ID call one tool
     rlyard serve KIND                  run one service in the foreground (used by up/compose/k8s)
+    rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard demo                        the embedded demo: services up, a scripted session, a report
 """
@@ -157,6 +158,12 @@ def _cmd_deploy(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reward(ns: argparse.Namespace) -> int:
+    from rlyard.cli import reward
+
+    return reward.run(ns, console)
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from rlyard.demo import run_demo
 
@@ -206,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = dsub.add_parser("render", help="regenerate docker-compose.yml and k8s/ from the service table")
     r.add_argument("--check", action="store_true", help="fail if the committed files are out of date")
     p.set_defaults(fn=_cmd_deploy)
+
+    p = sub.add_parser("reward", help="score predictions or trajectories")
+    rsub = p.add_subparsers(dest="reward_cmd", required=True)
+    r = rsub.add_parser("score", help="score a JSONL file with a reward spec")
+    r.add_argument("--spec", required=True, help='JSON/YAML or a file, e.g. \'{"sql_execution": 1.0}\'')
+    r.add_argument("--input", required=True, help="JSONL: id, prediction or trajectory, ground_truth")
+    r.add_argument("--output", required=True, help="JSONL: id, total, components, status, error")
+    r.add_argument("--target", help="HOST:PORT of a reward service (default: start one embedded)")
+    r.add_argument("--sql-db-dir", default=str(ROOT / "data" / "spider" / "database"),
+                   help="SQLite databases for the embedded SQL tool server")
+    r.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(fn=_cmd_reward)
 
     p = sub.add_parser("demo", help="start the services, run a scripted session, write a report")
     p.add_argument("--output-dir", default="runs")

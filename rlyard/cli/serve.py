@@ -19,8 +19,15 @@ def _tools() -> ServiceDefinition:
     return tool_service(ToolServerSettings.from_env("RLYARD_TOOLS"))
 
 
-# kind -> factory of its ServiceDefinition (later issues add reward, memory, trainer)
-FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools}
+def _reward() -> ServiceDefinition:
+    from reward_service.app import reward_service
+    from reward_service.settings import RewardSettings
+
+    return reward_service(RewardSettings.from_env("RLYARD_REWARD"))
+
+
+# kind -> factory of its ServiceDefinition (later issues add memory and trainer)
+FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward}
 
 
 def configure_logging(level: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from rlyard import deploy
-from rlyard.launcher import Launcher
+from rlyard.launcher import Endpoint, Launcher
 from rlyard.services import DEFAULT_TABLE, ROOT, ServiceSpec, ServiceTable, load_table
 
 RENDER_HINT = "generated deployment files are out of date: run `rlyard deploy render`"
@@ -200,7 +200,7 @@ def _unescape(env: dict[str, str | None]) -> dict[str, str | None]:
 
 def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
     services = _compose_model()["services"]
-    assert list(services) == [s.name for s in table.services]
+    assert sorted(services) == sorted(s.name for s in table.services)
     for spec in table.services:
         svc = services[spec.name]
         assert svc["image"] == table.image
@@ -268,10 +268,16 @@ def test_launcher_uses_the_same_environment(table: ServiceTable, tmp_path: Path)
     """`rlyard up` gives each child the table's environment too (host aside, and with
     relative *_DIR paths made absolute against the repository root)."""
     for spec in table.services:
-        env = Launcher([spec], tmp_path)._env(spec, tmp_path / "ready.json")
+        launcher = Launcher([spec], tmp_path)
+        for dep in spec.depends_on:  # the launcher passes the real address of each started peer
+            launcher.endpoints[dep] = Endpoint(dep, "x", "127.0.0.1", 40000 + len(launcher.endpoints), None, 0,
+                                               tmp_path / "log")
+        env = launcher._env(spec, tmp_path / "ready.json")
         for key, value in deploy.container_env(spec).items():
             if key == "RLYARD_HOST":
                 continue
+            for dep in spec.depends_on:  # {dep} is dep:port in containers, the real address locally
+                value = value.replace(f"{dep}:{spec.peer_ports[dep]}", launcher.endpoints[dep].target)
             if key.endswith("_DIR") and not os.path.isabs(value):
                 value = str(ROOT / value)
             assert env[key] == value, key

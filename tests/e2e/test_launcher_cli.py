@@ -143,4 +143,5 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert [s["tool"] for s in report["session"]][:3] == ["list_tables", "describe_table", "sql_query"]
     assert report["session"][2]["output"].splitlines() == ["count(*)", "6"]
     assert report["spider_gold_batch"]["errors"] == 0
+    assert [r["total"] for r in report["rewards"]] == [1.0, 1.0, 0.0]
     assert (reports[0].parent / "transcript.md").read_text().startswith("# rlyard demo transcript")

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from rlyard.common.v1 import common_pb2 as rlyard_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drlyard/reward/v1/reward.proto\x12\x10rlyard.reward.v1\x1a\x1drlyard/common/v1/common.proto\"w\n\nRewardInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.rlyard.reward.v1.RewardKind\x12\x1a\n\x12params_json_schema\x18\x04 \x01(\t\"\x14\n\x12ListRewardsRequest\"D\n\x13ListRewardsResponse\x12-\n\x07rewards\x18\x01 \x03(\x0b\x32\x1c.rlyard.reward.v1.RewardInfo\"?\n\nRewardTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\"9\n\nRewardSpec\x12+\n\x05terms\x18\x01 \x03(\x0b\x32\x1c.rlyard.reward.v1.RewardTerm\"\xc3\x01\n\x0cScoreRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x30\n\ntrajectory\x18\x02 \x01(\x0b\x32\x1c.rlyard.common.v1.Trajectory\x12\x12\n\nprediction\x18\x03 \x01(\t\x12\x19\n\x11ground_truth_json\x18\x04 \x01(\t\x12*\n\x04spec\x18\x05 \x01(\x0b\x32\x1c.rlyard.reward.v1.RewardSpec\x12\x15\n\rtraining_step\x18\x06 \x01(\x03\"S\n\x0fRewardComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"B\n\nStepReward\x12\x12\n\nturn_index\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tcomponent\x18\x03 \x01(\t\"\xed\x01\n\rScoreResponse\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12\x35\n\ncomponents\x18\x03 \x03(\x0b\x32!.rlyard.reward.v1.RewardComponent\x12\x32\n\x0cstep_rewards\x18\x04 \x03(\x0b\x32\x1c.rlyard.reward.v1.StepReward\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.rlyard.reward.v1.ScoreStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"B\n\x11ScoreBatchRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.rlyard.reward.v1.ScoreRequest\"F\n\x12ScoreBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.rlyard.reward.v1.ScoreResponse*\x9a\x01\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10REWARD_KIND_RULE\x10\x01\x12!\n\x1dREWARD_KIND_TOOL_VERIFICATION\x10\x02\x12\x1b\n\x17REWARD_KIND_MODEL_JUDGE\x10\x03\x12\x19\n\x15REWARD_KIND_COMPOSITE\x10\x04*_\n\x0bScoreStatus\x12\x1c\n\x18SCORE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCORE_STATUS_OK\x10\x01\x12\x1d\n\x19SCORE_STATUS_SYSTEM_ERROR\x10\x02\x32\x8e\x02\n\rRewardService\x12Z\n\x0bListRewards\x12$.rlyard.reward.v1.ListRewardsRequest\x1a%.rlyard.reward.v1.ListRewardsResponse\x12H\n\x05Score\x12\x1e.rlyard.reward.v1.ScoreRequest\x1a\x1f.rlyard.reward.v1.ScoreResponse\x12W\n\nScoreBatch\x12#.rlyard.reward.v1.ScoreBatchRequest\x1a$.rlyard.reward.v1.ScoreBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drlyard/reward/v1/reward.proto\x12\x10rlyard.reward.v1\x1a\x1drlyard/common/v1/common.proto\"w\n\nRewardInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.rlyard.reward.v1.RewardKind\x12\x1a\n\x12params_json_schema\x18\x04 \x01(\t\"\x14\n\x12ListRewardsRequest\"D\n\x13ListRewardsResponse\x12-\n\x07rewards\x18\x01 \x03(\x0b\x32\x1c.rlyard.reward.v1.RewardInfo\"?\n\nRewardTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\"9\n\nRewardSpec\x12+\n\x05terms\x18\x01 \x03(\x0b\x32\x1c.rlyard.reward.v1.RewardTerm\"\xc3\x01\n\x0cScoreRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x30\n\ntrajectory\x18\x02 \x01(\x0b\x32\x1c.rlyard.common.v1.Trajectory\x12\x12\n\nprediction\x18\x03 \x01(\t\x12\x19\n\x11ground_truth_json\x18\x04 \x01(\t\x12*\n\x04spec\x18\x05 \x01(\x0b\x32\x1c.rlyard.reward.v1.RewardSpec\x12\x15\n\rtraining_step\x18\x06 \x01(\x03\"\x82\x01\n\x0fRewardComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.rlyard.reward.v1.ScoreStatus\"B\n\nStepReward\x12\x12\n\nturn_index\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tcomponent\x18\x03 \x01(\t\"\xed\x01\n\rScoreResponse\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x01\x12\x35\n\ncomponents\x18\x03 \x03(\x0b\x32!.rlyard.reward.v1.RewardComponent\x12\x32\n\x0cstep_rewards\x18\x04 \x03(\x0b\x32\x1c.rlyard.reward.v1.StepReward\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.rlyard.reward.v1.ScoreStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"v\n\x11ScoreBatchRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.rlyard.reward.v1.ScoreRequest\x12\x32\n\x0c\x64\x65\x66\x61ult_spec\x18\x02 \x01(\x0b\x32\x1c.rlyard.reward.v1.RewardSpec\"F\n\x12ScoreBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.rlyard.reward.v1.ScoreResponse*\x9a\x01\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10REWARD_KIND_RULE\x10\x01\x12!\n\x1dREWARD_KIND_TOOL_VERIFICATION\x10\x02\x12\x1b\n\x17REWARD_KIND_MODEL_JUDGE\x10\x03\x12\x19\n\x15REWARD_KIND_COMPOSITE\x10\x04*\x7f\n\x0bScoreStatus\x12\x1c\n\x18SCORE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCORE_STATUS_OK\x10\x01\x12\x1d\n\x19SCORE_STATUS_SYSTEM_ERROR\x10\x02\x12\x1e\n\x1aSCORE_STATUS_INVALID_INPUT\x10\x03\x32\x8e\x02\n\rRewardService\x12Z\n\x0bListRewards\x12$.rlyard.reward.v1.ListRewardsRequest\x1a%.rlyard.reward.v1.ListRewardsResponse\x12H\n\x05Score\x12\x1e.rlyard.reward.v1.ScoreRequest\x1a\x1f.rlyard.reward.v1.ScoreResponse\x12W\n\nScoreBatch\x12#.rlyard.reward.v1.ScoreBatchRequest\x1a$.rlyard.reward.v1.ScoreBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlyard.reward.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REWARDKIND']._serialized_start=1151
-  _globals['_REWARDKIND']._serialized_end=1305
-  _globals['_SCORESTATUS']._serialized_start=1307
-  _globals['_SCORESTATUS']._serialized_end=1402
+  _globals['_REWARDKIND']._serialized_start=1251
+  _globals['_REWARDKIND']._serialized_end=1405
+  _globals['_SCORESTATUS']._serialized_start=1407
+  _globals['_SCORESTATUS']._serialized_end=1534
   _globals['_REWARDINFO']._serialized_start=82
   _globals['_REWARDINFO']._serialized_end=201
   _globals['_LISTREWARDSREQUEST']._serialized_start=203
@@ -48,16 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REWARDSPEC']._serialized_end=417
   _globals['_SCOREREQUEST']._serialized_start=420
   _globals['_SCOREREQUEST']._serialized_end=615
-  _globals['_REWARDCOMPONENT']._serialized_start=617
-  _globals['_REWARDCOMPONENT']._serialized_end=700
-  _globals['_STEPREWARD']._serialized_start=702
-  _globals['_STEPREWARD']._serialized_end=768
-  _globals['_SCORERESPONSE']._serialized_start=771
-  _globals['_SCORERESPONSE']._serialized_end=1008
-  _globals['_SCOREBATCHREQUEST']._serialized_start=1010
-  _globals['_SCOREBATCHREQUEST']._serialized_end=1076
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=1078
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=1148
-  _globals['_REWARDSERVICE']._serialized_start=1405
-  _globals['_REWARDSERVICE']._serialized_end=1675
+  _globals['_REWARDCOMPONENT']._serialized_start=618
+  _globals['_REWARDCOMPONENT']._serialized_end=748
+  _globals['_STEPREWARD']._serialized_start=750
+  _globals['_STEPREWARD']._serialized_end=816
+  _globals['_SCORERESPONSE']._serialized_start=819
+  _globals['_SCORERESPONSE']._serialized_end=1056
+  _globals['_SCOREBATCHREQUEST']._serialized_start=1058
+  _globals['_SCOREBATCHREQUEST']._serialized_end=1176
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=1178
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=1248
+  _globals['_REWARDSERVICE']._serialized_start=1537
+  _globals['_REWARDSERVICE']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

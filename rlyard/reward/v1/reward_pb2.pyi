@@ -21,6 +21,7 @@ class ScoreStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCORE_STATUS_UNSPECIFIED: _ClassVar[ScoreStatus]
     SCORE_STATUS_OK: _ClassVar[ScoreStatus]
     SCORE_STATUS_SYSTEM_ERROR: _ClassVar[ScoreStatus]
+    SCORE_STATUS_INVALID_INPUT: _ClassVar[ScoreStatus]
 REWARD_KIND_UNSPECIFIED: RewardKind
 REWARD_KIND_RULE: RewardKind
 REWARD_KIND_TOOL_VERIFICATION: RewardKind
@@ -29,6 +30,7 @@ REWARD_KIND_COMPOSITE: RewardKind
 SCORE_STATUS_UNSPECIFIED: ScoreStatus
 SCORE_STATUS_OK: ScoreStatus
 SCORE_STATUS_SYSTEM_ERROR: ScoreStatus
+SCORE_STATUS_INVALID_INPUT: ScoreStatus
 
 class RewardInfo(_message.Message):
     __slots__ = ("name", "description", "kind", "params_json_schema")
@@ -85,16 +87,18 @@ class ScoreRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., trajectory: _Optional[_Union[_common_pb2.Trajectory, _Mapping]] = ..., prediction: _Optional[str] = ..., ground_truth_json: _Optional[str] = ..., spec: _Optional[_Union[RewardSpec, _Mapping]] = ..., training_step: _Optional[int] = ...) -> None: ...
 
 class RewardComponent(_message.Message):
-    __slots__ = ("name", "value", "weight", "explanation")
+    __slots__ = ("name", "value", "weight", "explanation", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: float
     weight: float
     explanation: str
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., explanation: _Optional[str] = ...) -> None: ...
+    status: ScoreStatus
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., explanation: _Optional[str] = ..., status: _Optional[_Union[ScoreStatus, str]] = ...) -> None: ...
 
 class StepReward(_message.Message):
     __slots__ = ("turn_index", "value", "component")
@@ -125,10 +129,12 @@ class ScoreResponse(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., total: _Optional[float] = ..., components: _Optional[_Iterable[_Union[RewardComponent, _Mapping]]] = ..., step_rewards: _Optional[_Iterable[_Union[StepReward, _Mapping]]] = ..., explanation: _Optional[str] = ..., status: _Optional[_Union[ScoreStatus, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "default_spec")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SPEC_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoreRequest]
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ...) -> None: ...
+    default_spec: RewardSpec
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ..., default_spec: _Optional[_Union[RewardSpec, _Mapping]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
     __slots__ = ("results",)

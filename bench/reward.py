@@ -1,0 +1,192 @@
+"""How much does the reward service add over scoring in-process?
+
+``ScoreBatch`` of ``--batch`` items (default 256) through a reward service in
+its own process, against ``Scorer.score_batch`` with the same rewards called in
+this process, for:
+
+- ``qa_f1`` on Natural Questions answers (``data/nq``), predictions drawn from
+  the gold answers with edits so that F1 varies;
+- ``sql_execution`` on Spider dev pairs (``data/spider/dev.json``): half the
+  predictions are the gold query, half another query of the same database. In
+  both modes the SQL runs on the same SQL tool server (its own process): the
+  reward service is a client of it, as in a deployment.
+
+Each mode is warmed up (gold results cached), then timed over ``--repeats``
+batches. Writes ``bench/results/reward.json`` with throughput, batch latency and
+the overhead ratio; the goal is < 20% over in-process at batch 256.
+
+``python -m bench.reward [--batch 256] [--repeats 5] [--output F]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from reward_service.app import build_scorer
+from reward_service.convert import item_to_pb, spec_to_pb
+from reward_service.scorer import OK, Scorer
+from reward_service.settings import RewardSettings
+from reward_service.spec import Spec, parse_spec
+from reward_service.types import ScoringItem
+from rlyard.launcher import Launcher
+from rlyard.reward.v1 import reward_pb2
+from rlyard.reward_client import RewardClient
+from rlyard.services import ServiceSpec
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "reward.json"
+GOAL_OVERHEAD = 0.20
+
+
+def qa_items(n: int, rng: random.Random) -> list[ScoringItem]:
+    """NQ questions with predictions made from their answers (exact, partial, wrong)."""
+    rows = [json.loads(line) for line in (REPO / "data" / "nq" / "test.jsonl").read_text().splitlines() if line]
+    items = []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        gold = row["golden_answers"]
+        pick = rng.choice(gold)
+        kind = i % 3
+        prediction = pick if kind == 0 else f"it is {pick.split()[0]} probably" if kind == 1 else "no idea"
+        items.append(ScoringItem(f"qa{i}", prediction, ground_truth={"answers": gold}))
+    return items
+
+
+def sql_items(n: int, rng: random.Random) -> list[ScoringItem]:
+    """Spider dev pairs: even items predict the gold, odd ones another query of the same db."""
+    dev = json.loads((REPO / "data" / "spider" / "dev.json").read_text())
+    by_db: dict[str, list[str]] = {}
+    for d in dev:
+        by_db.setdefault(d["db_id"], []).append(d["query"])
+    items = []
+    for i in range(n):
+        d = dev[i % len(dev)]
+        prediction = d["query"] if i % 2 == 0 else rng.choice(by_db[d["db_id"]])
+        items.append(ScoringItem(f"sql{i}", prediction, ground_truth={"db_id": d["db_id"], "query": d["query"]}))
+    return items
+
+
+async def _time(fn: Callable[[], Awaitable[Any]], repeats: int) -> list[float]:
+    await fn()  # warm-up: caches, connections
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _stats(times: list[float], batch: int) -> dict[str, float]:
+    median = statistics.median(times)
+    return {
+        "batch_seconds_median": round(median, 5),
+        "batch_seconds_min": round(min(times), 5),
+        "batch_seconds_max": round(max(times), 5),
+        "items_per_second": round(batch / median, 1),
+    }
+
+
+async def measure(
+    name: str, items: list[ScoringItem], spec: Spec, scorer: Scorer, client: RewardClient, repeats: int
+) -> dict[str, Any]:
+    """In-process vs service for one reward."""
+    plan = [(item, spec) for item in items]
+    requests = [item_to_pb(item) for item in items]
+    spec_pb = spec_to_pb(spec)
+
+    async def in_process() -> None:
+        results = await scorer.score_batch(plan)
+        assert all(r.status == OK for r in results), [r.error for r in results if r.status != OK][:3]
+
+    async def service() -> None:
+        results = await client.score_batch(requests, default_spec=spec_pb)
+        assert all(r.status == reward_pb2.SCORE_STATUS_OK for r in results), [r.error for r in results][:3]
+
+    local = _stats(await _time(in_process, repeats), len(items))
+    remote = _stats(await _time(service, repeats), len(items))
+    overhead = remote["batch_seconds_median"] / local["batch_seconds_median"] - 1.0
+    return {
+        "reward": name,
+        "batch": len(items),
+        "in_process": local,
+        "service": remote,
+        "overhead": round(overhead, 4),
+        "goal": f"< {GOAL_OVERHEAD:.0%} over in-process",
+        "pass": overhead < GOAL_OVERHEAD,
+    }
+
+
+def _services(tmp: Path) -> Launcher:
+    tools = ServiceSpec("bench-sql-tools", "tools", 0, 0, env={
+        "RLYARD_TOOLS_DB_DIR": str(REPO / "data" / "spider" / "database")})
+    reward = ServiceSpec("bench-reward", "reward", 0, 0, depends_on=("bench-sql-tools",), peer_ports={
+        "bench-sql-tools": 0}, env={"RLYARD_REWARD_SQL_TOOLS_TARGET": "{bench-sql-tools}",
+                                    "RLYARD_REWARD_BATCH_CONCURRENCY": "32"})
+    return Launcher([tools, reward], tmp, ephemeral_ports=True, extra_env={"RLYARD_LOG_LEVEL": "WARNING"})
+
+
+async def run(batch: int, repeats: int, endpoints: dict[str, str], console: Console) -> list[dict[str, Any]]:
+    """Both rewards, both modes."""
+    rng = random.Random(0)
+    scorer, ctx = build_scorer(RewardSettings(sql_tools_target=endpoints["bench-sql-tools"], batch_concurrency=32))
+    results = []
+    try:
+        async with RewardClient(endpoints["bench-reward"], timeout=600.0) as client:
+            for name, items in (("qa_f1", qa_items(batch, rng)), ("sql_execution", sql_items(batch, rng))):
+                console.print(f"measuring {name} (batch {batch}, {repeats} repeats)…")
+                results.append(await measure(name, items, parse_spec({name: 1.0}), scorer, client, repeats))
+    finally:
+        await ctx.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    ns = parser.parse_args(argv)
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="rlyard-bench-") as tmp, _services(Path(tmp)) as launcher:
+        started = launcher.start()
+        endpoints = {name: e.target for name, e in started.items()}
+        results = asyncio.run(run(ns.batch, ns.repeats, endpoints, console))
+    table = Table("reward", "batch", "in-process items/s", "service items/s", "overhead", "goal")
+    for r in results:
+        table.add_row(r["reward"], str(r["batch"]), f"{r['in_process']['items_per_second']:.0f}",
+                      f"{r['service']['items_per_second']:.0f}", f"{r['overhead']:+.1%}",
+                      "[green]pass[/]" if r["pass"] else "[red]FAIL[/]")
+    console.print(table)
+    report = {
+        "benchmark": "reward",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "grpcio": metadata.version("grpcio"), "platform": platform.platform()},
+        "params": {"batch": ns.batch, "repeats": ns.repeats},
+        "results": results,
+    }
+    ns.output.parent.mkdir(parents=True, exist_ok=True)
+    ns.output.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {ns.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Assembles the reward service: settings → rewards → scorer → servicer → runtime."""
+
+from __future__ import annotations
+
+import grpc
+
+from reward_service.registry import RewardContext, build_rewards
+from reward_service.scorer import Scorer
+from reward_service.servicer import RewardServicer
+from reward_service.settings import RewardSettings
+from rlyard.interceptors import ConcurrencyLimiter
+from rlyard.reward.v1 import reward_pb2, reward_pb2_grpc
+from rlyard.server import ServiceDefinition
+
+SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+
+
+def build_scorer(settings: RewardSettings) -> tuple[Scorer, RewardContext]:
+    """Every registered reward behind a scorer, sharing one context."""
+    ctx = RewardContext(settings)
+    scorer = Scorer(build_rewards(ctx), settings.batch_concurrency)
+    ctx.shared["scorer"] = scorer
+    return scorer, ctx
+
+
+def reward_service(settings: RewardSettings) -> ServiceDefinition:
+    """The reward service as a ``ServiceDefinition`` for ``rlyard.server``."""
+    scorer, ctx = build_scorer(settings)
+
+    def register(server: grpc.aio.Server, limiter: ConcurrencyLimiter) -> None:
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer), server)
+
+    async def stop() -> None:
+        ctx.shared.pop("scorer", None)
+        await ctx.close()
+
+    return ServiceDefinition(name="reward", full_names=[SERVICE_NAME], register=register, on_stop=[stop])

@@ -1,0 +1,91 @@
+"""The reward plug-in registry: one file per reward in ``reward_service/rewards/``.
+
+A reward is a class with ``name``, ``description``, ``kind``, a pydantic
+``Params`` model (``ListRewards`` publishes its JSON Schema; a spec's
+``params`` are validated against it) and ``async score(item, params)``.
+It is built once per service with the shared ``RewardContext``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from reward_service.settings import RewardSettings
+from reward_service.types import RewardKindName, RewardOutcome, ScoringItem
+from rlyard.client import ToolClient
+from rlyard.plugins import add_plugin, check_known, import_modules
+
+T = TypeVar("T")
+
+
+@dataclass
+class RewardContext:
+    """What rewards share: settings, clients of other services, caches."""
+
+    settings: RewardSettings
+    shared: dict[str, Any] = field(default_factory=dict)
+    _tool_clients: dict[str, ToolClient] = field(default_factory=dict)
+
+    def tool_client(self, target: str | None = None) -> ToolClient:
+        """One client per tool-server target (default: the SQL tool server)."""
+        target = target or self.settings.sql_tools_target
+        client = self._tool_clients.get(target)
+        if client is None:
+            client = ToolClient(target, timeout=self.settings.tool_timeout_s)
+            self._tool_clients[target] = client
+        return client
+
+    async def close(self) -> None:
+        """Close clients and anything in ``shared`` that has ``aclose``/``close``."""
+        for client in self._tool_clients.values():
+            await client.close()
+        self._tool_clients.clear()
+        for resource in self.shared.values():
+            closer = getattr(resource, "aclose", None) or getattr(resource, "close", None)
+            if closer is not None:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+class Reward(Protocol):
+    """The interface of a reward plug-in."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    kind: ClassVar[RewardKindName]
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, ctx: RewardContext) -> None: ...
+
+    async def score(self, item: ScoringItem, params: Any) -> RewardOutcome:
+        """Score one item. Raise ``RewardSystemError`` when the system failed and
+        ``RewardInputError`` when the item lacks what this reward needs."""
+        ...
+
+
+REGISTRY: dict[str, type[Reward]] = {}
+_PACKAGE = "reward_service.rewards"
+
+
+def register(cls: type[T]) -> type[T]:
+    """Class decorator: add a reward to the registry under its ``name``."""
+    add_plugin(REGISTRY, "reward", cls)
+    return cls
+
+
+def load_plugins() -> None:
+    """Import every module of ``reward_service.rewards`` so that they register."""
+    import_modules(_PACKAGE)
+
+
+def build_rewards(ctx: RewardContext, names: list[str] | None = None) -> dict[str, Reward]:
+    """Instantiate the named rewards (default: all); an unknown name is a ConfigError."""
+    load_plugins()
+    names = sorted(REGISTRY) if names is None else names
+    check_known(REGISTRY, "reward", names)
+    return {name: REGISTRY[name](ctx) for name in names}

@@ -1,0 +1,29 @@
+"""A smoke run of bench/reward.py: both rewards, both modes, sane numbers in the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_reward_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "reward.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.reward", "--batch", "16", "--repeats", "1", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["reward"] for r in report["results"]] == ["qa_f1", "sql_execution"]
+    for r in report["results"]:
+        assert r["batch"] == 16
+        for mode in ("in_process", "service"):
+            assert r[mode]["items_per_second"] > 0
+            assert r[mode]["batch_seconds_min"] <= r[mode]["batch_seconds_median"] <= r[mode]["batch_seconds_max"]
+        expected = r["service"]["batch_seconds_median"] / r["in_process"]["batch_seconds_median"] - 1
+        assert abs(r["overhead"] - expected) < 1e-3
+        assert r["pass"] == (r["overhead"] < 0.20)

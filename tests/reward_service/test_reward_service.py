@@ -1,0 +1,178 @@
+"""The reward service over real gRPC: ListRewards, Score, ScoreBatch with mixed rewards,
+status codes, and a SQL tool server that dies in the middle of a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from reward_service.app import reward_service
+from reward_service.convert import item_to_pb, spec_to_pb
+from reward_service.settings import RewardSettings
+from reward_service.spec import parse_spec
+from reward_service.types import ScoringItem, ToolCallRecord, ToolResultRecord, TrajectoryRecord, TurnRecord
+from rlyard.client import RetryPolicy
+from rlyard.reward.v1 import reward_pb2
+from rlyard.reward_client import RewardClient
+from rlyard.server import RunningServer, start_server
+from rlyard.settings import ServerSettings
+from tool_servers.app import tool_service
+from tool_servers.settings import ToolServerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DB_DIR = ROOT / "data" / "spider" / "database"
+
+
+@pytest.fixture
+async def sql_tools() -> AsyncIterator[RunningServer]:
+    running = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings())
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def reward(sql_tools: RunningServer) -> AsyncIterator[RewardClient]:
+    settings = RewardSettings(sql_tools_target=sql_tools.address, tool_timeout_s=5.0)
+    running = await start_server(reward_service(settings), ServerSettings())
+    async with RewardClient(running.address, timeout=30.0, retry=RetryPolicy(max_attempts=1)) as client:
+        yield client
+    await running.stop(0)
+
+
+async def test_list_rewards_publishes_every_reward_with_its_kind_and_schema(reward: RewardClient) -> None:
+    infos = {r.name: r for r in await reward.list_rewards()}
+    expected = {"qa_em", "qa_f1", "search_r1", "format", "tool_call_match", "sql_execution", "judge", "composite"}
+    assert expected <= set(infos)
+    assert infos["sql_execution"].kind == reward_pb2.REWARD_KIND_TOOL_VERIFICATION
+    assert infos["judge"].kind == reward_pb2.REWARD_KIND_MODEL_JUDGE
+    assert infos["qa_f1"].kind == reward_pb2.REWARD_KIND_RULE
+    assert infos["composite"].kind == reward_pb2.REWARD_KIND_COMPOSITE
+    schema = json.loads(infos["sql_execution"].params_json_schema)
+    assert "semantics" in schema["properties"]
+
+
+async def test_score_one_item_with_two_weighted_components(reward: RewardClient) -> None:
+    item = ScoringItem("q1", "The Eiffel Tower!", ground_truth={"answers": ["eiffel tower", "Tour Eiffel"]})
+    resp = await reward.score(item_to_pb(item, parse_spec({"qa_em": 1.0, "qa_f1": 0.5})))
+    assert resp.status == reward_pb2.SCORE_STATUS_OK
+    assert {c.name: c.value for c in resp.components} == {"qa_em": 1.0, "qa_f1": 1.0}
+    assert resp.total == pytest.approx(1.5)
+    partial = await reward.score(item_to_pb(ScoringItem("q2", "tower in Paris", ground_truth={
+        "answers": ["Eiffel Tower"]}), parse_spec({"qa_f1": 1.0})))
+    # pred tokens {tower, in, paris}, gold {eiffel, tower}: 1 common; P = 1/3, R = 1/2, F1 = 0.4
+    assert partial.total == pytest.approx(0.4)
+
+
+def _sql_trajectory(queries: list[tuple[str, bool]], final: str) -> TrajectoryRecord:
+    turns = []
+    for i, (query, failed) in enumerate(queries):
+        call = ToolCallRecord(f"c{i}", "sql_query", json.dumps({"query": query}))
+        turns.append(TurnRecord(2 * i, "assistant", f"<think>try</think><tool_call>{query}</tool_call>", (call,)))
+        turns.append(TurnRecord(2 * i + 1, "tool", "", (), (ToolResultRecord(f"c{i}", "sql_query", "...", failed),)))
+    turns.append(TurnRecord(2 * len(queries), "assistant", f"<think>done</think><answer>{final}</answer>"))
+    return TrajectoryRecord("t", "task", tuple(turns), final, "COMPLETED")
+
+
+async def test_batch_of_mixed_rewards_and_per_step_rewards(reward: RewardClient) -> None:
+    gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
+    items = [
+        item_to_pb(ScoringItem("sql-right", trajectory=_sql_trajectory(
+            [("SELECT nme FROM singer", True), ("SELECT count(*) FROM singer", False)],
+            "SELECT count(*) FROM singer"), ground_truth=gold),
+            parse_spec({"sql_execution": 1.0, "format": 0.1})),
+        item_to_pb(ScoringItem("sql-wrong", "SELECT count(*) FROM stadium", ground_truth=gold),
+                   parse_spec({"sql_execution": 1.0})),
+        item_to_pb(ScoringItem("qa", "paris", ground_truth={"answers": ["Paris"]}), parse_spec({"qa_em": 1.0})),
+        item_to_pb(ScoringItem("default-spec", "london", ground_truth={"answers": ["Paris"]})),
+    ]
+    results = await reward.score_batch(items, default_spec=spec_to_pb(parse_spec({"qa_f1": 2.0})))
+    by_id = {r.item_id: r for r in results}
+    assert [r.item_id for r in results] == ["sql-right", "sql-wrong", "qa", "default-spec"]
+    right = by_id["sql-right"]
+    assert right.status == reward_pb2.SCORE_STATUS_OK
+    assert {c.name: c.value for c in right.components} == {"sql_execution": 1.0, "format": 1.0}
+    assert right.total == pytest.approx(1.1)
+    steps = {(s.component, s.turn_index): s.value for s in right.step_rewards}
+    # execution feedback per turn that ran SQL (the first query failed), weight 1.0
+    assert steps[("sql_execution", 0)] == 0.0 and steps[("sql_execution", 2)] == 1.0
+    # format: one step per assistant turn, weighted by 0.1
+    assert [steps[("format", i)] for i in (0, 2, 4)] == pytest.approx([0.1, 0.1, 0.1])
+    assert by_id["sql-wrong"].total == 0.0 and by_id["sql-wrong"].status == reward_pb2.SCORE_STATUS_OK
+    assert by_id["qa"].total == 1.0
+    assert by_id["default-spec"].total == 0.0 and by_id["default-spec"].components[0].weight == 2.0
+
+
+async def test_bad_requests_get_status_codes_bad_items_get_a_status(reward: RewardClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reward.score(item_to_pb(ScoringItem("x", "a"), parse_spec({"no_such_reward": 1.0})))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_reward" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reward.score(item_to_pb(ScoringItem("x", "a"), parse_spec({"qa_f1": {"squad_version": "v9"}})))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "squad_version" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reward.score_batch([item_to_pb(ScoringItem("x", "a"))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no spec" in (err.value.details() or "")
+    missing = await reward.score(item_to_pb(ScoringItem("x", "a", ground_truth={"db_id": "concert_singer"}),
+                                            parse_spec({"sql_execution": 1.0})))
+    assert missing.status == reward_pb2.SCORE_STATUS_INVALID_INPUT and "query" in missing.error
+
+
+async def test_sql_tool_server_stopped_mid_batch(sql_tools: RunningServer) -> None:
+    """Items scored before the tool server dies score normally; those after report a system
+    error, never a 0 that blames the model; items that need no tool are unaffected."""
+    settings = RewardSettings(sql_tools_target=sql_tools.address, tool_timeout_s=2.0)
+    running = await start_server(reward_service(settings), ServerSettings())
+    spec = parse_spec({"sql_execution": 1.0})
+    dev = json.loads((ROOT / "data" / "spider" / "dev.json").read_text())
+    try:
+        async with RewardClient(running.address, timeout=60.0) as client:
+            first = [item_to_pb(ScoringItem(f"a{i}", d["query"], ground_truth=d), spec) for i, d in enumerate(dev[:20])]
+            before = await client.score_batch(first)
+            assert all(r.status == reward_pb2.SCORE_STATUS_OK and r.total == 1.0 for r in before)
+            await sql_tools.stop(0)
+            second = [item_to_pb(ScoringItem(f"b{i}", d["query"], ground_truth=d), spec)
+                      for i, d in enumerate(dev[20:30])]
+            second.append(item_to_pb(ScoringItem("qa", "Paris", ground_truth={"answers": ["paris"]}),
+                                     parse_spec({"qa_em": 1.0})))
+            after = await asyncio.wait_for(client.score_batch(second), 60)
+    finally:
+        await running.stop(0)
+    assert all(r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR for r in after[:-1])
+    assert all(r.total == 0.0 and r.error for r in after[:-1])
+    assert after[-1].status == reward_pb2.SCORE_STATUS_OK and after[-1].total == 1.0
+
+
+def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lines = [
+        {"id": "s1", "prediction": "SELECT count(*) FROM singer",
+         "ground_truth": {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}},
+        {"id": "s2", "prediction": "SELECT name FROM singer",
+         "ground_truth": {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}},
+        {"id": "s3", "prediction": "SELEC oops",
+         "ground_truth": {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}},
+        {"id": "s4", "prediction": "SELECT 1", "ground_truth": {"query": "SELECT 1"}},
+    ]
+    src = tmp_path / "items.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json at all\n")
+    out = tmp_path / "scores.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlyard.cli.main", "reward", "score", "--spec", '{"sql_execution": 1.0}',
+         "--input", str(src), "--output", str(out), "--sql-db-dir", str(DB_DIR)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["s1", "s2", "s3", "s4", "5"]
+    assert [r["total"] for r in records[:3]] == [1.0, 0.0, 0.0]
+    assert records[0]["components"] == {"sql_execution": 1.0}
+    assert records[3]["status"] == "INVALID_INPUT" and "db_id" in records[3]["error"]
+    assert records[4]["status"] == "INVALID_INPUT" and "line 5" in records[4]["error"]
+    assert result.returncode == 1  # some lines could not be scored
+    assert "INVALID_INPUT: 2" in result.stdout and "OK: 3" in result.stdout
