@@ -35,7 +35,9 @@ class RewardContext:
         target = target or self.settings.sql_tools_target
         client = self._tool_clients.get(target)
         if client is None:
-            client = ToolClient(target, timeout=self.settings.tool_timeout_s)
+            client = ToolClient(
+                target, timeout=self.settings.tool_timeout_s, auth_token=self.settings.sql_tools_auth_token
+            )
             self._tool_clients[target] = client
         return client
 

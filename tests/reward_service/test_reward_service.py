@@ -176,3 +176,26 @@ def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:
     assert records[4]["status"] == "INVALID_INPUT" and "line 5" in records[4]["error"]
     assert result.returncode == 1  # some lines could not be scored
     assert "INVALID_INPUT: 2" in result.stdout and "OK: 3" in result.stdout
+
+
+async def test_sql_execution_through_a_tool_server_that_requires_a_token() -> None:
+    tools = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings(auth_token="s3cret"))
+    gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
+    item = item_to_pb(ScoringItem("x", "SELECT count(*) FROM singer", ground_truth=gold),
+                      parse_spec({"sql_execution": 1.0}))
+    try:
+        for token, status in ((None, reward_pb2.SCORE_STATUS_SYSTEM_ERROR), ("s3cret", reward_pb2.SCORE_STATUS_OK)):
+            settings = RewardSettings(sql_tools_target=tools.address, sql_tools_auth_token=token)
+            running = await start_server(reward_service(settings), ServerSettings())
+            try:
+                async with RewardClient(running.address, timeout=30.0) as client:
+                    resp = await client.score(item)
+            finally:
+                await running.stop(0)
+            assert resp.status == status, resp.error
+            if token is None:
+                assert "UNAUTHENTICATED" in resp.error or "token" in resp.error
+            else:
+                assert resp.total == 1.0
+    finally:
+        await tools.stop(0)
