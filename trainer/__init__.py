@@ -1,1 +1,2 @@
-"""trainer (implemented by a later issue)."""
+"""The trainer: policy backends, the tiny policy, rollouts, the GRPO family with ResT and
+two-level masks, checkpoints (issue 4 builds it up piece by piece)."""

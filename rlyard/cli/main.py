@@ -6,6 +6,7 @@
     rlyard tool call NAME JSON --db ID call one tool
     rlyard serve KIND                  run one service in the foreground (used by up/compose/k8s)
     rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
+    rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard demo                        the embedded demo: services up, a scripted session, a report
 """
@@ -164,6 +165,16 @@ def _cmd_reward(ns: argparse.Namespace) -> int:
     return reward.run(ns, console)
 
 
+def _cmd_model(ns: argparse.Namespace) -> int:
+    from trainer.model import init_policy
+
+    info = init_policy(Path(ns.out), arch=ns.arch, size=ns.size, vocab_size=ns.vocab_size, seed=ns.seed,
+                       corpus=Path(ns.corpus) if ns.corpus else None)
+    console.print(f"wrote a {info.arch} policy of {info.n_params:,} parameters (vocab {info.vocab_size}) "
+                  f"to {info.out_dir}")
+    return 0
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from rlyard.demo import run_demo
 
@@ -225,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite databases for the embedded SQL tool server")
     r.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(fn=_cmd_reward)
+
+    p = sub.add_parser("model", help="policy checkpoints")
+    msub = p.add_subparsers(dest="model_cmd", required=True)
+    m = msub.add_parser("init", help="build the tiny policy (BPE tokenizer trained here, Qwen2/Llama from a config)")
+    m.add_argument("--out", required=True, help="checkpoint directory to write")
+    m.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2")
+    m.add_argument("--size", choices=["tiny", "small"], default="tiny", help="tiny ≈ 1.4M, small ≈ 4.7M parameters")
+    m.add_argument("--vocab-size", type=int, default=2048)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--corpus", help="text file or folder of .txt for the tokenizer (default: data/corpus)")
+    p.set_defaults(fn=_cmd_model)
 
     p = sub.add_parser("demo", help="start the services, run a scripted session, write a report")
     p.add_argument("--output-dir", default="runs")

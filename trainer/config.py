@@ -1,0 +1,304 @@
+"""Typed experiment configs: one YAML per experiment → ``ExperimentConfig``.
+
+Every dataclass checks its own fields in ``__post_init__`` and its cross-field
+rules, and the message says how to fix a bad value (as TRL's configs do). A YAML
+key that no field knows is an error naming the valid keys, so a typo never falls
+back silently to a default.
+
+    name: sql-grpo
+    seed: 0
+    model: {path: runs/policy}
+    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}
+    stages:
+      - kind: sft
+        data: data/sft/demos.jsonl
+        steps: 200
+      - kind: rl
+        tasks: {env: text_to_sql, split: train}
+        reward: {sql_execution: 1.0}
+        steps: 300
+        rollout: {group_size: 8, prompts_per_step: 8, max_turns: 6}
+        algorithm: {kl_coef: 0.0, clip_low: 0.2, clip_high: 0.2}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlyard.errors import ConfigError
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "weighted-token-mean"]
+TokenWeighting = Literal["none", "rest-schedule", "rest-entropy"]
+
+
+def _fail(where: str, message: str) -> None:
+    raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy: any local HF checkpoint (the tiny policy from ``rlyard model init``)."""
+
+    path: str = "runs/policy"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    backend: Literal["hf", "vllm"] = "hf"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            _fail("model.path", "name a local checkpoint directory (e.g. the output of `rlyard model init`)")
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Where the services are; empty = start them embedded."""
+
+    tools: str = ""
+    reward: str = ""
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            _fail("services.timeout_s", "must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its schedule."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr < 1:
+            _fail("optim.lr", f"{self.lr} is outside (0, 1); typical values are 1e-5 to 3e-4")
+        if self.warmup_steps < 0:
+            _fail("optim.warmup_steps", "must be >= 0")
+        if self.max_grad_norm <= 0:
+            _fail("optim.max_grad_norm", "must be > 0 (use a large value to effectively disable clipping)")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How trajectories are generated."""
+
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_turns: int = 6
+    max_new_tokens_per_turn: int = 256
+    max_total_tokens: int = 2048
+    max_observation_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    tool_concurrency: int = 64
+    per_tool_concurrency: int = 32
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            _fail("rollout.group_size", f"GRPO compares samples within a group; use >= 2 (got {self.group_size})")
+        if self.prompts_per_step < 1:
+            _fail("rollout.prompts_per_step", "must be >= 1")
+        if self.max_turns < 1:
+            _fail("rollout.max_turns", "must be >= 1")
+        if self.max_new_tokens_per_turn > self.max_total_tokens:
+            _fail("rollout.max_new_tokens_per_turn",
+                  f"{self.max_new_tokens_per_turn} exceeds max_total_tokens {self.max_total_tokens}; "
+                  "lower it or raise max_total_tokens")
+        if self.temperature <= 0:
+            _fail("rollout.temperature", "must be > 0 for RL sampling (GRPO needs diverse samples)")
+        if not 0 < self.top_p <= 1:
+            _fail("rollout.top_p", "must be in (0, 1]")
+
+    @property
+    def batch_size(self) -> int:
+        """Trajectories per step."""
+        return self.group_size * self.prompts_per_step
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Trajectory-level filters (MTIR-SQL, DAPO); each switchable."""
+
+    drop_equal_reward_groups: bool = True
+    drop_infra_failed: bool = True
+    drop_truncated: bool = False
+    drop_format_errors: bool = False
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """The GRPO family."""
+
+    advantage_std: bool = True            # False = Dr.GRPO (no std normalisation)
+    clip_low: float = 0.2
+    clip_high: float = 0.2                # > clip_low = DAPO's clip-higher
+    kl_coef: float = 0.0                  # 0 = no reference model at all (MTIR-SQL)
+    loss_agg: LossAgg = "seq-mean-token-mean"
+    updates_per_batch: int = 2
+    micro_batch_size: int = 8
+    token_weighting: TokenWeighting = "none"
+    filters: FilterConfig = FilterConfig()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_low < 1:
+            _fail("algorithm.clip_low", "must be in [0, 1)")
+        if self.clip_high < 0:
+            _fail("algorithm.clip_high", "must be >= 0")
+        if self.kl_coef < 0:
+            _fail("algorithm.kl_coef", "must be >= 0 (0 removes the reference model)")
+        if self.updates_per_batch < 1:
+            _fail("algorithm.updates_per_batch", "must be >= 1")
+        if self.micro_batch_size < 1:
+            _fail("algorithm.micro_batch_size", "must be >= 1")
+        if self.token_weighting != "none" and self.loss_agg != "weighted-token-mean":
+            _fail("algorithm.loss_agg",
+                  f"token_weighting {self.token_weighting!r} needs loss_agg 'weighted-token-mean' (ResT's L)")
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Which environment and split a stage draws its tasks from."""
+
+    env: str = "text_to_sql"
+    split: str = "train"
+    limit: int = 0                        # 0 = all
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            _fail("tasks.limit", "must be >= 0 (0 = all tasks)")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage: SFT on trajectories or an RL stage with its own tasks and reward."""
+
+    kind: Literal["sft", "rl"]
+    steps: int
+    name: str = ""
+    data: str = ""                        # sft: trajectory JSONL with loss masks
+    tasks: TasksConfig = TasksConfig()
+    reward: dict[str, Any] = field(default_factory=dict)   # rl: a reward spec
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    batch_size: int = 16                  # sft: sequences per step
+
+    def __post_init__(self) -> None:
+        where = f"stage {self.name or self.kind}"
+        if self.steps < 1:
+            _fail(where, f"steps must be >= 1 (got {self.steps})")
+        if self.kind == "sft" and not self.data:
+            _fail(where, "an sft stage needs `data:` (a JSONL of trajectories with loss masks)")
+        if self.kind == "rl":
+            if not self.reward:
+                _fail(where, 'an rl stage needs `reward:`, a spec such as {sql_execution: 1.0}')
+            if self.rollout.batch_size % self.algorithm.micro_batch_size:
+                _fail(where, f"rollout batch {self.rollout.batch_size} (group_size × prompts_per_step) is not "
+                             f"divisible by algorithm.micro_batch_size {self.algorithm.micro_batch_size}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When to save and how many to keep."""
+
+    every_steps: int = 50
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            _fail("checkpoint.every_steps", "must be >= 1")
+        if self.keep < 1:
+            _fail("checkpoint.keep", "must be >= 1 (the last checkpoint is needed to resume)")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: model, services, stages, checkpoints."""
+
+    name: str
+    stages: tuple[StageConfig, ...]
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    services: ServicesConfig = ServicesConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            _fail("name", "give the experiment a name (it names runs/<run_id>)")
+        if not self.stages:
+            _fail("stages", "list at least one stage (kind: sft or rl)")
+        names = [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]
+        if len(set(names)) != len(names):
+            _fail("stages", f"stage names must be unique, got {names}")
+
+
+def _build(cls: type[Any], raw: Any, where: str) -> Any:
+    """Build a (nested) config dataclass from YAML data, refusing unknown keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _value(hints[key], value, f"{where}.{key}" if where else key)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: expected a list")
+            return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: Path | str) -> ExperimentConfig:
+    """Read and check an experiment YAML."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Check a config given as data (YAML already parsed)."""
+    try:
+        config: ExperimentConfig = _build(ExperimentConfig, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config

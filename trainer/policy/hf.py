@@ -1,0 +1,211 @@
+"""Hugging Face policy backend: batched sampling with a KV cache and exact per-token log-probs.
+
+A manual decoding loop instead of ``model.generate``: it returns exactly the sampled ids, the
+log-probs of the distribution they were drawn from, and stops on token ids or strings per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.policy.base import Generation, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class HFPolicy:
+    """A causal LM from transformers as a ``PolicyBackend``.
+
+    Build it from a checkpoint directory (``HFPolicy(path)``) or from a loaded model and
+    tokenizer (``HFPolicy(model=..., tokenizer=...)``). ``self.model`` is the trainable module.
+    ``dtype``: float32 when loading unless given; a passed-in model keeps its dtype unless given.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        if model_dir is not None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+            if attn_implementation is not None:
+                kwargs["attn_implementation"] = attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
+        elif model is None or tokenizer is None:
+            raise ValueError("HFPolicy needs a model_dir, or both model= and tokenizer=")
+        self.device = torch.device(device)
+        self.model = model.to(device=self.device) if dtype is None else model.to(device=self.device, dtype=dtype)
+        self.tokenizer = tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id: int = int(pad) if pad is not None else 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the output layer (may exceed ``len(tokenizer)``)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Sample one continuation per prompt; rows are left-padded into one batch."""
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token (start it with the chat template)")
+        batch = len(prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt):] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        position_ids = _positions(attention_mask)
+
+        generator = torch.Generator(device=self.device)
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+
+        stop_ids = set(params.stop_token_ids)
+        # A stop string of n bytes spans at most n tokens (every token has at least one byte),
+        # so decoding the last n + 1 tokens is enough to see it appear.
+        window = max((len(s.encode()) for s in params.stop_strings), default=0) + 1
+        outputs = [Generation(token_ids=[], logprobs=[], raw_logprobs=[]) for _ in prompts]
+        done = [False] * batch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+            )
+            next_position = position_ids[:, -1:] + 1
+            for step in range(params.max_new_tokens):
+                logits = out.logits[:, -1, :].float()
+                tokens, logprobs, raw_logprobs = _sample(logits, params, generator)
+                for row, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
+                    if done[row]:
+                        continue
+                    gen = outputs[row]
+                    gen.token_ids.append(tok)
+                    gen.logprobs.append(lp)
+                    gen.raw_logprobs.append(raw)
+                    reason = self._stop_reason(gen.token_ids, stop_ids, params.stop_strings, window)
+                    if reason is not None:
+                        gen.finish_reason, gen.stop_reason, done[row] = "stop", reason, True
+                if all(done) or step + 1 == params.max_new_tokens:
+                    break
+                # Finished rows keep decoding in lock-step; their tokens are simply not recorded.
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
+                out = self.model(
+                    input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
+                    attention_mask=attention_mask,
+                    position_ids=next_position,
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+                next_position = next_position + 1
+        finally:
+            self.model.train(was_training)
+        return outputs
+
+    def _stop_reason(
+        self, token_ids: list[int], stop_ids: set[int], stop_strings: Sequence[str], window: int
+    ) -> int | str | None:
+        """The stop token id or string that the newest token completes, if any."""
+        if token_ids[-1] in stop_ids:
+            return token_ids[-1]
+        if stop_strings:
+            tail = self.tokenizer.decode(
+                token_ids[-window:], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            for stop in stop_strings:
+                if stop in tail:
+                    return stop
+        return None
+
+    # ------------------------------------------------------------------ scoring
+    def forward_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        temperature: float = 1.0,
+        with_grad: bool = False,
+        compute_entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs of the next tokens and the policy's entropy at each position, [B, T-1] each.
+
+        Position t scores ``input_ids[:, t+1]``; positions where either token is padding hold 0.
+        ``temperature`` must match the one used for sampling for the ratio to be exact.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: score at a positive temperature (1.0 for greedy rollouts)")
+        input_ids = input_ids.to(self.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(self.device)
+        grad_mode: AbstractContextManager[Any] = torch.enable_grad() if with_grad else torch.no_grad()
+        with grad_mode:
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=_positions(attention_mask),
+                use_cache=False,
+            ).logits[:, :-1].float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            logp_all = F.log_softmax(logits, dim=-1)
+            logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
+            logprobs = logprobs.masked_fill(~valid, 0.0)
+            entropy = None
+            if compute_entropy:
+                entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~valid, 0.0)
+        return logprobs, entropy
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _sample(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> tuple[list[int], list[float], list[float]]:
+    """Draw one token per row; return the tokens, their log-probs at T, and at temperature 1."""
+    raw = F.log_softmax(logits, dim=-1)
+    if params.temperature == 0.0:
+        tokens = logits.argmax(dim=-1)
+        scaled = raw
+    else:
+        scaled = raw if params.temperature == 1.0 else F.log_softmax(logits / params.temperature, dim=-1)
+        probs = scaled.exp()
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (always at least the first token).
+            drop = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            picked = torch.multinomial(sorted_probs, 1, generator=generator)
+            tokens = order.gather(-1, picked).squeeze(-1)
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    index = tokens.unsqueeze(-1)
+    return tokens.tolist(), scaled.gather(-1, index).squeeze(-1).tolist(), raw.gather(-1, index).squeeze(-1).tolist()
