@@ -168,7 +168,8 @@ class AlgorithmConfig:
 class TasksConfig:
     """Which environment and split a stage draws its tasks from."""
 
-    env: str = "text_to_sql"
+    path: str = ""                        # a task JSONL (see trainer/tasks.py)
+    env: str = ""                         # or a named environment (later issues)
     split: str = "train"
     limit: int = 0                        # 0 = all
 

@@ -6,6 +6,7 @@
     rlyard tool call NAME JSON --db ID call one tool
     rlyard serve KIND                  run one service in the foreground (used by up/compose/k8s)
     rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
+    rlyard train -c CONFIG             run an experiment (SFT, RL stages) with a live progress view
     rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard demo                        the embedded demo: services up, a scripted session, a report
@@ -165,6 +166,12 @@ def _cmd_reward(ns: argparse.Namespace) -> int:
     return reward.run(ns, console)
 
 
+def _cmd_train(ns: argparse.Namespace) -> int:
+    from rlyard.cli import train
+
+    return train.run(ns, console)
+
+
 def _cmd_model(ns: argparse.Namespace) -> int:
     from trainer.model import init_policy
 
@@ -236,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite databases for the embedded SQL tool server")
     r.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(fn=_cmd_reward)
+
+    p = sub.add_parser("train", help="run an experiment (SFT and RL stages) with a live progress view")
+    p.add_argument("-c", "--config", required=True, help="experiment YAML (see configs/)")
+    p.add_argument("--run-id", help="name of runs/<run_id> (default: <name>-<time>)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over even if the run directory has checkpoints")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("model", help="policy checkpoints")
     msub = p.add_subparsers(dest="model_cmd", required=True)

@@ -26,8 +26,15 @@ def _reward() -> ServiceDefinition:
     return reward_service(RewardSettings.from_env("RLYARD_REWARD"))
 
 
-# kind -> factory of its ServiceDefinition (later issues add memory and trainer)
-FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward}
+def _trainer() -> ServiceDefinition:
+    from trainer.service import trainer_service
+    from trainer.settings import TrainerSettings
+
+    return trainer_service(TrainerSettings.from_env("RLYARD_TRAINER").runs_dir)
+
+
+# kind -> factory of its ServiceDefinition (a later issue adds memory)
+FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward, "trainer": _trainer}
 
 
 def configure_logging(level: str) -> None:

@@ -1,0 +1,201 @@
+"""Batching alignment, SFT and GRPO steps on the tiny policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.batching import collate, collate_trajectories
+from trainer.config import AlgorithmConfig, FilterConfig, RolloutConfig, StageConfig
+from trainer.grpo import frozen_reference, grpo_update
+from trainer.parsing import Region
+from trainer.policy.hf import HFPolicy
+from trainer.sft import SftData, SftExample, render_messages, sft_step
+from trainer.types import RolloutStatus, RolloutTrajectory, Task
+
+
+@pytest.fixture
+def policy(tiny_model_dir: Path) -> HFPolicy:
+    return HFPolicy(tiny_model_dir)
+
+
+def _params(policy: HFPolicy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], policy: HFPolicy) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
+
+
+# ------------------------------------------------------------------ batching
+def test_collate_alignment_by_hand(policy: HFPolicy) -> None:
+    pad = policy.pad_token_id
+    batch = collate(
+        [[10, 11], [20]], [[12, 13, 14], [21]], [[1, 0, 1], [1]], pad_token_id=pad,
+        old_logprobs=[[-0.1, 0.0, -0.3], [-0.5]], regions=[[3, 1, 4], [6]],
+    )
+    assert batch.input_ids.tolist() == [[10, 11, 12, 13, 14], [20, 21, pad, pad, pad]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    # position t scores input_ids[t+1]: token 12 (first generated) is scored at position 1
+    assert batch.loss_mask.tolist() == [[0, 1, 0, 1], [1, 0, 0, 0]]
+    assert torch.allclose(batch.old_logprobs, torch.tensor([[0, -0.1, 0, -0.3], [-0.5, 0, 0, 0]]))
+    assert batch.regions.tolist() == [[0, 3, 1, 4], [6, 0, 0, 0]]
+    # and forward_logprobs agrees: position 1 of row 0 is log p(12 | 10 11)
+    logp, _ = policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+    with torch.no_grad():
+        direct = torch.log_softmax(policy.model(torch.tensor([[10, 11]])).logits[0, -1].float(), -1)[12]
+    assert math.isclose(float(logp[0, 1]), float(direct), abs_tol=1e-5)
+    assert float(logp[1, 1]) == 0.0  # padding
+
+
+def test_collate_without_prompt_drops_first_token() -> None:
+    batch = collate([[]], [[5, 6, 7]], [[1, 1, 1]], pad_token_id=0)
+    assert batch.loss_mask.tolist() == [[1, 1]]
+
+
+# ------------------------------------------------------------------ SFT
+def test_render_messages_masks_assistant_turns(tiny_tokenizer: Any) -> None:
+    messages = [
+        {"role": "system", "content": "answer the query"},
+        {"role": "user", "content": "how many singer"},
+        {"role": "assistant", "content": "select count"},
+        {"role": "user", "content": "the table"},
+        {"role": "assistant", "content": "<answer>6</answer>"},
+    ]
+    ex = render_messages(tiny_tokenizer, messages)
+    text = tiny_tokenizer.decode(ex.token_ids, skip_special_tokens=False)
+    assert text == tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    trained = [t for t, m in zip(ex.token_ids, ex.loss_mask, strict=True) if m]
+    assert tiny_tokenizer.decode(trained, skip_special_tokens=False) == (
+        "select count<|im_end|>\n<answer>6</answer><|im_end|>\n"
+    )
+
+
+def test_sft_data_order_is_seeded_and_resumable() -> None:
+    examples = [SftExample([], [1, 2], [1, 1]) for _ in range(5)]
+    a = SftData(examples, seed=1, pad_token_id=0)
+    seen = [a.indices(3) for _ in range(4)]
+    assert sorted(seen[0] + seen[1][:2]) == [0, 1, 2, 3, 4]  # first epoch is a permutation
+    b = SftData(examples, seed=1, pad_token_id=0, cursor=6)
+    assert b.indices(3) == seen[2]
+
+
+def test_sft_step_changes_parameters(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    ids = tiny_tokenizer.encode("select name from singer where age", add_special_tokens=False)
+    batch = collate([ids[:2]], [ids[2:]], [[1] * (len(ids) - 2)], pad_token_id=policy.pad_token_id)
+    before = _params(policy)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    metrics = sft_step(policy, optimizer, batch)
+    assert _changed(before, policy)
+    assert metrics["tokens"] == len(ids) - 2 and metrics["loss"] > 0
+
+
+# ------------------------------------------------------------------ GRPO
+def _trajectory(policy: HFPolicy, tok: Any, group: int, sample: int, answer: str,
+                reward: float | None, status: RolloutStatus = RolloutStatus.COMPLETED) -> RolloutTrajectory:
+    """prompt, an assistant turn, a tool observation (mask 0), a final answer; old log-probs from the policy."""
+    text = tok.apply_chat_template([{"role": "user", "content": f"how many singer {group}"}],
+                                   add_generation_prompt=True, tokenize=False)
+    prompt = tok.encode(text, add_special_tokens=False)
+    call = tok.encode('<tool_call>{"name": "sql_query"}</tool_call><|im_end|>', add_special_tokens=False)
+    obs = tok.encode("\n<|im_start|>tool\n6<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    ans = tok.encode(f"<answer>{answer}</answer><|im_end|>", add_special_tokens=False)
+    tokens = call + obs + ans
+    mask = [1] * len(call) + [0] * len(obs) + [1] * len(ans)
+    regions = ([int(Region.TOOL_NAME)] * len(call) + [int(Region.OBSERVATION)] * len(obs)
+               + [int(Region.ANSWER)] * len(ans))
+    logp, _ = policy.forward_logprobs(torch.tensor([prompt + tokens]))
+    p = len(prompt)
+    old = [float(logp[0, p + j - 1]) if m else 0.0 for j, m in enumerate(mask)]
+    return RolloutTrajectory(task=Task(f"t{group}", []), group_id=group, sample_index=sample, prompt_ids=prompt,
+                             token_ids=tokens, loss_mask=mask, old_logprobs=old, regions=regions,
+                             status=status, reward=reward)
+
+
+def _stage(**algo: object) -> StageConfig:
+    algorithm = AlgorithmConfig(**{"updates_per_batch": 1, "micro_batch_size": 2, **algo})  # type: ignore[arg-type]
+    return StageConfig(kind="rl", steps=10, reward={"exact_match": 1.0},
+                       rollout=RolloutConfig(group_size=2, prompts_per_step=2), algorithm=algorithm)
+
+
+def test_grpo_step_changes_parameters_with_ratio_one(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
+    before = _params(policy)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    metrics = grpo_update(policy, optimizer, trajs, _stage(), step=0)
+    assert _changed(before, policy)
+    assert metrics["kept"] == 4 and metrics["dropped"] == 0
+    assert math.isclose(metrics["ratio_mean"], 1.0, abs_tol=1e-4)
+    assert metrics["clip_frac"] == 0.0 and abs(metrics["approx_kl"]) < 1e-6
+    assert metrics["reward_mean"] == 0.5 and metrics["tokens"] > 0 and metrics["entropy"] > 0
+    assert "entropy/answer" in metrics and "entropy/observation" not in metrics
+
+
+def _update_result(
+    tiny_model_dir: Path, tok: Any, build: Any, stage: StageConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    policy = HFPolicy(tiny_model_dir)
+    trajs = build(policy, tok)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    metrics = grpo_update(policy, optimizer, trajs, stage, step=0)
+    return _params(policy), metrics
+
+
+def test_uniform_group_and_infra_failure_give_no_gradient(tiny_model_dir: Path, tiny_tokenizer: Any) -> None:
+    def informative(policy: HFPolicy, tok: Any) -> list[RolloutTrajectory]:
+        return [_trajectory(policy, tok, 0, s, str(s), float(s)) for s in range(2)]
+
+    def with_noise(policy: HFPolicy, tok: Any) -> list[RolloutTrajectory]:
+        uniform = [_trajectory(policy, tok, 1, s, "7", 1.0) for s in range(2)]
+        failed = _trajectory(policy, tok, 0, 2, "9", None, RolloutStatus.INFRA_FAILED)
+        return informative(policy, tok) + uniform + [failed]
+
+    stage = _stage()
+    clean, m_clean = _update_result(tiny_model_dir, tiny_tokenizer, informative, stage)
+    noisy, m_noisy = _update_result(tiny_model_dir, tiny_tokenizer, with_noise, stage)
+    assert all(torch.equal(clean[k], noisy[k]) for k in clean)
+    assert m_noisy["kept"] == 2 and m_noisy["dropped"] == 3
+    assert m_noisy["dropped/uniform_group"] == 2 and m_noisy["dropped/infra_failed"] == 1
+    assert m_noisy["tokens"] == m_clean["tokens"]
+    # with the filter off, the uniform group's (zero-advantage) tokens enter the loss and change the update
+    loose = _stage(filters=FilterConfig(drop_equal_reward_groups=False))
+    unfiltered, m_unf = _update_result(tiny_model_dir, tiny_tokenizer, with_noise, loose)
+    assert m_unf["kept"] == 4
+    assert any(not torch.equal(clean[k], unfiltered[k]) for k in clean)
+
+
+def test_all_filtered_means_no_update(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    trajs = [_trajectory(policy, tiny_tokenizer, 0, s, "1", 1.0) for s in range(2)]
+    before = _params(policy)
+    metrics = grpo_update(policy, torch.optim.AdamW(policy.model.parameters(), lr=1e-3), trajs, _stage(), step=0)
+    assert metrics["updated"] == 0.0 and not _changed(before, policy)
+
+
+def test_grpo_with_reference_and_rest_weights(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
+    reference = frozen_reference(policy)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    stage = _stage(kl_coef=0.1, updates_per_batch=2, token_weighting="rest-schedule", loss_agg="weighted-token-mean")
+    metrics = grpo_update(policy, optimizer, trajs, stage, step=100, reference=reference)
+    assert metrics["kl"] >= 0 and metrics["rest/weight/reasoning"] == pytest.approx(0.8)
+    assert metrics["rest/weight/tool_name"] == pytest.approx(1.2)
+    entropy_stage = dataclasses.replace(stage, algorithm=dataclasses.replace(
+        stage.algorithm, kl_coef=0.0, token_weighting="rest-entropy"))
+    metrics = grpo_update(policy, optimizer, trajs, entropy_stage, step=5)
+    assert "rest/weight/tool_name" in metrics and "rest/entropy/answer" in metrics
+    with pytest.raises(ValueError, match="reference"):
+        grpo_update(policy, optimizer, trajs, stage, step=0)
+
+
+def test_collate_trajectories_matches_stored_logprobs(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    trajs = [_trajectory(policy, tiny_tokenizer, 0, s, "x" * (s + 1), 0.0) for s in range(2)]
+    batch = collate_trajectories(trajs, pad_token_id=policy.pad_token_id)
+    logp, _ = policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+    m = batch.loss_mask.bool()
+    assert torch.allclose(logp[m], batch.old_logprobs[m], atol=1e-5)
+    assert int(batch.loss_mask.sum()) == sum(t.num_generated for t in trajs)

@@ -1,0 +1,112 @@
+"""Trajectories → padded tensors aligned with ``HFPolicy.forward_logprobs``.
+
+A row is ``prompt_ids + token_ids``, right-padded to the longest row. ``forward_logprobs`` returns
+[B, T-1] next-token log-probs where position t scores ``input_ids[:, t+1]``, so token j of
+``token_ids`` (at input position P + j, P = len(prompt_ids)) is scored at position P + j − 1.
+Every per-token list of a trajectory (loss mask, old log-probs, regions) is shifted the same way;
+prompt and padding positions get mask 0, old log-prob 0 and region PROMPT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trainer.parsing import Region
+from trainer.types import RolloutTrajectory
+
+__all__ = ["TokenBatch", "collate", "collate_trajectories"]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Padded rows: ``input_ids``/``attention_mask`` [B, T]; the rest [B, T-1] (predicted positions)."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    loss_mask: Tensor
+    old_logprobs: Tensor
+    regions: Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens that carry loss."""
+        return int(self.loss_mask.sum())
+
+    def select(self, rows: Tensor | slice | list[int]) -> TokenBatch:
+        """A sub-batch of rows (padding kept; harmless, masked out)."""
+        return TokenBatch(
+            input_ids=self.input_ids[rows],
+            attention_mask=self.attention_mask[rows],
+            loss_mask=self.loss_mask[rows],
+            old_logprobs=self.old_logprobs[rows],
+            regions=self.regions[rows],
+        )
+
+
+def collate(
+    prompts: Sequence[Sequence[int]],
+    tokens: Sequence[Sequence[int]],
+    loss_masks: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    old_logprobs: Sequence[Sequence[float]] | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
+) -> TokenBatch:
+    """Pad rows of (prompt, tokens, per-token lists) into a ``TokenBatch``.
+
+    With an empty prompt the first token has no predicting position, so it cannot carry loss.
+
+    Raises:
+        ValueError: lengths disagree, or a row is shorter than 2 tokens.
+    """
+    n = len(prompts)
+    if not (len(tokens) == len(loss_masks) == n):
+        raise ValueError(f"{n} prompts, {len(tokens)} token lists, {len(loss_masks)} masks")
+    if n == 0:
+        raise ValueError("cannot collate an empty batch")
+    width = max(len(p) + len(t) for p, t in zip(prompts, tokens, strict=True))
+    if width < 2:
+        raise ValueError("every batch needs a row of at least 2 tokens to predict anything")
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width - 1), dtype=torch.get_default_dtype())
+    old = torch.zeros((n, width - 1), dtype=torch.float32)
+    reg = torch.full((n, width - 1), int(Region.PROMPT), dtype=torch.long)
+    for row in range(n):
+        prompt, toks = list(prompts[row]), list(tokens[row])
+        if len(loss_masks[row]) != len(toks):
+            raise ValueError(f"row {row}: {len(toks)} tokens but {len(loss_masks[row])} mask values")
+        p, length = len(prompt), len(prompt) + len(toks)
+        input_ids[row, :length] = torch.tensor(prompt + toks, dtype=torch.long)
+        attention[row, :length] = 1
+        # token j sits at input position p + j and is scored at position p + j − 1
+        start = 1 if p == 0 else 0          # with no prompt, token 0 is never predicted
+        lo, hi = p + start - 1, length - 1
+        if hi > lo:
+            mask[row, lo:hi] = torch.tensor(list(loss_masks[row])[start:], dtype=mask.dtype)
+            if old_logprobs is not None:
+                old[row, lo:hi] = torch.tensor(list(old_logprobs[row])[start:], dtype=old.dtype)
+            if regions is not None:
+                reg[row, lo:hi] = torch.tensor([int(r) for r in regions[row]][start:], dtype=torch.long)
+    return TokenBatch(input_ids=input_ids, attention_mask=attention, loss_mask=mask, old_logprobs=old, regions=reg)
+
+
+def collate_trajectories(trajectories: Sequence[RolloutTrajectory], *, pad_token_id: int) -> TokenBatch:
+    """``collate`` for rollout trajectories (checks each one's alignment first)."""
+    for traj in trajectories:
+        traj.check_aligned()
+    return collate(
+        [t.prompt_ids for t in trajectories],
+        [t.token_ids for t in trajectories],
+        [t.loss_mask for t in trajectories],
+        pad_token_id=pad_token_id,
+        old_logprobs=[t.old_logprobs for t in trajectories],
+        regions=[t.regions for t in trajectories],
+    )

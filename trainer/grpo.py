@@ -1,0 +1,228 @@
+"""One GRPO update on a batch of scored trajectories.
+
+Order of work: trajectory filter → group advantages over the kept trajectories → two-level mask
+(action level from the token regions, trajectory level from the filter) → optional ResT token
+weights → ``updates_per_batch`` optimizer steps, each accumulating gradients over micro-batches of
+the kept trajectories (``micro_batch_size`` bounds memory, not the update size).
+
+Dropped trajectories never enter a forward pass, so they cannot contribute a gradient. A generated
+token whose region label is PROMPT (a rollout engine that does not label regions) is treated as
+OTHER, so an unlabelled trajectory still trains on every generated token.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from trainer.algorithms import (
+    FilterConfig,
+    PolicyLossConfig,
+    Region,
+    RestEntropyConfig,
+    RestSchedule,
+    action_mask,
+    filter_trajectories,
+    grpo_advantages,
+    needs_reference_model,
+    policy_loss,
+    rest_entropy_weights,
+    rest_token_weights,
+    two_level_mask,
+)
+from trainer.batching import TokenBatch, collate_trajectories
+from trainer.config import StageConfig
+from trainer.policy.hf import HFPolicy
+from trainer.types import RolloutStatus, RolloutTrajectory
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["frozen_reference", "grpo_update"]
+
+
+def frozen_reference(policy: HFPolicy) -> HFPolicy:
+    """A frozen copy of ``policy`` (eval mode, no grad) to score the KL reference log-probs."""
+    model = copy.deepcopy(policy.model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return HFPolicy(model=model, tokenizer=policy.tokenizer, device=policy.device)
+
+
+def _filter_config(stage: StageConfig) -> FilterConfig:
+    f = stage.algorithm.filters
+    return FilterConfig(
+        drop_uniform_groups=f.drop_equal_reward_groups,
+        drop_infra_failed=f.drop_infra_failed,
+        drop_truncated=f.drop_truncated,
+        drop_format_violations=f.drop_format_errors,
+    )
+
+
+def _labelled_regions(batch: TokenBatch) -> torch.Tensor:
+    """Regions with unlabelled generated tokens (PROMPT under mask 1) relabelled OTHER."""
+    unlabelled = (batch.loss_mask > 0) & (batch.regions == int(Region.PROMPT))
+    return torch.where(unlabelled, torch.full_like(batch.regions, int(Region.OTHER)), batch.regions)
+
+
+def _region_entropy(entropy: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Per-region (sum of entropy, token count) over masked tokens."""
+    out: dict[str, tuple[float, float]] = {}
+    for r in Region:
+        sel = (regions == int(r)) & (mask > 0)
+        n = float(sel.sum())
+        if n:
+            out[r.name.lower()] = (float(entropy[sel].sum()), n)
+    return out
+
+
+def grpo_update(
+    policy: HFPolicy,
+    optimizer: torch.optim.Optimizer,
+    trajectories: Sequence[RolloutTrajectory],
+    stage_cfg: StageConfig,
+    step: int,
+    *,
+    reference: HFPolicy | None = None,
+    total_steps: int | None = None,
+) -> dict[str, float]:
+    """Filter, compute advantages and take ``updates_per_batch`` optimizer steps; returns metrics.
+
+    Args:
+        policy: the trained policy (``policy.model`` is what ``optimizer`` holds).
+        optimizer: its optimizer; the caller steps any scheduler.
+        trajectories: scored trajectories (``reward`` set unless ``status`` is INFRA_FAILED).
+        stage_cfg: the RL stage (algorithm, filters, rollout temperature, optim.max_grad_norm).
+        step: training step within the stage (ResT schedule).
+        reference: frozen reference policy; required when ``algorithm.kl_coef > 0``, unused otherwise.
+        total_steps: steps of the stage, for the ResT entropy curriculum (default ``stage_cfg.steps``).
+
+    Raises:
+        ValueError: ``kl_coef > 0`` without a reference, or a non-failed trajectory without a reward.
+    """
+    algo = stage_cfg.algorithm
+    if needs_reference_model(algo.kl_coef) and reference is None:
+        raise ValueError(f"kl_coef={algo.kl_coef} > 0 needs a reference policy (see frozen_reference)")
+    n = len(trajectories)
+    metrics: dict[str, float] = {"trajectories": float(n)}
+    if n == 0:
+        return metrics | {"kept": 0.0, "dropped": 0.0, "updated": 0.0}
+    for t in trajectories:
+        if t.reward is None and t.status != RolloutStatus.INFRA_FAILED:
+            raise ValueError(f"trajectory {t.task.task_id}/{t.sample_index} has no reward and did not fail")
+    infra = torch.tensor([t.status == RolloutStatus.INFRA_FAILED for t in trajectories])
+    rewards = torch.tensor([0.0 if t.reward is None else float(t.reward) for t in trajectories])
+    group_ids = torch.tensor([t.group_id for t in trajectories])
+    result = filter_trajectories(
+        rewards, group_ids, _filter_config(stage_cfg),
+        infra_failed=infra,
+        truncated=torch.tensor([t.status == RolloutStatus.TRUNCATED for t in trajectories]),
+        format_violation=torch.tensor([t.status == RolloutStatus.FORMAT_ERROR for t in trajectories]),
+    )
+    scored = rewards[~infra]
+    metrics["reward_mean"] = float(scored.mean()) if len(scored) else 0.0
+    metrics["reward_std"] = float(scored.std()) if len(scored) > 1 else 0.0
+    components: dict[str, list[float]] = defaultdict(list)
+    for t in trajectories:
+        for name, value in t.reward_components.items():
+            components[name].append(float(value))
+    for name, values in components.items():
+        metrics[f"reward/{name}"] = sum(values) / len(values)
+    metrics["response_tokens"] = sum(t.num_generated for t in trajectories) / n
+    metrics["tool_calls"] = sum(t.num_tool_calls for t in trajectories) / n
+    metrics["kept"] = float(result.counts["kept"])
+    metrics["dropped"] = float(result.counts["dropped"])
+    for reason, count in result.counts.items():
+        if reason not in ("kept", "dropped"):
+            metrics[f"dropped/{reason}"] = float(count)
+
+    kept_idx = torch.nonzero(result.keep).flatten().tolist()
+    if not kept_idx:
+        logger.info("step %s: every trajectory filtered out, no update", step)
+        return metrics | {"updated": 0.0, "tokens": 0.0}
+    kept = [trajectories[i] for i in kept_idx]
+    adv = grpo_advantages(rewards[kept_idx], group_ids[kept_idx], norm_by_std=algo.advantage_std)
+    batch = collate_trajectories(kept, pad_token_id=policy.pad_token_id)
+    regions = _labelled_regions(batch)
+    mask = two_level_mask(action_mask(regions, valid=batch.loss_mask), torch.ones(len(kept), dtype=torch.bool))
+    metrics["tokens"] = float(mask.sum())
+    metrics["advantage_abs_mean"] = float(adv.abs().mean())
+
+    temperature = stage_cfg.rollout.temperature
+    size = algo.micro_batch_size
+    micro = [list(range(i, min(i + size, len(kept)))) for i in range(0, len(kept), size)]
+    ref_logp: list[torch.Tensor | None] = [None] * len(micro)
+    entropies: list[torch.Tensor] = []
+    with torch.no_grad():
+        for k, rows in enumerate(micro):
+            sub = batch.select(rows)
+            _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature)
+            assert ent is not None
+            entropies.append(ent)
+            if reference is not None and needs_reference_model(algo.kl_coef):
+                ref_logp[k], _ = reference.forward_logprobs(
+                    sub.input_ids, sub.attention_mask, temperature=temperature, compute_entropy=False
+                )
+
+    # Entropy at the start of the update, overall and per region (ResT uses the same numbers).
+    ent_sum, ent_n = 0.0, 0
+    per_region: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for rows, ent in zip(micro, entropies, strict=True):
+        m = mask[rows]
+        ent_sum += float((ent * m).sum())
+        ent_n += int(m.sum())
+        for name, (s, c) in _region_entropy(ent, regions[rows], m).items():
+            per_region[name][0] += s
+            per_region[name][1] += c
+    metrics["entropy"] = ent_sum / max(ent_n, 1)
+    for name, (s, c) in per_region.items():
+        metrics[f"entropy/{name}"] = s / c
+
+    weights: torch.Tensor | None = None
+    if algo.token_weighting == "rest-schedule":
+        weights = rest_token_weights(regions, mask, step)
+        for r, w in RestSchedule().region_weights(step).items():
+            if r not in (Region.PROMPT, Region.OBSERVATION):
+                metrics[f"rest/weight/{r.name.lower()}"] = w
+    elif algo.token_weighting == "rest-entropy":
+        full_entropy = torch.zeros_like(mask)
+        for rows, ent in zip(micro, entropies, strict=True):
+            full_entropy[rows] = ent.to(mask.dtype)
+        progress = min(max(step / max(total_steps or stage_cfg.steps, 1), 0.0), 1.0)
+        weights, info = rest_entropy_weights(full_entropy, regions, mask, progress, RestEntropyConfig())
+        metrics |= info
+
+    loss_cfg = PolicyLossConfig(
+        clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef, loss_agg_mode=algo.loss_agg
+    )
+    sums: dict[str, float] = defaultdict(float)
+    policy.model.train()
+    for _ in range(algo.updates_per_batch):
+        optimizer.zero_grad(set_to_none=True)
+        for k, rows in enumerate(micro):
+            sub = batch.select(rows)
+            logp, _ = policy.forward_logprobs(
+                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=False
+            )
+            loss, info = policy_loss(
+                logp, sub.old_logprobs.to(logp.dtype), adv[rows], mask[rows], loss_cfg,
+                ref_logp=ref_logp[k], weights=None if weights is None else weights[rows],
+            )
+            (loss / len(micro)).backward()
+            for key, value in info.items():
+                sums[key] += value
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage_cfg.optim.max_grad_norm)
+        sums["grad_norm"] += float(grad_norm) * len(micro)
+        if math.isfinite(float(grad_norm)):
+            optimizer.step()
+        else:
+            logger.warning("step %s: non-finite grad norm, update skipped", step)
+    count = algo.updates_per_batch * len(micro)
+    averaged = {key.removeprefix("actor/"): value / count for key, value in sums.items()}
+    metrics |= averaged
+    metrics["updated"] = 1.0
+    return metrics

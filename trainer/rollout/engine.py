@@ -1,0 +1,399 @@
+"""The rollout engine: token in, token out; every trajectory runs its own async loop.
+
+One trajectory (``RolloutEngine.rollout``):
+
+1. The prompt ids come from ``tokenizer.apply_chat_template(task.messages, tools=task.tools,
+   add_generation_prompt=True)``, once per task. A tool session is opened with ``task.context``
+   while the first turn generates (so first turns batch together); the first tool call waits for it.
+2. Each turn generates until the end of the turn (``<|im_end|>`` / eos) or the per-turn limit.
+   We stop at the end of the turn, not at ``</tool_call>``: Qwen's format puts all the calls of a
+   turn before ``<|im_end|>``, so one generation holds all of them and they run concurrently.
+   The generated ids (loss mask 1, with their sampling log-probs; regions from ``label_regions``
+   on the turn's ids) are appended as they came; the policy's text is never re-tokenized.
+3. The turn is parsed (``parse_tool_calls``). Its rules, in order:
+   an ``<answer>`` → COMPLETED with that answer (calls in the same turn are not run);
+   no call and no malformed call → the end: COMPLETED with the turn's text as the answer
+   (FORMAT_ERROR instead when ``require_answer``), TRUNCATED when the turn was cut by the
+   per-turn token limit; the last allowed turn (``max_turns``) with calls → TRUNCATED, the calls
+   are not run (no turn would read their results). Otherwise the calls run concurrently over the
+   engine's ``ToolStream`` (deadline ``tool_timeout_s``, a global semaphore ``tool_concurrency``
+   and one per tool name ``per_tool_concurrency``; the client retries UNAVAILABLE).
+4. A failure of the system — ``Unavailable``/``DeadlineExceeded`` from the stream, a result with
+   ``system_error.code != 0``, a failed ``OpenSession`` when a tool is to be called — ends the
+   trajectory as INFRA_FAILED with ``infra_error`` saying what; it never raises out of ``run``.
+5. The observation — each result's text (then one ``Error: …`` per malformed call), wrapped by
+   ``format_observation`` in ``<tool_response>`` markers and capped to ``max_observation_tokens``
+   tokens (the chat wrapper around it is not counted) — is put inside the template's tool turn
+   (``ToolTurnTemplate``: the rest of the assistant turn's end, e.g. ``"\\n"`` after a generated
+   ``<|im_end|>`` or all of ``"<|im_end|>\\n"`` after a cut turn, then e.g.
+   ``"<|im_start|>user\\n"`` … ``"<|im_end|>\\n<|im_start|>assistant\\n"``). Only these strings are
+   tokenized; they get loss mask 0, log-prob 0 and region OBSERVATION.
+6. ``max_total_tokens`` bounds prompt + everything after it: a turn may generate at most what is
+   left, and an observation that would leave no room for another token ends the trajectory as
+   TRUNCATED (not appended). The session is closed at the end, also on failure.
+
+Reproducibility: each generation's seed is ``derive_seed(seed, step, group, sample, turn)``; a
+batched ``generate`` call is seeded from its rows' seeds in order. The same run is reproduced when
+the same rows meet in the same batches, which depends on the completion order of tool calls; with
+``max_batch_size=1`` every trajectory is reproducible on its own whatever the order (given the same
+weights and device), at the cost of batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from reward_service.types import ToolCallRecord, ToolResultRecord, TrajectoryRecord, TurnRecord
+from rlyard.client import ToolClient, ToolStream
+from rlyard.common.v1 import common_pb2
+from rlyard.errors import ServiceError
+from trainer.config import RolloutConfig
+from trainer.parsing import ParsedCall, Region, format_observation, label_regions, parse_tool_calls
+from trainer.policy.base import Generation, Sampler, SamplingParams
+from trainer.rollout.generation import GenerationBatcher, derive_seed
+from trainer.rollout.template import ToolTurnTemplate
+from trainer.types import RolloutStatus, RolloutTrajectory, Task
+
+logger = logging.getLogger(__name__)
+
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+@dataclass
+class _CallOutcome:
+    """One tool call as the engine saw it."""
+
+    call: ParsedCall
+    call_id: str
+    result: common_pb2.ToolResult | None = None
+    latency_ms: float = 0.0
+    infra_error: str = ""
+
+    @property
+    def text(self) -> str:
+        if self.result is None:
+            return ""
+        parts: list[str] = []
+        for part in self.result.content:
+            kind = part.WhichOneof("kind")
+            if kind == "text":
+                parts.append(part.text)
+            elif kind == "json":
+                parts.append(part.json)
+            elif kind == "image":
+                parts.append("[image]")
+        return "\n".join(parts)
+
+    def record(self) -> ToolResultRecord:
+        structured: Any = None
+        if self.result is not None and self.result.structured_json:
+            try:
+                structured = json.loads(self.result.structured_json)
+            except json.JSONDecodeError:
+                structured = None
+        return ToolResultRecord(
+            call_id=self.call_id,
+            name=self.call.name,
+            text=self.text,
+            is_error=bool(self.result.is_error) if self.result is not None else False,
+            structured=structured,
+            system_error_code=self.result.system_error.code if self.result is not None else 0,
+            system_error_message=self.result.system_error.message if self.result is not None else "",
+        )
+
+
+@dataclass
+class _State:
+    """What one trajectory accumulates besides the token lists."""
+
+    trajectory_id: str
+    turns: list[TurnRecord] = field(default_factory=list)
+
+    def add(self, role: str, text: str, **kwargs: Any) -> None:
+        self.turns.append(TurnRecord(index=len(self.turns), role=role, text=text, **kwargs))
+
+
+class RolloutEngine:
+    """Samples trajectories of tool-using episodes; see the module docstring for the rules.
+
+    ``policy`` is any ``Sampler`` (called from one worker thread); ``tool_client`` a ``ToolClient``
+    made on the event loop the engine runs on. Extra knobs: ``tool_timeout_s`` (deadline of one
+    tool call and of session open/close), ``require_answer`` (a final turn without ``<answer>`` is
+    FORMAT_ERROR), ``max_batch_size`` (rows per ``generate`` call), ``session_idle_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        policy: Sampler,
+        tokenizer: Any,
+        tool_client: ToolClient,
+        config: RolloutConfig,
+        *,
+        seed: int = 0,
+        tool_timeout_s: float = 30.0,
+        require_answer: bool = False,
+        max_batch_size: int | None = None,
+        session_idle_timeout_s: float = 0.0,
+    ) -> None:
+        if tool_timeout_s <= 0:
+            raise ValueError(f"tool_timeout_s={tool_timeout_s}: must be > 0 seconds")
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.tool_client = tool_client
+        self.config = config
+        self.seed = seed
+        self.tool_timeout_s = tool_timeout_s
+        self.require_answer = require_answer
+        self.session_idle_timeout_s = session_idle_timeout_s
+        self.batcher = GenerationBatcher(policy, max_batch_size=max_batch_size)
+        self.template = ToolTurnTemplate.from_tokenizer(tokenizer)
+        self.stop_token_ids = _stop_token_ids(tokenizer)
+        self._global_limit = asyncio.Semaphore(config.tool_concurrency)
+        self._tool_limits: dict[str, asyncio.Semaphore] = {}
+        self._stream: ToolStream | None = None
+        self._stream_loop: asyncio.AbstractEventLoop | None = None
+        self._prompt_cache: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------ public
+    async def run(
+        self, tasks: Sequence[Task], group_size: int | None = None, *, step: int = 0
+    ) -> list[RolloutTrajectory]:
+        """Sample every task ``group_size`` times (default: the config's); ``group_id`` is the
+        task's index. Returned group by group, samples in order."""
+        size = self.config.group_size if group_size is None else group_size
+        if size < 1:
+            raise ValueError(f"group_size={size}: must be >= 1")
+        self._prompt_cache.clear()
+        async with asyncio.TaskGroup() as tg:
+            jobs = [
+                tg.create_task(self.rollout(task, group_id, sample, step=step))
+                for group_id, task in enumerate(tasks)
+                for sample in range(size)
+            ]
+        return [job.result() for job in jobs]
+
+    async def rollout(self, task: Task, group_id: int, sample_index: int, *, step: int = 0) -> RolloutTrajectory:
+        """One trajectory of ``task``; never raises for a failure of the tool service."""
+        traj = RolloutTrajectory(
+            task=task, group_id=group_id, sample_index=sample_index, prompt_ids=self.prompt_ids(task)
+        )
+        state = _State(trajectory_id=f"{task.task_id}/step{step}/g{group_id}/s{sample_index}")
+        for message in task.messages:
+            state.add(str(message.get("role", "user")), str(message.get("content") or ""))
+        # The session opens while the first turn generates: the first generations of a batch
+        # then meet in one ``generate`` call instead of trickling in as sessions open.
+        session = asyncio.create_task(self._open_session(task))
+        try:
+            await self._turns(traj, state, session, step)
+        finally:
+            session_id, _ = await session  # bounded by tool_timeout_s; closed below even if unused
+            if session_id:
+                await self._close_session(session_id)
+            traj.record = TrajectoryRecord(
+                trajectory_id=state.trajectory_id,
+                task_id=task.task_id,
+                turns=tuple(state.turns),
+                final_answer=traj.final_answer,
+                status=traj.status.value,
+                metadata={"group_id": str(group_id), "sample_index": str(sample_index), "step": str(step)},
+            )
+        traj.check_aligned()
+        return traj
+
+    def prompt_ids(self, task: Task) -> list[int]:
+        """The tokenized chat-template prompt of ``task`` (cached for the current run)."""
+        cached = self._prompt_cache.get(id(task))
+        if cached is None:
+            rendered = self.tokenizer.apply_chat_template(
+                task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=True
+            )
+            if not isinstance(rendered, list):  # a BatchEncoding (transformers >= 5 returns a dict)
+                rendered = rendered["input_ids"]
+            cached = [int(t) for t in rendered]
+            self._prompt_cache[id(task)] = cached
+        return list(cached)
+
+    async def aclose(self) -> None:
+        """Close the tool stream and the policy's worker thread (not the tool client)."""
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
+        await asyncio.to_thread(self.batcher.close)
+
+    # ------------------------------------------------------------------ the loop
+    async def _turns(
+        self, traj: RolloutTrajectory, state: _State, session: asyncio.Task[tuple[str, str]], step: int
+    ) -> None:
+        cfg = self.config
+        for turn in range(cfg.max_turns):
+            room = cfg.max_total_tokens - len(traj.prompt_ids) - len(traj.token_ids)
+            if room <= 0:
+                traj.status = RolloutStatus.TRUNCATED
+                return
+            params = SamplingParams(
+                max_new_tokens=min(cfg.max_new_tokens_per_turn, room),
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                stop_token_ids=self.stop_token_ids,
+                seed=derive_seed(self.seed, step, traj.group_id, traj.sample_index, turn),
+            )
+            gen = await self.batcher.generate(traj.prompt_ids + traj.token_ids, params)
+            self._append_generated(traj, gen)
+            ended = bool(gen.token_ids) and gen.token_ids[-1] in self.stop_token_ids
+            text = self._decode(gen.token_ids[:-1] if ended else gen.token_ids)
+            parsed = parse_tool_calls(text)
+
+            if parsed.answer is not None:
+                state.add("assistant", text)
+                traj.status, traj.final_answer = RolloutStatus.COMPLETED, parsed.answer
+                return
+            if not parsed.calls and not parsed.errors:
+                state.add("assistant", text)
+                if not ended:
+                    traj.status = RolloutStatus.TRUNCATED
+                elif self.require_answer:
+                    traj.status = RolloutStatus.FORMAT_ERROR
+                else:
+                    traj.status, traj.final_answer = RolloutStatus.COMPLETED, text.strip()
+                return
+            call_ids = [f"{state.trajectory_id}/t{turn}/c{i}" for i in range(len(parsed.calls))]
+            calls = tuple(
+                ToolCallRecord(call_id=cid, name=c.name, arguments_json=json.dumps(c.arguments))
+                for cid, c in zip(call_ids, parsed.calls, strict=True)
+            )
+            state.add("assistant", text, tool_calls=calls)
+            if turn + 1 == cfg.max_turns:
+                traj.status = RolloutStatus.TRUNCATED
+                return
+
+            session_id, error = await session
+            if error:
+                _fail(traj, error)
+                return
+            outcomes = await self._call_tools(session_id, parsed.calls, call_ids)
+            traj.num_tool_calls += len(outcomes)
+            traj.tool_latency_ms.extend(o.latency_ms for o in outcomes)
+            failed = [o.infra_error for o in outcomes if o.infra_error]
+            if failed:
+                _fail(traj, "; ".join(failed))
+                state.add("tool", "", tool_results=tuple(o.record() for o in outcomes))
+                return
+
+            texts = [o.text for o in outcomes] + [f"Error: {e}" for e in parsed.errors]
+            observation = format_observation(texts, self.tokenizer, cfg.max_observation_tokens)
+            head = self._assistant_rest(gen, ended) + self.template.tool_prefix
+            obs_ids = self._encode(head) + self._encode(observation) + self._encode(self.template.tool_suffix)
+            if len(traj.prompt_ids) + len(traj.token_ids) + len(obs_ids) >= cfg.max_total_tokens:
+                traj.status = RolloutStatus.TRUNCATED
+                return
+            traj.token_ids.extend(obs_ids)
+            traj.loss_mask.extend([0] * len(obs_ids))
+            traj.old_logprobs.extend([0.0] * len(obs_ids))
+            traj.regions.extend([int(Region.OBSERVATION)] * len(obs_ids))
+            state.add("tool", observation, tool_results=tuple(o.record() for o in outcomes))
+        traj.status = RolloutStatus.TRUNCATED  # not reached: the last turn returns above
+
+    def _append_generated(self, traj: RolloutTrajectory, gen: Generation) -> None:
+        if len(gen.logprobs) != len(gen.token_ids):
+            raise RuntimeError(f"the sampler gave {len(gen.logprobs)} log-probs for {len(gen.token_ids)} tokens")
+        traj.token_ids.extend(gen.token_ids)
+        traj.loss_mask.extend([1] * len(gen.token_ids))
+        traj.old_logprobs.extend(float(lp) for lp in gen.logprobs)
+        traj.regions.extend(label_regions(gen.token_ids, self.tokenizer) if gen.token_ids else [])
+
+    def _assistant_rest(self, gen: Generation, ended: bool) -> str:
+        """What the template puts after the assistant content that the policy did not generate."""
+        end = self.template.assistant_end
+        if ended:
+            stop_text = self._decode(gen.token_ids[-1:])
+            if end.startswith(stop_text):
+                return end[len(stop_text):]
+        return end
+
+    # ------------------------------------------------------------------ tools
+    def _stream_for_loop(self) -> ToolStream:
+        loop = asyncio.get_running_loop()
+        if self._stream is None or self._stream_loop is not loop:
+            self._stream, self._stream_loop = self.tool_client.stream(batch=True), loop
+        return self._stream
+
+    async def _call_tools(
+        self, session_id: str, calls: list[ParsedCall], call_ids: list[str]
+    ) -> list[_CallOutcome]:
+        async with asyncio.TaskGroup() as tg:
+            jobs = [tg.create_task(self._call_tool(session_id, c, cid)) for c, cid in zip(calls, call_ids, strict=True)]
+        return [job.result() for job in jobs]
+
+    async def _call_tool(self, session_id: str, call: ParsedCall, call_id: str) -> _CallOutcome:
+        outcome = _CallOutcome(call=call, call_id=call_id)
+        limit = self._tool_limits.get(call.name)
+        if limit is None:
+            limit = self._tool_limits[call.name] = asyncio.Semaphore(self.config.per_tool_concurrency)
+        stream = self._stream_for_loop()
+        async with self._global_limit, limit:
+            start = time.perf_counter()
+            try:
+                outcome.result = await stream.call(
+                    call.name, call.arguments, session_id=session_id, call_id=call_id, timeout=self.tool_timeout_s
+                )
+            except ServiceError as exc:  # Unavailable, DeadlineExceeded
+                outcome.infra_error = f"{call.name}: {_describe(exc)}"
+            outcome.latency_ms = (time.perf_counter() - start) * 1000.0
+        if outcome.result is not None and outcome.result.system_error.code != 0:
+            err = outcome.result.system_error
+            name = _STATUS_NAMES.get(err.code, str(err.code))
+            outcome.infra_error = f"{call.name}: {name}: {err.message}"
+        return outcome
+
+    async def _open_session(self, task: Task) -> tuple[str, str]:
+        """``(session_id, "")``, or ``("", what failed)``."""
+        try:
+            session_id = await self.tool_client.open_session(
+                task.context, idle_timeout_s=self.session_idle_timeout_s, timeout=self.tool_timeout_s
+            )
+        except (grpc.aio.AioRpcError, ServiceError) as exc:
+            return "", f"open_session: {_describe(exc)}"
+        return session_id, ""
+
+    async def _close_session(self, session_id: str) -> None:
+        try:
+            await self.tool_client.close_session(session_id, timeout=self.tool_timeout_s)
+        except (grpc.aio.AioRpcError, ServiceError) as exc:
+            logger.warning("could not close tool session %s: %s", session_id, _describe(exc))
+
+    # ------------------------------------------------------------------ tokens
+    def _encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)] if text else []
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+
+def _stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """End-of-turn ids: eos, and ``<|im_end|>`` when the vocabulary has it."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab:
+        ids.append(int(vocab["<|im_end|>"]))
+    return tuple(dict.fromkeys(ids))
+
+
+def _fail(traj: RolloutTrajectory, message: str) -> None:
+    traj.status = RolloutStatus.INFRA_FAILED
+    traj.infra_error = message
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,40 @@
+"""Scoring rollouts through the reward service: one ``ScoreBatch`` per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reward_service.convert import item_to_pb, spec_to_pb
+from reward_service.spec import parse_spec
+from reward_service.types import ScoringItem
+from rlyard.reward.v1 import reward_pb2
+from rlyard.reward_client import RewardClient
+from trainer.types import RolloutStatus, RolloutTrajectory
+
+
+async def score_trajectories(
+    client: RewardClient, trajectories: list[RolloutTrajectory], spec_obj: Any, step: int
+) -> dict[str, int]:
+    """Fill ``reward`` and ``reward_components``; a system failure of the reward marks the
+    trajectory INFRA_FAILED (dropped from the loss), an INVALID_INPUT raises (bad task data)."""
+    to_score = [t for t in trajectories if t.status != RolloutStatus.INFRA_FAILED]
+    if not to_score:
+        return {"scored": 0, "reward_system_errors": 0}
+    requests = [
+        item_to_pb(ScoringItem(f"{t.group_id}-{t.sample_index}", trajectory=t.record,
+                               ground_truth=t.task.ground_truth, training_step=step))
+        for t in to_score
+    ]
+    results = await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+    errors = 0
+    for t, r in zip(to_score, results, strict=True):
+        if r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR:
+            t.status = RolloutStatus.INFRA_FAILED
+            t.infra_error = f"reward: {r.error}"
+            errors += 1
+        elif r.status == reward_pb2.SCORE_STATUS_INVALID_INPUT:
+            raise ValueError(f"task {t.task.task_id}: the reward service cannot score it: {r.error}")
+        else:
+            t.reward = r.total
+            t.reward_components = {c.name: c.value for c in r.components}
+    return {"scored": len(to_score) - errors, "reward_system_errors": errors}

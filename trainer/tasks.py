@@ -1,0 +1,81 @@
+"""Task sources for RL stages: a JSONL of tasks, with the tools of the tool server.
+
+Each line: ``{"task_id", "question" | "messages", "context"?, "ground_truth"?, "system"?}``.
+A ``question`` becomes a user message after an optional system message; the tool
+schemas (OpenAI function-calling form) come from the tool server's ``ListTools``,
+restricted to ``tools`` when the line names them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from rlyard.errors import ConfigError
+from rlyard.tools.v1 import tools_pb2
+from trainer.types import Task
+
+DEFAULT_SYSTEM = (
+    "You are an agent that answers by calling tools. Think in <think>…</think>, call tools with "
+    "<tool_call>{\"name\": …, \"arguments\": {…}}</tool_call>, and give the final answer in <answer>…</answer>."
+)
+
+
+def openai_tools(specs: list[tools_pb2.ToolSpec]) -> list[dict[str, Any]]:
+    """``ListTools`` specs as OpenAI function-calling schemas (what chat templates render)."""
+    return [
+        {"type": "function", "function": {"name": s.name, "description": s.description,
+                                          "parameters": json.loads(s.parameters_json_schema)}}
+        for s in specs
+    ]
+
+
+def load_tasks(path: Path, tools: list[dict[str, Any]], system: str = DEFAULT_SYSTEM) -> list[Task]:
+    """Read a task JSONL; a bad line is a ConfigError naming the line."""
+    if not path.is_file():
+        raise ConfigError(f"task file {path} does not exist")
+    tasks = []
+    by_name = {t["function"]["name"]: t for t in tools}
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{no}: not JSON: {exc}") from None
+        if "messages" in obj:
+            messages = list(obj["messages"])
+        elif "question" in obj:
+            messages = [{"role": "system", "content": obj.get("system", system)},
+                        {"role": "user", "content": str(obj["question"])}]
+        else:
+            raise ConfigError(f"{path}:{no}: a task needs 'question' or 'messages'")
+        names = obj.get("tools")
+        task_tools = [by_name[n] for n in names if n in by_name] if names else tools
+        tasks.append(Task(str(obj.get("task_id", no)), messages, task_tools,
+                          {str(k): str(v) for k, v in (obj.get("context") or {}).items()}, obj.get("ground_truth")))
+    if not tasks:
+        raise ConfigError(f"{path} holds no tasks")
+    return tasks
+
+
+class TaskSampler:
+    """Draws ``n`` tasks per step without replacement within an epoch, reproducibly: the
+    order of epoch ``e`` is a shuffle seeded by (seed, e), so the cursor alone resumes it."""
+
+    def __init__(self, tasks: list[Task], seed: int) -> None:
+        self.tasks = tasks
+        self.seed = seed
+
+    def take(self, cursor: int, n: int) -> list[Task]:
+        """The tasks at positions cursor … cursor + n − 1 of the endless shuffled stream."""
+        out = []
+        size = len(self.tasks)
+        for pos in range(cursor, cursor + n):
+            epoch, index = divmod(pos, size)
+            order = list(range(size))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.tasks[order[index]])
+        return out
