@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,11 @@ def _train(
                 values = _rl_step(run, policy, optimizer, stage, name, step, reference,
                                   rollout_fn, score_fn, task_source)
                 values["lr"] = float(optimizer.param_groups[0]["lr"])
-                scheduler.step()
+                with warnings.catch_warnings():
+                    # the schedule follows the step count even when every group was filtered out
+                    # and no optimizer step ran; torch warns about exactly that order
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    scheduler.step()
             seconds = time.monotonic() - tic
             values["step_seconds"] = seconds
             values["tokens_per_s"] = values.get("tokens", 0.0) / max(seconds, 1e-9)
