@@ -145,3 +145,15 @@ def test_demo_writes_a_report(tmp_path: Path) -> None:
     assert report["spider_gold_batch"]["errors"] == 0
     assert [r["total"] for r in report["rewards"]] == [1.0, 1.0, 0.0]
     assert (reports[0].parent / "transcript.md").read_text().startswith("# rlyard demo transcript")
+
+
+def test_trainer_service_starts_under_the_launcher(tmp_path: Path) -> None:
+    from rlyard.launcher import Launcher, check_health
+    from rlyard.services import load_table
+
+    spec = load_table().get("trainer")
+    with Launcher([spec], tmp_path / "logs", ephemeral_ports=True,
+                  extra_env={"RLYARD_TRAINER_RUNS_DIR": str(tmp_path / "runs")}) as launcher:
+        endpoint = launcher.start()["trainer"]
+        assert check_health(endpoint.target, service="rlyard.trainer.v1.TrainerService") == "SERVING"
+    assert launcher.dead()  # stopped with the launcher
