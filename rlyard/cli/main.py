@@ -7,6 +7,7 @@
     rlyard serve KIND                  run one service in the foreground (used by up/compose/k8s)
     rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
     rlyard train -c CONFIG             run an experiment (SFT, RL stages) with a live progress view
+    rlyard eval -c CONFIG --checkpoint DIR [--spider-dev N]   evaluate a policy (accuracy, tool calls, errors)
     rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard demo                        the embedded demo: services up, a scripted session, a report
@@ -172,6 +173,12 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     return train.run(ns, console)
 
 
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    from rlyard.cli import evaluate
+
+    return evaluate.run(ns, console)
+
+
 def _cmd_model(ns: argparse.Namespace) -> int:
     from trainer.model import init_policy
 
@@ -250,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if the run directory has checkpoints")
     p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("eval", help="run a policy on a task set: execution accuracy, tool calls, errors")
+    from rlyard.cli.evaluate import add_arguments as add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(fn=_cmd_eval)
 
     p = sub.add_parser("model", help="policy checkpoints")
     msub = p.add_subparsers(dest="model_cmd", required=True)

@@ -1,0 +1,280 @@
+"""Evaluation: run a policy on a task set with the rollout engine, score it with the reward
+service, and aggregate what matters for a tool-using SQL agent.
+
+    report = evaluate("runs/policy", tasks, max_tool_calls=6)
+    report.execution_accuracy, report.mean_tool_calls, report.format_errors, ...
+
+One trajectory per task (group size 1). Decoding is greedy by default: the engine builds its
+``SamplingParams`` from ``RolloutConfig.temperature``, which must be > 0 for RL, so the policy is
+wrapped in a sampler that substitutes the evaluation's ``temperature`` (0 = greedy, which the
+backends support) — the rollout config is used as it is otherwise.
+
+The tool-call budget: ``max_turns`` is set to ``max_tool_calls + 1`` (one turn per call, as the
+environment's prompt shows, then the answer turn). A turn holding several calls runs them all,
+so the budget bounds tool *turns*; the report counts actual calls.
+
+Services: with ``services=None`` a SQL tool server and a reward service are started embedded on
+loopback ports of their own (``EvalServices``), on one event loop in a daemon thread; pass an
+``EvalServices`` to reuse them across evaluations, or give it addresses of running services.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envs.text_to_sql import REWARD_SPEC
+from rlyard.client import ToolClient
+from rlyard.reward_client import RewardClient
+from rlyard.server import RunningServer
+from rlyard.services import ROOT
+from trainer.config import RolloutConfig
+from trainer.policy.base import Generation, Sampler, SamplingParams
+from trainer.rollout import EngineThread, RolloutEngine
+from trainer.scoring import score_trajectories
+from trainer.tasks import openai_tools
+from trainer.types import RolloutStatus, RolloutTrajectory, Task
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_DIR = ROOT / "data" / "spider" / "database"
+DEFAULT_SPEC: dict[str, Any] = REWARD_SPEC
+EVAL_ROLLOUT = RolloutConfig(group_size=2, prompts_per_step=1, max_turns=7, max_new_tokens_per_turn=256,
+                             max_total_tokens=4096, max_observation_tokens=256)
+
+
+class EvalServices:
+    """The tool server and reward service of an evaluation, and the loop that talks to them.
+
+    Empty ``tools`` / ``reward`` targets start that service embedded (port 0 on loopback).
+    """
+
+    def __init__(self, *, db_dir: Path | str = DEFAULT_DB_DIR, tools: str = "", reward: str = "",
+                 timeout_s: float = 30.0) -> None:
+        self.db_dir = Path(db_dir)
+        self.tools_target, self.reward_target = tools, reward
+        self.timeout_s = timeout_s
+        self.thread: EngineThread | None = None
+        self.servers: list[RunningServer] = []
+        self.tool_client: ToolClient | None = None
+        self.reward_client: RewardClient | None = None
+        self.tools: list[dict[str, Any]] = []
+
+    def __enter__(self) -> EvalServices:
+        self.thread = EngineThread(name="eval-loop")
+        try:
+            self.thread.run(self._start(), timeout=120)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _start(self) -> None:
+        from reward_service.app import reward_service
+        from reward_service.settings import RewardSettings
+        from rlyard.server import start_server
+        from rlyard.settings import ServerSettings
+        from tool_servers.app import tool_service
+        from tool_servers.settings import ToolServerSettings
+
+        if not self.tools_target:
+            server = await start_server(tool_service(ToolServerSettings(db_dir=self.db_dir)), ServerSettings())
+            self.servers.append(server)
+            self.tools_target = server.address
+        if not self.reward_target:
+            settings = RewardSettings(sql_tools_target=self.tools_target, tool_timeout_s=self.timeout_s)
+            server = await start_server(reward_service(settings), ServerSettings())
+            self.servers.append(server)
+            self.reward_target = server.address
+        self.tool_client = ToolClient(self.tools_target, timeout=self.timeout_s)
+        self.reward_client = RewardClient(self.reward_target, timeout=max(self.timeout_s, 120.0))
+        self.tools = openai_tools(await self.tool_client.list_tools())
+        logger.info("eval services: tools at %s, reward at %s", self.tools_target, self.reward_target)
+
+    async def _stop(self) -> None:
+        for client in (self.tool_client, self.reward_client):
+            if client is not None:
+                await client.close()
+        for server in reversed(self.servers):
+            await server.stop(1.0)
+
+    def close(self) -> None:
+        """Stop embedded services and the event loop."""
+        if self.thread is None:
+            return
+        try:
+            self.thread.run(self._stop(), timeout=30)
+        finally:
+            self.thread.close()
+            self.thread = None
+
+
+class FixedTemperature:
+    """A ``Sampler`` that samples ``policy`` at ``temperature`` whatever the caller asks (0 = greedy)."""
+
+    def __init__(self, policy: Sampler, temperature: float) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or a positive value")
+        self.policy = policy
+        self.temperature = temperature
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Delegate with the temperature replaced."""
+        return self.policy.generate(prompts, dataclasses.replace(params, temperature=self.temperature))
+
+
+@dataclass
+class TaskResult:
+    """One task's trajectory, as the report keeps it."""
+
+    task_id: str
+    db_id: str
+    status: str
+    correct: bool
+    reward: float | None
+    components: dict[str, float]
+    num_tool_calls: int
+    turns: int
+    format_error: bool
+    final_answer: str
+    infra_error: str = ""
+
+
+@dataclass
+class EvalReport:
+    """Aggregates over ``results`` (``execution_accuracy`` counts infra failures as wrong;
+    ``scored_accuracy`` leaves them out)."""
+
+    n: int
+    execution_accuracy: float
+    scored_accuracy: float
+    mean_tool_calls: float
+    mean_turns: float
+    format_errors: int
+    infra_failures: int
+    truncated: int
+    seconds: float
+    results: list[TaskResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The aggregates (no per-task results)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "results"}
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+def _result(t: RolloutTrajectory, check_format: bool) -> TaskResult:
+    components = dict(t.reward_components)
+    format_error = t.status == RolloutStatus.FORMAT_ERROR or (check_format and components.get("format", 1.0) == 0.0)
+    return TaskResult(
+        task_id=t.task.task_id,
+        db_id=str(t.task.context.get("db_id", "")),
+        status=t.status.value,
+        correct=components.get("sql_execution", 0.0) >= 1.0,
+        reward=t.reward,
+        components=components,
+        num_tool_calls=t.num_tool_calls,
+        turns=sum(1 for turn in t.record.turns if turn.role == "assistant"),
+        format_error=format_error,
+        final_answer=t.final_answer,
+        infra_error=t.infra_error,
+    )
+
+
+def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool = True, seconds: float = 0.0,
+              settings: dict[str, Any] | None = None) -> EvalReport:
+    """The report of scored trajectories (``check_format``: the spec had a ``format`` term)."""
+    results = [_result(t, check_format) for t in trajectories]
+    n = len(results)
+    infra = sum(r.status == RolloutStatus.INFRA_FAILED.value for r in results)
+    correct = sum(r.correct for r in results)
+    return EvalReport(
+        n=n,
+        execution_accuracy=correct / n if n else 0.0,
+        scored_accuracy=correct / (n - infra) if n > infra else 0.0,
+        mean_tool_calls=sum(r.num_tool_calls for r in results) / n if n else 0.0,
+        mean_turns=sum(r.turns for r in results) / n if n else 0.0,
+        format_errors=sum(r.format_error for r in results),
+        infra_failures=infra,
+        truncated=sum(r.status == RolloutStatus.TRUNCATED.value for r in results),
+        seconds=seconds,
+        results=results,
+        settings=settings or {},
+    )
+
+
+def evaluate(
+    policy: str | Path | Sampler,
+    tasks: Sequence[Task],
+    *,
+    services: EvalServices | None = None,
+    rollout_config: RolloutConfig = EVAL_ROLLOUT,
+    temperature: float = 0.0,
+    max_tool_calls: int = 6,
+    reward_spec: Any = None,
+    seed: int = 0,
+    device: str = "cpu",
+    db_dir: Path | str = DEFAULT_DB_DIR,
+    max_batch_size: int | None = None,
+) -> EvalReport:
+    """Roll out every task once with ``policy`` (a checkpoint directory or a loaded ``Sampler``
+    with a ``tokenizer``), score with ``reward_spec`` (default ``{sql_execution: 1, format: 0.1}``)
+    and aggregate. See the module docstring for temperature and the tool-call budget."""
+    import time
+
+    if max_tool_calls < 0:
+        raise ValueError(f"max_tool_calls={max_tool_calls}: must be >= 0")
+    if isinstance(policy, str | Path):
+        from trainer.policy.hf import HFPolicy
+
+        loaded: Any = HFPolicy(policy, device=device)
+    else:
+        loaded = policy
+    if getattr(loaded, "model", None) is not None:
+        loaded.model.eval()
+    spec = reward_spec if reward_spec is not None else DEFAULT_SPEC
+    config = dataclasses.replace(rollout_config, max_turns=max_tool_calls + 1)
+    settings = {"temperature": temperature, "max_tool_calls": max_tool_calls, "max_turns": config.max_turns,
+                "max_new_tokens_per_turn": config.max_new_tokens_per_turn,
+                "max_total_tokens": config.max_total_tokens, "reward_spec": spec, "seed": seed,
+                "policy": str(policy) if isinstance(policy, str | Path) else type(policy).__name__}
+    own = services is None
+    svc = EvalServices(db_dir=db_dir) if services is None else services
+    if own:
+        svc.__enter__()
+    try:
+        if svc.thread is None or svc.tool_client is None or svc.reward_client is None:
+            raise RuntimeError("EvalServices must be entered (used as a context manager) before evaluate()")
+        tool_client, reward_client = svc.tool_client, svc.reward_client
+        engine = RolloutEngine(FixedTemperature(loaded, temperature), loaded.tokenizer, tool_client, config,
+                               seed=seed, tool_timeout_s=svc.timeout_s, max_batch_size=max_batch_size)
+
+        async def run() -> list[RolloutTrajectory]:
+            try:
+                trajectories = await engine.run(list(tasks), group_size=1)
+                await score_trajectories(reward_client, trajectories, spec, 0)
+                return trajectories
+            finally:
+                await engine.aclose()
+
+        start = time.perf_counter()
+        trajectories = svc.thread.run(run())
+        seconds = time.perf_counter() - start
+    finally:
+        if own:
+            svc.close()
+    names = {str(k) for k in spec} if isinstance(spec, dict) else {str(t.get("name")) for t in spec}
+    report = aggregate(trajectories, check_format="format" in names, seconds=seconds, settings=settings)
+    logger.info("eval: n=%d accuracy=%.3f tool_calls=%.2f in %.1fs", report.n, report.execution_accuracy,
+                report.mean_tool_calls, seconds)
+    return report
