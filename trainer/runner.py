@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import shutil
 import threading
 import time
 import warnings
@@ -123,6 +125,8 @@ class _Run:
             "config": dataclasses.asdict(self.config), "stages": stages,
             "steps": int(self.state["global_step"]), "final_metrics": last,
             "wall_seconds": round(self.wall(), 3), "run_dir": str(self.run_dir),
+            "models": {s["name"]: str(self.run_dir / "models" / s["name"]) for s in stages
+                       if (self.run_dir / "models" / s["name"]).is_dir()},
         }
         if error:
             report["error"] = error
@@ -255,7 +259,7 @@ def _train(
                 with warnings.catch_warnings():
                     # the schedule follows the step count even when every group was filtered out
                     # and no optimizer step ran; torch warns about exactly that order
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                     scheduler.step()
             seconds = time.monotonic() - tic
             values["step_seconds"] = seconds
@@ -269,10 +273,27 @@ def _train(
             run.emit({"type": "metrics", "stage": name, "step": step, "global_step": gstep, "values": values})
             if gstep % config.checkpoint.every_steps == 0 or step == stage.steps:
                 run.save(policy, optimizer, scheduler)
+        if int(run.state["stage_step"]) == stage.steps:
+            export_policy(policy, run.run_dir / "models" / name)
         if stopping() and index + 1 < len(config.stages):
             run.save(policy, optimizer, scheduler)
             return "STOPPED"
     return "SUCCEEDED"
+
+
+def export_policy(policy: HFPolicy, out: Path) -> Path:
+    """The policy as a loadable HF checkpoint (``save_pretrained`` with its tokenizer), so that
+    ``rlyard eval --checkpoint`` and later runs can start from any finished stage."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    logger.info("stage model exported to %s", out)
+    return out
 
 
 def _reference(run: _Run, policy: HFPolicy, stage: StageConfig, index: int, start: int) -> HFPolicy | None:

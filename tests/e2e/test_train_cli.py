@@ -49,6 +49,12 @@ def test_train_sft_then_rl_writes_outputs(tmp_path: Path) -> None:
     assert (run_dir / "curves" / "loss.png").stat().st_size > 1000
     assert "## grpo · step 1" in (run_dir / "samples.md").read_text()
     assert any(p.name.startswith("step-") for p in (run_dir / "checkpoints").iterdir())
+    # every finished stage is exported as a loadable HF checkpoint (rlyard eval --checkpoint takes it)
+    assert set(report["models"]) == {"warm", "grpo"}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(report["models"]["warm"])
+    assert len(AutoTokenizer.from_pretrained(report["models"]["warm"])) == model.config.vocab_size
     # a bad config gets a clear error, not a traceback
     path.write_text(yaml.safe_dump({**config, "stages": [{**config["stages"][1], "rollout": {"group_size": 1}}]}))
     bad = subprocess.run([*RLYARD, "train", "-c", str(path)], capture_output=True, text=True, timeout=60)
