@@ -125,8 +125,9 @@ class _Run:
             "config": dataclasses.asdict(self.config), "stages": stages,
             "steps": int(self.state["global_step"]), "final_metrics": last,
             "wall_seconds": round(self.wall(), 3), "run_dir": str(self.run_dir),
-            "models": {s["name"]: str(self.run_dir / "models" / s["name"]) for s in stages
-                       if (self.run_dir / "models" / s["name"]).is_dir()},
+            "models": {name: str(self.run_dir / "models" / name)
+                       for name in (_stage_name(s, i) for i, s in enumerate(self.config.stages))
+                       if (self.run_dir / "models" / name).is_dir()},
         }
         if error:
             report["error"] = error
