@@ -28,92 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from envs.text_to_sql import REWARD_SPEC
-from rlyard.client import ToolClient
-from rlyard.reward_client import RewardClient
-from rlyard.server import RunningServer
-from rlyard.services import ROOT
 from trainer.config import RolloutConfig
+from trainer.connections import DEFAULT_DB_DIR, ServiceConnections
 from trainer.policy.base import Generation, Sampler, SamplingParams
-from trainer.rollout import EngineThread, RolloutEngine
+from trainer.rollout import RolloutEngine
 from trainer.scoring import score_trajectories
-from trainer.tasks import openai_tools
 from trainer.types import RolloutStatus, RolloutTrajectory, Task
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB_DIR = ROOT / "data" / "spider" / "database"
 DEFAULT_SPEC: dict[str, Any] = REWARD_SPEC
 EVAL_ROLLOUT = RolloutConfig(group_size=2, prompts_per_step=1, max_turns=7, max_new_tokens_per_turn=256,
                              max_total_tokens=4096, max_observation_tokens=256)
 
 
-class EvalServices:
-    """The tool server and reward service of an evaluation, and the loop that talks to them.
-
-    Empty ``tools`` / ``reward`` targets start that service embedded (port 0 on loopback).
-    """
+class EvalServices(ServiceConnections):
+    """The tool server and reward service of an evaluation (empty targets: started embedded)."""
 
     def __init__(self, *, db_dir: Path | str = DEFAULT_DB_DIR, tools: str = "", reward: str = "",
                  timeout_s: float = 30.0) -> None:
-        self.db_dir = Path(db_dir)
-        self.tools_target, self.reward_target = tools, reward
-        self.timeout_s = timeout_s
-        self.thread: EngineThread | None = None
-        self.servers: list[RunningServer] = []
-        self.tool_client: ToolClient | None = None
-        self.reward_client: RewardClient | None = None
-        self.tools: list[dict[str, Any]] = []
-
-    def __enter__(self) -> EvalServices:
-        self.thread = EngineThread(name="eval-loop")
-        try:
-            self.thread.run(self._start(), timeout=120)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def _start(self) -> None:
-        from reward_service.app import reward_service
-        from reward_service.settings import RewardSettings
-        from rlyard.server import start_server
-        from rlyard.settings import ServerSettings
-        from tool_servers.app import tool_service
-        from tool_servers.settings import ToolServerSettings
-
-        if not self.tools_target:
-            server = await start_server(tool_service(ToolServerSettings(db_dir=self.db_dir)), ServerSettings())
-            self.servers.append(server)
-            self.tools_target = server.address
-        if not self.reward_target:
-            settings = RewardSettings(sql_tools_target=self.tools_target, tool_timeout_s=self.timeout_s)
-            server = await start_server(reward_service(settings), ServerSettings())
-            self.servers.append(server)
-            self.reward_target = server.address
-        self.tool_client = ToolClient(self.tools_target, timeout=self.timeout_s)
-        self.reward_client = RewardClient(self.reward_target, timeout=max(self.timeout_s, 120.0))
-        self.tools = openai_tools(await self.tool_client.list_tools())
-        logger.info("eval services: tools at %s, reward at %s", self.tools_target, self.reward_target)
-
-    async def _stop(self) -> None:
-        for client in (self.tool_client, self.reward_client):
-            if client is not None:
-                await client.close()
-        for server in reversed(self.servers):
-            await server.stop(1.0)
-
-    def close(self) -> None:
-        """Stop embedded services and the event loop."""
-        if self.thread is None:
-            return
-        try:
-            self.thread.run(self._stop(), timeout=30)
-        finally:
-            self.thread.close()
-            self.thread = None
+        super().__init__(db_dir=db_dir, tools=tools, reward=reward, timeout_s=timeout_s, loop_name="eval-loop")
 
 
 class FixedTemperature:

@@ -14,35 +14,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from rlyard.client import ToolClient
 from rlyard.errors import ConfigError
-from rlyard.reward_client import RewardClient
-from rlyard.server import RunningServer
-from rlyard.services import ROOT
 from trainer.config import ExperimentConfig, StageConfig
+from trainer.connections import DEFAULT_DB_DIR, ServiceConnections
 from trainer.policy.hf import HFPolicy
-from trainer.rollout import EngineThread, RolloutEngine
+from trainer.rollout import RolloutEngine
 from trainer.scoring import score_trajectories
-from trainer.tasks import TaskSampler, load_tasks, openai_tools
+from trainer.tasks import TaskSampler, load_tasks
 from trainer.types import RolloutTrajectory, Task
 
 logger = logging.getLogger(__name__)
-DEFAULT_DB_DIR = ROOT / "data" / "spider" / "database"
 
 
-class RLServices:
+class RLServices(ServiceConnections):
     """Rollouts, scores and tasks for the RL stages of one run."""
 
     def __init__(self, config: ExperimentConfig, *, db_dir: Path = DEFAULT_DB_DIR) -> None:
+        svc = config.services
+        super().__init__(db_dir=db_dir, tools=svc.tools, reward=svc.reward, timeout_s=svc.timeout_s)
         self.config = config
-        self.db_dir = db_dir
-        self.thread: EngineThread | None = None
-        self.servers: list[RunningServer] = []
-        self.tool_client: ToolClient | None = None
-        self.reward_client: RewardClient | None = None
-        self.tools: list[dict[str, Any]] = []
         self.policy: HFPolicy | None = None
         self._engines: dict[int, RolloutEngine] = {}
         self._samplers: dict[int, TaskSampler] = {}
@@ -50,61 +41,10 @@ class RLServices:
         self._step = 0
         self.last_counts: dict[str, int] = {}
 
-    def __enter__(self) -> RLServices:
-        self.thread = EngineThread()
-        try:
-            self.thread.run(self._start(), timeout=120)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def _start(self) -> None:
-        from reward_service.app import reward_service
-        from reward_service.settings import RewardSettings
-        from rlyard.server import start_server
-        from rlyard.settings import ServerSettings
-        from tool_servers.app import tool_service
-        from tool_servers.settings import ToolServerSettings
-
-        svc = self.config.services
-        tools_target = svc.tools
-        if not tools_target:
-            server = await start_server(tool_service(ToolServerSettings(db_dir=self.db_dir)), ServerSettings())
-            self.servers.append(server)
-            tools_target = server.address
-        reward_target = svc.reward
-        if not reward_target:
-            settings = RewardSettings(sql_tools_target=tools_target, tool_timeout_s=svc.timeout_s)
-            server = await start_server(reward_service(settings), ServerSettings())
-            self.servers.append(server)
-            reward_target = server.address
-        self.tool_client = ToolClient(tools_target, timeout=svc.timeout_s)
-        self.reward_client = RewardClient(reward_target, timeout=max(svc.timeout_s, 120.0))
-        self.tools = openai_tools(await self.tool_client.list_tools())
-        logger.info("RL services: tools at %s, reward at %s", tools_target, reward_target)
-
     async def _stop(self) -> None:
         for engine in self._engines.values():
             await engine.aclose()
-        for client in (self.tool_client, self.reward_client):
-            if client is not None:
-                await client.close()
-        for server in reversed(self.servers):
-            await server.stop(1.0)
-
-    def close(self) -> None:
-        """Stop embedded services and the event loop."""
-        if self.thread is None:
-            return
-        try:
-            self.thread.run(self._stop(), timeout=30)
-        finally:
-            self.thread.close()
-            self.thread = None
+        await super()._stop()
 
     # --- what run_experiment calls ------------------------------------------------------
     def bind_policy(self, policy: HFPolicy) -> None:

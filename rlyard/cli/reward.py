@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reward_service.convert import item_from_json, item_to_pb, spec_to_pb
 from reward_service.spec import load_spec
+from rlyard.embedded import sql_services
 from rlyard.errors import InvalidArgument
 from rlyard.reward.v1 import reward_pb2
 from rlyard.reward_client import RewardClient
@@ -59,29 +59,6 @@ def read_lines(path: Path) -> list[Line]:
     return lines
 
 
-@contextlib.asynccontextmanager
-async def embedded_services(sql_db_dir: Path) -> AsyncIterator[str]:
-    """The reward service and the SQL tool server, in this process on loopback ports."""
-    from reward_service.app import reward_service
-    from reward_service.settings import RewardSettings
-    from rlyard.server import start_server
-    from rlyard.settings import ServerSettings
-    from tool_servers.app import tool_service
-    from tool_servers.settings import ToolServerSettings
-
-    tools = await start_server(tool_service(ToolServerSettings(db_dir=sql_db_dir)), ServerSettings())
-    try:
-        reward = await start_server(
-            reward_service(RewardSettings(sql_tools_target=tools.address)), ServerSettings()
-        )
-        try:
-            yield reward.address
-        finally:
-            await reward.stop(1.0)
-    finally:
-        await tools.stop(1.0)
-
-
 def _output(line: Line, resp: reward_pb2.ScoreResponse | None) -> dict[str, Any]:
     if resp is None:
         return {"id": line.item_id, "total": None, "components": {}, "status": "INVALID_INPUT",
@@ -111,7 +88,7 @@ async def score_file(
     lines = read_lines(input_path)
     counts: dict[str, int] = {}
     async with contextlib.AsyncExitStack() as stack:
-        address: str = target if target else await stack.enter_async_context(embedded_services(sql_db_dir))
+        address: str = target or (await stack.enter_async_context(sql_services(sql_db_dir)))[1]
         client = await stack.enter_async_context(RewardClient(address, timeout=600.0))
         output_path.parent.mkdir(parents=True, exist_ok=True)
         with output_path.open("w", encoding="utf-8") as out, Progress(
