@@ -18,15 +18,15 @@ def test_train_sft_then_rl_writes_outputs(tmp_path: Path) -> None:
     assert subprocess.run([*RLYARD, "model", "init", "--out", str(policy)], capture_output=True,
                           timeout=120).returncode == 0
     data = tmp_path / "data"
-    made = subprocess.run([sys.executable, "-m", "trainer.example_data", "--out", str(data), "--tasks", "4",
-                           "--demos", "8"], capture_output=True, text=True, timeout=120)
+    made = subprocess.run([sys.executable, "-m", "envs.text_to_sql", "--out", str(data), "--tasks", "4",
+                           "--demos", "8", "--no-schema"], capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     config = {
         "name": "e2e", "seed": 0, "model": {"path": str(policy)}, "output_dir": str(tmp_path / "runs"),
         "checkpoint": {"every_steps": 2, "keep": 2},
         "stages": [
-            {"kind": "sft", "name": "warm", "data": str(data / "sql_demos.jsonl"), "steps": 3, "batch_size": 4},
-            {"kind": "rl", "name": "grpo", "steps": 1, "tasks": {"path": str(data / "sql_tasks.jsonl")},
+            {"kind": "sft", "name": "warm", "data": str(data / "text_to_sql_demos.jsonl"), "steps": 3, "batch_size": 4},
+            {"kind": "rl", "name": "grpo", "steps": 1, "tasks": {"path": str(data / "text_to_sql_tasks.jsonl")},
              "reward": {"sql_execution": 1.0, "format": 0.1},
              "rollout": {"group_size": 2, "prompts_per_step": 2, "max_turns": 2, "max_new_tokens_per_turn": 32,
                          "max_total_tokens": 1024},
