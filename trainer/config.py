@@ -192,11 +192,14 @@ class StageConfig:
     algorithm: AlgorithmConfig = AlgorithmConfig()
     optim: OptimConfig = OptimConfig()
     batch_size: int = 16                  # sft: sequences per step
+    max_seconds: float = 0.0              # > 0: the stage ends after this much training time (steps = a cap)
 
     def __post_init__(self) -> None:
         where = f"stage {self.name or self.kind}"
         if self.steps < 1:
             _fail(where, f"steps must be >= 1 (got {self.steps})")
+        if self.max_seconds < 0:
+            _fail(where, f"max_seconds must be >= 0 (0 = no time limit; got {self.max_seconds})")
         if self.kind == "sft" and not self.data:
             _fail(where, "an sft stage needs `data:` (a JSONL of trajectories with loss masks)")
         if self.kind == "rl":

@@ -151,7 +151,7 @@ def evaluate(
     policy: str | Path | Sampler,
     tasks: Sequence[Task],
     *,
-    services: EvalServices | None = None,
+    services: ServiceConnections | None = None,
     rollout_config: RolloutConfig = EVAL_ROLLOUT,
     temperature: float = 0.0,
     max_tool_calls: int = 6,

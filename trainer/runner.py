@@ -86,11 +86,13 @@ class _Run:
         self.on_event = on_event
         self.metrics = MetricsLog(run_dir)
         self.state: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "cursor": 0, "global_step": 0,
-                                      "wall_seconds": 0.0}
+                                      "wall_seconds": 0.0, "stage_seconds": 0.0, "stage_done": False}
         self.final_metrics: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
         self.last_saved = -1
         self.on_policy: Callable[[HFPolicy], None] | None = None
+        self.stage_steps: dict[int, int] = {}      # steps done by finished stages (a time limit may end one early)
+        self.stage_secs: dict[int, float] = {}     # their training seconds
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -103,7 +105,9 @@ class _Run:
         step = int(self.state["global_step"])
         if step == self.last_saved:
             return None
-        state = dict(self.state, wall_seconds=self.wall(), final_metrics=self.final_metrics)
+        state = dict(self.state, wall_seconds=self.wall(), final_metrics=self.final_metrics,
+                     stage_steps={str(k): v for k, v in self.stage_steps.items()},
+                     stage_secs={str(k): v for k, v in self.stage_secs.items()})
         state.pop("step", None)
         ckpt = save_checkpoint(self.ckpt_dir, step, model=policy.model, optimizer=optimizer, scheduler=scheduler,
                                trainer_state=state, keep=self.config.checkpoint.keep)
@@ -115,9 +119,10 @@ class _Run:
         stages = []
         for i, stage in enumerate(self.config.stages):
             idx, done = int(self.state["stage_index"]), int(self.state["stage_step"])
-            steps_done = stage.steps if i < idx else (done if i == idx else 0)
+            steps_done = self.stage_steps.get(i, stage.steps) if i < idx else (done if i == idx else 0)
             name = _stage_name(stage, i)
             stages.append({"name": name, "kind": stage.kind, "steps": stage.steps, "steps_done": steps_done,
+                           "seconds": round(self.stage_secs.get(i, 0.0), 3),
                            "final_metrics": self.final_metrics.get(name, {})})
         last = next((s["final_metrics"] for s in reversed(stages) if s["final_metrics"]), {})
         report: dict[str, Any] = {
@@ -213,6 +218,8 @@ def _train(
         saved = ckpt.trainer_state
         run.state.update({k: saved[k] for k in run.state if k in saved})
         run.final_metrics = saved.get("final_metrics", {})
+        run.stage_steps = {int(k): int(v) for k, v in saved.get("stage_steps", {}).items()}
+        run.stage_secs = {int(k): float(v) for k, v in saved.get("stage_secs", {}).items()}
         run.metrics.truncate_after(int(run.state["global_step"]))
         run.last_saved = int(run.state["global_step"])
         logger.info("run %s resumes from %s", run.run_dir.name, ckpt.path)
@@ -235,7 +242,7 @@ def _train(
             restore_checkpoint(ckpt, model=policy.model, optimizer=optimizer, scheduler=scheduler)
             start = int(run.state["stage_step"])
         if index != int(run.state["stage_index"]) or ckpt is None:
-            run.state.update(stage_index=index, stage_step=0, cursor=0)
+            run.state.update(stage_index=index, stage_step=0, cursor=0, stage_seconds=0.0, stage_done=False)
         ckpt = None
         data: SftData | None = None
         if stage.kind == "sft":
@@ -244,6 +251,8 @@ def _train(
                            cursor=int(run.state["cursor"]))
         reference = _reference(run, policy, stage, index, start) if stage.kind == "rl" else None
         for step in range(start + 1, stage.steps + 1):
+            if run.state["stage_done"]:
+                break
             if stopping():
                 run.save(policy, optimizer, scheduler)
                 return "STOPPED"
@@ -267,14 +276,22 @@ def _train(
             values["tokens_per_s"] = values.get("tokens", 0.0) / max(seconds, 1e-9)
             run.state["stage_step"] = step
             run.state["global_step"] = int(run.state["global_step"]) + 1
+            run.state["stage_seconds"] = float(run.state["stage_seconds"]) + seconds
+            out_of_time = bool(stage.max_seconds) and float(run.state["stage_seconds"]) >= stage.max_seconds
+            run.state["stage_done"] = step == stage.steps or out_of_time
             gstep = int(run.state["global_step"])
             run.final_metrics[name] = values
             run.metrics.append({"stage": name, "stage_index": index, "step": step, "global_step": gstep,
                                 "wall_seconds": round(run.wall(), 3), **values})
             run.emit({"type": "metrics", "stage": name, "step": step, "global_step": gstep, "values": values})
-            if gstep % config.checkpoint.every_steps == 0 or step == stage.steps:
+            if out_of_time and step < stage.steps:
+                logger.info("stage %s: time limit of %.0f s reached after %d of %d steps", name, stage.max_seconds,
+                            step, stage.steps)
+            if gstep % config.checkpoint.every_steps == 0 or run.state["stage_done"]:
                 run.save(policy, optimizer, scheduler)
-        if int(run.state["stage_step"]) == stage.steps:
+        if run.state["stage_done"]:
+            run.stage_steps[index] = int(run.state["stage_step"])
+            run.stage_secs[index] = float(run.state["stage_seconds"])
             export_policy(policy, run.run_dir / "models" / name)
         if stopping() and index + 1 < len(config.stages):
             run.save(policy, optimizer, scheduler)

@@ -3,7 +3,8 @@
 Each line: ``{"task_id", "question" | "messages", "context"?, "ground_truth"?, "system"?}``.
 A ``question`` becomes a user message after an optional system message; the tool
 schemas (OpenAI function-calling form) come from the tool server's ``ListTools``,
-restricted to ``tools`` when the line names them.
+restricted to ``tools`` when the line names them (``"tools": []`` renders none: the prompt
+describes the tools itself, as the compact learning environment does).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def load_tasks(path: Path, tools: list[dict[str, Any]], system: str = DEFAULT_SY
         else:
             raise ConfigError(f"{path}:{no}: a task needs 'question' or 'messages'")
         names = obj.get("tools")
-        task_tools = [by_name[n] for n in names if n in by_name] if names else tools
+        task_tools = tools if names is None else [by_name[n] for n in names if n in by_name]
         tasks.append(Task(str(obj.get("task_id", no)), messages, task_tools,
                           {str(k): str(v) for k, v in (obj.get("context") or {}).items()}, obj.get("ground_truth")))
     if not tasks:

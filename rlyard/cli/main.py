@@ -10,7 +10,8 @@
     rlyard eval -c CONFIG --checkpoint DIR [--spider-dev N]   evaluate a policy (accuracy, tool calls, errors)
     rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
-    rlyard demo                        the embedded demo: services up, a scripted session, a report
+    rlyard demo                        the learning demo: services embedded, SFT + GRPO, held-out accuracy, a report
+    rlyard tour                        services up, a scripted session of real calls and rewards, a report
 """
 
 from __future__ import annotations
@@ -189,10 +190,16 @@ def _cmd_model(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(ns: argparse.Namespace) -> int:
+def _cmd_tour(ns: argparse.Namespace) -> int:
     from rlyard.demo import run_demo
 
     return run_demo(Path(ns.output_dir), console)
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from rlyard.cli import demo
+
+    return demo.run(ns, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,9 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--corpus", help="text file or folder of .txt for the tokenizer (default: data/corpus)")
     p.set_defaults(fn=_cmd_model)
 
-    p = sub.add_parser("demo", help="start the services, run a scripted session, write a report")
+    p = sub.add_parser("demo", help="the learning demo: a tiny policy learns text-to-SQL (SFT, then GRPO), "
+                                    "held-out accuracy before and after RL, a report")
     p.add_argument("--output-dir", default="runs")
+    p.add_argument("--run-id", default="", help="name of the run directory (an existing one resumes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rl-seconds", type=float, help="GRPO time budget (default: trainer.learning.LearningConfig)")
+    p.add_argument("--sft-steps", type=int, help="SFT steps on the demonstrations")
+    p.add_argument("--copy-steps", type=int, help="copying warm-up steps of the fresh policy")
     p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("tour", help="start the services, run a scripted session of tool calls and rewards, "
+                                    "write a report")
+    p.add_argument("--output-dir", default="runs")
+    p.set_defaults(fn=_cmd_tour)
     return parser
 
 

@@ -133,8 +133,8 @@ def test_unknown_profile_is_a_clear_error(tmp_path: Path) -> None:
     assert "known profiles" in result.stderr
 
 
-def test_demo_writes_a_report(tmp_path: Path) -> None:
-    result = subprocess.run([*RLYARD, "demo", "--output-dir", str(tmp_path / "runs")],
+def test_tour_writes_a_report(tmp_path: Path) -> None:
+    result = subprocess.run([*RLYARD, "tour", "--output-dir", str(tmp_path / "runs")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = list((tmp_path / "runs").glob("demo-*/report.json"))

@@ -230,3 +230,29 @@ def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: A
 def test_rl_stage_without_rollouts_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rollout_fn, score_fn, task_source"):
         run_experiment(_rl_config(tiny_model_dir), tmp_path / "rl")
+
+
+def test_time_limited_stage_ends_early_exports_and_resumes(
+    tiny_model_dir: Path, sft_data: Path, tmp_path: Path
+) -> None:
+    """``max_seconds`` ends a stage after the step that crosses it (steps are then a cap); the stage's
+    model is exported, the next stage runs, and a resumed run does not train the ended stage again."""
+    raw = _raw_config(tiny_model_dir, sft_data, every=100)
+    raw["stages"][0].update(steps=1000, max_seconds=1e-6)   # any step takes longer: the stage ends after one
+    run_dir = tmp_path / "timed"
+    report = run_experiment(parse_config(raw), run_dir)
+    assert report["state"] == "SUCCEEDED" and report["steps"] == 4
+    assert [s["steps_done"] for s in report["stages"]] == [1, 3]
+    assert report["stages"][0]["seconds"] > 0
+    assert (run_dir / "models" / "first" / "config.json").is_file()
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["stage"] for x in lines] == ["first", "second", "second", "second"]
+    again = run_experiment(parse_config(raw), run_dir, resume=True)   # resumes from the final checkpoint
+    assert again["steps"] == 4 and [s["steps_done"] for s in again["stages"]] == [1, 3]
+
+
+def test_negative_max_seconds_is_a_config_error(tiny_model_dir: Path, sft_data: Path) -> None:
+    raw = _raw_config(tiny_model_dir, sft_data, every=100)
+    raw["stages"][0]["max_seconds"] = -1
+    with pytest.raises(ConfigError, match="max_seconds"):
+        parse_config(raw)

@@ -1,0 +1,90 @@
+"""``rlyard demo``: the learning demo with a live view (see ``trainer.learning``).
+
+Prepare the world and the tiny policy, SFT on demonstrations, GRPO on the train questions with
+the SQL tool and the reward service embedded, evaluate held-out accuracy before and after RL.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class DemoView:
+    """One progress bar per phase; RL shows its time budget, the others their steps."""
+
+    def __init__(self, progress: Progress, sft_steps: int, copy_steps: int, rl_seconds: float) -> None:
+        self.progress = progress
+        self.rl_seconds = rl_seconds
+        self.bars: dict[str, TaskID] = {
+            "prepare": progress.add_task("prepare world, tasks, demos, policy", total=1),
+            "copy": progress.add_task("policy copy warm-up", total=copy_steps),
+            "sft": progress.add_task("SFT on demonstrations", total=sft_steps),
+            "grpo": progress.add_task("GRPO (time budget, s)", total=rl_seconds or None),
+            "eval": progress.add_task("held-out evaluation", total=2),
+        }
+        self.rl_started: float | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "phase" and event["phase"] == "train":
+            self.progress.update(self.bars["prepare"], completed=1)
+        elif kind == "copy":
+            self.progress.update(self.bars["copy"], completed=event["step"],
+                                 description=f"policy copy warm-up · loss {event['loss']:.3f}")
+        elif kind == "metrics":
+            values = event.get("values", {})
+            if event["stage"] == "grpo":
+                if self.rl_started is None:
+                    self.rl_started = time.monotonic() - float(values.get("step_seconds", 0.0))
+                done = time.monotonic() - self.rl_started
+                text = (f"GRPO step {event['step']} · reward {values.get('reward_mean', 0.0):.2f} · "
+                        f"kept {values.get('kept', 0):.0f}")
+                self.progress.update(self.bars["grpo"], completed=min(done, self.rl_seconds or done),
+                                     description=text)
+            else:
+                self.progress.update(self.bars["sft"], completed=event["step"],
+                                     description=f"SFT · loss {values.get('loss', 0.0):.3f}")
+        elif kind == "eval" and event["state"] == "done":
+            self.progress.advance(self.bars["eval"])
+            self.progress.update(self.bars["eval"], description=f"held-out evaluation · {event['model']} "
+                                                               f"{100 * event['accuracy']:.1f}%")
+        elif kind == "phase" and event["phase"] == "evaluate" and self.rl_seconds:
+            self.progress.update(self.bars["grpo"], completed=self.rl_seconds)
+
+
+def run(ns: Any, console: Console) -> int:
+    """Entry of ``rlyard demo``."""
+    from trainer.learning import LearningConfig, run_learning
+
+    given = {"rl_seconds": ns.rl_seconds, "sft_steps": ns.sft_steps, "copy_steps": ns.copy_steps}
+    cfg = LearningConfig(seed=ns.seed, **{k: v for k, v in given.items() if v is not None})
+    run_id = ns.run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(ns.output_dir) / run_id
+    console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; SFT {cfg.sft_steps} steps, "
+                  f"GRPO {cfg.rl_seconds:.0f} s; about 12 minutes on 2 CPU cores)")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, refresh_per_second=4) as progress:
+        view = DemoView(progress, cfg.sft_steps, cfg.copy_steps, cfg.rl_seconds)
+        report = run_learning(run_dir, cfg, on_event=view)
+    if report.get("state") != "SUCCEEDED":
+        console.print(f"[red]{report.get('state')}[/]: {report.get('error', '')} (rerun with --run-id {run_id} "
+                      "to resume from the last checkpoint)")
+        return 1
+    table = Table(title=f"held-out execution accuracy ({report['heldout_tasks']} questions, greedy)")
+    for col in ("checkpoint", "accuracy", "tool calls/task", "format errors", "truncated"):
+        table.add_column(col)
+    for key, label in (("sft", "after SFT"), ("rl", "after GRPO")):
+        summary = report["eval"][key]
+        table.add_row(label, f"{100 * summary['execution_accuracy']:.1f}%", f"{summary['mean_tool_calls']:.2f}",
+                      str(summary["format_errors"]), str(summary["truncated"]))
+    console.print(table)
+    console.print(f"gain from RL: {100 * report['gain']:+.1f} points · wall {report['wall_seconds']:.0f} s · "
+                  f"{run_dir}/report.json, curves/, samples.md, eval_*.json")
+    return 0

@@ -1,0 +1,92 @@
+"""A shortened learning demo end to end: world, copy warm-up, SFT, GRPO over the embedded SQL tool
+server and reward service, held-out evaluation before and after, the report; and the benchmark's
+control arm. Slow (about a minute): ``bash scripts/test.sh -m slow``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from envs.sql_learning import Prepared
+from trainer.learning import LearningConfig, prepare_for, run_learning
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+SHORT = LearningConfig(seed=1, n_train=40, n_heldout=8, n_demos=12, copy_steps=3, sft_steps=4, sft_batch_size=4,
+                       rl_steps=2, rl_seconds=0.0, group_size=2, prompts_per_step=2, max_new_tokens_per_turn=48,
+                       max_total_tokens=512)
+
+
+def _rl_on_demonstrated_questions(prep: Prepared) -> Prepared:
+    """RL tasks = the demonstrated questions: after SFT memorises them, samples at temperature 1 are
+    right or wrong, so GRPO groups carry signal and the update provably changes the policy."""
+    lines = []
+    for demo in map(json.loads, prep.demos.read_text().splitlines()):
+        gold = demo["messages"][-1]["content"].removeprefix("<answer>").removesuffix("</answer>")
+        lines.append({"task_id": demo["task_id"], "messages": demo["messages"][:2], "tools": [],
+                      "context": {"db_id": "local_services"}, "ground_truth": {"db_id": "local_services",
+                                                                               "query": gold}})
+    prep.train_tasks.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return dataclasses.replace(prep, n_train=len(lines))
+
+
+def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_path: Path) -> None:
+    events: list[dict] = []
+    cfg = dataclasses.replace(SHORT, n_demos=4, sft_steps=100, sft_lr=3e-3, rl_steps=4, max_new_tokens_per_turn=160,
+                              max_total_tokens=768)
+    prep = _rl_on_demonstrated_questions(prepare_for(cfg, tmp_path / "work", events.append))
+    report = run_learning(tmp_path / "run", cfg, on_event=events.append, prepared=prep)
+    assert report["state"] == "SUCCEEDED"
+    for key in ("sft_accuracy", "rl_accuracy", "seed", "wall_seconds", "curves", "samples", "heldout_tasks",
+                "by_template", "eval", "gain", "stage_seconds", "copy_warmup"):
+        assert key in report, key
+    assert report["seed"] == 1 and report["heldout_tasks"] == 8 and report["rl_tasks"] == 4
+    assert 0.0 <= report["sft_accuracy"] <= 1.0 and 0.0 <= report["rl_accuracy"] <= 1.0
+    assert report["gain"] == pytest.approx(report["rl_accuracy"] - report["sft_accuracy"], abs=1e-3)
+    assert [s["steps_done"] for s in report["stages"]] == [100, 4]
+    grpo = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][100:]
+    assert sum(x["kept"] for x in grpo) > 0, "no GRPO group carried signal"
+    assert report["eval"]["sft"]["n"] == report["eval"]["rl"]["n"] == 8
+    for path in report["curves"]:
+        assert Path(path).read_bytes()[:4] == b"\x89PNG"
+    assert any(p.endswith("heldout_accuracy.png") for p in report["curves"])
+    assert "## grpo" in Path(report["samples"]).read_text() or Path(report["samples"]).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert on_disk["rl_accuracy"] == report["rl_accuracy"]
+    per_task = json.loads((tmp_path / "run" / "eval_rl.json").read_text())["results"]
+    assert len(per_task) == 8
+    # GRPO changed the parameters it started from (the SFT export)
+    sft = load_file(tmp_path / "run" / "models" / "sft" / "model.safetensors")
+    rl = load_file(tmp_path / "run" / "models" / "grpo" / "model.safetensors")
+    assert any(not torch.equal(sft[k], rl[k]) for k in sft)
+    phases = [e["phase"] for e in events if e["type"] == "phase"]
+    assert phases == ["prepare", "train", "evaluate"]
+    assert sum(e["type"] == "copy" for e in events) == 3
+
+
+def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
+    out = tmp_path / "sql_learning.json"
+    result = subprocess.run([sys.executable, "-m", "bench.sql_learning", "--quick", "--seeds", "0",
+                             "--output", str(out), "--runs-dir", str(tmp_path / "runs")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (seed,) = report["seeds"]
+    for key in ("sft_accuracy", "rl_accuracy", "control_accuracy", "heldout_tasks", "rl_seconds", "wall_seconds",
+                "control_seconds"):
+        assert key in seed, key
+    assert seed["control_steps"] >= 1 and report["quick"] is True
+    assert report["summary"]["pass"] == (report["summary"]["mean_rl_gain_points"] >= 15.0)
+
+
+def test_learning_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="n_demos"):
+        dataclasses.replace(SHORT, n_demos=0)

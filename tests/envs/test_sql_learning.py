@@ -1,0 +1,123 @@
+"""The compact learning environment (envs.sql_learning) and the copying warm-up, on real files."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from envs.sql_learning import Prepared, pick_demos, prepare, quote_values, system_prompt
+from trainer.model.copy_warmup import copy_batch
+from trainer.sft import load_sft_examples
+
+
+def test_quote_values_writes_sql_literals_of_used_values_only() -> None:
+    slots = {"city": "Xi'an", "category": "Hair Salon", "weekday": "Tuesday"}
+    query = ("SELECT m.name FROM merchant AS m WHERE ci.name = 'Xi''an' AND c.name = 'Hair Salon' "
+             "AND m.merchant_id NOT IN (SELECT merchant_id FROM opening_hours WHERE weekday = 1)")
+    question = "Which Hair Salon merchants in Xi'an are closed on Tuesday?"
+    assert quote_values(question, query, slots) == "Which 'Hair Salon' merchants in 'Xi''an' are closed on Tuesday?"
+    # a value the SQL does not use as a literal (the city of a merchant question) stays as it is
+    assert quote_values("How many merchants are there in the Jianye district of Nanjing?",
+                        "SELECT COUNT(*) FROM merchant AS m JOIN district AS d ON m.district_id = d.district_id "
+                        "WHERE d.name = 'Jianye'", {"district": "Jianye", "city": "Nanjing"}) == \
+        "How many merchants are there in the 'Jianye' district of Nanjing?"
+    # every occurrence, the longest value first, never inside a longer word
+    assert quote_values("Which Gym merchants in Gymtown cost more than the average Gym merchant?",
+                        "… c.name = 'Gym' …", {"category": "Gym"}) == \
+        "Which 'Gym' merchants in Gymtown cost more than the average 'Gym' merchant?"
+    assert quote_values("What is the phone number of Zen (Xihu)?", "name = 'Zen (Xihu)'",
+                        {"merchant": "Zen (Xihu)", "district": "Xihu"}) == "What is the phone number of 'Zen (Xihu)'?"
+
+
+def test_quoted_values_tokenize_identically_in_question_and_sql(prepared: Prepared) -> None:
+    tok = AutoTokenizer.from_pretrained(prepared.policy)
+    line = json.loads(prepared.heldout_tasks.read_text().splitlines()[3])
+    question = line["messages"][1]["content"]
+    literal = question[question.index("'"): question.rindex("'") + 1]
+    assert f" {literal}" in line["ground_truth"]["query"]
+    q_ids = tok.encode(question, add_special_tokens=False)
+    lit_ids = tok.encode(f" {literal}", add_special_tokens=False)[:-1]   # the closing quote merges with what follows
+    assert any(q_ids[i:i + len(lit_ids)] == lit_ids for i in range(len(q_ids))), (question, literal)
+
+
+def test_pick_demos_round_robin_over_templates() -> None:
+    train = [{"task_id": f"{t}{i}", "template": t} for t in "abc" for i in range(5 if t != "c" else 1)]
+    picked = pick_demos(train, 7, seed=0)
+    assert len(picked) == len({p["task_id"] for p in picked}) == 7
+    counts = {t: sum(p["template"] == t for p in picked) for t in "abc"}
+    assert counts == {"a": 3, "b": 3, "c": 1}
+    assert len(pick_demos(train, 50, seed=0)) == len(train)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    return prepare(tmp_path_factory.mktemp("learn"), seed=3, n_train=60, n_heldout=20, n_demos=12, error_every=4,
+                   copy_steps=2)
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_prepare_writes_world_tasks_demos_and_policy(prepared: Prepared) -> None:
+    train, heldout, demos = _lines(prepared.train_tasks), _lines(prepared.heldout_tasks), _lines(prepared.demos)
+    assert (len(train), len(heldout), len(demos)) == (48, 20, 12) == (prepared.n_train, prepared.n_heldout,
+                                                                     prepared.n_demos)
+    # RL tasks are the train questions that were not demonstrated
+    assert not {d["task_id"] for d in demos} & {t["task_id"] for t in train}
+    assert all("_train_" in d["task_id"] for d in demos)
+    assert not {t["messages"][1]["content"] for t in train} & {t["messages"][1]["content"] for t in heldout}
+    for task in train + heldout:
+        assert task["tools"] == [] and task["messages"][0]["content"] == system_prompt(3)
+        assert task["context"] == {"db_id": "local_services"} and task["ground_truth"]["query"].startswith("SELECT")
+    # observations are the real rows of the gold query on the generated database
+    db = prepared.db_dir / "local_services" / "local_services.sqlite"
+    with sqlite3.connect(db) as conn:
+        for demo in demos:
+            answer = demo["messages"][-1]["content"]
+            gold = answer.removeprefix("<answer>").removesuffix("</answer>")
+            first_row = conn.execute(gold).fetchone()
+            observation = demo["messages"][-2]["content"]
+            assert demo["messages"][-2]["role"] == "tool" and str(first_row[0]) in observation
+    fixes = [d for d in demos if sum(m["role"] == "tool" for m in d["messages"]) == 2]
+    assert len(fixes) == 3 and all("no such table" in f["messages"][3]["content"] for f in fixes)
+    assert (prepared.policy / "config.json").is_file() and len(prepared.copy_losses) == 2
+
+
+def test_compact_prompts_are_short(prepared: Prepared) -> None:
+    tok = AutoTokenizer.from_pretrained(prepared.policy)
+    examples = load_sft_examples(prepared.demos, tok)
+    prompt_lengths = [e.loss_mask.index(1) for e in examples]
+    assert max(prompt_lengths) < 140, prompt_lengths   # the full SQL environment's prompt is ~640 tokens
+
+
+def test_copy_batch_masks_exactly_the_repeated_span() -> None:
+    ids = list(range(100, 400))
+    rng = random.Random(0)
+    input_ids, attention, loss_mask = copy_batch(ids, rng, 16, sep=2, pad=0)
+    for row, att, mask in zip(input_ids.tolist(), attention.tolist(), loss_mask.tolist(), strict=True):
+        n = sum(att)
+        sep = row.index(2)
+        text, copy = row[:sep], row[sep + 1: n]
+        start = text.index(copy[0])
+        assert text[start:start + len(copy)] == copy                   # the tail repeats a span of the window
+        trained = [i for i, m in enumerate(mask) if m]
+        assert trained == list(range(sep + 2, n))                       # all of it but its first token
+    assert torch.equal(loss_mask[attention == 0], torch.zeros(int((attention == 0).sum())))
+
+
+def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepared) -> None:
+    from envs.sql_learning import load_prepared
+
+    args = {"seed": 3, "n_train": 60, "n_heldout": 20, "n_demos": 12, "max_tool_calls": 3, "error_every": 4,
+            "size": "tiny", "copy_steps": 2}
+    assert load_prepared(prepared.root, **args) == prepared
+    assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
+    assert load_prepared(prepared.root / "nowhere", **args) is None
