@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from trainer.learning import LearningConfig, prepare_for, run_learning
+from trainer.learning import LearningConfig, prepare_for, quick, run_learning
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "sql_learning.json"
@@ -106,13 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     cfg = LearningConfig(rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps, copy_steps=ns.copy_steps)
     if ns.quick:
-        cfg = dataclasses.replace(cfg, n_train=40, n_heldout=10, n_demos=12, copy_steps=2, sft_steps=3,
-                                  rl_steps=1, rl_seconds=0.0, group_size=2, prompts_per_step=2,
-                                  max_new_tokens_per_turn=48, max_total_tokens=512)
-    seeds = []
+        cfg = quick(cfg)
+    seeds: list[dict[str, Any]] = []
+
+    def write(complete: bool) -> None:
+        report = {
+            "benchmark": "sql_learning",
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "config": dataclasses.asdict(cfg),
+            "quick": ns.quick,
+            "complete": complete,          # False while seeds are still running (a killed bench keeps these)
+            "seeds": seeds,
+            "summary": summarize(seeds),
+        }
+        ns.output.parent.mkdir(parents=True, exist_ok=True)
+        ns.output.write_text(json.dumps(report, indent=2) + "\n")
+
     for seed in ns.seeds:
         console.print(f"[bold]seed {seed}[/]")
         seeds.append(run_seed(seed, dataclasses.replace(cfg, seed=seed), ns.runs_dir, console))
+        write(complete=False)
+    write(complete=True)
     summary = summarize(seeds)
     table = Table("seed", "held-out", "SFT", "GRPO", "gain", "more SFT (control)", "control gain", "RL s / steps")
     for s in seeds:
@@ -124,17 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "[green]pass[/]" if summary["pass"] else "[red]FAIL[/]"
     console.print(f"mean gain from GRPO {summary['mean_rl_gain_points']:+.1f} points (bar {BAR_POINTS:.0f}): "
                   f"{verdict}; more SFT for the same time {summary['mean_control_gain_points']:+.1f}")
-    report = {
-        "benchmark": "sql_learning",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": dataclasses.asdict(cfg),
-        "quick": ns.quick,
-        "seeds": seeds,
-        "summary": summary,
-    }
-    ns.output.parent.mkdir(parents=True, exist_ok=True)
-    ns.output.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {ns.output}")
     return 0
 

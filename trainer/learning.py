@@ -83,6 +83,13 @@ class LearningConfig:
                 "max_total_tokens": self.max_total_tokens, "max_observation_tokens": self.max_observation_tokens}
 
 
+def quick(cfg: LearningConfig) -> LearningConfig:
+    """A smoke-sized variant of ``cfg`` (a minute; checks the set-up, learns nothing)."""
+    return dataclasses.replace(cfg, n_train=40, n_heldout=10, n_demos=12, copy_steps=2, sft_steps=3, rl_steps=1,
+                               rl_seconds=0.0, group_size=2, prompts_per_step=2, max_new_tokens_per_turn=48,
+                               max_total_tokens=512)
+
+
 def experiment(cfg: LearningConfig, prep: Prepared, *, control_seconds: float | None = None,
                model: Path | None = None) -> dict[str, Any]:
     """The experiment config: SFT then GRPO; or, with ``control_seconds``, only more SFT for that long

@@ -18,14 +18,15 @@ from rich.table import Table
 class DemoView:
     """One progress bar per phase; RL shows its time budget, the others their steps."""
 
-    def __init__(self, progress: Progress, sft_steps: int, copy_steps: int, rl_seconds: float) -> None:
+    def __init__(self, progress: Progress, sft_steps: int, copy_steps: int, rl_seconds: float, rl_steps: int) -> None:
         self.progress = progress
         self.rl_seconds = rl_seconds
         self.bars: dict[str, TaskID] = {
             "prepare": progress.add_task("prepare world, tasks, demos, policy", total=1),
             "copy": progress.add_task("policy copy warm-up", total=copy_steps),
             "sft": progress.add_task("SFT on demonstrations", total=sft_steps),
-            "grpo": progress.add_task("GRPO (time budget, s)", total=rl_seconds or None),
+            "grpo": progress.add_task("GRPO (time budget, s)" if rl_seconds else "GRPO (steps)",
+                                      total=rl_seconds or rl_steps),
             "eval": progress.add_task("held-out evaluation", total=2),
         }
         self.rl_started: float | None = None
@@ -45,8 +46,8 @@ class DemoView:
                 done = time.monotonic() - self.rl_started
                 text = (f"GRPO step {event['step']} · reward {values.get('reward_mean', 0.0):.2f} · "
                         f"kept {values.get('kept', 0):.0f}")
-                self.progress.update(self.bars["grpo"], completed=min(done, self.rl_seconds or done),
-                                     description=text)
+                self.progress.update(self.bars["grpo"], description=text,
+                                     completed=min(done, self.rl_seconds) if self.rl_seconds else event["step"])
             else:
                 self.progress.update(self.bars["sft"], completed=event["step"],
                                      description=f"SFT · loss {values.get('loss', 0.0):.3f}")
@@ -60,18 +61,21 @@ class DemoView:
 
 def run(ns: Any, console: Console) -> int:
     """Entry of ``rlyard demo``."""
-    from trainer.learning import LearningConfig, run_learning
+    from trainer.learning import LearningConfig, quick, run_learning
 
     given = {"rl_seconds": ns.rl_seconds, "sft_steps": ns.sft_steps, "copy_steps": ns.copy_steps}
     cfg = LearningConfig(seed=ns.seed, **{k: v for k, v in given.items() if v is not None})
+    if ns.quick:
+        cfg = quick(cfg)
     run_id = ns.run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(ns.output_dir) / run_id
-    console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; SFT {cfg.sft_steps} steps, "
-                  f"GRPO {cfg.rl_seconds:.0f} s; about 12 minutes on 2 CPU cores)")
+    length = "a smoke run of about a minute" if ns.quick else "about 13 minutes on 2 CPU cores"
+    console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; copy warm-up {cfg.copy_steps} steps, "
+                  f"SFT {cfg.sft_steps} steps, GRPO {cfg.rl_seconds:.0f} s; {length})")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, refresh_per_second=4) as progress:
-        view = DemoView(progress, cfg.sft_steps, cfg.copy_steps, cfg.rl_seconds)
+        view = DemoView(progress, cfg.sft_steps, cfg.copy_steps, cfg.rl_seconds, cfg.rl_steps)
         report = run_learning(run_dir, cfg, on_event=view)
     if report.get("state") != "SUCCEEDED":
         console.print(f"[red]{report.get('state')}[/]: {report.get('error', '')} (rerun with --run-id {run_id} "

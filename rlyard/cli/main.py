@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rl-seconds", type=float, help="GRPO time budget (default: trainer.learning.LearningConfig)")
     p.add_argument("--sft-steps", type=int, help="SFT steps on the demonstrations")
     p.add_argument("--copy-steps", type=int, help="copying warm-up steps of the fresh policy")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run (about a minute; learns nothing)")
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("tour", help="start the services, run a scripted session of tool calls and rewards, "

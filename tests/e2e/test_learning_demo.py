@@ -83,10 +83,20 @@ def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
     for key in ("sft_accuracy", "rl_accuracy", "control_accuracy", "heldout_tasks", "rl_seconds", "wall_seconds",
                 "control_seconds"):
         assert key in seed, key
-    assert seed["control_steps"] >= 1 and report["quick"] is True
+    assert seed["control_steps"] >= 1 and report["quick"] is True and report["complete"] is True
     assert report["summary"]["pass"] == (report["summary"]["mean_rl_gain_points"] >= 15.0)
 
 
 def test_learning_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="n_demos"):
         dataclasses.replace(SHORT, n_demos=0)
+
+
+def test_rlyard_demo_quick_through_the_cli(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "demo", "--quick", "--output-dir",
+                             str(tmp_path), "--run-id", "q"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "held-out execution accuracy" in result.stdout and "gain from RL" in result.stdout
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["state"] == "SUCCEEDED" and report["learning_config"]["n_demos"] == 12
+    assert {"sft_accuracy", "rl_accuracy", "seed", "wall_seconds"} <= report.keys()

@@ -121,3 +121,12 @@ def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepare
     assert load_prepared(prepared.root, **args) == prepared
     assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
     assert load_prepared(prepared.root / "nowhere", **args) is None
+
+
+def test_copy_warmup_corpus_chunks_cover_the_text_at_line_ends() -> None:
+    from trainer.model.copy_warmup import _chunks
+
+    text = "".join(f"line {i} " + "x" * (i % 50) + "\n" for i in range(2000)) + "no newline at the end"
+    chunks = _chunks(text, size=1000)
+    assert "".join(chunks) == text and len(chunks) > 10
+    assert all(c.endswith("\n") for c in chunks[:-1]) and max(map(len, chunks)) < 1100

@@ -50,11 +50,23 @@ def copy_batch(ids: list[int], rng: random.Random, batch_size: int, sep: int, pa
     return input_ids, attention, loss_mask
 
 
+def _chunks(text: str, size: int = 8192) -> list[str]:
+    """``text`` in pieces of about ``size`` characters cut at line ends (a tokenizer warns about, and
+    a model could not take, one sequence of the whole corpus; only the ids are needed here)."""
+    out, start = [], 0
+    while start < len(text):
+        cut = text.find("\n", start + size)
+        end = len(text) if cut < 0 else cut + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
 def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, batch_size: int = 32,
                 lr: float = 2e-3, seed: int = 0,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` in place on copy sequences; returns the loss per step."""
-    ids = tokenizer.encode(corpus, add_special_tokens=False)
+    ids = [i for chunk in _chunks(corpus) for i in tokenizer.encode(chunk, add_special_tokens=False)]
     if len(ids) < 256:
         raise ValueError(f"the corpus has {len(ids)} tokens; copy warm-up needs at least 256")
     sep = tokenizer.convert_tokens_to_ids("<|im_end|>")
