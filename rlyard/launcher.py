@@ -230,7 +230,10 @@ def write_state(endpoints: dict[str, Endpoint], path: Path = STATE_FILE) -> None
         name: {"kind": e.kind, "target": e.target, "metrics_port": e.metrics_port, "pid": e.pid}
         for name, e in endpoints.items()
     }
-    path.write_text(json.dumps({"launcher_pid": os.getpid(), "services": data}, indent=2))
+    # Atomically: a reader (`rlyard status`, a test polling for the file) never sees it half written.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"launcher_pid": os.getpid(), "services": data}, indent=2))
+    os.replace(tmp, path)
 
 
 def read_state(path: Path = STATE_FILE) -> dict[str, dict[str, object]]:

@@ -146,3 +146,17 @@ def test_bad_arguments_are_refused(policy: HFPolicy) -> None:
     with pytest.raises(ValueError, match="at least one token"):
         policy.generate([[]], greedy(2))
     assert policy.generate([], greedy(2)) == []
+
+
+def test_rows_leaving_the_batch_keep_exact_logprobs(policy: HFPolicy, prompts: list[list[int]]) -> None:
+    """Finished rows leave the decoding batch (with their KV-cache rows); the rows still going
+    must keep sampling from exactly their own distribution."""
+    many = prompts * 4                                       # 12 rows of 3 prompt lengths
+    first = policy.generate(many, SamplingParams(max_new_tokens=24, temperature=1.0, seed=11))
+    stop = first[0].token_ids[2]                             # a token some rows meet early
+    gens = policy.generate(many, SamplingParams(max_new_tokens=24, temperature=1.0, seed=11, stop_token_ids=[stop]))
+    lengths = {len(g.token_ids) for g in gens}
+    assert len(lengths) > 1 and min(lengths) < 24            # rows did finish at different steps
+    for prompt, gen in zip(many, gens, strict=True):
+        assert torch.allclose(rescore(policy, prompt, gen), torch.tensor(gen.logprobs), atol=1e-4)
+        assert (gen.finish_reason == "stop") == (gen.token_ids[-1] == stop)

@@ -27,13 +27,19 @@ logger = logging.getLogger(__name__)
 
 
 def copy_batch(ids: list[int], rng: random.Random, batch_size: int, sep: int, pad: int,
-               window: tuple[int, int] = (48, 128), span: tuple[int, int] = (8, 48)) -> tuple[torch.Tensor, ...]:
-    """``(input_ids, attention_mask, loss_mask)`` of one batch of copy sequences from corpus ids."""
+               window: tuple[int, int] = (48, 128), span: tuple[int, int] = (8, 48),
+               random_share: float = 0.0, random_ids: tuple[int, int] = (3, 2040)) -> tuple[torch.Tensor, ...]:
+    """``(input_ids, attention_mask, loss_mask)`` of one batch of copy sequences from corpus ids;
+    a ``random_share`` of the rows use uniformly random ids in ``random_ids`` instead of corpus text
+    (nothing to predict from language there: only copying lowers their loss)."""
     rows: list[tuple[list[int], list[int]]] = []
     for _ in range(batch_size):
         n = rng.randint(*window)
-        start = rng.randrange(0, len(ids) - n)
-        text = ids[start:start + n]
+        if rng.random() < random_share:
+            text = [rng.randrange(*random_ids) for _ in range(n)]
+        else:
+            start = rng.randrange(0, len(ids) - n)
+            text = ids[start:start + n]
         k = rng.randint(span[0], min(span[1], n))
         s = rng.randrange(0, n - k + 1)
         seq = [*text, sep, *text[s:s + k]]
@@ -62,8 +68,19 @@ def _chunks(text: str, size: int = 8192) -> list[str]:
     return out
 
 
+def _ordinary_range(tokenizer: Any) -> tuple[int, int]:
+    """The ids between the leading special tokens and the first added token after them (rlyard's
+    tokenizer: specials 0–2, BPE tokens, then the markers), as ``[lo, hi)``."""
+    added = set(tokenizer.get_added_vocab().values())
+    lo = 0
+    while lo in added:
+        lo += 1
+    hi = min((i for i in added if i > lo), default=len(tokenizer))
+    return lo, hi
+
+
 def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, batch_size: int = 32,
-                lr: float = 2e-3, seed: int = 0,
+                lr: float = 2e-3, seed: int = 0, random_share: float = 0.0,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` in place on copy sequences; returns the loss per step."""
     ids = [i for chunk in _chunks(corpus) for i in tokenizer.encode(chunk, add_special_tokens=False)]
@@ -72,13 +89,15 @@ def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, ba
     sep = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rng = random.Random(seed)
+    ordinary = _ordinary_range(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warm = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
     model.train()
     losses = []
     for step in range(steps):
-        input_ids, attention, loss_mask = copy_batch(ids, rng, batch_size, sep, pad)
+        input_ids, attention, loss_mask = copy_batch(ids, rng, batch_size, sep, pad, random_share=random_share,
+                                                     random_ids=ordinary)
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target = input_ids[:, 1:]

@@ -97,12 +97,12 @@ class HFPolicy:
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
             )
             next_position = position_ids[:, -1:] + 1
+            active = list(range(batch))          # prompt index of each row still in the batch
             for step in range(params.max_new_tokens):
                 logits = out.logits[:, -1, :].float()
                 tokens, logprobs, raw_logprobs = _sample(logits, params, generator)
-                for row, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
-                    if done[row]:
-                        continue
+                for pos, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
+                    row = active[pos]
                     gen = outputs[row]
                     gen.token_ids.append(tok)
                     gen.logprobs.append(lp)
@@ -112,8 +112,16 @@ class HFPolicy:
                         gen.finish_reason, gen.stop_reason, done[row] = "stop", reason, True
                 if all(done) or step + 1 == params.max_new_tokens:
                     break
-                # Finished rows keep decoding in lock-step; their tokens are simply not recorded.
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
+                # Finished rows leave the batch (their KV cache rows too), so a turn's long tail
+                # decodes only the rows still going.
+                keep = [pos for pos, row in enumerate(active) if not done[row]]
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, device=self.device)
+                    out.past_key_values.batch_select_indices(index)
+                    attention_mask, next_position = attention_mask[index], next_position[index]
+                    tokens = [tokens[pos] for pos in keep]
+                    active = [active[pos] for pos in keep]
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
                 out = self.model(
                     input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
                     attention_mask=attention_mask,
