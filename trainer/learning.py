@@ -46,7 +46,7 @@ EventFn = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class LearningConfig:
-    """The demo's knobs. Defaults: the README's main command (about 12 minutes on 2 CPU cores)."""
+    """The demo's knobs. Defaults: the README's main command (about 13 minutes on 2 CPU cores)."""
 
     seed: int = 0
     n_train: int = 1000           # train questions (train templates and cities); RL gets those not demonstrated
