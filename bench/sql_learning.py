@@ -49,6 +49,7 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
             console.print(f"  seed {seed} · {event['phase']} ({time.monotonic() - tic:.0f} s)")
 
     prep = prepare_for(cfg, runs_dir / f"seed{seed}-work", log)
+    prepare_seconds = time.monotonic() - tic     # world, tasks, demonstrations, policy, copy warm-up
     rl = run_learning(rl_dir, cfg, on_event=log, prepared=prep)
     if rl.get("state") != "SUCCEEDED":
         raise RuntimeError(f"seed {seed}: the GRPO run ended {rl.get('state')}: {rl.get('error', '')}")
@@ -70,9 +71,14 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
         "control_seconds": round(float(control["stage_seconds"]["more_sft"]), 1),
         "control_steps": next(s["steps_done"] for s in control["stages"] if s["name"] == "more_sft"),
         "wall_seconds": round(time.monotonic() - tic, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
+        "copy_warmup": rl["copy_warmup"],
         "rl_wall_seconds": rl["wall_seconds"],
+        "demo_seconds": round(prepare_seconds + rl["wall_seconds"], 1),   # what `rlyard demo` takes
         "by_template": {"sft": rl["by_template"]["sft"], "rl": rl["by_template"]["rl"],
                         "control": control["by_template"]["control"]},
+        "by_group": {"sft": rl["by_group"]["sft"], "rl": rl["by_group"]["rl"],
+                     "control": control["by_group"]["control"]},
         "runs": {"grpo": str(rl_dir), "control": str(control_dir)},
     }
 

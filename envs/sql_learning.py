@@ -153,10 +153,10 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 
 def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 100, n_demos: int = 300,
-            max_tool_calls: int = 3, error_every: int = 4, size: str = "tiny", copy_steps: int = 300,
+            max_tool_calls: int = 3, error_every: int = 4, size: str = "tiny", copy_steps: int = 600,
             on_copy_step: Callable[[int, float], None] | None = None) -> Prepared:
     """Write the database, tasks, demonstrations and a fresh tiny policy under ``root``; the policy
-    gets ``copy_steps`` of copying warm-up (``trainer.model.copy_warmup``; 0 = none). The arguments
+    gets at most ``copy_steps`` of copying warm-up (``trainer.model.copy_warmup``; 0 = none). The arguments
     and the result are recorded in ``root/prepared.json`` (see ``load_prepared``)."""
     args = {"seed": seed, "n_train": n_train, "n_heldout": n_heldout, "n_demos": n_demos,
             "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps}

@@ -35,9 +35,12 @@ class DemoView:
         kind = event.get("type")
         if kind == "phase" and event["phase"] == "train":
             self.progress.update(self.bars["prepare"], completed=1)
+            copy = self.progress.tasks[self.bars["copy"]] if self.bars["copy"] in self.progress.task_ids else None
+            if copy is not None and copy.completed:   # the warm-up ends early once it copies
+                self.progress.update(self.bars["copy"], total=copy.completed)
         elif kind == "copy":
             self.progress.update(self.bars["copy"], completed=event["step"],
-                                 description=f"policy copy warm-up · loss {event['loss']:.3f}")
+                                 description=f"policy copy warm-up (ends once it copies) · loss {event['loss']:.3f}")
         elif kind == "metrics":
             values = event.get("values", {})
             if event["stage"] == "grpo":
@@ -69,7 +72,7 @@ def run(ns: Any, console: Console) -> int:
         cfg = quick(cfg)
     run_id = ns.run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(ns.output_dir) / run_id
-    length = "a smoke run of about a minute" if ns.quick else "about 13 minutes on 2 CPU cores"
+    length = "a smoke run of about a minute" if ns.quick else "12–14 minutes on 2 CPU cores"
     console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; copy warm-up {cfg.copy_steps} steps, "
                   f"SFT {cfg.sft_steps} steps, GRPO {cfg.rl_seconds:.0f} s; {length})")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,54 @@ def test_copy_warmup_corpus_chunks_cover_the_text_at_line_ends() -> None:
     chunks = _chunks(text, size=1000)
     assert "".join(chunks) == text and len(chunks) > 10
     assert all(c.endswith("\n") for c in chunks[:-1]) and max(map(len, chunks)) < 1100
+
+
+def test_copy_batch_random_rows_repeat_a_third_or_more_of_random_ids() -> None:
+    rng = random.Random(1)
+    input_ids, attention, loss_mask = copy_batch(list(range(100, 400)), rng, 32, sep=2, pad=0, random_share=1.0,
+                                                 random_ids=(3, 50), random_window=(16, 48))
+    for row, att, mask in zip(input_ids.tolist(), attention.tolist(), loss_mask.tolist(), strict=True):
+        n = sum(att)
+        sep = row.index(2)
+        text, copy = row[:sep], row[sep + 1: n]
+        assert 16 <= len(text) <= 48 and all(3 <= t < 50 for t in text)    # random ids, not the corpus (100+)
+        assert len(copy) >= max(4, len(text) // 3)
+        assert any(text[i:i + len(copy)] == copy for i in range(len(text)))
+        assert sum(mask) == len(copy) - 1
+
+
+def test_copy_warmup_ends_once_its_loss_is_low(prepared: Prepared) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from trainer.model.copy_warmup import copy_warmup
+
+    tok = AutoTokenizer.from_pretrained(prepared.policy)
+    corpus = (prepared.root / "corpus.txt").read_text()
+    model = AutoModelForCausalLM.from_pretrained(prepared.policy)
+    before = [p.detach().clone() for p in model.parameters()]
+    # a fresh policy's copy loss is ~7.6 (uniform): a target of 100 is met by the first 10 steps,
+    # None never ends early, 0.15 not within 12 steps
+    assert len(copy_warmup(model, tok, corpus, steps=14, batch_size=2, target_loss=100.0)) == 10
+    assert len(copy_warmup(model, tok, corpus, steps=12, batch_size=2, target_loss=None)) == 12
+    assert len(copy_warmup(model, tok, corpus, steps=12, batch_size=2, target_loss=0.15)) == 12
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Prepared) -> None:
+    from trainer.learning import heldout_groups
+
+    groups = heldout_groups(prepared)
+    heldout = {t["task_id"]: t for t in _lines(prepared.heldout_tasks)}
+    assert set(groups) == set(heldout)
+    train_text = prepared.train_tasks.read_text() + prepared.demos.read_text()
+    only = set(prepared.split_info["heldout_only_templates"])
+    for task_id, group in groups.items():
+        task = heldout[task_id]
+        literals = re.findall(r"'((?:[^']|'')*)'", task["ground_truth"]["query"])   # as written in SQL
+        if group == "unseen_template":
+            assert task["template"] in only
+            continue
+        assert task["template"] not in only
+        unseen = [v for v in literals if json.dumps(f"'{v}'")[1:-1] not in train_text]   # JSON-escaped, quoted
+        assert (group == "new_value") == bool(unseen), (task_id, group, literals)
+    assert {"new_value", "familiar"} <= set(groups.values())

@@ -1,16 +1,22 @@
-"""A short copying warm-up for a freshly built tiny policy: it forms induction heads.
+"""A copying warm-up for a freshly built tiny policy: it forms induction heads.
 
 Why: a text-to-SQL agent writes the question's values into its query and repeats its checked
 query in the answer. Both are copying, which a transformer does with induction heads (attend to
 the token after the earlier occurrence of the current token). A policy of ~1M parameters trained
 from scratch on a few hundred demonstrations does not form them within minutes: after 300 SFT
 steps it knows the SQL templates but emits memorised names, with the same loss on a value in
-the answer as in the tool call before it. Heads form within a few hundred steps on sequences
-made for copying, so the demo's policy gets that first.
+the answer as in the tool call before it.
 
-Each sequence: a window of real text from the tokenizer's corpus, ``<|im_end|>``, then a random
-sub-window of it; the loss is on the repeated sub-window after its first token (which cannot be
-known). Window lengths and positions vary, so no fixed offset solves it.
+Each sequence: a window of tokens, ``<|im_end|>``, then a random sub-window of it; the loss is
+on the repeated sub-window after its first token (which cannot be known). Window lengths and
+positions vary, so no fixed offset solves it. The windows are uniformly random ordinary tokens by
+default (``random_share=1.0``): nothing in them is predictable from language, so only copying
+lowers the loss, and the heads that form copy names never seen in training. Measured on the
+tiny preset (seed-0 world, batch 64, lr 2e-3): the loss sits at ~7.5 (uniform) for ~350 steps,
+then drops within ~100 steps to ~0.1 with 99% of tokens right; the warm-up stops once the last
+10 steps average a loss of ``target_loss``. Windows of real corpus text (``random_share=0``) lower the
+loss faster (1.2 after 250 steps), but mostly by language modelling: a policy warmed up that way
+copied familiar names only (held-out accuracy after SFT 4% vs 13% with random windows).
 """
 
 from __future__ import annotations
@@ -28,19 +34,23 @@ logger = logging.getLogger(__name__)
 
 def copy_batch(ids: list[int], rng: random.Random, batch_size: int, sep: int, pad: int,
                window: tuple[int, int] = (48, 128), span: tuple[int, int] = (8, 48),
-               random_share: float = 0.0, random_ids: tuple[int, int] = (3, 2040)) -> tuple[torch.Tensor, ...]:
+               random_share: float = 0.0, random_ids: tuple[int, int] = (3, 2040),
+               random_window: tuple[int, int] = (16, 48)) -> tuple[torch.Tensor, ...]:
     """``(input_ids, attention_mask, loss_mask)`` of one batch of copy sequences from corpus ids;
-    a ``random_share`` of the rows use uniformly random ids in ``random_ids`` instead of corpus text
-    (nothing to predict from language there: only copying lowers their loss)."""
+    a ``random_share`` of the rows use ``random_window`` uniformly random ids in ``random_ids``
+    instead of corpus text (nothing to predict from language there: only copying lowers their
+    loss), repeating a third of the window or more."""
     rows: list[tuple[list[int], list[int]]] = []
     for _ in range(batch_size):
-        n = rng.randint(*window)
         if rng.random() < random_share:
+            n = rng.randint(*random_window)
             text = [rng.randrange(*random_ids) for _ in range(n)]
+            k = rng.randint(max(4, n // 3), n)
         else:
+            n = rng.randint(*window)
             start = rng.randrange(0, len(ids) - n)
             text = ids[start:start + n]
-        k = rng.randint(span[0], min(span[1], n))
+            k = rng.randint(span[0], min(span[1], n))
         s = rng.randrange(0, n - k + 1)
         seq = [*text, sep, *text[s:s + k]]
         mask = [0] * (n + 2) + [1] * (k - 1)
@@ -79,10 +89,14 @@ def _ordinary_range(tokenizer: Any) -> tuple[int, int]:
     return lo, hi
 
 
-def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, batch_size: int = 32,
-                lr: float = 2e-3, seed: int = 0, random_share: float = 0.0,
+def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 600, batch_size: int = 64,
+                lr: float = 2e-3, seed: int = 0, random_share: float = 1.0, target_loss: float | None = 0.15,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train ``model`` in place on copy sequences; returns the loss per step."""
+    """Train ``model`` in place on copy sequences for at most ``steps`` steps, ending early once the
+    mean loss of the last 10 steps is at most ``target_loss`` (None: never early); returns the loss
+    per step. Stop on the loss, not on greedy accuracy: right after the transition 98% of copied
+    tokens are already right at a loss of ~0.7, and a policy stopped there copied unseen names
+    after SFT far less often (1 of 70 held-out questions vs 7 of 70 at a loss of ~0.1)."""
     ids = [i for chunk in _chunks(corpus) for i in tokenizer.encode(chunk, add_special_tokens=False)]
     if len(ids) < 256:
         raise ValueError(f"the corpus has {len(ids)} tokens; copy warm-up needs at least 256")
@@ -91,10 +105,10 @@ def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, ba
     rng = random.Random(seed)
     ordinary = _ordinary_range(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
+    warm = max(1, steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
     model.train()
-    losses = []
+    losses: list[float] = []
     for step in range(steps):
         input_ids, attention, loss_mask = copy_batch(ids, rng, batch_size, sep, pad, random_share=random_share,
                                                      random_ids=ordinary)
@@ -112,6 +126,9 @@ def copy_warmup(model: Any, tokenizer: Any, corpus: str, *, steps: int = 300, ba
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, losses[-1])
+        if target_loss is not None and len(losses) >= 10 and sum(losses[-10:]) / 10 <= target_loss:
+            logger.info("copy warm-up: mean loss %.3f after %d steps", sum(losses[-10:]) / 10, step + 1)
+            break
     model.eval()
     return losses
 
