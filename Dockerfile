@@ -25,6 +25,13 @@ COPY . .
 RUN pip install --no-cache-dir . \
  && rm -rf build ./*.egg-info
 
+# The local-life POI corpus (seed 0, 150,000 merchants) and its BM25 and dense (MiniLM + FAISS)
+# indexes, built once here so that the search and retrieve services only load them on start
+# (the containers' root filesystem is read-only). The model ships in a pip package: no download.
+ENV HF_HUB_OFFLINE=1
+RUN python -m tool_servers.poi --poi-dir data/generated/poi \
+ && rm -f data/generated/poi/pois.jsonl
+
 USER 10001:10001
 
 # Defaults for a bare `docker run` of the CMD below (the sql-tools entry of the

@@ -153,7 +153,7 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
             "interval": "10s",
             "timeout": "5s",
             "retries": 3,
-            "start_period": "60s",
+            "start_period": f"{spec.startup_s}s",
         },
         "restart": "unless-stopped",
         "stop_grace_period": f"{grace}s",
@@ -246,9 +246,9 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
             {"name": "grpc", "containerPort": spec.port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
         ],
-        # startup allows 60 s (the launcher's start timeout); readiness goes false as soon
-        # as the server drains (health NOT_SERVING), liveness restarts a hung server.
-        "startupProbe": _grpc_probe(spec.port, period_s=2, failures=30),
+        # startup allows the table's startup_s (the launcher waits as long); readiness goes
+        # false as soon as the server drains (health NOT_SERVING), liveness restarts a hung server.
+        "startupProbe": _grpc_probe(spec.port, period_s=2, failures=max(1, math.ceil(spec.startup_s / 2))),
         "readinessProbe": _grpc_probe(spec.port, period_s=5, failures=2),
         "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
         "resources": {

@@ -165,7 +165,8 @@ class Launcher:
 
     def _wait_ready(self, spec: ServiceSpec, ready: Path, log_file: Path) -> Endpoint:
         proc = self.procs[spec.name]
-        deadline = time.monotonic() + self.start_timeout_s
+        limit = max(self.start_timeout_s, spec.startup_s)
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServiceStartError(
@@ -182,7 +183,7 @@ class Launcher:
                     return endpoint
             time.sleep(0.05)
         raise ServiceStartError(
-            f"{spec.name} did not become healthy within {self.start_timeout_s:.0f}s; "
+            f"{spec.name} did not become healthy within {limit:.0f}s; "
             f"last lines of {log_file}:\n{_tail(log_file)}"
         )
 

@@ -6,6 +6,15 @@ server reflection, the configured message-size limits and, optionally, a
 Prometheus endpoint. ``serve`` runs it until SIGTERM/SIGINT, then drains:
 health goes NOT_SERVING first, in-flight calls get ``grace_s`` to finish, and
 new calls are refused.
+
+Warm-up: a service whose definition lists ``warm_up`` coroutines (loading an
+index, a model) starts listening at once with health NOT_SERVING for its
+names; the coroutines run one after another in the background, and health
+turns SERVING when the last has finished. If one fails, the error is logged
+with its traceback and health stays NOT_SERVING; ``serve`` then stops the
+server and raises ``WarmUpError`` (the process exits non-zero with the
+message, so a launcher or orchestrator sees why), and
+``RunningServer.wait_ready`` raises it to in-process callers.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,7 +49,9 @@ class ServiceDefinition:
     ``register`` adds the servicers to the server (it receives the shared
     concurrency limiter, which streaming servicers use per item);
     ``full_names`` are the proto service names for health and reflection;
-    ``on_stop`` hooks run after the server has drained.
+    ``on_start`` hooks run before the server listens; ``warm_up`` coroutines
+    run in order after it listens, while health says NOT_SERVING (see the
+    module docstring); ``on_stop`` hooks run after the server has drained.
     """
 
     name: str
@@ -46,6 +59,11 @@ class ServiceDefinition:
     register: Callable[[grpc.aio.Server, ConcurrencyLimiter], None]
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    warm_up: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class WarmUpError(RuntimeError):
+    """A warm-up of a service failed: the service never became ready."""
 
 
 @dataclass
@@ -59,16 +77,37 @@ class RunningServer:
     limiter: ConcurrencyLimiter
     metrics: MetricsEndpoint | None
     settings: ServerSettings
+    warm_task: asyncio.Task[None] | None = None   # the warm-ups, while they run (None: none)
 
     @property
     def address(self) -> str:
         """host:port that clients dial."""
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def ready(self) -> bool:
+        """Every warm-up has finished successfully (health says SERVING)."""
+        task = self.warm_task
+        return task is None or (task.done() and not task.cancelled() and task.exception() is None)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until every warm-up has finished.
+
+        Raises:
+            WarmUpError: a warm-up failed (health stays NOT_SERVING).
+            TimeoutError: not ready within ``timeout`` seconds (the warm-ups go on).
+        """
+        if self.warm_task is not None:
+            await asyncio.wait_for(asyncio.shield(self.warm_task), timeout)
+
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING on health, then drain in-flight calls for ``grace`` seconds."""
         grace = self.settings.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self.warm_task is not None and not self.warm_task.done():
+            self.warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WarmUpError):
+                await self.warm_task
         await self.server.stop(grace)
         for hook in self.definition.on_stop:
             await hook()
@@ -104,14 +143,42 @@ async def start_server(definition: ServiceDefinition, settings: ServerSettings) 
     for hook in definition.on_start:
         await hook()
     await server.start()
-    for name in ["", *definition.full_names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    names = ["", *definition.full_names]
+    first = health_pb2.HealthCheckResponse.NOT_SERVING if definition.warm_up else health_pb2.HealthCheckResponse.SERVING
+    for name in names:
+        await health_servicer.set(name, first)
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = MetricsEndpoint(settings.host, settings.metrics_port)
     running = RunningServer(definition, server, port, health_servicer, limiter, endpoint, settings)
-    logger.info("%s serving on %s", definition.name, running.address)
+    if definition.warm_up:
+        running.warm_task = asyncio.create_task(_warm_up(definition, health_servicer, names),
+                                                name=f"{definition.name}-warm-up")
+        # Mark the outcome as retrieved: a failure is logged by _warm_up, and raised by wait_ready/serve.
+        running.warm_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        logger.info("%s listening on %s; NOT_SERVING until %d warm-up(s) finish",
+                    definition.name, running.address, len(definition.warm_up))
+    else:
+        logger.info("%s serving on %s", definition.name, running.address)
     return running
+
+
+async def _warm_up(definition: ServiceDefinition, health_servicer: health.aio.HealthServicer,
+                   names: list[str]) -> None:
+    """Run the warm-ups in order, then turn health SERVING; a failure leaves it NOT_SERVING."""
+    tic = time.perf_counter()
+    for hook in definition.warm_up:
+        try:
+            await hook()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("%s: warm-up %s failed; health stays NOT_SERVING",
+                             definition.name, getattr(hook, "__qualname__", hook))
+            raise WarmUpError(f"{definition.name}: warm-up failed: {exc}") from exc
+    for name in names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("%s ready (SERVING) after %.1fs of warm-up", definition.name, time.perf_counter() - tic)
 
 
 def write_ready_file(path: Path, running: RunningServer) -> None:
@@ -138,7 +205,23 @@ async def serve(definition: ServiceDefinition, settings: ServerSettings) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("%s: shutting down (grace %.1fs)", definition.name, settings.grace_s)
+    stopping = asyncio.create_task(stop.wait())
+    pending: set[asyncio.Future[Any]] = {stopping}
+    if running.warm_task is not None:
+        pending.add(running.warm_task)
+    failed: BaseException | None = None
+    while not stopping.done():
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if running.warm_task in done and not running.warm_task.cancelled():
+            failed = running.warm_task.exception()
+            if failed is not None:
+                stopping.cancel()
+                break
+    if failed is not None:
+        logger.error("%s: not ready, shutting down: %s", definition.name, failed)
+    else:
+        logger.info("%s: shutting down (grace %.1fs)", definition.name, settings.grace_s)
     await running.stop()
     logger.info("%s: stopped", definition.name)
+    if failed is not None:
+        raise failed

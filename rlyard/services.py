@@ -43,6 +43,10 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     depends_on: tuple[str, ...] = ()
+    # seconds a new instance may take to turn SERVING (a service that loads or builds an index
+    # on start needs more than the default): the launcher's wait, Compose's start_period and
+    # the Kubernetes startupProbe all follow it
+    startup_s: int = 60
     # name -> port of each service this one depends on (filled from the table)
     peer_ports: dict[str, int] = field(default_factory=dict)
 
@@ -107,6 +111,7 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
             resources=Resources(**(raw.get("resources") or {})),
             depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
+            startup_s=int(raw.get("startup_s", 60)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad service entry {raw!r} in the service table: {exc}") from None

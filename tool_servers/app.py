@@ -1,7 +1,15 @@
-"""Assembles the tool server: settings → tools → executor → servicer → runtime."""
+"""Assembles the tool server: settings → tools → executor → servicer → runtime.
+
+A tool may define ``async def warm_up(self) -> None`` (load an index, a model): the server
+runs those in the background after it starts listening, in the order the tools are named,
+and reports NOT_SERVING on health until they have all finished (``rlyard.server``). Calls are
+not held back meanwhile: a tool with a warm-up should answer the calls that come before it is
+ready with ``Unavailable`` rather than block (as ``retrieve`` does).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -55,4 +63,15 @@ def tool_service(settings: ToolServerSettings) -> ServiceDefinition:
         register=register,
         on_start=[executor.sessions.start],
         on_stop=[stop],
+        warm_up=warm_ups(executor),
     )
+
+
+def warm_ups(executor: ToolExecutor) -> list[Callable[[], Awaitable[None]]]:
+    """The ``warm_up`` coroutine functions of the executor's tools that define one, in tool order."""
+    hooks: list[Callable[[], Awaitable[None]]] = []
+    for tool in executor.tools.values():
+        hook = getattr(tool, "warm_up", None)
+        if hook is not None:
+            hooks.append(hook)
+    return hooks

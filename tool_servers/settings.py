@@ -31,6 +31,11 @@ class ToolServerSettings(EnvSettings):
     display_cell_chars: int = 60
     display_max_chars: int = 4_000
     describe_sample_rows: int = 3
+    # Local-life POI tools (search, retrieve, poi_detail, nearby): the corpus that
+    # `python -m envs.local_services.poi_corpus` writes, and where indexes are cached.
+    poi_dir: Path = Path("data/generated/poi")
+    poi_index_dir: Path = Path("data/generated/poi/index")
+    poi_max_results: int = 20           # records one search/retrieve/nearby call returns at most
 
     def __post_init__(self) -> None:
         if not self.tools:
@@ -40,6 +45,7 @@ class ToolServerSettings(EnvSettings):
             "RLYARD_TOOLS_SQL_MAX_ROWS": self.sql_max_rows,
             "RLYARD_TOOLS_DISPLAY_ROWS": self.display_rows,
             "RLYARD_TOOLS_MAX_SESSIONS": self.max_sessions,
+            "RLYARD_TOOLS_POI_MAX_RESULTS": self.poi_max_results,
         }
         for name, value in checks.items():
             if value < 1:

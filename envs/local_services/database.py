@@ -90,6 +90,9 @@ CITIES = (
     ("Qingdao", "Shandong", 10_375_000, "0532", ("Shinan", "Shibei", "Licang", "Laoshan", "Huangdao",
                                                   "Chengyang")),
     ("Kunming", "Yunnan", 8_600_000, "0871", ("Wuhua", "Panlong", "Guandu", "Xishan", "Chenggong", "Dongchuan")),
+    # Only the POI corpus (poi_corpus.py) reaches the ninth city; every SQL scale stops at 8.
+    ("Shanghai", "Shanghai", 24_870_000, "021", ("Jing'an", "Huangpu", "Xuhui", "Changning", "Pudong",
+                                                 "Hongkou")),
 )
 STREETS = ("Renmin", "Jiefang", "Zhongshan", "Chunxi", "Wenhua", "Heping", "Xinhua", "Jianshe", "Yingbin",
            "Binhe", "Hubin", "Changjiang", "Huangshan", "Taoyuan", "Qingnian", "Shuguang", "Minzhu", "Guangming")

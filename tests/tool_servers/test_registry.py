@@ -94,7 +94,7 @@ def test_build_tools_fails_on_an_unknown_name(tmp_path: Path) -> None:
         build_tools(["sql_query", "sql_querry"], ctx(tmp_path))
     message = str(info.value)
     assert message.startswith("unknown tool(s) sql_querry; available: ")
-    assert "describe_table, list_tables, sql_query" in message
+    assert "describe_table, list_tables, nearby, poi_detail, retrieve, search, sql_query" in message
 
 
 def test_an_unknown_tool_fails_at_start_up_not_at_the_first_call(tmp_path: Path) -> None:

@@ -1,0 +1,15 @@
+"""The local-life environment: multi-hop questions about merchants, answered with the POI tools."""
+
+from envs.local_life.tasks import (
+    DETAIL_KINDS,
+    HELDOUT_ONLY,
+    TEMPLATES,
+    CorpusTooSmallError,
+    TaskSplit,
+    Template,
+    check_poi,
+    generate_split,
+)
+
+__all__ = ["DETAIL_KINDS", "HELDOUT_ONLY", "TEMPLATES", "CorpusTooSmallError", "TaskSplit", "Template", "check_poi",
+           "generate_split"]
