@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         if not ns.no_dense:
             tic = time.perf_counter()
             task = bar.add_task("dense index (embedding)", total=None)
-            dense.load_or_build(store, index_dir, dense.shared_encoder(),
+            # an offline build has the cores to itself: every core, not the serving encoder's one thread
+            dense.load_or_build(store, index_dir, dense.Encoder(torch_threads=os.cpu_count()),
                                 on_progress=lambda d, t: bar.update(task, completed=d, total=t))
             bar.update(task, description=f"dense index ({time.perf_counter() - tic:.1f} s)")
     console.print(f"corpus {store.version[:16]} at {ns.poi_dir}; indexes under {index_dir}")
