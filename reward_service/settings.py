@@ -14,6 +14,7 @@ class RewardSettings(EnvSettings):
 
     sql_tools_target: str = "127.0.0.1:50051"   # the SQL tool server that sql_execution uses
     sql_tools_auth_token: str | None = None      # bearer token, when that server has RLYARD_AUTH_TOKEN set
+    poi_tools_target: str = "127.0.0.1:50055"    # the POI tool server (poi_detail) the local-life metrics read
     tool_timeout_s: float = 30.0                 # deadline of one tool call
     batch_concurrency: int = 32                  # items of a batch scored at once
     gold_cache_size: int = 4096                  # cached gold-query results (sql_execution)

@@ -135,9 +135,12 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """One Compose service: one replica, ports published on loopback."""
     grace = stop_grace_s(spec)
     service: dict[str, Any] = {"image": table.image, "build": "."}
-    if spec.depends_on:
-        # start after the services it calls are healthy, as `rlyard up` does
-        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in spec.depends_on}
+    if spec.depends_on or spec.wants:
+        # start after the services it calls are healthy, as `rlyard up` does; a wanted service
+        # only when its profile is enabled (required: false, Compose >= 2.20)
+        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in spec.depends_on} | {
+            peer: {"condition": "service_healthy", "required": False} for peer in spec.wants
+        }
     if "all" not in spec.profiles:
         # a service of the default profile starts with a plain `docker compose up`,
         # as it does with a plain `rlyard up`; others wait for `--profile NAME`

@@ -115,6 +115,10 @@ class Launcher:
         metrics = 0 if self.ephemeral_ports else spec.metrics_port
         env = dict(os.environ)
         peers = {dep: self.endpoints[dep].target for dep in spec.depends_on}
+        for peer in spec.wants:
+            # started here: its real address; else where a launcher of its own profile puts it
+            started = self.endpoints.get(peer)
+            peers[peer] = started.target if started is not None else f"{self.host}:{spec.peer_ports[peer]}"
         env.update(spec.runtime_env(self.host, port, metrics, peers))
         # relative paths in the table are relative to the repository root
         for key, value in spec.env.items():
@@ -127,9 +131,9 @@ class Launcher:
         return env
 
     def start(self, on_ready: Callable[[Endpoint], None] | None = None) -> dict[str, Endpoint]:
-        """Start the services in table order — each after the services it depends on are
-        SERVING, so their real addresses reach it — and wait until every one is SERVING;
-        on failure stop them all."""
+        """Start the services in table order — each after the services it depends on (and those
+        it wants that this profile starts) are SERVING, so their real addresses reach it — and
+        wait until every one is SERVING; on failure stop them all."""
         names = {s.name for s in self.specs}
         for spec in self.specs:
             missing = [d for d in spec.depends_on if d not in names]

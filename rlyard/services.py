@@ -43,11 +43,15 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     depends_on: tuple[str, ...] = ()
+    # services this one calls when they are deployed too, but can start without (the reward
+    # service reads the POI tools of the local-life profile only when that profile runs): they
+    # start first when deployed together, and ``{name}`` refers to them as to a dependency
+    wants: tuple[str, ...] = ()
     # seconds a new instance may take to turn SERVING (a service that loads or builds an index
     # on start needs more than the default): the launcher's wait, Compose's start_period and
     # the Kubernetes startupProbe all follow it
     startup_s: int = 60
-    # name -> port of each service this one depends on (filled from the table)
+    # name -> port of each service this one depends on or wants (filled from the table)
     peer_ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -61,7 +65,7 @@ class ServiceSpec:
         """The complete environment of one instance.
 
         ``{name}`` in an env value becomes the address of the service ``name`` (one of
-        ``depends_on``): ``peers[name]`` when given (the launcher passes the real
+        ``depends_on`` or ``wants``): ``peers[name]`` when given (the launcher passes the real
         loopback addresses), else ``name:port`` — the DNS name Compose and Kubernetes give it.
         """
         env = {
@@ -111,6 +115,7 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
             resources=Resources(**(raw.get("resources") or {})),
             depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
+            wants=tuple(str(w) for w in raw.get("wants", [])),
             startup_s=int(raw.get("startup_s", 60)),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -130,15 +135,22 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     seen: dict[str, int] = {}
     resolved = []
     for s in services:
-        for dep in s.depends_on:
-            if dep not in seen:
-                raise ConfigError(
-                    f"{path}: {s.name} depends on {dep!r}, which must be a service listed before it"
-                )
+        for verb, peers in (("depends on", s.depends_on), ("wants", s.wants)):
+            for dep in peers:
+                if dep not in seen:
+                    raise ConfigError(
+                        f"{path}: {s.name} {verb} {dep!r}, which must be a service listed before it"
+                    )
+        both = sorted(set(s.depends_on) & set(s.wants))
+        if both:
+            raise ConfigError(f"{path}: {s.name} lists {', '.join(both)} in both depends_on and wants; keep one")
         for key, value in s.env.items():
             for ref in _PLACEHOLDER.findall(value):
-                if ref not in s.depends_on:
-                    raise ConfigError(f"{path}: {s.name}.env.{key} refers to {{{ref}}}; add {ref} to depends_on")
-        resolved.append(replace(s, peer_ports={d: seen[d] for d in s.depends_on}))
+                if ref not in s.depends_on and ref not in s.wants:
+                    raise ConfigError(
+                        f"{path}: {s.name}.env.{key} refers to {{{ref}}}; add {ref} to depends_on "
+                        "(or to wants, if it may run without it)"
+                    )
+        resolved.append(replace(s, peer_ports={d: seen[d] for d in (*s.depends_on, *s.wants)}))
         seen[s.name] = s.port
     return ServiceTable(image=str(data["image"]), services=tuple(resolved))

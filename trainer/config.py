@@ -8,7 +8,7 @@ back silently to a default.
     name: sql-grpo
     seed: 0
     model: {path: runs/policy}
-    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}
+    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}   # or embedded: {tool_names: [search, nearby]}
     stages:
       - kind: sft
         data: data/sft/demos.jsonl
@@ -57,15 +57,36 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ServicesConfig:
-    """Where the services are; empty = start them embedded."""
+    """Where the services are; empty = start them embedded.
+
+    ``tool_names``, ``poi_dir`` and ``poi_index_dir`` configure an embedded tool server: the tools
+    it serves (empty: its default SQL tools), the local-life POI corpus that ``search``,
+    ``poi_detail``, ``nearby`` and ``retrieve`` read (empty: data/generated/poi) and their index
+    cache (empty: <poi_dir>/index). The embedded reward service reads both SQL and POI data
+    through that tool server.
+    """
 
     tools: str = ""
     reward: str = ""
     timeout_s: float = 30.0
+    tool_names: tuple[str, ...] = ()
+    poi_dir: str = ""
+    poi_index_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             _fail("services.timeout_s", "must be > 0 seconds")
+        if any(not name.strip() for name in self.tool_names):
+            _fail("services.tool_names", f"{list(self.tool_names)} has an empty name; list tool names "
+                                         "such as [search, poi_detail, nearby]")
+        if len(set(self.tool_names)) != len(self.tool_names):
+            _fail("services.tool_names", f"{list(self.tool_names)} names a tool twice")
+        if self.tools:
+            for key in ("tool_names", "poi_dir", "poi_index_dir"):
+                if getattr(self, key):
+                    _fail(f"services.{key}", f"configures the embedded tool server, but services.tools is "
+                                             f"{self.tools!r}; set it on that server (RLYARD_TOOLS_*) or "
+                                             "leave services.tools empty")
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class RolloutConfig:
     top_p: float = 1.0
     tool_concurrency: int = 64
     per_tool_concurrency: int = 32
+    max_calls_per_tool_per_turn: int = 0  # > 0: later calls of a tool in one turn are refused, not run
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -117,6 +139,10 @@ class RolloutConfig:
             _fail("rollout.temperature", "must be > 0 for RL sampling (GRPO needs diverse samples)")
         if not 0 < self.top_p <= 1:
             _fail("rollout.top_p", "must be in (0, 1]")
+        if self.max_calls_per_tool_per_turn < 0:
+            _fail("rollout.max_calls_per_tool_per_turn",
+                  f"must be >= 0 (0 = no limit; 1 = LocalSearchBench's one call per tool per round; "
+                  f"got {self.max_calls_per_tool_per_turn})")
 
     @property
     def batch_size(self) -> int:

@@ -1,5 +1,5 @@
 """Evaluation: run a policy on a task set with the rollout engine, score it with the reward
-service, and aggregate what matters for a tool-using SQL agent.
+service, and aggregate what matters for a tool-using agent (text-to-SQL or local-life).
 
     report = evaluate("runs/policy", tasks, max_tool_calls=6)
     report.execution_accuracy, report.mean_tool_calls, report.format_errors, ...
@@ -13,6 +13,12 @@ The tool-call budget: ``max_turns`` is set to ``max_tool_calls + 1`` (one turn p
 environment's prompt shows, then the answer turn). A turn holding several calls runs them all,
 so the budget bounds tool *turns*; the report counts actual calls.
 
+Local-life tasks (their ground truth holds a ``checklist``) are scored with the three
+LocalSearchBench metrics (``envs.local_life.env.EVAL_SPEC``); ``accuracy`` is then correctness and
+``metrics`` holds the mean of each (completeness and faithfulness as 0–1, the table shows 0–10).
+``judge={metric: spec}`` also asks a judge model for each metric (``envs.local_life.metrics.judge_spec``);
+a judge failure leaves that task's judge score out of the mean and is counted.
+
 Services: with ``services=None`` a SQL tool server and a reward service are started embedded on
 loopback ports of their own (``EvalServices``), on one event loop in a daemon thread; pass an
 ``EvalServices`` to reuse them across evaluations, or give it addresses of running services.
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from trainer.config import RolloutConfig
 from trainer.connections import DEFAULT_DB_DIR, ServiceConnections
 from trainer.policy.base import Generation, Sampler, SamplingParams
 from trainer.rollout import RolloutEngine
-from trainer.scoring import score_trajectories
+from trainer.scoring import judge_scores, score_trajectories
 from trainer.types import RolloutStatus, RolloutTrajectory, Task
 
 logger = logging.getLogger(__name__)
@@ -46,8 +52,10 @@ class EvalServices(ServiceConnections):
     """The tool server and reward service of an evaluation (empty targets: started embedded)."""
 
     def __init__(self, *, db_dir: Path | str = DEFAULT_DB_DIR, tools: str = "", reward: str = "",
-                 timeout_s: float = 30.0) -> None:
-        super().__init__(db_dir=db_dir, tools=tools, reward=reward, timeout_s=timeout_s, loop_name="eval-loop")
+                 timeout_s: float = 30.0, tool_names: Sequence[str] = (), poi_dir: Path | str = "",
+                 poi_index_dir: Path | str = "") -> None:
+        super().__init__(db_dir=db_dir, tools=tools, reward=reward, timeout_s=timeout_s, tool_names=tool_names,
+                         poi_dir=poi_dir, poi_index_dir=poi_index_dir, loop_name="eval-loop")
 
 
 class FixedTemperature:
@@ -79,6 +87,7 @@ class TaskResult:
     format_error: bool
     final_answer: str
     infra_error: str = ""
+    judge: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +96,7 @@ class EvalReport:
     ``scored_accuracy`` leaves them out)."""
 
     n: int
-    execution_accuracy: float
+    execution_accuracy: float     # the share of tasks whose primary reward is 1 (local-life: correctness)
     scored_accuracy: float
     mean_tool_calls: float
     mean_turns: float
@@ -97,6 +106,10 @@ class EvalReport:
     seconds: float
     results: list[TaskResult] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    env: str = "text_to_sql"
+    metrics: dict[str, float] = field(default_factory=dict)          # mean of each reward component
+    judge: dict[str, float] = field(default_factory=dict)            # mean judge score per metric (0–1)
+    judge_failures: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The aggregates (no per-task results)."""
@@ -107,14 +120,19 @@ class EvalReport:
         return dataclasses.asdict(self)
 
 
-def _result(t: RolloutTrajectory, check_format: bool) -> TaskResult:
+def is_local_life(tasks: Sequence[Task]) -> bool:
+    """Whether the tasks are local-life tasks (their ground truth holds a checklist)."""
+    return any(isinstance(t.ground_truth, dict) and "checklist" in t.ground_truth for t in tasks)
+
+
+def _result(t: RolloutTrajectory, check_format: bool, primary: str = "sql_execution") -> TaskResult:
     components = dict(t.reward_components)
     format_error = t.status == RolloutStatus.FORMAT_ERROR or (check_format and components.get("format", 1.0) == 0.0)
     return TaskResult(
         task_id=t.task.task_id,
         db_id=str(t.task.context.get("db_id", "")),
         status=t.status.value,
-        correct=components.get("sql_execution", 0.0) >= 1.0,
+        correct=components.get(primary, 0.0) >= 1.0,
         reward=t.reward,
         components=components,
         num_tool_calls=t.num_tool_calls,
@@ -126,9 +144,11 @@ def _result(t: RolloutTrajectory, check_format: bool) -> TaskResult:
 
 
 def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool = True, seconds: float = 0.0,
-              settings: dict[str, Any] | None = None) -> EvalReport:
-    """The report of scored trajectories (``check_format``: the spec had a ``format`` term)."""
-    results = [_result(t, check_format) for t in trajectories]
+              settings: dict[str, Any] | None = None, primary: str = "sql_execution",
+              env: str = "text_to_sql") -> EvalReport:
+    """The report of scored trajectories (``check_format``: the spec had a ``format`` term;
+    ``primary``: the reward whose 1.0 counts as correct)."""
+    results = [_result(t, check_format, primary) for t in trajectories]
     n = len(results)
     infra = sum(r.status == RolloutStatus.INFRA_FAILED.value for r in results)
     correct = sum(r.correct for r in results)
@@ -144,6 +164,9 @@ def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool =
         seconds=seconds,
         results=results,
         settings=settings or {},
+        env=env,
+        metrics={name: sum(r.components.get(name, 0.0) for r in results) / n
+                 for name in sorted({c for r in results for c in r.components})} if n else {},
     )
 
 
@@ -160,10 +183,12 @@ def evaluate(
     device: str = "cpu",
     db_dir: Path | str = DEFAULT_DB_DIR,
     max_batch_size: int | None = None,
+    judge: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Roll out every task once with ``policy`` (a checkpoint directory or a loaded ``Sampler``
-    with a ``tokenizer``), score with ``reward_spec`` (default ``{sql_execution: 1, format: 0.1}``)
-    and aggregate. See the module docstring for temperature and the tool-call budget."""
+    with a ``tokenizer``), score with ``reward_spec`` (default ``{sql_execution: 1, format: 0.1}``,
+    or the three local-life metrics for local-life tasks), ask the judge specs in ``judge`` (metric →
+    ``judge`` spec), and aggregate. See the module docstring for temperature and the tool-call budget."""
     import time
 
     if max_tool_calls < 0:
@@ -176,7 +201,11 @@ def evaluate(
         loaded = policy
     if getattr(loaded, "model", None) is not None:
         loaded.model.eval()
-    spec = reward_spec if reward_spec is not None else DEFAULT_SPEC
+    local_life = is_local_life(tasks)
+    if local_life:
+        from envs.local_life.env import EVAL_SPEC as LOCAL_LIFE_SPEC
+
+    spec = reward_spec if reward_spec is not None else LOCAL_LIFE_SPEC if local_life else DEFAULT_SPEC
     config = dataclasses.replace(rollout_config, max_turns=max_tool_calls + 1)
     settings = {"temperature": temperature, "max_tool_calls": max_tool_calls, "max_turns": config.max_turns,
                 "max_new_tokens_per_turn": config.max_new_tokens_per_turn,
@@ -193,22 +222,32 @@ def evaluate(
         engine = RolloutEngine(FixedTemperature(loaded, temperature), loaded.tokenizer, tool_client, config,
                                seed=seed, tool_timeout_s=svc.timeout_s, max_batch_size=max_batch_size)
 
-        async def run() -> list[RolloutTrajectory]:
+        async def run() -> tuple[list[RolloutTrajectory], dict[str, list[float | None]]]:
             try:
                 trajectories = await engine.run(list(tasks), group_size=1)
                 await score_trajectories(reward_client, trajectories, spec, 0)
-                return trajectories
+                judged = {name: await judge_scores(reward_client, trajectories, judge_spec)
+                          for name, judge_spec in (judge or {}).items()}
+                return trajectories, judged
             finally:
                 await engine.aclose()
 
         start = time.perf_counter()
-        trajectories = svc.thread.run(run())
+        trajectories, judged = svc.thread.run(run())
         seconds = time.perf_counter() - start
     finally:
         if own:
             svc.close()
     names = {str(k) for k in spec} if isinstance(spec, dict) else {str(t.get("name")) for t in spec}
-    report = aggregate(trajectories, check_format="format" in names, seconds=seconds, settings=settings)
+    report = aggregate(trajectories, check_format="format" in names, seconds=seconds, settings=settings,
+                       primary="poi_correctness" if local_life else "sql_execution",
+                       env="local_life" if local_life else "text_to_sql")
+    for name, values in judged.items():
+        for result, value in zip(report.results, values, strict=True):
+            result.judge[name] = value
+        got = [v for v in values if v is not None]
+        report.judge[name] = sum(got) / len(got) if got else 0.0
+        report.judge_failures[name] = len(values) - len(got)
     logger.info("eval: n=%d accuracy=%.3f tool_calls=%.2f in %.1fs", report.n, report.execution_accuracy,
                 report.mean_tool_calls, seconds)
     return report

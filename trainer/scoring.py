@@ -38,3 +38,21 @@ async def score_trajectories(
             t.reward = r.total
             t.reward_components = {c.name: c.value for c in r.components}
     return {"scored": len(to_score) - errors, "reward_system_errors": errors}
+
+
+async def judge_scores(
+    client: RewardClient, trajectories: list[RolloutTrajectory], spec_obj: Any
+) -> list[float | None]:
+    """The total of ``spec_obj`` for each trajectory without touching its reward (evaluation's
+    judge scores); None where the trajectory failed or the reward could not score it."""
+    to_score = [i for i, t in enumerate(trajectories) if t.status != RolloutStatus.INFRA_FAILED]
+    out: list[float | None] = [None] * len(trajectories)
+    if not to_score:
+        return out
+    requests = [item_to_pb(ScoringItem(f"judge-{i}", trajectory=trajectories[i].record,
+                                       ground_truth=trajectories[i].task.ground_truth)) for i in to_score]
+    results = await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+    for i, r in zip(to_score, results, strict=True):
+        if r.status == reward_pb2.SCORE_STATUS_OK:
+            out[i] = r.total
+    return out

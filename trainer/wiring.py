@@ -1,9 +1,10 @@
 """Connects RL stages to the services: the rollout engine over the tool server, scoring
 through the reward service, tasks from the stage's task file.
 
-With ``services.tools`` / ``services.reward`` empty in the config, the SQL tool server and the
-reward service are started embedded, on the rollout event loop, on loopback ports of their
-own; otherwise the given addresses are used. Everything async lives on one ``EngineThread``.
+With ``services.tools`` / ``services.reward`` empty in the config, the tool server (the SQL
+tools, or ``services.tool_names`` over ``services.poi_dir``) and the reward service are started
+embedded, on the rollout event loop, on loopback ports of their own; otherwise the given
+addresses are used. Everything async lives on one ``EngineThread``.
 
     with RLServices(config) as rl:
         run_experiment(config, run_dir, rollout_fn=rl.rollout, score_fn=rl.score,
@@ -32,7 +33,8 @@ class RLServices(ServiceConnections):
 
     def __init__(self, config: ExperimentConfig, *, db_dir: Path = DEFAULT_DB_DIR) -> None:
         svc = config.services
-        super().__init__(db_dir=db_dir, tools=svc.tools, reward=svc.reward, timeout_s=svc.timeout_s)
+        super().__init__(db_dir=db_dir, tools=svc.tools, reward=svc.reward, timeout_s=svc.timeout_s,
+                         tool_names=svc.tool_names, poi_dir=svc.poi_dir, poi_index_dir=svc.poi_index_dir)
         self.config = config
         self.policy: HFPolicy | None = None
         self._engines: dict[int, RolloutEngine] = {}

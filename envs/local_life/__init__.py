@@ -1,5 +1,6 @@
 """The local-life environment: multi-hop questions about merchants, answered with the POI tools."""
 
+from envs.local_life.checklist import check_poi
 from envs.local_life.tasks import (
     DETAIL_KINDS,
     HELDOUT_ONLY,
@@ -7,7 +8,6 @@ from envs.local_life.tasks import (
     CorpusTooSmallError,
     TaskSplit,
     Template,
-    check_poi,
     generate_split,
 )
 

@@ -6,6 +6,11 @@ A reply that does not parse is asked for once more, then reported as a ``RewardS
 (the trajectory is dropped, never scored 0). The judge is a local HF model or any
 OpenAI-compatible endpoint (``RLYARD_REWARD_JUDGE_*``); a spec's params may name another
 backend, endpoint or model, so one service serves several judges, each built once.
+
+Template fields: ``{rubric}``, ``{question}`` (ground truth ``question``, else the first user
+turn), ``{reference}`` (ground truth ``answer``/``answers``), ``{response}``, ``{context}`` (the
+trajectory's tool results as the policy saw them, for faithfulness rubrics such as the local-life
+metrics of ``envs.local_life.metrics.judge_spec``), ``{score_min}``, ``{score_max}``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ DEFAULT_TEMPLATE = (
     "Reason: <one sentence>"
 )
 
-TEMPLATE_FIELDS = frozenset({"rubric", "question", "reference", "response", "score_min", "score_max"})
+TEMPLATE_FIELDS = frozenset({"rubric", "question", "reference", "response", "context", "score_min", "score_max"})
+NO_CONTEXT = "(no tool results)"
 NOT_GIVEN = "(not given)"
 
 
@@ -70,6 +76,9 @@ class JudgeParams(BaseModel):
     model: str | None = Field(default=None, description="override RLYARD_REWARD_JUDGE_MODEL (name, or checkpoint dir)")
     max_new_tokens: int | None = Field(default=None, ge=1, description="override RLYARD_REWARD_JUDGE_MAX_NEW_TOKENS")
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy")
+    context_max_chars: int = Field(
+        default=8000, ge=100, description="{context} (the trajectory's tool results) is cut to this many characters"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -124,6 +133,22 @@ def _reference(item: ScoringItem) -> str | None:
     return str(answers)
 
 
+def _context(item: ScoringItem, max_chars: int) -> str:
+    """The trajectory's tool results, turn by turn, as the policy saw them (cut to ``max_chars``)."""
+    if item.trajectory is None:
+        return NO_CONTEXT
+    parts = []
+    for turn in item.trajectory.turns:
+        if turn.role == "tool":
+            text = turn.text or "\n".join(r.text for r in turn.tool_results)
+            if text.strip():
+                parts.append(text.strip())
+    text = "\n\n".join(parts)
+    if not text:
+        return NO_CONTEXT
+    return text if len(text) <= max_chars else text[:max_chars] + f"\n… ({len(text) - max_chars} more characters cut)"
+
+
 def judge_messages(item: ScoringItem, params: JudgeParams) -> list[dict[str, str]]:
     """The chat the judge is given for ``item``.
 
@@ -142,6 +167,7 @@ def judge_messages(item: ScoringItem, params: JudgeParams) -> list[dict[str, str
         question=_question(item) or NOT_GIVEN,
         reference=reference if reference is not None else NOT_GIVEN,
         response=item.text,
+        context=_context(item, params.context_max_chars) if "context" in params.template_fields else "",
         score_min=f"{params.score_min:g}",
         score_max=f"{params.score_max:g}",
     )

@@ -278,9 +278,64 @@ def test_launcher_uses_the_same_environment(table: ServiceTable, tmp_path: Path)
                 continue
             for dep in spec.depends_on:  # {dep} is dep:port in containers, the real address locally
                 value = value.replace(f"{dep}:{spec.peer_ports[dep]}", launcher.endpoints[dep].target)
+            for peer in spec.wants:  # a wanted service not started here: its table port on loopback
+                value = value.replace(f"{peer}:{spec.peer_ports[peer]}", f"127.0.0.1:{spec.peer_ports[peer]}")
             if key.endswith("_DIR") and not os.path.isabs(value):
                 value = str(ROOT / value)
             assert env[key] == value, key
+
+
+def test_a_wanted_service_is_optional_in_every_deployment(table: ServiceTable, tmp_path: Path) -> None:
+    """The reward service reaches the local-life POI tools (``wants: [search]``) but starts
+    without them: a plain `docker compose up` and `rlyard up --profile sql` are valid, and a
+    profile that runs both starts search first and hands over its real address."""
+    reward = table.get("reward")
+    assert reward.wants == ("search",) and "search" not in reward.depends_on
+    assert "local-life" in reward.profiles and "all" not in table.get("search").profiles
+    assert reward.runtime_env("0.0.0.0", 1, None)["RLYARD_REWARD_POI_TOOLS_TARGET"] == "search:50055"
+
+    services = _compose_model()["services"]
+    assert services["reward"]["depends_on"]["search"]["required"] is False
+    assert services["reward"]["depends_on"]["sql-tools"]["required"] is True
+    plain = _run([_compose_bin(), "-f", ROOT / "docker-compose.yml", "config", "--services"])
+    assert plain.returncode == 0, plain.stderr                       # no profile: search is not enabled
+    assert set(plain.stdout.split()) == {s.name for s in table.services if "all" in s.profiles}
+
+    profile = table.profile("local-life")
+    names = [s.name for s in profile]
+    assert names.index("sql-tools") < names.index("search") < names.index("reward")   # started first
+    launcher = Launcher(profile, tmp_path)
+    for i, name in enumerate(("sql-tools", "search")):
+        launcher.endpoints[name] = Endpoint(name, "tools", "127.0.0.1", 41000 + i, None, 0, tmp_path / "log")
+    env = launcher._env(reward, tmp_path / "ready.json")
+    assert env["RLYARD_REWARD_POI_TOOLS_TARGET"] == "127.0.0.1:41001"
+    assert env["RLYARD_REWARD_SQL_TOOLS_TARGET"] == "127.0.0.1:41000"
+    alone = Launcher(table.profile("sql"), tmp_path)     # search not started: where its own launcher puts it
+    alone.endpoints["sql-tools"] = launcher.endpoints["sql-tools"]
+    assert alone._env(reward, tmp_path / "ready.json")["RLYARD_REWARD_POI_TOOLS_TARGET"] == "127.0.0.1:50055"
+
+
+def test_table_refuses_bad_references(tmp_path: Path) -> None:
+    from rlyard.errors import ConfigError
+
+    def table_with(reward: str) -> Path:
+        path = tmp_path / "services.yaml"
+        path.write_text(
+            "image: x:1\nservices:\n"
+            "  - {name: tools, kind: tools, port: 1, metrics_port: 2}\n"
+            f"  - {{name: reward, kind: reward, port: 3, metrics_port: 4, {reward}}}\n"
+            "  - {name: late, kind: tools, port: 5, metrics_port: 6}\n"
+        )
+        return path
+
+    assert load_table(table_with("wants: [tools], env: {T: '{tools}'}")).get("reward").peer_ports == {"tools": 1}
+    for reward, message in [
+        ("env: {T: '{tools}'}", "add tools to depends_on"),
+        ("wants: [late], env: {T: '{late}'}", "wants 'late', which must be a service listed before it"),
+        ("depends_on: [tools], wants: [tools]", "in both depends_on and wants"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_table(table_with(reward))
 
 
 def _dockerfile() -> tuple[list[str], dict[str, str], set[int], str]:

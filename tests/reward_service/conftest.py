@@ -4,22 +4,16 @@
 tokenizer trained on a few hundred strings and a ChatML chat template, written with
 ``save_pretrained`` so that ``AutoModelForCausalLM``/``AutoTokenizer`` load it like any
 checkpoint. ``overfit_judge`` teaches such a model one reply to one chat in a few seconds.
-``chat_server`` starts a real HTTP server on 127.0.0.1 (port 0) that speaks the OpenAI
-chat-completions API with scripted replies and records every request it gets.
+(``chat_server``, the scripted OpenAI-compatible endpoint, lives in ``tests/conftest.py``.)
 """
 
 from __future__ import annotations
 
-import json
 import random
 import socket
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -152,112 +146,6 @@ def overfit_judge() -> Callable[[Path, Messages, str, Path], Path]:
     """Factory: ``overfit_judge(base_dir, messages, target, out_dir)`` trains the model in
     ``base_dir`` to answer ``messages`` with ``target`` (then EOS) and saves it to ``out_dir``."""
     return _overfit
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One scripted answer of ``ChatServer``: a chat completion whose message holds
-    ``content``, or ``status`` with a raw ``body``; ``hang`` answers only at shutdown."""
-
-    content: str | None = None
-    status: int = 200
-    body: str | None = None
-    hang: bool = False
-
-
-@dataclass
-class ChatServer:
-    """An OpenAI-compatible ``/v1/chat/completions`` server with scripted replies."""
-
-    replies: deque[Reply]
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        """The API base, as a judge endpoint is configured."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def answer(self, path: str, headers: dict[str, str], payload: Any) -> tuple[int, str]:
-        self.requests.append({"path": path, "headers": headers, "json": payload})
-        if path != "/v1/chat/completions":
-            return 404, json.dumps({"error": {"message": f"no route {path}"}})
-        if not self.replies:
-            return 500, json.dumps({"error": {"message": "the test scripted no more replies"}})
-        reply = self.replies.popleft()
-        if reply.hang:
-            self.stopping.wait(10.0)
-        if reply.body is not None or reply.status != 200:
-            return reply.status, reply.body or ""
-        completion = {
-            "id": f"chatcmpl-{len(self.requests)}",
-            "object": "chat.completion",
-            "model": payload.get("model", "") if isinstance(payload, dict) else "",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop"}
-            ],
-        }
-        return 200, json.dumps(completion)
-
-
-def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = raw.decode("utf-8", "replace")
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, body = server.answer(self.path, headers, payload)
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            try:
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-                pass
-
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-            return
-
-    return Handler
-
-
-StartChatServer = Callable[..., ChatServer]
-
-
-@pytest.fixture
-def chat_server() -> Iterator[StartChatServer]:
-    """Factory: ``chat_server(*replies)`` starts a scripted server; all stop at teardown.
-
-    A reply is the content of a chat completion (``str``) or the fields of a ``Reply``
-    (``dict``: ``status``, ``body``, ``content``, ``hang``); the server answers them in order.
-    """
-    running: list[tuple[ChatServer, ThreadingHTTPServer, threading.Thread]] = []
-
-    def start(*replies: str | dict[str, Any]) -> ChatServer:
-        script = [Reply(r) if isinstance(r, str) else Reply(**r) for r in replies]
-        server = ChatServer(deque(script))
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-        httpd.daemon_threads = True
-        server.port = httpd.server_address[1]
-        thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, name=f"chat-server-{server.port}", daemon=True
-        )
-        thread.start()
-        running.append((server, httpd, thread))
-        return server
-
-    yield start
-    for server, httpd, thread in running:
-        server.stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -161,6 +161,14 @@ def test_filtered_search_keeps_only_passing_rows(corpus: Corpus, queries: np.nda
     assert over.search_vector(queries[0], 10, np.zeros(N, dtype=bool)) == []
 
 
+def test_the_query_fast_path_gives_the_same_vector_as_encode() -> None:
+    encoder = dense.shared_encoder()
+    for text in ("a quiet café with wifi open before 8", "Sichuan hotpot in Jing'an, rated 4.5+", "x"):
+        one, batch = encoder.encode_one(text), encoder.encode([text])[0]
+        assert one.dtype == np.float32 and one.shape == (dense.DIMENSION,)
+        assert float(one @ batch) > 0.99999 and abs(float(np.linalg.norm(one)) - 1.0) < 1e-5
+
+
 def test_rerank_adds_a_small_query_word_coverage_term() -> None:
     hits = [(1, 0.50), (2, 0.49), (3, 0.30)]
     texts = ["A cosy tea house", "Spicy hotpot, beef tripe and more", "Hotpot only"]

@@ -38,6 +38,24 @@ def test_a_good_config_builds_nested_typed_dataclasses(tmp_path: Path) -> None:
     assert rl.algorithm.clip_high == 0.28 and rl.algorithm.filters.drop_truncated is True
     assert rl.algorithm.filters.drop_equal_reward_groups is True  # default kept
     assert config.seed == 3 and config.checkpoint.every_steps == 50
+    assert rl.rollout.max_calls_per_tool_per_turn == 0                      # no limit
+    assert config.services.tool_names == () and config.services.poi_dir == ""  # the default SQL tools
+
+
+def test_services_name_the_embedded_tools_in_a_yaml_list(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "name: local-life\n"
+        "services: {tool_names: [search, poi_detail, nearby], poi_dir: data/generated/poi, timeout_s: 60}\n"
+        "stages:\n"
+        "  - {kind: rl, steps: 1, reward: {sql_execution: 1.0},\n"
+        "     rollout: {group_size: 2, prompts_per_step: 4, max_calls_per_tool_per_turn: 1},\n"
+        "     algorithm: {micro_batch_size: 4}}\n"
+    )
+    config = load_config(path)
+    assert config.services.tool_names == ("search", "poi_detail", "nearby")
+    assert (config.services.poi_dir, config.services.poi_index_dir) == ("data/generated/poi", "")
+    assert config.stages[0].rollout.max_calls_per_tool_per_turn == 1
 
 
 def _with(path: list[Any], value: Any) -> dict[str, Any]:
@@ -64,6 +82,11 @@ def _with(path: list[Any], value: Any) -> dict[str, Any]:
         (["stages", 1, "rollout", "temperature"], 0, "must be > 0"),
         (["stages", 1, "rollout", "max_new_tokens_per_turn"], 5000, "exceeds max_total_tokens"),
         (["stages", 1, "rollout", "grup_size"], 8, "unknown key(s) grup_size; valid keys:"),
+        (["stages", 1, "rollout", "max_calls_per_tool_per_turn"], -1, "must be >= 0 (0 = no limit"),
+        (["services"], {"tool_names": "search,nearby"}, "services.tool_names: expected a list"),
+        (["services"], {"tool_names": ["search", "search"]}, "names a tool twice"),
+        (["services"], {"tools": "10.0.0.5:50055", "poi_dir": "data/poi"},
+         "services.poi_dir: configures the embedded tool server"),
         (["stages", 1, "steps"], "many", "expected int"),
         (["stages"], [], "list at least one stage"),
         (["name"], "", "give the experiment a name"),

@@ -226,6 +226,45 @@ async def test_turns_are_aligned_several_calls_and_a_malformed_one(
     assert sampler.batches[0] == 2  # both samples generated their first turn in one call
 
 
+async def test_calls_past_the_per_tool_limit_are_refused_not_run(
+    policy: HFPolicy, tools: RunningServer, fast_retry_client: Callable[[RunningServer], ToolClient]
+) -> None:
+    turn = COUNT_SINGERS + ALL_SINGERS + LIST_TABLES + sql_call("SELECT 1") + MALFORMED + END
+    scripts = {"greedy": [turn, "<answer>6</answer>" + END]}
+    tok = policy.tokenizer
+    roomy = {"max_observation_tokens": 600, "max_total_tokens": 2000}
+    limited = RolloutEngine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools),
+                            config(max_calls_per_tool_per_turn=1, **roomy), seed=0)
+    unlimited = RolloutEngine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools), config(**roomy), seed=0)
+    try:
+        [traj, _] = await limited.run([task("greedy")], group_size=2)
+        [free, _] = await unlimited.run([task("greedy")], group_size=2)
+    finally:
+        await limited.aclose()
+        await unlimited.aclose()
+
+    assert free.status is RolloutStatus.COMPLETED and free.num_tool_calls == 4   # 0 = no limit
+    assert traj.status is RolloutStatus.COMPLETED, traj.infra_error
+    check_invariants(traj, policy)
+    # Only the first sql_query and the list_tables ran; the model's record keeps all four calls.
+    assert traj.num_tool_calls == 2 and len(traj.tool_latency_ms) == 2
+    record = traj.record
+    assert [c.name for c in record.tool_calls] == ["sql_query", "sql_query", "list_tables", "sql_query"]
+    tool_turn = record.turns[3]
+    assert [(r.call_id.rsplit("/", 1)[1], r.name) for r in tool_turn.tool_results] == [
+        ("c0", "sql_query"), ("c2", "list_tables")]
+    assert tool_turn.tool_results[0].structured["rows"] == [[6]]
+    # One response per call in the calls' order (refusals in place), then the parse error.
+    responses = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", tool_turn.text, re.DOTALL)
+    assert len(responses) == 5
+    assert responses[0] == tool_turn.tool_results[0].text and responses[2] == tool_turn.tool_results[1].text
+    assert responses[1].startswith("Error: sql_query call 2 of this turn: at most 1 call of sql_query per round; "
+                                   "this call was not run")
+    assert responses[3].startswith("Error: sql_query call 3 of this turn: at most 1 call")
+    assert responses[4].startswith("Error: tool call 5: invalid JSON")
+    assert TRUNCATION_MARKER not in tool_turn.text
+
+
 async def test_observation_is_capped_in_tokens(
     policy: HFPolicy, tools: RunningServer, fast_retry_client: Callable[[RunningServer], ToolClient]
 ) -> None:

@@ -17,13 +17,18 @@ One trajectory (``RolloutEngine.rollout``):
    per-turn token limit; the last allowed turn (``max_turns``) with calls → TRUNCATED, the calls
    are not run (no turn would read their results). Otherwise the calls run concurrently over the
    engine's ``ToolStream`` (deadline ``tool_timeout_s``, a global semaphore ``tool_concurrency``
-   and one per tool name ``per_tool_concurrency``; the client retries UNAVAILABLE).
+   and one per tool name ``per_tool_concurrency``; the client retries UNAVAILABLE). With
+   ``max_calls_per_tool_per_turn`` = n > 0 (LocalSearchBench: one call per tool per round), only
+   the first n calls of each tool name in the turn run; each later one is refused: not run, not
+   counted in ``num_tool_calls``, answered by an ``Error: …`` line in its place. The turn's record
+   keeps every call the model made; only the calls that ran have a result.
 4. A failure of the system — ``Unavailable``/``DeadlineExceeded`` from the stream, a result with
    ``system_error.code != 0``, a failed ``OpenSession`` when a tool is to be called — ends the
    trajectory as INFRA_FAILED with ``infra_error`` saying what; it never raises out of ``run``.
-5. The observation — each result's text (then one ``Error: …`` per malformed call), wrapped by
-   ``format_observation`` in ``<tool_response>`` markers and capped to ``max_observation_tokens``
-   tokens (the chat wrapper around it is not counted) — is put inside the template's tool turn
+5. The observation — each call's result text (or its refusal) in the order of the calls, then one
+   ``Error: …`` per malformed call, wrapped by ``format_observation`` in ``<tool_response>``
+   markers and capped to ``max_observation_tokens`` tokens (the chat wrapper around it is not
+   counted) — is put inside the template's tool turn
    (``ToolTurnTemplate``: the rest of the assistant turn's end, e.g. ``"\\n"`` after a generated
    ``<|im_end|>`` or all of ``"<|im_end|>\\n"`` after a cut turn, then e.g.
    ``"<|im_start|>user\\n"`` … ``"<|im_end|>\\n<|im_start|>assistant\\n"``). Only these strings are
@@ -278,7 +283,10 @@ class RolloutEngine:
             if error:
                 _fail(traj, error)
                 return
-            outcomes = await self._call_tools(session_id, parsed.calls, call_ids)
+            allowed, refusals = _apply_call_limit(parsed.calls, cfg.max_calls_per_tool_per_turn)
+            outcomes = await self._call_tools(
+                session_id, [parsed.calls[i] for i in allowed], [call_ids[i] for i in allowed]
+            )
             traj.num_tool_calls += len(outcomes)
             traj.tool_latency_ms.extend(o.latency_ms for o in outcomes)
             failed = [o.infra_error for o in outcomes if o.infra_error]
@@ -287,7 +295,9 @@ class RolloutEngine:
                 state.add("tool", "", tool_results=tuple(o.record() for o in outcomes))
                 return
 
-            texts = [o.text for o in outcomes] + [f"Error: {e}" for e in parsed.errors]
+            results = dict(zip(allowed, (o.text for o in outcomes), strict=True))
+            texts = [results[i] if i in results else f"Error: {refusals[i]}" for i in range(len(parsed.calls))]
+            texts += [f"Error: {e}" for e in parsed.errors]
             observation = format_observation(texts, self.tokenizer, cfg.max_observation_tokens)
             head = self._assistant_rest(gen, ended) + self.template.tool_prefix
             obs_ids = self._encode(head) + self._encode(observation) + self._encode(self.template.tool_suffix)
@@ -386,6 +396,25 @@ def _stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
     if "<|im_end|>" in vocab:
         ids.append(int(vocab["<|im_end|>"]))
     return tuple(dict.fromkeys(ids))
+
+
+def _apply_call_limit(calls: Sequence[ParsedCall], limit: int) -> tuple[list[int], dict[int, str]]:
+    """The indices of the calls to run, and the refusal message of each call past ``limit``
+    calls of its tool name in the turn (``limit`` 0: every call runs)."""
+    if limit <= 0:
+        return list(range(len(calls))), {}
+    allowed: list[int] = []
+    refusals: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for i, call in enumerate(calls):
+        seen[call.name] = seen.get(call.name, 0) + 1
+        if seen[call.name] <= limit:
+            allowed.append(i)
+        else:
+            times = "1 call" if limit == 1 else f"{limit} calls"
+            refusals[i] = (f"{call.name} call {seen[call.name]} of this turn: at most {times} of {call.name} "
+                           "per round; this call was not run. Call it again in your next turn if you need it")
+    return allowed, refusals
 
 
 def _fail(traj: RolloutTrajectory, message: str) -> None:

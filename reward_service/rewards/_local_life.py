@@ -1,0 +1,190 @@
+"""What the three local-life metric rewards share: reading the ground truth, the retrieved
+context of a trajectory, and POI records through the POI tool server's ``poi_detail``.
+
+The rewards see the corpus exactly as the agent's tools do: records come from ``poi_detail`` on
+``RLYARD_REWARD_POI_TOOLS_TARGET`` (or a spec's ``tool_server``), never from a file of the reward
+service's own. Records are cached per (server, poi_id) in an LRU (the corpus of a running server
+does not change); an id the server does not know is cached as absent.
+
+Failures that are not the model's: the POI tool server unreachable, past its deadline, or a
+result carrying ``system_error`` → ``RewardSystemError`` (the trajectory is dropped, never scored
+0); a ground truth without a checklist or gold answers → ``RewardInputError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.local_life.metrics import Scores, ids_in, parse_answer, score_answer
+from reward_service.registry import RewardContext
+from reward_service.types import (
+    RewardInputError,
+    RewardKindName,
+    RewardOutcome,
+    RewardSystemError,
+    ScoringItem,
+    TrajectoryRecord,
+)
+
+CACHE_KEY = "local_life.records"
+CACHE_SIZE = 20_000
+DETAIL_TOOL = "poi_detail"
+
+
+class LocalLifeParams(BaseModel):
+    """Parameters of the local-life metric rewards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_server: str | None = Field(default=None, description="the POI tool server (default: the service's "
+                                                                "RLYARD_REWARD_POI_TOOLS_TARGET)")
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the metrics need of a local-life task."""
+
+    checklist: list[dict[str, Any]]
+    gold_answers: list[str]
+    anchor_id: str | None
+
+
+def parse_ground_truth(gt: Any) -> GroundTruth:
+    """The checklist, gold answers and anchor id; RewardInputError says what is missing."""
+    if not isinstance(gt, Mapping):
+        raise RewardInputError('local-life metrics need ground_truth {"checklist": [...], "gold_answers": [...], '
+                               '"anchor": {"poi_id": ...} | null}')
+    checklist, gold = gt.get("checklist"), gt.get("gold_answers")
+    if not isinstance(checklist, list) or not all(isinstance(i, dict) and "kind" in i for i in checklist):
+        raise RewardInputError("ground_truth.checklist must be a list of items {\"kind\": ..., ...}")
+    if not isinstance(gold, list) or not gold:
+        raise RewardInputError("ground_truth.gold_answers must be a non-empty list of poi_ids")
+    anchor = gt.get("anchor")
+    anchor_id = str(anchor["poi_id"]) if isinstance(anchor, Mapping) and anchor.get("poi_id") else None
+    needs_anchor = any("anchor" in i or "above_anchor" in i or "below_anchor" in i for i in checklist)
+    if needs_anchor and anchor_id is None:
+        raise RewardInputError("the checklist compares with an anchor POI, but ground_truth.anchor.poi_id is missing")
+    return GroundTruth([dict(i) for i in checklist], [str(g) for g in gold], anchor_id)
+
+
+def retrieved_ids(trajectory: TrajectoryRecord | None) -> set[str]:
+    """The poi_ids the tools showed the agent: ids in the results of calls that did not fail, and,
+    when the tool turn keeps the observation as the agent saw it, only those still in it (a cap
+    may have cut the rest)."""
+    if trajectory is None:
+        return set()
+    seen: set[str] = set()
+    for turn in trajectory.turns:
+        if turn.role != "tool":
+            continue
+        shown = ids_in(r.text for r in turn.tool_results if not r.is_error and not r.system_error_code)
+        if turn.text:
+            shown &= ids_in([turn.text])
+        seen |= shown
+    return seen
+
+
+class RecordCache:
+    """An LRU of POI records (None: the server has no such id); concurrent misses share one call."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._data: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any] | None]] = {}
+
+    async def get(self, ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any] | None:
+        key = (target, poi_id)
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(_fetch(ctx, target, poi_id))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._finish(key, t))
+        return await asyncio.shield(task)
+
+    def _finish(self, key: tuple[str, str], task: asyncio.Task[dict[str, Any] | None]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._data[key] = task.result()
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+
+async def _fetch(ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any] | None:
+    client = ctx.tool_client(target)
+    try:
+        result = await client.call_tool(DETAIL_TOOL, {"poi_id": poi_id})
+    except grpc.aio.AioRpcError as exc:
+        raise RewardSystemError(f"POI tool server {client.target} failed on {DETAIL_TOOL}({poi_id}): "
+                                f"{exc.code().name}: {exc.details()}") from None
+    if result.system_error.code:
+        raise RewardSystemError(f"POI tool server {client.target}: {DETAIL_TOOL}({poi_id}): "
+                                f"{result.system_error.message}")
+    if result.is_error:
+        return None
+    record = json.loads(result.structured_json) if result.structured_json else None
+    if not isinstance(record, dict) or record.get("poi_id") != poi_id:
+        raise RewardSystemError(f"POI tool server {client.target}: {DETAIL_TOOL}({poi_id}) returned no record; "
+                                "is it a local-life tool server (RLYARD_TOOLS_TOOLS with poi_detail)?")
+    return record
+
+
+def record_cache(ctx: RewardContext) -> RecordCache:
+    """The service-wide record cache in ``ctx.shared``."""
+    cache = ctx.shared.get(CACHE_KEY)
+    if not isinstance(cache, RecordCache):
+        cache = ctx.shared[CACHE_KEY] = RecordCache()
+    return cache
+
+
+async def score_item(ctx: RewardContext, item: ScoringItem, params: LocalLifeParams) -> Scores:
+    """The three metrics of one item (records read through ``poi_detail``)."""
+    gt = parse_ground_truth(item.ground_truth)
+    target = params.tool_server or ctx.settings.poi_tools_target
+    answer = item.text
+    ids = [r.poi_id for r in parse_answer(answer)]
+    wanted = ids + ([gt.anchor_id] if gt.anchor_id and gt.anchor_id not in ids else [])
+    cache = record_cache(ctx)
+    got = await asyncio.gather(*(cache.get(ctx, target, i) for i in wanted))
+    records = dict(zip(wanted, got, strict=True))
+    anchor = records.get(gt.anchor_id) if gt.anchor_id else None
+    if gt.anchor_id and anchor is None:
+        raise RewardInputError(f"the task's anchor {gt.anchor_id} is not in the corpus of {target}: "
+                               "the task was generated from another corpus")
+    try:
+        return score_answer(answer, retrieved_ids(item.trajectory), records, gt.checklist,
+                            n_gold=len(gt.gold_answers), anchor_record=anchor)
+    except (ValueError, KeyError) as exc:
+        raise RewardInputError(f"the checklist cannot be checked: {exc}") from None
+
+
+class LocalLifeMetric:
+    """The shared body of ``poi_correctness``, ``poi_completeness`` and ``poi_faithfulness``: each
+    plug-in names its ``metric``; the value is 0/1 for correctness and the 0–10 score / 10 otherwise,
+    and the explanation gives all three metrics and what lowered them."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    metric: ClassVar[str]
+    kind = RewardKindName.TOOL_VERIFICATION
+    Params = LocalLifeParams
+
+    def __init__(self, ctx: RewardContext) -> None:
+        self.ctx = ctx
+
+    async def score(self, item: ScoringItem, params: LocalLifeParams) -> RewardOutcome:
+        """Score the final answer against the checklist and the trajectory's retrieved context."""
+        scores = await score_item(self.ctx, item, params)
+        value = float(scores.correctness) if self.metric == "correctness" else getattr(scores, self.metric) / 10.0
+        return RewardOutcome(value=value, explanation=scores.explain())
