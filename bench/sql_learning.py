@@ -105,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rl-seconds", type=float, default=LearningConfig.rl_seconds)
     parser.add_argument("--sft-steps", type=int, default=LearningConfig.sft_steps)
     parser.add_argument("--copy-steps", type=int, default=LearningConfig.copy_steps)
+    parser.add_argument("--demo-city-share", type=float, default=LearningConfig.demo_city_share,
+                        help="demonstrations name only this share of the train cities (RL questions the rest)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-sql-learning")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (seconds, not a result)")
     ns = parser.parse_args(argv)
     console = Console()
-    cfg = LearningConfig(rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps, copy_steps=ns.copy_steps)
+    cfg = LearningConfig(rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps, copy_steps=ns.copy_steps,
+                         demo_city_share=ns.demo_city_share)
     if ns.quick:
         cfg = quick(cfg)
     seeds: list[dict[str, Any]] = []

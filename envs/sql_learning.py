@@ -28,13 +28,14 @@ import dataclasses
 import json
 import random
 import re
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.local_services.database import DB_ID, SCHEMA, build_database, database_path
+from envs.local_services.database import DB_ID, SCHEMA, Pool, build_database, database_path, load_pool
 from envs.local_services.questions import generate_split, q
 from envs.text_to_sql import SqlToolbox, _broken
 
@@ -137,6 +138,30 @@ def pick_demos(train: list[dict[str, Any]], n: int, seed: int) -> list[dict[str,
     return picked
 
 
+def task_cities(task: dict[str, Any], pool: Pool) -> set[str]:
+    """The cities a question names, directly or through a district or merchant of theirs."""
+    cities: set[str] = set()
+    by_merchant: dict[str, set[str]] = defaultdict(set)
+    for m in pool.merchants:
+        by_merchant[m.name].add(m.city)
+    for value in task["slots"].values():
+        if value in pool.cities:
+            cities.add(value)
+        if value in pool.districts:
+            cities.add(pool.districts[value])
+        cities |= by_merchant.get(value, set())
+    return cities
+
+
+def demo_candidates(train: list[dict[str, Any]], pool: Pool, train_cities: list[str], share: float,
+                    seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The train questions that may be demonstrated: those naming only the ``share`` of the train
+    cities drawn as demonstration cities (and those naming no city), and those cities."""
+    k = max(1, round(share * len(train_cities)))
+    demo_cities = sorted(random.Random(f"sql_learning/{seed}/demo_cities").sample(sorted(train_cities), k))
+    return [t for t in train if task_cities(t, pool) <= set(demo_cities)], demo_cities
+
+
 def demonstrations(db_dir: Path, tasks: list[dict[str, Any]], *, max_tool_calls: int,
                    error_every: int) -> list[dict[str, Any]]:
     """SFT lines (message form) for ``tasks``, observations from the real SQL tools."""
@@ -154,12 +179,19 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 100, n_demos: int = 300,
             max_tool_calls: int = 3, error_every: int = 4, size: str = "tiny", copy_steps: int = 600,
+            demo_city_share: float = 1.0,
             on_copy_step: Callable[[int, float], None] | None = None) -> Prepared:
     """Write the database, tasks, demonstrations and a fresh tiny policy under ``root``; the policy
-    gets at most ``copy_steps`` of copying warm-up (``trainer.model.copy_warmup``; 0 = none). The arguments
-    and the result are recorded in ``root/prepared.json`` (see ``load_prepared``)."""
+    gets at most ``copy_steps`` of copying warm-up (``trainer.model.copy_warmup``; 0 = none).
+    Demonstrations are drawn from the questions of ``demo_city_share`` of the train cities (1.0:
+    all): RL questions about the other train cities then name places no demonstration showed, as
+    held-out questions about held-out cities do. The arguments and the result are recorded in
+    ``root/prepared.json`` (see ``load_prepared``)."""
+    if not 0 < demo_city_share <= 1:
+        raise ValueError(f"demo_city_share={demo_city_share}: must be in (0, 1]")
     args = {"seed": seed, "n_train": n_train, "n_heldout": n_heldout, "n_demos": n_demos,
-            "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps}
+            "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps,
+            "demo_city_share": demo_city_share}
     from trainer.model.build import init_policy
     from trainer.model.corpus import DEFAULT_CORPUS_FILE, render_chat
 
@@ -167,7 +199,15 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     db_dir = root / "db"
     info = build_database(database_path(db_dir), seed)
     split = generate_split(info.path, seed, n_train, n_heldout)
-    picked = pick_demos(split.train, n_demos, seed)
+    candidates, demo_cities = split.train, list(split.info["train_cities"])
+    if demo_city_share < 1:
+        conn = sqlite3.connect(f"file:{info.path}?mode=ro", uri=True)
+        try:
+            pool = load_pool(conn, None)
+        finally:
+            conn.close()
+        candidates, demo_cities = demo_candidates(split.train, pool, demo_cities, demo_city_share, seed)
+    picked = pick_demos(candidates, n_demos, seed)
     shown = {t["task_id"] for t in picked}
     rl_tasks = [t for t in split.train if t["task_id"] not in shown]
     train_path, heldout_path = root / "train_tasks.jsonl", root / "heldout_tasks.jsonl"
@@ -190,7 +230,8 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
                                              on_step=on_copy_step)
     prepared = Prepared(root=root, db_dir=db_dir, train_tasks=train_path, heldout_tasks=heldout_path,
                         demos=demos_path, policy=root / "policy", n_train=len(rl_tasks), n_heldout=len(split.heldout),
-                        n_demos=len(demos), split_info={**split.info, "db_id": DB_ID}, copy_losses=copy_losses)
+                        n_demos=len(demos), split_info={**split.info, "db_id": DB_ID, "demo_cities": demo_cities},
+                        copy_losses=copy_losses)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(prepared).items()}
     (root / PREPARED_FILE).write_text(json.dumps({"args": args, "prepared": record}, indent=1) + "\n",
                                       encoding="utf-8")

@@ -53,6 +53,7 @@ class LearningConfig:
     n_train: int = 1000           # train questions (train templates and cities); RL gets those not demonstrated
     n_heldout: int = 100          # evaluation questions (some templates and cities never in train)
     n_demos: int = 300            # SFT demonstrations, drawn from the train questions
+    demo_city_share: float = 1.0  # demonstrations name only this share of the train cities (RL sees the rest)
     error_every: int = 4          # every 4th demonstration fixes a failing query first
     size: str = "tiny"            # policy preset (envs: trainer.model.build.SIZE_PRESETS)
     copy_steps: int = 600         # cap on the copying warm-up of the fresh policy (ends early once it copies)
@@ -197,7 +198,7 @@ def prepare_for(cfg: LearningConfig, root: Path, on_event: EventFn | None = None
     args: dict[str, Any] = {
         "seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n_demos": cfg.n_demos,
         "max_tool_calls": cfg.max_tool_calls, "error_every": cfg.error_every, "size": cfg.size,
-        "copy_steps": cfg.copy_steps,
+        "copy_steps": cfg.copy_steps, "demo_city_share": cfg.demo_city_share,
     }
     earlier = load_prepared(root, **args)    # a resumed run keeps its world and its warmed-up policy
     if earlier is not None:

@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from envs.sql_learning import Prepared, pick_demos, prepare, quote_values, system_prompt
+from envs.local_services.database import database_path, load_pool
+from envs.local_services.questions import generate_split
+from envs.sql_learning import Prepared, demo_candidates, pick_demos, prepare, quote_values, system_prompt, task_cities
 from trainer.model.copy_warmup import copy_batch
 from trainer.sft import load_sft_examples
 
@@ -118,7 +120,7 @@ def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepare
     from envs.sql_learning import load_prepared
 
     args = {"seed": 3, "n_train": 60, "n_heldout": 20, "n_demos": 12, "max_tool_calls": 3, "error_every": 4,
-            "size": "tiny", "copy_steps": 2}
+            "size": "tiny", "copy_steps": 2, "demo_city_share": 1.0}
     assert load_prepared(prepared.root, **args) == prepared
     assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
     assert load_prepared(prepared.root / "nowhere", **args) is None
@@ -182,3 +184,26 @@ def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Pre
         unseen = [v for v in literals if json.dumps(f"'{v}'")[1:-1] not in train_text]   # JSON-escaped, quoted
         assert (group == "new_value") == bool(unseen), (task_id, group, literals)
     assert {"new_value", "familiar"} <= set(groups.values())
+
+
+def test_demo_candidates_name_only_the_demonstration_cities(prepared: Prepared) -> None:
+    db = database_path(prepared.db_dir)
+    conn = sqlite3.connect(db)
+    try:
+        pool = load_pool(conn, None)
+    finally:
+        conn.close()
+    train_cities = list(prepared.split_info["train_cities"])
+    district, city = next(iter(pool.districts.items()))
+    merchant = pool.merchants[0]
+    assert task_cities({"slots": {"a": district, "b": "Hotpot"}}, pool) == {city}
+    assert task_cities({"slots": {"m": merchant.name}}, pool) >= {merchant.city}
+    assert task_cities({"slots": {"c": "Hotpot"}}, pool) == set()
+    train = generate_split(db, seed=3, n_train=60, n_heldout=20).train        # the fixture's questions, with slots
+    candidates, demo_cities = demo_candidates(train, pool, train_cities, 0.5, seed=0)
+    assert len(demo_cities) == max(1, round(len(train_cities) / 2)) and set(demo_cities) <= set(train_cities)
+    assert candidates and len(candidates) < len(train)
+    assert all(task_cities(t, pool) <= set(demo_cities) for t in candidates)
+    assert demo_candidates(train, pool, train_cities, 0.5, seed=0) == (candidates, demo_cities)   # deterministic
+    with pytest.raises(ValueError, match="demo_city_share"):
+        prepare(prepared.root / "bad", demo_city_share=0.0)
