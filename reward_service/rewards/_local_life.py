@@ -152,7 +152,9 @@ async def score_item(ctx: RewardContext, item: ScoringItem, params: LocalLifePar
     """The three metrics of one item (records read through ``poi_detail``)."""
     gt = parse_ground_truth(item.ground_truth)
     target = params.tool_server or ctx.settings.poi_tools_target
-    answer = item.text
+    # The final answer only: a trajectory that never answered cites nothing, whatever ids its tool
+    # calls carried (item.text would fall back to everything the policy generated).
+    answer = item.prediction or (item.trajectory.final_answer if item.trajectory is not None else "")
     ids = [r.poi_id for r in parse_answer(answer)]
     wanted = ids + ([gt.anchor_id] if gt.anchor_id and gt.anchor_id not in ids else [])
     cache = record_cache(ctx)

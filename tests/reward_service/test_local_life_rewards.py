@@ -4,6 +4,7 @@ through that server's ``poi_detail``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,7 +71,8 @@ async def replay(client: ToolClient, task: dict[str, Any]) -> tuple[list[TurnRec
         structured = json.loads(result.structured_json)
         for rec in structured.get("results", [structured]):
             shown[rec["poi_id"]] = rec
-        turns.append(TurnRecord(len(turns), "assistant", "<think>look</think>",
+        said = json.dumps({"name": call["tool"], "arguments": call["arguments"]})    # as the engine records it
+        turns.append(TurnRecord(len(turns), "assistant", f"<tool_call>{said}</tool_call>",
                                 tool_calls=(ToolCallRecord(cid, call["tool"], json.dumps(call["arguments"])),)))
         turns.append(TurnRecord(len(turns), "tool", text,
                                 tool_results=(ToolResultRecord(cid, call["tool"], text, structured=structured),)))
@@ -108,6 +110,12 @@ async def test_metrics_agree_with_the_generator_through_the_service(
             # the same answer without having looked: correct POIs, but none retrieved
             items.append(item(f"{t}-blind", task, turns[:1], answer(gold[:1], shown)))
             expect.append((0.0, 1.0 / min(n, len(gold)), 0.0))
+            # no final answer (truncated): the ids in its tool calls are not recommendations
+            unanswered = item(f"{t}-unanswered", task, turns, "")
+            assert unanswered.trajectory is not None
+            cut = dataclasses.replace(unanswered.trajectory, turns=tuple(turns), status="TRUNCATED")
+            items.append(dataclasses.replace(unanswered, trajectory=cut))
+            expect.append((0.0, 0.0, 0.0))
             # every other POI the tools showed breaks the checklist: cited alone it is wrong
             others = [p for p in shown if p not in gold and p != (task["anchor"] or {}).get("poi_id")]
             items += [item(f"{t}-wrong-{p}", task, turns, f"Try {p}.") for p in others[:3]]

@@ -265,6 +265,11 @@ async def test_filters_are_respected(retrieve_client: ToolClient, corpus: Corpus
     assert "no merchant matches" in none.content[0].text
 
 
+async def test_top_k_is_capped_by_the_server_like_search(retrieve_client: ToolClient) -> None:
+    got = results(await retrieve_client.call_tool("retrieve", {"query": "tea", "top_k": 50}))
+    assert len(got) == 20
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -275,7 +280,7 @@ async def test_filters_are_respected(retrieve_client: ToolClient, corpus: Corpus
         ({"query": ""}, "field 'query'"),
         ({"query": "   "}, "the query is empty"),
         ({"city": "Shanghai"}, "field 'query': Field required"),
-        ({"query": "tea", "top_k": 50}, "top_k is at most 20 on this server (got 50)"),
+        ({"query": "tea", "top_k": 101}, "field 'top_k'"),
         ({"query": "tea", "top_k": 0}, "field 'top_k'"),
         ({"query": "tea", "min_price": 200, "max_price": 50}, "min_price (200) is above max_price (50)"),
         ({"query": "tea", "mode": "sparse"}, "field 'mode'"),

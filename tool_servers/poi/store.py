@@ -7,6 +7,7 @@ The corpus is what ``python -m envs.local_services.poi_corpus`` writes (``poi.sq
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -92,6 +93,15 @@ class PoiColumns:
 
     def __len__(self) -> int:
         return len(self.poi_ids)
+
+    @functools.cached_property
+    def rows_by_id(self) -> dict[str, int]:
+        """poi_id -> row (built once, on first use)."""
+        return {str(p): i for i, p in enumerate(self.poi_ids.tolist())}
+
+    def row_of(self, poi_id: str) -> int | None:
+        """The row of ``poi_id``, or None when the corpus has no such POI."""
+        return self.rows_by_id.get(poi_id)
 
     def _code(self, column: str, value: str) -> int:
         code = self.vocab[column].get(value.strip().lower())

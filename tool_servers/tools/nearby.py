@@ -49,10 +49,10 @@ class Nearby:
         store = poi.poi_store(self.ctx)
         columns = store.columns()
         poi_id = args.poi_id.strip().strip("[]")
-        rows = np.flatnonzero(columns.poi_ids == poi_id)
-        if rows.size == 0:
+        found = columns.row_of(poi_id)
+        if found is None:
             return ToolResult.error(f"no POI has id {poi_id!r}; copy a poi_id exactly from a search result")
-        centre = int(rows[0])
+        centre = found
         distances = columns.distances_m(float(columns.lat[centre]), float(columns.lng[centre]))
         try:
             mask = columns.mask(PoiFilter(category=args.category)) if args.category else np.ones(len(columns), bool)

@@ -33,7 +33,7 @@ class RetrieveArgs(poi.PoiFilterArgs):
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS,
                        description="what you are looking for, in your own words, e.g. 'quiet cafe to work with wifi'")
-    top_k: int = Field(10, ge=1, description="how many results, 1 to the server's limit (20 by default)")
+    top_k: int = Field(10, ge=1, le=100, description="how many results (capped by the server)")
     mode: Literal["dense", "hybrid"] = Field(
         "dense", description="'dense': by meaning; 'hybrid': meaning and keyword (BM25) matches together")
 
@@ -124,9 +124,7 @@ class Retrieve:
         if not query:
             return ToolResult.error("the query is empty; describe what you are looking for, e.g. 'spicy hotpot "
                                     "for a group of friends'")
-        limit = self.ctx.settings.poi_max_results
-        if args.top_k > limit:
-            return ToolResult.error(f"top_k is at most {limit} on this server (got {args.top_k}); ask for fewer")
+        k = min(args.top_k, self.ctx.settings.poi_max_results)      # capped, as search and nearby cap it
         if args.min_price is not None and args.max_price is not None and args.min_price > args.max_price:
             return ToolResult.error(f"min_price ({args.min_price:g}) is above max_price ({args.max_price:g}); "
                                     "swap them or drop one")
@@ -137,7 +135,7 @@ class Retrieve:
         except FilterError as exc:
             return ToolResult.error(str(exc))
         bm25 = self.state.bm25 if args.mode == "hybrid" else None
-        hits = index.search(query, args.top_k, mask, bm25=bm25, texts=self._texts)
+        hits = index.search(query, k, mask, bm25=bm25, texts=self._texts)
         return poi.render_hits(self.store, columns, [Hit(row, score) for row, score in hits],
                                "no merchant matches those filters; loosen a filter (price, rating, hours) "
                                "or check the names")
