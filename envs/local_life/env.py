@@ -65,12 +65,17 @@ def reference(task: dict[str, Any]) -> str:
             "Requirements:\n" + "\n".join(f"- {i}" for i in items))
 
 
-def task_line(task: dict[str, Any], max_rounds: int = MAX_ROUNDS) -> dict[str, Any]:
-    """One task JSONL line (``trainer.tasks.load_tasks`` form) for a generated task."""
+def task_line(task: dict[str, Any], max_rounds: int = MAX_ROUNDS, *, schemas: bool = False) -> dict[str, Any]:
+    """One task JSONL line (``trainer.tasks.load_tasks`` form) for a generated task.
+
+    ``schemas``: the chat template renders the three tools' JSON schemas into the prompt (as
+    ``ListTools`` publishes them, ~1,500 tokens with the tiny policy's tokenizer); without, the
+    system message alone describes the tools (the compact prompt a tiny policy on a CPU trains
+    on). Demonstrations are written with the same choice, so SFT and rollouts see one prompt."""
     return {"task_id": task["task_id"],
             "messages": [{"role": "system", "content": system_prompt(max_rounds)},
                          {"role": "user", "content": task["question"]}],
-            "tools": list(TOOLS),
+            "tools": list(TOOLS) if schemas else [],
             "context": {},
             "ground_truth": {"question": task["question"], "answer": reference(task),
                              "checklist": task["checklist"], "gold_answers": task["gold_answers"],
@@ -120,12 +125,14 @@ def answer_text(ids: Sequence[str], shown: dict[str, dict[str, Any]]) -> str:
                      f"¥{shown[p]['avg_price']:.0f}/person" for p in ids)
 
 
-async def demonstration(toolbox: PoiToolbox, task: dict[str, Any], max_rounds: int = MAX_ROUNDS) -> dict[str, Any]:
-    """The gold path through the real tools, one call per round, then the answer."""
+async def demonstration(toolbox: PoiToolbox, task: dict[str, Any], max_rounds: int = MAX_ROUNDS, *,
+                        schemas: bool = False) -> dict[str, Any]:
+    """The gold path through the real tools, one call per round, then the answer; with ``schemas``
+    the tools' JSON schemas go to the chat template, as the task line's ``tools`` make rollouts do."""
     if len(task["gold_path"]) + 1 > max_rounds:
         raise ValueError(f"task {task['task_id']}: its gold path takes {len(task['gold_path'])} calls, more than "
                          f"{max_rounds - 1} rounds allow")
-    line = task_line(task, max_rounds)
+    line = task_line(task, max_rounds, schemas=schemas)
     messages: list[dict[str, Any]] = list(line["messages"])
     shown: dict[str, dict[str, Any]] = {}
     for call in task["gold_path"]:
@@ -137,7 +144,12 @@ async def demonstration(toolbox: PoiToolbox, task: dict[str, Any], max_rounds: i
         messages += [_call(call["tool"], call["arguments"]), {"role": "tool", "name": call["tool"], "content": text}]
     ids = task["gold_answers"][: task["request_count"]]
     messages.append({"role": "assistant", "content": f"<answer>{answer_text(ids, shown)}</answer>"})
-    return {"messages": messages, "task_id": task["task_id"], "ground_truth": line["ground_truth"]}
+    demo: dict[str, Any] = {"messages": messages, "task_id": task["task_id"], "ground_truth": line["ground_truth"]}
+    if schemas:
+        from trainer.model.corpus import tool_schemas
+
+        demo["tools"] = tool_schemas(TOOLS)
+    return demo
 
 
 def pick_demos(train: list[dict[str, Any]], n: int, seed: int, max_rounds: int = MAX_ROUNDS) -> list[dict[str, Any]]:
@@ -161,11 +173,11 @@ def pick_demos(train: list[dict[str, Any]], n: int, seed: int, max_rounds: int =
 
 
 def demonstrations(poi_dir: Path, tasks: list[dict[str, Any]], max_rounds: int = MAX_ROUNDS,
-                   max_chars: int = MAX_DEMO_CHARS) -> list[dict[str, Any]]:
+                   max_chars: int = MAX_DEMO_CHARS, *, schemas: bool = False) -> list[dict[str, Any]]:
     """SFT lines (message form) for ``tasks``; one whose messages exceed ``max_chars`` is left out."""
     async def go() -> list[dict[str, Any]]:
         with PoiToolbox(poi_dir) as toolbox:
-            demos = [await demonstration(toolbox, t, max_rounds) for t in tasks]
+            demos = [await demonstration(toolbox, t, max_rounds, schemas=schemas) for t in tasks]
         return [d for d in demos if sum(len(str(m.get("content", ""))) for m in d["messages"]) <= max_chars]
 
     return asyncio.run(go())
@@ -194,9 +206,9 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int = 800, n_heldout: int = 200,
             n_demos: int = 200, max_rounds: int = MAX_ROUNDS, policy: bool = False, size: str = "tiny",
-            on_progress: Callable[[str], None] | None = None) -> Prepared:
+            schemas: bool = False, on_progress: Callable[[str], None] | None = None) -> Prepared:
     """Write the corpus (reused when ``root/poi/poi.sqlite`` exists), tasks, demonstrations and,
-    with ``policy``, a fresh tiny policy under ``root``."""
+    with ``policy``, a fresh tiny policy under ``root``; ``schemas``: see :func:`task_line`."""
     from envs.local_services.poi_corpus import build_corpus
 
     say = on_progress or (lambda _msg: None)
@@ -208,12 +220,13 @@ def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int
     say("generating tasks")
     split = generate_split(poi_dir / "poi.sqlite", seed, n_train, n_heldout, index_dir=poi_dir / "index")
     say("running the demonstrations' gold paths")
-    demos = demonstrations(poi_dir, pick_demos(split.train, n_demos, seed, max_rounds), max_rounds)
+    demos = demonstrations(poi_dir, pick_demos(split.train, n_demos, seed, max_rounds), max_rounds,
+                           schemas=schemas)
     shown = {d["task_id"] for d in demos}
     rl_tasks = [t for t in split.train if t["task_id"] not in shown]
     paths = {name: root / f"{name}.jsonl" for name in ("train_tasks", "heldout_tasks", "demos")}
-    _write_jsonl(paths["train_tasks"], [task_line(t, max_rounds) for t in rl_tasks])
-    _write_jsonl(paths["heldout_tasks"], [task_line(t, max_rounds) for t in split.heldout])
+    _write_jsonl(paths["train_tasks"], [task_line(t, max_rounds, schemas=schemas) for t in rl_tasks])
+    _write_jsonl(paths["heldout_tasks"], [task_line(t, max_rounds, schemas=schemas) for t in split.heldout])
     _write_jsonl(paths["demos"], demos)
     (root / "split_info.json").write_text(json.dumps(split.info, indent=2, ensure_ascii=False) + "\n",
                                           encoding="utf-8")
@@ -245,11 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-demos", type=int, default=200)
     parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS)
     parser.add_argument("--policy", action="store_true", help="also build a tiny policy under OUT/policy")
+    parser.add_argument("--schemas", action="store_true",
+                        help="render the tools' JSON schemas into prompts (default: the system message describes them)")
     ns = parser.parse_args(argv)
     console = Console()
     with console.status("preparing the local-life environment…") as status:
         got = prepare(ns.out, seed=ns.seed, merchants=ns.merchants, n_train=ns.n_train, n_heldout=ns.n_heldout,
-                      n_demos=ns.n_demos, max_rounds=ns.max_rounds, policy=ns.policy,
+                      n_demos=ns.n_demos, max_rounds=ns.max_rounds, policy=ns.policy, schemas=ns.schemas,
                       on_progress=lambda msg: status.update(f"{msg}…"))
     console.print(f"{got.n_train} RL tasks: {got.train_tasks}\n{got.n_heldout} held-out tasks: {got.heldout_tasks}\n"
                   f"{got.n_demos} demonstrations: {got.demos}" + (f"\npolicy: {got.policy}" if got.policy else ""))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from envs.local_life.checklist import describe
-from envs.local_life.env import MAX_ROUNDS, TOOLS, Prepared, prepare, system_prompt
+from envs.local_life.env import MAX_ROUNDS, TOOLS, Prepared, prepare, system_prompt, task_line
 from envs.local_life.metrics import ids_in, score_answer
 from tool_servers.poi.store import PoiStore
 from trainer.tasks import load_tasks
@@ -31,7 +31,7 @@ def test_task_lines_load_and_carry_the_ground_truth(prepared: Prepared) -> None:
     tasks = load_tasks(prepared.train_tasks, tools)
     assert len(tasks) == prepared.n_train == 40 - prepared.n_demos
     for task in tasks:
-        assert [t["function"]["name"] for t in task.tools] == list(TOOLS)
+        assert task.tools == [], "compact prompt: the system message describes the tools"
         assert task.messages[0]["content"] == system_prompt(MAX_ROUNDS)
         gt = task.ground_truth
         assert gt["gold_answers"] and gt["checklist"][0]["kind"] == "count"
@@ -39,6 +39,16 @@ def test_task_lines_load_and_carry_the_ground_truth(prepared: Prepared) -> None:
     demo_ids = {d["task_id"] for d in read(prepared.demos)}
     assert not demo_ids & {t.task_id for t in tasks}, "demonstrated tasks are not RL tasks"
     assert {t["task_id"].split("-")[1] for t in read(prepared.heldout_tasks)} == {"heldout"}
+
+
+def test_demonstrations_show_the_prompt_the_rollouts_see(prepared: Prepared) -> None:
+    lines = {t["task_id"]: t for t in read(prepared.train_tasks)}
+    demo = read(prepared.demos)[0]
+    assert "tools" not in demo and demo["messages"][0] == {"role": "system", "content": system_prompt(MAX_ROUNDS)}
+    raw = {"task_id": "t", "question": "q?", "checklist": [{"kind": "count", "max": 1}], "gold_answers": ["SH000001"],
+           "anchor": None, "request_count": 1, "template": "x", "difficulty": "easy", "hops": 3}
+    assert task_line(raw, schemas=True)["tools"] == list(TOOLS) and task_line(raw)["tools"] == []
+    assert lines, "train task lines exist"
 
 
 def test_demonstrations_are_right_by_the_metrics(prepared: Prepared) -> None:
