@@ -206,9 +206,12 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int = 800, n_heldout: int = 200,
             n_demos: int = 200, max_rounds: int = MAX_ROUNDS, policy: bool = False, size: str = "tiny",
-            schemas: bool = False, on_progress: Callable[[str], None] | None = None) -> Prepared:
+            schemas: bool = False, copy_steps: int = 0,
+            on_progress: Callable[[str], None] | None = None) -> Prepared:
     """Write the corpus (reused when ``root/poi/poi.sqlite`` exists), tasks, demonstrations and,
-    with ``policy``, a fresh tiny policy under ``root``; ``schemas``: see :func:`task_line`."""
+    with ``policy``, a fresh tiny policy under ``root``, given at most ``copy_steps`` of the copying
+    warm-up (``trainer.model.copy_warmup``, as the text-to-SQL demo: it ends once the policy copies;
+    0 = none); ``schemas``: see :func:`task_line`."""
     from envs.local_services.poi_corpus import build_corpus
 
     say = on_progress or (lambda _msg: None)
@@ -241,6 +244,11 @@ def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int
                                      *(render_chat(d["messages"]) for d in demos)]), encoding="utf-8")
         policy_dir = root / "policy"
         init_policy(policy_dir, size=size, seed=seed, corpus=corpus)
+        if copy_steps:
+            from trainer.model.copy_warmup import copy_warmup_checkpoint
+
+            say(f"copying warm-up (at most {copy_steps} steps)")
+            copy_warmup_checkpoint(policy_dir, corpus, steps=copy_steps, seed=seed)
     return Prepared(root, poi_dir, paths["train_tasks"], paths["heldout_tasks"], paths["demos"], policy_dir,
                     len(rl_tasks), len(split.heldout), len(demos))
 
@@ -258,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-demos", type=int, default=200)
     parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS)
     parser.add_argument("--policy", action="store_true", help="also build a tiny policy under OUT/policy")
+    parser.add_argument("--copy-steps", type=int, default=600,
+                        help="--policy: at most this many copying warm-up steps (ends once it copies; 0 = none)")
     parser.add_argument("--schemas", action="store_true",
                         help="render the tools' JSON schemas into prompts (default: the system message describes them)")
     ns = parser.parse_args(argv)
@@ -265,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("preparing the local-life environment…") as status:
         got = prepare(ns.out, seed=ns.seed, merchants=ns.merchants, n_train=ns.n_train, n_heldout=ns.n_heldout,
                       n_demos=ns.n_demos, max_rounds=ns.max_rounds, policy=ns.policy, schemas=ns.schemas,
+                      copy_steps=ns.copy_steps,
                       on_progress=lambda msg: status.update(f"{msg}…"))
     console.print(f"{got.n_train} RL tasks: {got.train_tasks}\n{got.n_heldout} held-out tasks: {got.heldout_tasks}\n"
                   f"{got.n_demos} demonstrations: {got.demos}" + (f"\npolicy: {got.policy}" if got.policy else ""))

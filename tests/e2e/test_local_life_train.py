@@ -21,7 +21,7 @@ RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
 def test_local_life_train_then_eval(tmp_path: Path, chat_server: Callable[..., Any]) -> None:
     world = tmp_path / "ll"
     made = subprocess.run([sys.executable, "-m", "envs.local_life.env", "--out", str(world), "--merchants", "3000",
-                           "--n-train", "40", "--n-heldout", "12", "--n-demos", "16", "--policy"],
+                           "--n-train", "40", "--n-heldout", "12", "--n-demos", "16", "--policy", "--copy-steps", "2"],
                           capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     rollout = {"group_size": 2, "prompts_per_step": 2, "max_turns": 4, "max_new_tokens_per_turn": 48,
