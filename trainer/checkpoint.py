@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlyard.files import fsync_path
+
 logger = logging.getLogger(__name__)
 
 _PREFIX = "step-"
@@ -72,14 +74,6 @@ class Checkpoint:
         return data
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     ckpt_dir: Path,
     step: int,
@@ -112,7 +106,7 @@ def save_checkpoint(
     latest_tmp = ckpt_dir / "latest.tmp"
     latest_tmp.write_text(final.name)
     latest_tmp.replace(ckpt_dir / "latest")
-    _fsync_dir(ckpt_dir)
+    fsync_path(ckpt_dir)
     for old in sorted(p for p in ckpt_dir.glob(f"{_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("checkpoint %s written", final)

@@ -12,6 +12,17 @@ from rlyard.reward_client import RewardClient
 from trainer.types import RolloutStatus, RolloutTrajectory
 
 
+async def _score(client: RewardClient, trajectories: list[RolloutTrajectory], spec_obj: Any,
+                 step: int) -> list[reward_pb2.ScoreResponse]:
+    """One ``ScoreBatch`` of the trajectories under ``spec_obj``; answers in order."""
+    requests = [
+        item_to_pb(ScoringItem(f"{t.group_id}-{t.sample_index}", trajectory=t.record,
+                               ground_truth=t.task.ground_truth, training_step=step))
+        for t in trajectories
+    ]
+    return await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+
+
 async def score_trajectories(
     client: RewardClient, trajectories: list[RolloutTrajectory], spec_obj: Any, step: int
 ) -> dict[str, int]:
@@ -20,12 +31,7 @@ async def score_trajectories(
     to_score = [t for t in trajectories if t.status != RolloutStatus.INFRA_FAILED]
     if not to_score:
         return {"scored": 0, "reward_system_errors": 0}
-    requests = [
-        item_to_pb(ScoringItem(f"{t.group_id}-{t.sample_index}", trajectory=t.record,
-                               ground_truth=t.task.ground_truth, training_step=step))
-        for t in to_score
-    ]
-    results = await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+    results = await _score(client, to_score, spec_obj, step)
     errors = 0
     for t, r in zip(to_score, results, strict=True):
         if r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR:
@@ -49,9 +55,7 @@ async def judge_scores(
     out: list[float | None] = [None] * len(trajectories)
     if not to_score:
         return out
-    requests = [item_to_pb(ScoringItem(f"judge-{i}", trajectory=trajectories[i].record,
-                                       ground_truth=trajectories[i].task.ground_truth)) for i in to_score]
-    results = await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+    results = await _score(client, [trajectories[i] for i in to_score], spec_obj, 0)
     for i, r in zip(to_score, results, strict=True):
         if r.status == reward_pb2.SCORE_STATUS_OK:
             out[i] = r.total

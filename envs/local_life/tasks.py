@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from envs.local_life.checklist import Item
 from envs.local_services.database import WEEKDAYS
+from envs.local_services.questions import TaskSplit
 from tool_servers.poi.bm25 import PoiBm25
 from tool_servers.poi.store import PoiColumns, PoiStore, minutes
 from tool_servers.tools.nearby import NearbyArgs
@@ -512,15 +513,6 @@ HELDOUT_ONLY = tuple(t.name for t in TEMPLATES if t.heldout_only)
 
 
 # ---- the split -----------------------------------------------------------------------------------
-
-@dataclass
-class TaskSplit:
-    """Train and held-out tasks, and how they were split."""
-
-    train: list[dict[str, Any]]
-    heldout: list[dict[str, Any]]
-    info: dict[str, Any]
-
 
 Progress = Callable[[str, int, int], None]
 

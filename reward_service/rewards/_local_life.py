@@ -14,8 +14,8 @@ result carrying ``system_error`` → ``RewardSystemError`` (the trajectory is dr
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.local_life.metrics import Scores, ids_in, parse_answer, score_answer
 from reward_service.registry import RewardContext
+from reward_service.rewards._lru import AsyncLru
 from reward_service.types import (
     RewardInputError,
     RewardKindName,
@@ -92,35 +93,6 @@ def retrieved_ids(trajectory: TrajectoryRecord | None) -> set[str]:
     return seen
 
 
-class RecordCache:
-    """An LRU of POI records (None: the server has no such id); concurrent misses share one call."""
-
-    def __init__(self, size: int = CACHE_SIZE) -> None:
-        self.size = size
-        self._data: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any] | None]] = {}
-
-    async def get(self, ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any] | None:
-        key = (target, poi_id)
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(_fetch(ctx, target, poi_id))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._finish(key, t))
-        return await asyncio.shield(task)
-
-    def _finish(self, key: tuple[str, str], task: asyncio.Task[dict[str, Any] | None]) -> None:
-        self._inflight.pop(key, None)
-        if task.cancelled() or task.exception() is not None:
-            return
-        self._data[key] = task.result()
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-
 async def _fetch(ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any] | None:
     client = ctx.tool_client(target)
     try:
@@ -140,11 +112,14 @@ async def _fetch(ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any]
     return record
 
 
+RecordCache = AsyncLru[tuple[str, str], dict[str, Any] | None]     # (server, poi_id) -> record or None
+
+
 def record_cache(ctx: RewardContext) -> RecordCache:
     """The service-wide record cache in ``ctx.shared``."""
     cache = ctx.shared.get(CACHE_KEY)
-    if not isinstance(cache, RecordCache):
-        cache = ctx.shared[CACHE_KEY] = RecordCache()
+    if not isinstance(cache, AsyncLru):
+        cache = ctx.shared[CACHE_KEY] = AsyncLru(CACHE_SIZE)
     return cache
 
 
@@ -158,7 +133,7 @@ async def score_item(ctx: RewardContext, item: ScoringItem, params: LocalLifePar
     ids = [r.poi_id for r in parse_answer(answer)]
     wanted = ids + ([gt.anchor_id] if gt.anchor_id and gt.anchor_id not in ids else [])
     cache = record_cache(ctx)
-    got = await asyncio.gather(*(cache.get(ctx, target, i) for i in wanted))
+    got = await asyncio.gather(*(cache.get((target, i), functools.partial(_fetch, ctx, target, i)) for i in wanted))
     records = dict(zip(wanted, got, strict=True))
     anchor = records.get(gt.anchor_id) if gt.anchor_id else None
     if gt.anchor_id and anchor is None:

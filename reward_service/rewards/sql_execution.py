@@ -54,8 +54,6 @@ import asyncio
 import functools
 import json
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +63,7 @@ from sqlparse.exceptions import SQLParseError
 
 from reward_service.registry import RewardContext, register
 from reward_service.rewards import _sql_compare as cmp
+from reward_service.rewards._lru import AsyncLru
 from reward_service.types import (
     RewardInputError,
     RewardKindName,
@@ -133,52 +132,8 @@ CacheKey = tuple[str, str, str]
 _prepare_gold = functools.lru_cache(maxsize=4096)(cmp.spider_prepare)
 
 
-class GoldCache:
-    """An LRU of gold results; concurrent misses of one key share one fetch."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.hits = 0
-        self.misses = 0
-        self._data: OrderedDict[CacheKey, SqlRows] = OrderedDict()
-        self._inflight: dict[CacheKey, asyncio.Task[SqlRows]] = {}
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    async def get(self, key: CacheKey, fetch: Callable[[], Awaitable[SqlRows]]) -> SqlRows:
-        """The cached result of ``key``, else ``await fetch()`` (stored if it returns)."""
-        if self.size <= 0:
-            self.misses += 1
-            return await fetch()
-        cached = self._data.get(key)
-        if cached is not None:
-            self._data.move_to_end(key)
-            self.hits += 1
-            return cached
-        task = self._inflight.get(key)
-        if task is None:
-            self.misses += 1
-
-            async def run() -> SqlRows:
-                return await fetch()
-
-            task = asyncio.get_running_loop().create_task(run())
-            self._inflight[key] = task
-            task.add_done_callback(lambda t: self._finish(key, t))
-        else:
-            self.hits += 1
-        # shield: one waiter cancelled must not cancel the fetch the others wait for
-        return await asyncio.shield(task)
-
-    def _finish(self, key: CacheKey, task: asyncio.Task[SqlRows]) -> None:
-        self._inflight.pop(key, None)
-        if task.cancelled() or task.exception() is not None:
-            return
-        self._data[key] = task.result()
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
+class GoldCache(AsyncLru[CacheKey, SqlRows]):
+    """An LRU of gold results; concurrent misses of one key share one fetch (``_lru.AsyncLru``)."""
 
 
 def gold_cache(ctx: RewardContext) -> GoldCache:

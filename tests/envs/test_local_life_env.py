@@ -42,13 +42,14 @@ def test_task_lines_load_and_carry_the_ground_truth(prepared: Prepared) -> None:
 
 
 def test_demonstrations_show_the_prompt_the_rollouts_see(prepared: Prepared) -> None:
-    lines = {t["task_id"]: t for t in read(prepared.train_tasks)}
+    line = read(prepared.train_tasks)[0]
     demo = read(prepared.demos)[0]
-    assert "tools" not in demo and demo["messages"][0] == {"role": "system", "content": system_prompt(MAX_ROUNDS)}
+    assert "tools" not in demo and line["tools"] == []          # neither renders the JSON schemas
+    assert demo["messages"][0] == line["messages"][0] == {"role": "system", "content": system_prompt(MAX_ROUNDS)}
+    assert demo["messages"][1] == {"role": "user", "content": demo["ground_truth"]["question"]}
     raw = {"task_id": "t", "question": "q?", "checklist": [{"kind": "count", "max": 1}], "gold_answers": ["SH000001"],
            "anchor": None, "request_count": 1, "template": "x", "difficulty": "easy", "hops": 3}
     assert task_line(raw, schemas=True)["tools"] == list(TOOLS) and task_line(raw)["tools"] == []
-    assert lines, "train task lines exist"
 
 
 def test_demonstrations_are_right_by_the_metrics(prepared: Prepared) -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import faiss
 import numpy as np
 
+from rlyard.files import fsync_path
 from tool_servers.poi.store import PoiStore
 from tool_servers.poi.text import document_text, tokenize
 
@@ -404,14 +405,6 @@ def build_index(vectors: np.ndarray, params: HnswParams) -> faiss.IndexHNSWFlat:
     return index
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_builds(folder: Path) -> None:
     """Temporary folders of builds of this index whose process is gone (killed builds)."""
     for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
@@ -440,17 +433,17 @@ def save(index: faiss.IndexHNSWFlat, manifest: dict[str, Any], folder: Path) -> 
     try:
         path = tmp / INDEX_FILE
         faiss.write_index(index, str(path))
-        _fsync(path)
+        fsync_path(path)
         written = Manifest(**manifest, index_bytes=path.stat().st_size, index_sha256=_sha256(path))
         (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(written), indent=2) + "\n")
-        _fsync(tmp / MANIFEST_FILE)
+        fsync_path(tmp / MANIFEST_FILE)
         try:
             tmp.rename(folder)
         except OSError:
             if not (folder / MANIFEST_FILE).is_file():
                 raise
             logger.info("another process saved %s first; keeping its copy", folder)
-        _fsync(folder.parent)
+        fsync_path(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written
