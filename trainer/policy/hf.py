@@ -2,6 +2,9 @@
 
 A manual decoding loop instead of ``model.generate``: it returns exactly the sampled ids, the
 log-probs of the distribution they were drawn from, and stops on token ids or strings per row.
+Qwen2 and Llama checkpoints decode through ``FastDecoder`` (the same logits without transformers'
+per-token overhead; ``fast_decode=False`` keeps the transformers forward); scoring and training
+always use the transformers model.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.policy.base import Generation, SamplingParams
+from trainer.policy.fast_decode import FastDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class HFPolicy:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
+        fast_decode: bool = True,
     ) -> None:
         if model_dir is not None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,6 +58,9 @@ class HFPolicy:
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = int(pad) if pad is not None else 0
+        self.decoder: FastDecoder | None = None
+        if fast_decode and not FastDecoder.unsupported(self.model):
+            self.decoder = FastDecoder(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -92,15 +100,20 @@ class HFPolicy:
 
         was_training = self.model.training
         self.model.eval()
+        decoder = self.decoder
         try:
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
-            )
+            out: Any = None
+            if decoder is not None:
+                last = decoder.prefill(input_ids, attention_mask, capacity=width + params.max_new_tokens)
+            else:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+                )
+                last = out.logits[:, -1, :]
             next_position = position_ids[:, -1:] + 1
             active = list(range(batch))          # prompt index of each row still in the batch
             for step in range(params.max_new_tokens):
-                logits = out.logits[:, -1, :].float()
-                tokens, logprobs, raw_logprobs = _sample(logits, params, generator)
+                tokens, logprobs, raw_logprobs = _sample(last.float(), params, generator)
                 for pos, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
                     row = active[pos]
                     gen = outputs[row]
@@ -117,10 +130,16 @@ class HFPolicy:
                 keep = [pos for pos, row in enumerate(active) if not done[row]]
                 if len(keep) < len(active):
                     index = torch.tensor(keep, device=self.device)
-                    out.past_key_values.batch_select_indices(index)
-                    attention_mask, next_position = attention_mask[index], next_position[index]
+                    if decoder is not None:
+                        decoder.select(index)
+                    else:
+                        out.past_key_values.batch_select_indices(index)
+                        attention_mask, next_position = attention_mask[index], next_position[index]
                     tokens = [tokens[pos] for pos in keep]
                     active = [active[pos] for pos in keep]
+                if decoder is not None:
+                    last = decoder.step(torch.tensor(tokens, device=self.device))
+                    continue
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
                 out = self.model(
                     input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
@@ -129,8 +148,11 @@ class HFPolicy:
                     past_key_values=out.past_key_values,
                     use_cache=True,
                 )
+                last = out.logits[:, -1, :]
                 next_position = next_position + 1
         finally:
+            if decoder is not None:
+                decoder.release()
             self.model.train(was_training)
         return outputs
 
@@ -217,3 +239,4 @@ def _sample(
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     index = tokens.unsqueeze(-1)
     return tokens.tolist(), scaled.gather(-1, index).squeeze(-1).tolist(), raw.gather(-1, index).squeeze(-1).tolist()
+
