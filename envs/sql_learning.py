@@ -13,7 +13,7 @@ What it writes under a work directory (``prepare``), all from one seed:
   ``sql_query``, its rows, then the final ``<answer>``; every ``error_every``-th one first runs a
   query with a misnamed table, reads the error and fixes it (MTIR-SQL's execution feedback);
 - ``policy/``: the tiny policy, its tokenizer trained on the project corpus plus the schema and the
-  demonstrations (never on held-out text).
+  demonstrations with every place name cut out (``place_neutral``; never on held-out text).
 
 Compact prompt: the database is fixed, so the prompt leaves out the schema and the JSON tool
 schemas (they would be ~600 tokens, and CPU generation is prefill-bound); the system message
@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.local_services.database import DB_ID, SCHEMA, Pool, build_database, database_path, load_pool
+from envs.local_services.database import (
+    DB_ID,
+    SCHEMA,
+    Pool,
+    build_database,
+    database_path,
+    load_pool,
+    place_neutral,
+)
 from envs.local_services.questions import generate_split, q
 from envs.text_to_sql import SqlToolbox, _broken
 
@@ -44,6 +52,10 @@ SYSTEM = ("Answer with one SQLite query over the local_services database. Run a 
           "or error (at most {max_tool_calls} calls), then give the final query in <answer>...</answer>.")
 REWARD_SPEC: dict[str, Any] = {"sql_execution": 1.0}
 PREPARED_FILE = "prepared.json"
+# Bumped when ``prepare`` writes something different for the same arguments, so that
+# ``load_prepared`` does not hand back a work directory of the older kind.
+# 2: the tokenizer learns no place names (``place_neutral``).
+PREPARE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -189,7 +201,8 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     ``root/prepared.json`` (see ``load_prepared``)."""
     if not 0 < demo_city_share <= 1:
         raise ValueError(f"demo_city_share={demo_city_share}: must be in (0, 1]")
-    args = {"seed": seed, "n_train": n_train, "n_heldout": n_heldout, "n_demos": n_demos,
+    args = {"version": PREPARE_VERSION, "seed": seed, "n_train": n_train, "n_heldout": n_heldout,
+            "n_demos": n_demos,
             "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps,
             "demo_city_share": demo_city_share}
     from trainer.model.build import init_policy
@@ -216,10 +229,11 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     demos = demonstrations(db_dir, picked, max_tool_calls=max_tool_calls, error_every=error_every)
     demos_path = root / "demos.jsonl"
     _write_jsonl(demos_path, demos)
-    # The tokenizer learns the project corpus plus this world's schema and demonstrations (train only).
+    # The tokenizer learns the project corpus plus this world's schema and demonstrations (train
+    # only), with the place names cut out so that train and held-out places tokenize alike.
     corpus = root / "corpus.txt"
     parts = [DEFAULT_CORPUS_FILE.read_text(encoding="utf-8"), SCHEMA]
-    parts += [render_chat(demo["messages"]) for demo in demos]
+    parts += [place_neutral(render_chat(demo["messages"])) for demo in demos]
     corpus.write_text("\n".join(parts), encoding="utf-8")
     init_policy(root / "policy", size=size, seed=seed, corpus=corpus)
     copy_losses: list[float] = []
@@ -244,7 +258,7 @@ def load_prepared(root: Path, **args: Any) -> Prepared | None:
     if not path.is_file():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("args") != args:
+    if saved.get("args") != {"version": PREPARE_VERSION, **args}:
         return None
     record: dict[str, Any] = dict(saved["prepared"])
     paths = {f.name for f in dataclasses.fields(Prepared) if f.type in ("Path", Path)}

@@ -35,6 +35,7 @@ from typing import Any
 
 from envs.local_life.checklist import describe
 from envs.local_life.tasks import generate_split
+from envs.local_services.database import place_neutral
 
 TOOLS = ("search", "nearby", "poi_detail")
 MAX_ROUNDS = 8
@@ -240,8 +241,10 @@ def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int
 
         say("training the tokenizer and building the tiny policy")
         corpus = root / "corpus.txt"
+        # The demonstrations with their place names cut out (as the text-to-SQL demo's tokenizer):
+        # train and held-out places are spelled in the same kind of pieces.
         corpus.write_text("\n".join([DEFAULT_CORPUS_FILE.read_text(encoding="utf-8"),
-                                     *(render_chat(d["messages"]) for d in demos)]), encoding="utf-8")
+                                     *(place_neutral(render_chat(d["messages"])) for d in demos)]), encoding="utf-8")
         policy_dir = root / "policy"
         init_policy(policy_dir, size=size, seed=seed, corpus=corpus)
         if copy_steps:

@@ -6,6 +6,7 @@ service scoring the three metrics, then `rlyard eval` printing the paper's table
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,9 @@ from typing import Any
 
 import yaml
 from safetensors.torch import load_file
+
+from envs.local_services.database import place_names
+from trainer.model.corpus import DEFAULT_CORPUS_FILE
 
 RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
 
@@ -24,6 +28,10 @@ def test_local_life_train_then_eval(tmp_path: Path, chat_server: Callable[..., A
                            "--n-train", "40", "--n-heldout", "12", "--n-demos", "16", "--policy", "--copy-steps", "2"],
                           capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    # the tokenizer learned the demonstrations without their place names (train and held-out alike)
+    demo_text = (world / "corpus.txt").read_text()[len(DEFAULT_CORPUS_FILE.read_text()):]
+    assert "Rd." in demo_text or "poi_detail" in demo_text
+    assert not [n for n in place_names() if re.search(rf"\b{re.escape(n)}\b", demo_text)]
     rollout = {"group_size": 2, "prompts_per_step": 2, "max_turns": 4, "max_new_tokens_per_turn": 48,
                "max_total_tokens": 3072, "max_observation_tokens": 256, "max_calls_per_tool_per_turn": 1}
     config = {

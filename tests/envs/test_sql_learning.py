@@ -13,9 +13,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from envs.local_services.database import database_path, load_pool
+from envs.local_services.database import database_path, load_pool, place_names, place_neutral
 from envs.local_services.questions import generate_split
-from envs.sql_learning import Prepared, demo_candidates, pick_demos, prepare, quote_values, system_prompt, task_cities
+from envs.sql_learning import (
+    Prepared,
+    demo_candidates,
+    pick_demos,
+    prepare,
+    quote_values,
+    system_prompt,
+    task_cities,
+)
 from trainer.model.copy_warmup import copy_batch
 from trainer.sft import load_sft_examples
 
@@ -207,3 +215,25 @@ def test_demo_candidates_name_only_the_demonstration_cities(prepared: Prepared) 
     assert demo_candidates(train, pool, train_cities, 0.5, seed=0) == (candidates, demo_cities)   # deterministic
     with pytest.raises(ValueError, match="demo_city_share"):
         prepare(prepared.root / "bad", demo_city_share=0.0)
+
+
+def test_place_neutral_cuts_whole_place_names_only() -> None:
+    text = "WHERE ci.name = 'Chengdu' AND m.name = 'Boba Garden (Xuanwu)' AND d.name = 'Jiang'an' -- Chengdus"
+    assert place_neutral(text) == "WHERE ci.name = '' AND m.name = 'Boba Garden ()' AND d.name = '' -- Chengdus"
+    assert {"Chengdu", "Nanjing", "Xuanwu", "Xi'an", "Jiang'an"} <= set(place_names())
+
+
+def test_tokenizer_learns_no_place_name_so_train_and_heldout_places_tokenize_alike(prepared: Prepared) -> None:
+    from trainer.model.corpus import DEFAULT_CORPUS_FILE
+
+    corpus = (prepared.root / "corpus.txt").read_text()
+    project = DEFAULT_CORPUS_FILE.read_text()          # general text (it names Wuhan once), then this world's
+    assert corpus.startswith(project)
+    corpus = corpus[len(project):]
+    demos = prepared.demos.read_text()
+    named = [n for n in place_names() if re.search(rf"\b{re.escape(n)}\b", demos)]
+    assert named, "the demonstrations name places"
+    assert not [n for n in place_names() if re.search(rf"\b{re.escape(n)}\b", corpus)]
+    tok = AutoTokenizer.from_pretrained(prepared.policy)
+    pieces = {n: len(tok.encode(n, add_special_tokens=False)) for n in place_names()}
+    assert min(pieces.values()) >= 2, pieces          # no place is one familiar token, train or held-out
