@@ -198,13 +198,6 @@ class FastDecoder:
         self.valid = self.valid.index_select(0, rows)
         self.position = self.position.index_select(0, rows)
 
-    def release(self) -> None:
-        """Free the cache (between generations)."""
-        self.keys, self.values = [], []
-        self.valid = torch.zeros(0, 0, dtype=torch.bool)
-        self.position = torch.zeros(0, dtype=torch.long)
-        self.length = 0
-
     def _qkv(self, h: torch.Tensor, w: _Layer, batch: int, width: int) -> tuple[torch.Tensor, ...]:
         qkv = F.linear(h, w.wqkv, w.bqkv)
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim

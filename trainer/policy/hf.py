@@ -100,7 +100,8 @@ class HFPolicy:
 
         was_training = self.model.training
         self.model.eval()
-        decoder = self.decoder
+        # a decoder per call: its cache is this generation's state, so concurrent calls cannot mix
+        decoder = FastDecoder(self.model) if self.decoder is not None else None
         try:
             out: Any = None
             if decoder is not None:
@@ -151,8 +152,6 @@ class HFPolicy:
                 last = out.logits[:, -1, :]
                 next_position = next_position + 1
         finally:
-            if decoder is not None:
-                decoder.release()
             self.model.train(was_training)
         return outputs
 
