@@ -70,7 +70,7 @@ def test_generate_is_the_same_with_and_without_the_fast_decoder() -> None:
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2)
     fast, slow = HFPolicy(model=model, tokenizer=tokenizer), HFPolicy(model=model, tokenizer=tokenizer,
                                                                        fast_decode=False)
-    assert fast.decoder is not None and slow.decoder is None
+    assert fast.fast_decode and not slow.fast_decode
     prompts = [[5, 6, 7, 8, 9], [10], [11, 12, 13]]
     params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=(2, 40, 41, 42))
     a, b = fast.generate(prompts, params), slow.generate(prompts, params)
@@ -97,7 +97,7 @@ def test_the_decoder_reads_the_weights_of_each_generation() -> None:
 def test_other_models_keep_the_transformers_path() -> None:
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2))
     assert "architecture 'gpt2'" in FastDecoder.unsupported(gpt2)
-    assert HFPolicy(model=gpt2, tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=1)).decoder is None
+    assert not HFPolicy(model=gpt2, tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=1)).fast_decode
     windowed = build_config("qwen2", "tiny", VOCAB, pad_token_id=0, eos_token_id=2)
     windowed.use_sliding_window = True
     assert FastDecoder.unsupported(SimpleNamespace(config=windowed)) == "sliding-window attention"

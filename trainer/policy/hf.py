@@ -58,9 +58,8 @@ class HFPolicy:
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = int(pad) if pad is not None else 0
-        self.decoder: FastDecoder | None = None
-        if fast_decode and not FastDecoder.unsupported(self.model):
-            self.decoder = FastDecoder(self.model)
+        # Qwen2/Llama decode through FastDecoder (one per generate call: its cache is that call's state)
+        self.fast_decode: bool = fast_decode and not FastDecoder.unsupported(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -100,8 +99,7 @@ class HFPolicy:
 
         was_training = self.model.training
         self.model.eval()
-        # a decoder per call: its cache is this generation's state, so concurrent calls cannot mix
-        decoder = FastDecoder(self.model) if self.decoder is not None else None
+        decoder = FastDecoder(self.model) if self.fast_decode else None
         try:
             out: Any = None
             if decoder is not None:
