@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"the demo uses {LearningConfig.rl_seconds:.0f})")
     parser.add_argument("--sft-steps", type=int, default=LearningConfig.sft_steps)
     parser.add_argument("--copy-steps", type=int, default=LearningConfig.copy_steps)
+    parser.add_argument("--rl-temperature", type=float, default=LearningConfig.rl_temperature,
+                        help=f"GRPO rollouts' sampling temperature (default {LearningConfig.rl_temperature})")
+    parser.add_argument("--rl-lr", type=float, default=LearningConfig.rl_lr)
     parser.add_argument("--demo-city-share", type=float, default=LearningConfig.demo_city_share,
                         help="demonstrations name only this share of the train cities (RL questions the rest)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     console = Console()
     cfg = LearningConfig(rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps, copy_steps=ns.copy_steps,
-                         demo_city_share=ns.demo_city_share)
+                         demo_city_share=ns.demo_city_share, rl_temperature=ns.rl_temperature, rl_lr=ns.rl_lr)
     if ns.quick:
         cfg = quick(cfg)
     seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []

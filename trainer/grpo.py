@@ -69,6 +69,24 @@ def _labelled_regions(batch: TokenBatch) -> torch.Tensor:
     return torch.where(unlabelled, torch.full_like(batch.regions, int(Region.OTHER)), batch.regions)
 
 
+def _entropy_metrics(entropies: list[torch.Tensor], micro: list[list[int]], mask: torch.Tensor,
+                     regions: torch.Tensor) -> dict[str, float]:
+    """Entropy at the start of the update, overall and per region (ResT uses the same numbers)."""
+    ent_sum, ent_n = 0.0, 0
+    per_region: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for rows, ent in zip(micro, entropies, strict=True):
+        m = mask[rows]
+        ent_sum += float((ent * m).sum())
+        ent_n += int(m.sum())
+        for name, (s, c) in _region_entropy(ent, regions[rows], m).items():
+            per_region[name][0] += s
+            per_region[name][1] += c
+    metrics = {"entropy": ent_sum / max(ent_n, 1)}
+    for name, (s, c) in per_region.items():
+        metrics[f"entropy/{name}"] = s / c
+    return metrics
+
+
 def _region_entropy(entropy: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> dict[str, tuple[float, float]]:
     """Per-region (sum of entropy, token count) over masked tokens."""
     out: dict[str, tuple[float, float]] = {}
@@ -157,30 +175,22 @@ def grpo_update(
     micro = [list(range(i, min(i + size, len(kept)))) for i in range(0, len(kept), size)]
     ref_logp: list[torch.Tensor | None] = [None] * len(micro)
     entropies: list[torch.Tensor] = []
-    with torch.no_grad():
-        for k, rows in enumerate(micro):
-            sub = batch.select(rows)
-            _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature)
-            assert ent is not None
-            entropies.append(ent)
-            if reference is not None and needs_reference_model(algo.kl_coef):
+    # The entropy before the update: ResT's entropy weights need it before the first backward, so
+    # they get a no-grad pass; otherwise the first update's forward (same weights) measures it.
+    if algo.token_weighting == "rest-entropy":
+        with torch.no_grad():
+            for rows in micro:
+                sub = batch.select(rows)
+                _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature)
+                assert ent is not None
+                entropies.append(ent)
+    if reference is not None and needs_reference_model(algo.kl_coef):
+        with torch.no_grad():
+            for k, rows in enumerate(micro):
+                sub = batch.select(rows)
                 ref_logp[k], _ = reference.forward_logprobs(
                     sub.input_ids, sub.attention_mask, temperature=temperature, compute_entropy=False
                 )
-
-    # Entropy at the start of the update, overall and per region (ResT uses the same numbers).
-    ent_sum, ent_n = 0.0, 0
-    per_region: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for rows, ent in zip(micro, entropies, strict=True):
-        m = mask[rows]
-        ent_sum += float((ent * m).sum())
-        ent_n += int(m.sum())
-        for name, (s, c) in _region_entropy(ent, regions[rows], m).items():
-            per_region[name][0] += s
-            per_region[name][1] += c
-    metrics["entropy"] = ent_sum / max(ent_n, 1)
-    for name, (s, c) in per_region.items():
-        metrics[f"entropy/{name}"] = s / c
 
     weights: torch.Tensor | None = None
     if algo.token_weighting == "rest-schedule":
@@ -201,13 +211,17 @@ def grpo_update(
     )
     sums: dict[str, float] = defaultdict(float)
     policy.model.train()
-    for _ in range(algo.updates_per_batch):
+    for update in range(algo.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
         for k, rows in enumerate(micro):
             sub = batch.select(rows)
-            logp, _ = policy.forward_logprobs(
-                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=False
+            measure = update == 0 and len(entropies) < len(micro)
+            logp, ent = policy.forward_logprobs(
+                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure
             )
+            if measure:
+                assert ent is not None
+                entropies.append(ent)
             loss, info = policy_loss(
                 logp, sub.old_logprobs.to(logp.dtype), adv[rows], mask[rows], loss_cfg,
                 ref_logp=ref_logp[k], weights=None if weights is None else weights[rows],
@@ -221,6 +235,7 @@ def grpo_update(
             optimizer.step()
         else:
             logger.warning("step %s: non-finite grad norm, update skipped", step)
+    metrics |= _entropy_metrics(entropies, micro, mask, regions)
     count = algo.updates_per_batch * len(micro)
     averaged = {key.removeprefix("actor/"): value / count for key, value in sums.items()}
     metrics |= averaged

@@ -64,6 +64,8 @@ class LearningConfig:
     rl_steps: int = 1000          # a cap: rl_seconds ends the stage
     rl_seconds: float = 240.0
     rl_lr: float = 1e-4
+    rl_temperature: float = 1.0   # the GRPO rollouts' sampling temperature (evaluation is greedy)
+    rl_warmup_steps: int = 0      # GRPO's learning rate rises linearly over these steps (fresh Adam moments)
     group_size: int = 8
     prompts_per_step: int = 8
     updates_per_batch: int = 2
@@ -75,14 +77,17 @@ class LearningConfig:
         for name in ("n_train", "n_heldout", "n_demos", "sft_steps", "rl_steps", "group_size", "prompts_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not self.rl_temperature > 0:
+            raise ValueError(f"rl_temperature must be > 0 (got {self.rl_temperature}); evaluation is greedy anyway")
         if self.rl_seconds < 0:
             raise ValueError(f"rl_seconds must be >= 0 (0 = run rl_steps steps; got {self.rl_seconds})")
 
     def rollout(self) -> dict[str, Any]:
         """The RL stage's rollout settings (max_turns: the tool calls, then the answer turn)."""
         return {"group_size": self.group_size, "prompts_per_step": self.prompts_per_step,
-                "max_turns": self.max_tool_calls + 1, "max_new_tokens_per_turn": self.max_new_tokens_per_turn,
-                "max_total_tokens": self.max_total_tokens, "max_observation_tokens": self.max_observation_tokens}
+                "temperature": self.rl_temperature, "max_turns": self.max_tool_calls + 1,
+                "max_new_tokens_per_turn": self.max_new_tokens_per_turn, "max_total_tokens": self.max_total_tokens,
+                "max_observation_tokens": self.max_observation_tokens}
 
 
 def quick(cfg: LearningConfig) -> LearningConfig:
@@ -94,8 +99,9 @@ def quick(cfg: LearningConfig) -> LearningConfig:
 
 def experiment(cfg: LearningConfig, prep: Prepared, *, control_seconds: float | None = None,
                model: Path | None = None) -> dict[str, Any]:
-    """The experiment config: SFT then GRPO; or, with ``control_seconds``, only more SFT for that long
-    starting from ``model`` (the SFT checkpoint of the matching GRPO run)."""
+    """The experiment config: SFT then GRPO; with ``model`` (an SFT checkpoint), only GRPO from it; or,
+    with ``control_seconds``, only more SFT for that long starting from ``model`` (the SFT checkpoint
+    of the matching GRPO run)."""
     sft = {"kind": "sft", "name": "sft", "data": str(prep.demos), "steps": cfg.sft_steps,
            "batch_size": cfg.sft_batch_size, "optim": {"lr": cfg.sft_lr, "warmup_steps": 10}}
     if control_seconds is not None:
@@ -107,9 +113,9 @@ def experiment(cfg: LearningConfig, prep: Prepared, *, control_seconds: float | 
           "tasks": {"path": str(prep.train_tasks)}, "reward": dict(REWARD_SPEC), "rollout": cfg.rollout(),
           "algorithm": {"kl_coef": 0.0, "clip_low": 0.2, "clip_high": 0.2, "updates_per_batch": cfg.updates_per_batch,
                         "micro_batch_size": cfg.group_size, "loss_agg": "seq-mean-token-mean"},
-          "optim": {"lr": cfg.rl_lr}}
-    return {"name": "sql-learning", "seed": cfg.seed, "model": {"path": str(prep.policy)},
-            "checkpoint": {"every_steps": 25, "keep": 2}, "stages": [sft, rl]}
+          "optim": {"lr": cfg.rl_lr, "warmup_steps": cfg.rl_warmup_steps}}
+    return {"name": "sql-learning", "seed": cfg.seed, "model": {"path": str(model or prep.policy)},
+            "checkpoint": {"every_steps": 25, "keep": 2}, "stages": [rl] if model is not None else [sft, rl]}
 
 
 def evaluate_heldout(model: Path, prep: Prepared, cfg: LearningConfig, services: RLServices) -> EvalReport:
@@ -214,7 +220,8 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
 
     With ``control_seconds`` (and the GRPO run's ``prepared`` and ``sft_model``) the run trains
     more SFT for that many seconds instead, and reports ``sft_accuracy`` of ``sft_model`` and
-    ``control_accuracy``.
+    ``control_accuracy``. With ``sft_model`` alone the run skips SFT and trains GRPO from that
+    checkpoint (GRPO variants compared from one SFT start); ``sft_accuracy`` is then that model's.
     """
     emit = on_event or (lambda _e: None)
     started = time.monotonic()
@@ -232,7 +239,8 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
         emit({"type": "phase", "phase": "evaluate"})
         evals: dict[str, EvalReport] = {}
         if control_seconds is None:
-            models = {"sft": run_dir / "models" / "sft", "rl": run_dir / "models" / "grpo"}
+            models = {"sft": Path(sft_model) if sft_model else run_dir / "models" / "sft",
+                      "rl": run_dir / "models" / "grpo"}
         else:
             models = {"sft": Path(sft_model or prep.policy), "control": run_dir / "models" / "more_sft"}
         for key, path in models.items():

@@ -192,6 +192,31 @@ def test_grpo_with_reference_and_rest_weights(policy: HFPolicy, tiny_tokenizer: 
         grpo_update(policy, optimizer, trajs, stage, step=0)
 
 
+def test_entropy_metric_is_the_entropy_before_the_update(tiny_model_dir: Path, tiny_tokenizer: Any) -> None:
+    """Without ResT's entropy weights the first update's forward measures the entropy (no extra
+    pass); it must equal what the separate no-grad pass measures on the same weights."""
+    def entropy_after(stage: StageConfig) -> dict[str, float]:
+        policy = HFPolicy(tiny_model_dir)
+        trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
+        optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+        metrics = grpo_update(policy, optimizer, trajs, stage, step=0)
+        return {k: v for k, v in metrics.items() if k.startswith("entropy")}
+
+    plain = entropy_after(_stage(updates_per_batch=3))
+    separate = entropy_after(_stage(updates_per_batch=3, loss_agg="weighted-token-mean",
+                                    token_weighting="rest-entropy"))
+    assert plain.keys() == separate.keys() and "entropy/answer" in plain
+    for key, value in plain.items():
+        assert value == pytest.approx(separate[key], rel=1e-5), key
+    policy = HFPolicy(tiny_model_dir)
+    trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
+    batch = collate_trajectories(trajs, pad_token_id=policy.pad_token_id)
+    _, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+    assert ent is not None and not ent.requires_grad
+    mask = batch.loss_mask.to(ent.dtype)
+    assert plain["entropy"] == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-5)
+
+
 def test_collate_trajectories_matches_stored_logprobs(policy: HFPolicy, tiny_tokenizer: Any) -> None:
     trajs = [_trajectory(policy, tiny_tokenizer, 0, s, "x" * (s + 1), 0.0) for s in range(2)]
     batch = collate_trajectories(trajs, pad_token_id=policy.pad_token_id)

@@ -204,8 +204,9 @@ class HFPolicy:
             valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
             logprobs = logprobs.masked_fill(~valid, 0.0)
             entropy = None
-            if compute_entropy:
-                entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~valid, 0.0)
+            if compute_entropy:      # a measurement: no gradient flows through it
+                lp = logp_all.detach()
+                entropy = -(lp.exp() * lp).sum(-1).masked_fill(~valid, 0.0)
         return logprobs, entropy
 
 
