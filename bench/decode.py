@@ -90,7 +90,8 @@ def run(model_dir: Path, batch: int, max_new_tokens: int, repeats: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: a fresh warmed-up tiny Qwen2)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a checkpoint (default: a fresh, untrained tiny Qwen2)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copy-steps", type=int, default=LearningConfig.copy_steps)
     parser.add_argument("--rl-temperature", type=float, default=LearningConfig.rl_temperature,
                         help=f"GRPO rollouts' sampling temperature (default {LearningConfig.rl_temperature})")
-    parser.add_argument("--rl-lr", type=float, default=LearningConfig.rl_lr)
+    parser.add_argument("--rl-lr", type=float, default=LearningConfig.rl_lr,
+                        help=f"GRPO's learning rate (default {LearningConfig.rl_lr:g})")
     parser.add_argument("--demo-city-share", type=float, default=LearningConfig.demo_city_share,
                         help="demonstrations name only this share of the train cities (RL questions the rest)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)

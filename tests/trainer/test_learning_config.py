@@ -19,14 +19,14 @@ def _prep(tmp_path: Path) -> Prepared:
 
 
 def test_sft_then_grpo_at_the_rollout_temperature(tmp_path: Path) -> None:
-    cfg = LearningConfig(rl_temperature=0.7, rl_seconds=600.0)
+    cfg = LearningConfig(rl_temperature=0.7, rl_seconds=600.0, rl_warmup_steps=10)
     config = parse_config(experiment(cfg, _prep(tmp_path)))
     assert [s.kind for s in config.stages] == ["sft", "rl"]
     assert config.model.path == str(tmp_path / "policy")
     sft, rl = config.stages
     assert sft.steps == cfg.sft_steps and rl.max_seconds == 600.0
     assert rl.rollout.temperature == 0.7 and rl.rollout.group_size == 8 and rl.rollout.max_turns == 4
-    assert rl.algorithm.kl_coef == 0.0 and rl.optim.lr == cfg.rl_lr
+    assert rl.algorithm.kl_coef == 0.0 and rl.optim.lr == cfg.rl_lr and rl.optim.warmup_steps == 10
 
 
 def test_grpo_only_from_a_given_sft_checkpoint(tmp_path: Path) -> None:

@@ -211,7 +211,8 @@ def test_entropy_metric_is_the_entropy_before_the_update(tiny_model_dir: Path, t
     policy = HFPolicy(tiny_model_dir)
     trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
     batch = collate_trajectories(trajs, pad_token_id=policy.pad_token_id)
-    _, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask)
+    # measured inside a forward with gradients, as the first update does: a value, not part of the graph
+    _, ent = policy.forward_logprobs(batch.input_ids, batch.attention_mask, with_grad=True)
     assert ent is not None and not ent.requires_grad
     mask = batch.loss_mask.to(ent.dtype)
     assert plain["entropy"] == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-5)

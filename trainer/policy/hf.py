@@ -237,4 +237,3 @@ def _sample(
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     index = tokens.unsqueeze(-1)
     return tokens.tolist(), scaled.gather(-1, index).squeeze(-1).tolist(), raw.gather(-1, index).squeeze(-1).tolist()
-
