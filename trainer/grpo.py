@@ -16,7 +16,7 @@ import copy
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -107,6 +107,7 @@ def grpo_update(
     *,
     reference: HFPolicy | None = None,
     total_steps: int | None = None,
+    on_gradient: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Filter, compute advantages and take ``updates_per_batch`` optimizer steps; returns metrics.
 
@@ -118,6 +119,8 @@ def grpo_update(
         step: training step within the stage (ResT schedule).
         reference: frozen reference policy; required when ``algorithm.kl_coef > 0``, unused otherwise.
         total_steps: steps of the stage, for the ResT entropy curriculum (default ``stage_cfg.steps``).
+        on_gradient: called with the update's index once its gradient is complete and before it is
+            clipped and applied (``policy.model``'s ``.grad``; see ``trainer.agreement``).
 
     Raises:
         ValueError: ``kl_coef > 0`` without a reference, or a non-failed trajectory without a reward.
@@ -229,6 +232,8 @@ def grpo_update(
             (loss / len(micro)).backward()
             for key, value in info.items():
                 sums[key] += value
+        if on_gradient is not None:
+            on_gradient(update)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage_cfg.optim.max_grad_norm)
         sums["grad_norm"] += float(grad_norm) * len(micro)
         if math.isfinite(float(grad_norm)):

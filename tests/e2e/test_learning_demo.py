@@ -88,6 +88,34 @@ def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
     assert report["summary"]["pass"] == (report["summary"]["mean_rl_gain_points"] >= 15.0)
 
 
+def test_grad_agreement_measures_grpo_gradients_where_groups_carry_signal(tmp_path: Path) -> None:
+    """After SFT memorises 4 demonstrations, GRPO on those questions has signal: the bench measures
+    GRPO's batch gradients at the SFT weights (real tool server and reward service) and leaves the
+    weights as they were."""
+    from rich.console import Console
+
+    from bench.grad_agreement import measure
+    from trainer.config import parse_config
+    from trainer.learning import experiment
+    from trainer.runner import run_experiment
+
+    cfg = dataclasses.replace(SHORT, n_demos=4, sft_steps=100, sft_lr=3e-3, max_new_tokens_per_turn=160,
+                              max_total_tokens=768, group_size=4, prompts_per_step=2)
+    prep = _rl_on_demonstrated_questions(prepare_for(cfg, tmp_path / "work"))
+    exp = experiment(cfg, prep)
+    exp["stages"] = exp["stages"][:1]                                    # SFT only
+    run_experiment(parse_config(exp), tmp_path / "sft")
+    model = tmp_path / "sft" / "models" / "sft"
+    result = measure(cfg, tmp_path / "work", model, None, 3, Console())
+    grpo = result["grpo"]
+    assert grpo["no_signal"] is False and grpo["batches"] == 3 and grpo["batch"] == 8
+    assert 3 <= grpo["batches_sampled"] <= 6 and 0 < grpo["reward_mean"] < 1
+    assert -1 <= grpo["mean_cosine"] <= 1 and grpo["mean_norm"] > 0
+    assert result["sft"]["batches"] == 3 and result["sft"]["signal_share"] > 0
+    assert result["ratio"] == pytest.approx(grpo["signal_share"] / result["sft"]["signal_share"], rel=0.05, abs=1e-3)
+    assert result["weights_unchanged"] is True
+
+
 def test_learning_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="n_demos"):
         dataclasses.replace(SHORT, n_demos=0)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from trainer.agreement import flat_gradient
 from trainer.batching import collate, collate_trajectories
-from trainer.config import AlgorithmConfig, FilterConfig, RolloutConfig, StageConfig
+from trainer.config import AlgorithmConfig, FilterConfig, OptimConfig, RolloutConfig, StageConfig
 from trainer.grpo import frozen_reference, grpo_update
 from trainer.parsing import Region
 from trainer.policy.hf import HFPolicy
@@ -216,6 +217,20 @@ def test_entropy_metric_is_the_entropy_before_the_update(tiny_model_dir: Path, t
     assert ent is not None and not ent.requires_grad
     mask = batch.loss_mask.to(ent.dtype)
     assert plain["entropy"] == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-5)
+
+
+def test_grpo_update_reports_each_update_gradient_before_clipping(tiny_model_dir: Path, tiny_tokenizer: Any) -> None:
+    policy = HFPolicy(tiny_model_dir)
+    trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), float(s)) for g in range(2) for s in range(2)]
+    stage = _stage(updates_per_batch=2)
+    stage = dataclasses.replace(stage, optim=OptimConfig(max_grad_norm=1e-6))
+    seen: list[tuple[int, float]] = []
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    metrics = grpo_update(policy, optimizer, trajs, stage, step=0,
+                          on_gradient=lambda u: seen.append((u, float(flat_gradient(policy.model).norm()))))
+    assert [u for u, _ in seen] == [0, 1]
+    assert seen[0][1] > 1e-3                                   # the raw gradient, not the clipped one (1e-6)
+    assert metrics["grad_norm"] == pytest.approx((seen[0][1] + seen[1][1]) / 2, rel=1e-4)   # the norms clipping saw
 
 
 def test_collate_trajectories_matches_stored_logprobs(policy: HFPolicy, tiny_tokenizer: Any) -> None:
