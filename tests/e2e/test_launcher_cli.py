@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,18 +39,56 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class Up:
+    """A running `rlyard up`: the process, its state file, and its output, read as it comes (a
+    reader thread, so the pipe never fills) with Python's fault handler on, so that a launcher that
+    hangs can be made to print every thread's stack."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        if self.proc.poll() is not None:
+            self.reader.join(timeout=5)
+        return "".join(self.lines)
+
+    def exit_code(self, timeout: float) -> int:
+        """The exit code within ``timeout``; else the thread stacks (SIGABRT → faulthandler) in the failure."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            raise AssertionError(f"rlyard up did not exit within {timeout}s; its output, then its threads' "
+                                 f"stacks (faulthandler on SIGABRT):\n{self.output()}") from None
+
+
 @pytest.fixture
 def up(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """`rlyard up --profile sql --ephemeral-ports` running in tmp_path."""
+    """`rlyard up --profile sql --ephemeral-ports` running in tmp_path: (Up, its state file's content)."""
     proc = subprocess.Popen(
         [*RLYARD, "up", "--profile", "sql", "--ephemeral-ports", "--log-dir", str(tmp_path / "logs")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
+    launched = Up(proc)
     state = tmp_path / ".rlyard" / "up.json"
     try:
         _wait_for(lambda: state.exists() or proc.poll() is not None, 60, "rlyard up to report its services")
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield proc, json.loads(state.read_text())
+        assert proc.poll() is None, launched.output()
+        yield launched, json.loads(state.read_text())
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -61,7 +100,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
-    proc, state = up
+    launched, state = up
     service = state["services"]["sql-tools"]
     child = int(service["pid"])
     assert _alive(child)
@@ -87,8 +126,9 @@ def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ign
     as_json = _run(tmp_path, "tool", "call", "list_tables", "--db", "concert_singer", "--json")
     assert json.loads(as_json.stdout)["name"] == "list_tables"
 
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 0
+    launched.proc.send_signal(signal.SIGINT)
+    assert launched.exit_code(timeout=20) == 0, launched.output()
+    assert "stopping" in launched.output()
     _wait_for(lambda: not _alive(child), 10, "the service process to exit")
 
     down = _run(tmp_path, "status", "--target", service["target"], "--timeout", "0.5")
@@ -96,16 +136,16 @@ def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ign
 
 
 def test_launcher_stops_everything_when_a_service_dies(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
-    proc, state = up
+    launched, state = up
     child = int(state["services"]["sql-tools"]["pid"])
     os.kill(child, signal.SIGKILL)
-    assert proc.wait(timeout=20) == 1
-    out = proc.stdout.read() if proc.stdout else ""
-    assert "sql-tools exited" in out
+    assert launched.exit_code(timeout=20) == 1
+    assert "sql-tools exited" in launched.output()
 
 
 def test_killed_launcher_leaves_no_orphans(tmp_path: Path, up) -> None:  # type: ignore[no-untyped-def]
-    proc, state = up
+    launched, state = up
+    proc = launched.proc
     child = int(state["services"]["sql-tools"]["pid"])
     proc.kill()  # SIGKILL: no cleanup code runs in the launcher
     proc.wait()
