@@ -11,9 +11,13 @@ share of one batch gradient's squared norm that is signal (the mean pairwise cos
 same when the norms are alike). Noise shrinks with ``B``, so the batch that reaches a target share
 ``t`` is ``B · (1 - s)/s · t/(1 - t)`` (``batch_for_share``).
 
-Measured on the text-to-SQL demo (bench/README.md, "Probes"): SFT batches of 16 demonstrations
-agree at ~0.19, GRPO batches of 64 trajectories at ~0.005. Five minutes of this measurement says
-whether a design can learn at all before a 30-minute run: ``bench/grad_agreement.py``.
+What counts as "noise" depends on what the batches share: between batches of different questions,
+``ε`` holds each question's own direction as well as sampling noise; between fresh samples of the
+same questions (``same_tasks``), only the sampling noise. Measured on the text-to-SQL demo
+(bench/README.md, ``grad_agreement.py``): SFT batches of 16 demonstrations agree at ~0.19; GRPO
+batches of 64 trajectories at 0.002 across different questions, 0.03–0.08 within one template and
+0.32 for the same questions: GRPO's gradient is consistent but question-specific. Five minutes of
+this measurement says whether, and how far, a design can learn before a 30-minute run.
 
     grads = sft_gradients(policy, demos, batches=12, batch_size=16, seed=0)
     agreement(grads).mean_cosine
