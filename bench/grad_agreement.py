@@ -84,13 +84,11 @@ def measure(cfg: LearningConfig, work: Path, model: Path | None, demos: Path | N
     sft_seconds = time.monotonic() - tic
     config = parse_config(experiment(cfg, prep, model=start))
     stage = config.stages[0]
-    rewards: list[float] = []
     with RLServices(config, db_dir=prep.db_dir) as services, Progress(console=console, transient=True) as progress:
         services.bind_policy(policy)
         task = progress.add_task("GRPO gradients", total=batches)
 
         def seen(done: int, values: dict[str, float]) -> None:
-            rewards.append(values.get("reward_mean", 0.0))
             progress.update(task, completed=done,
                             description=f"GRPO gradients (batch reward {values.get('reward_mean', 0.0):.2f}, "
                                         f"kept {values.get('kept', 0):.0f})")
@@ -99,6 +97,7 @@ def measure(cfg: LearningConfig, work: Path, model: Path | None, demos: Path | N
     a_sft = agreement(sft)
     trajectories = cfg.group_size * cfg.prompts_per_step
     kept = [m.get("kept", 0.0) for m in grpo.batch_metrics]
+    rewards = [m.get("reward_mean", 0.0) for m in grpo.batch_metrics]
     sampled = {"batch": trajectories, "batches_sampled": len(grpo.batch_metrics),
                "reward_mean": round(sum(rewards) / len(rewards), 4) if rewards else 0.0,
                "kept_mean": round(sum(kept) / len(kept), 2) if kept else 0.0}

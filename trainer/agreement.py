@@ -17,7 +17,8 @@ same questions (``same_tasks``), only the sampling noise. Measured on the text-t
 (bench/README.md, ``grad_agreement.py``): SFT batches of 16 demonstrations agree at ~0.19; GRPO
 batches of 64 trajectories at 0.002 across different questions, 0.03–0.08 within one template and
 0.32 for the same questions: GRPO's gradient is consistent but question-specific. Five minutes of
-this measurement says whether, and how far, a design can learn before a 30-minute run.
+this measurement say whether a design's gradients share anything across questions, before a
+30-minute run says whether it learns.
 
     grads = sft_gradients(policy, demos, batches=12, batch_size=16, seed=0)
     agreement(grads).mean_cosine
@@ -48,7 +49,7 @@ def flat_gradient(model: torch.nn.Module) -> torch.Tensor:
     vectors of different batches line up)."""
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten().float()
              for p in model.parameters()]
-    return torch.cat(parts).clone()
+    return torch.cat(parts)          # a new tensor: later backward passes do not change it
 
 
 @dataclass(frozen=True)
