@@ -257,14 +257,15 @@ def _train(
                 run.save(policy, optimizer, scheduler)
                 return "STOPPED"
             tic = time.monotonic()
+            picks: list[RolloutTrajectory] = []
             if data is not None:
                 values = sft_step(policy, optimizer, data.next_batch(stage.batch_size),
                                   max_grad_norm=stage.optim.max_grad_norm, scheduler=scheduler)
                 run.state["cursor"] = data.cursor
             else:
                 assert rollout_fn is not None and score_fn is not None and task_source is not None
-                values = _rl_step(run, policy, optimizer, stage, name, step, reference,
-                                  rollout_fn, score_fn, task_source)
+                values, picks = _rl_step(run, policy, optimizer, stage, name, step, reference,
+                                         rollout_fn, score_fn, task_source)
                 values["lr"] = float(optimizer.param_groups[0]["lr"])
                 with warnings.catch_warnings():
                     # the schedule follows the step count even when every group was filtered out
@@ -279,6 +280,9 @@ def _train(
             run.state["stage_seconds"] = float(run.state["stage_seconds"]) + seconds
             out_of_time = bool(stage.max_seconds) and float(run.state["stage_seconds"]) >= stage.max_seconds
             run.state["stage_done"] = step == stage.steps or out_of_time
+            if picks and (step == 1 or run.state["stage_done"] or step % config.checkpoint.every_steps == 0):
+                # the stage's last step too when the time limit, not the step count, ends it
+                write_samples(run.run_dir, name, step, picks, policy.tokenizer)
             gstep = int(run.state["global_step"])
             run.final_metrics[name] = values
             run.metrics.append({"stage": name, "stage_index": index, "step": step, "global_step": gstep,
@@ -354,8 +358,9 @@ def _rl_step(
     rollout_fn: RolloutFn,
     score_fn: ScoreFn,
     task_source: TaskSource,
-) -> dict[str, float]:
-    """Tasks → rollouts → scores → one GRPO update; writes sample trajectories."""
+) -> tuple[dict[str, float], list[RolloutTrajectory]]:
+    """Tasks → rollouts → scores → one GRPO update; the step's metrics and its sample picks (the
+    caller writes them to samples.md at the steps that get a section)."""
     tasks = task_source(stage, step)
     tic = time.monotonic()
     trajectories = rollout_fn(tasks, int(run.state["global_step"]) + 1)
@@ -365,9 +370,12 @@ def _rl_step(
                          total_steps=stage.steps)
     values["rollout_seconds"] = rollout_seconds
     values.update(_task_metrics(stage, trajectories))
-    if step == 1 or step == stage.steps or step % run.config.checkpoint.every_steps == 0:
-        scored = [t for t in trajectories if t.reward is not None] or list(trajectories)
-        ranked = sorted(scored, key=lambda t: -1e9 if t.reward is None else t.reward)
-        picks = [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
-        write_samples(run.run_dir, name, step, picks[:SAMPLES_PER_STEP], policy.tokenizer)
-    return values
+    return values, _sample_picks(trajectories)
+
+
+def _sample_picks(trajectories: list[RolloutTrajectory]) -> list[RolloutTrajectory]:
+    """The step's trajectories worth a look: the best and the worst scored one."""
+    scored = [t for t in trajectories if t.reward is not None] or list(trajectories)
+    ranked = sorted(scored, key=lambda t: -1e9 if t.reward is None else t.reward)
+    picks = [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
+    return picks[:SAMPLES_PER_STEP]

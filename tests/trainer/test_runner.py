@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +182,10 @@ def _rl_config(model_dir: Path) -> ExperimentConfig:
                             checkpoint=CheckpointConfig(every_steps=1))
 
 
-def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path) -> None:
-    sampler = HFPolicy(tiny_model_dir)    # the rollout side's copy of the initial policy
-    tok = tiny_tokenizer
+def _injected(model_dir: Path, tok: Any, delay: float = 0.0) -> tuple[Any, Any, Any, list[int]]:
+    """task_source, rollout_fn and score_fn over a frozen copy of the initial policy: 2 tasks x 3
+    answers, one trajectory infra-failed; ``delay`` seconds of waiting in every rollout."""
+    sampler = HFPolicy(model_dir)    # the rollout side's copy of the initial policy
     seen_steps: list[int] = []
 
     def task_source(stage: StageConfig, step: int) -> list[Task]:
@@ -191,6 +194,7 @@ def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: A
 
     def rollout_fn(tasks: list[Task], step: int) -> list[RolloutTrajectory]:
         seen_steps.append(step)
+        time.sleep(delay)
         out = []
         for g, task in enumerate(tasks):
             prompt = tok.encode(f"<|im_start|>user\n{task.messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n",
@@ -212,6 +216,11 @@ def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: A
                 t.reward = float(t.final_answer == t.task.ground_truth)
                 t.reward_components = {"accuracy": t.reward}
 
+    return task_source, rollout_fn, score_fn, seen_steps
+
+
+def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path) -> None:
+    task_source, rollout_fn, score_fn, seen_steps = _injected(tiny_model_dir, tiny_tokenizer)
     events: list[dict[str, Any]] = []
     report = run_experiment(_rl_config(tiny_model_dir), tmp_path / "rl", rollout_fn=rollout_fn,
                             score_fn=score_fn, task_source=task_source, on_event=events.append)
@@ -225,6 +234,22 @@ def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: A
     assert "reward **1**" in samples and "**assistant**" in samples and "**user**" in samples
     assert (tmp_path / "rl" / "curves" / "reward.png").exists()
     assert (tmp_path / "rl" / "curves" / "accuracy.png").exists()
+
+
+def test_time_limited_rl_stage_writes_samples_of_its_last_step(
+    tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    """A stage that its time limit ends (not its step count) still gets a samples.md section for the
+    step it ended on: each rollout waits 0.5 s and the limit is 0.8 s, so it ends after step 2."""
+    task_source, rollout_fn, score_fn, seen_steps = _injected(tiny_model_dir, tiny_tokenizer, delay=0.5)
+    config = _rl_config(tiny_model_dir)
+    stage = dataclasses.replace(config.stages[0], steps=1000, max_seconds=0.8)
+    config = dataclasses.replace(config, stages=(stage,), checkpoint=CheckpointConfig(every_steps=100))
+    report = run_experiment(config, tmp_path / "rl", rollout_fn=rollout_fn, score_fn=score_fn,
+                            task_source=task_source)
+    assert report["state"] == "SUCCEEDED" and seen_steps == [1, 2]
+    samples = (tmp_path / "rl" / "samples.md").read_text()
+    assert "## grpo · step 1" in samples and "## grpo · step 2" in samples
 
 
 def test_rl_stage_without_rollouts_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:
