@@ -264,7 +264,7 @@ def _train(
                 run.state["cursor"] = data.cursor
             else:
                 assert rollout_fn is not None and score_fn is not None and task_source is not None
-                values, picks = _rl_step(run, policy, optimizer, stage, name, step, reference,
+                values, picks = _rl_step(run, policy, optimizer, stage, step, reference,
                                          rollout_fn, score_fn, task_source)
                 values["lr"] = float(optimizer.param_groups[0]["lr"])
                 with warnings.catch_warnings():
@@ -352,7 +352,6 @@ def _rl_step(
     policy: HFPolicy,
     optimizer: torch.optim.Optimizer,
     stage: StageConfig,
-    name: str,
     step: int,
     reference: HFPolicy | None,
     rollout_fn: RolloutFn,
