@@ -83,6 +83,7 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
                         "control": control["by_template"]["control"]},
         "by_group": {"sft": rl["by_group"]["sft"], "rl": rl["by_group"]["rl"],
                      "control": control["by_group"]["control"]},
+        "errors": {"sft": rl["errors"]["sft"], "rl": rl["errors"]["rl"], "control": control["errors"]["control"]},
         "runs": {"grpo": str(rl_dir), "control": str(control_dir)},
     }
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"GRPO's learning rate (default {LearningConfig.rl_lr:g})")
     parser.add_argument("--demo-city-share", type=float, default=LearningConfig.demo_city_share,
                         help="demonstrations name only this share of the train cities (RL questions the rest)")
+    parser.add_argument("--renamed-worlds", type=int, default=LearningConfig.renamed_worlds,
+                        help="move the RL questions into this many renamed copies of the database (0: none)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-sql-learning")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (seconds, not a result)")
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     console = Console()
     cfg = LearningConfig(rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps, copy_steps=ns.copy_steps,
-                         demo_city_share=ns.demo_city_share, rl_temperature=ns.rl_temperature, rl_lr=ns.rl_lr)
+                         demo_city_share=ns.demo_city_share, renamed_worlds=ns.renamed_worlds,
+                         rl_temperature=ns.rl_temperature, rl_lr=ns.rl_lr)
     if ns.quick:
         cfg = quick(cfg)
     seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []

@@ -7,7 +7,9 @@ What it writes under a work directory (``prepare``), all from one seed:
 - ``train_tasks.jsonl`` / ``heldout_tasks.jsonl``: RL and evaluation tasks (held-out questions use
   templates and cities that train never shows, see ``envs.local_services.questions``); the RL
   tasks are the train questions that were *not* demonstrated (``n_train - n_demos`` of them):
-  demonstrations are the scarce resource, questions with a gold answer the plentiful one;
+  demonstrations are the scarce resource, questions with a gold answer the plentiful one; with
+  ``renamed_worlds`` they are moved into renamed copies of the database under ``db/`` (invented
+  place names, ``envs.local_services.renamed``);
 - ``demos.jsonl``: SFT demonstrations of ``n_demos`` *train* questions with real tool calls and
   real observations (the SQL tools run in-process on the database): the gold query through
   ``sql_query``, its rows, then the final ``<answer>``; every ``error_every``-th one first runs a
@@ -45,6 +47,7 @@ from envs.local_services.database import (
     place_neutral,
 )
 from envs.local_services.questions import generate_split, q
+from envs.local_services.renamed import build_worlds, rewrite_task
 from envs.text_to_sql import SqlToolbox, _broken
 
 SYSTEM = ("Answer with one SQLite query over the local_services database. Run a query with "
@@ -191,20 +194,25 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 100, n_demos: int = 300,
             max_tool_calls: int = 3, error_every: int = 4, size: str = "tiny", copy_steps: int = 600,
-            demo_city_share: float = 1.0,
+            demo_city_share: float = 1.0, renamed_worlds: int = 0,
             on_copy_step: Callable[[int, float], None] | None = None) -> Prepared:
     """Write the database, tasks, demonstrations and a fresh tiny policy under ``root``; the policy
     gets at most ``copy_steps`` of copying warm-up (``trainer.model.copy_warmup``; 0 = none).
     Demonstrations are drawn from the questions of ``demo_city_share`` of the train cities (1.0:
     all): RL questions about the other train cities then name places no demonstration showed, as
-    held-out questions about held-out cities do. The arguments and the result are recorded in
-    ``root/prepared.json`` (see ``load_prepared``)."""
+    held-out questions about held-out cities do. With ``renamed_worlds`` > 0 the RL questions are
+    moved, round-robin, into that many renamed copies of the database (``envs.local_services.renamed``:
+    invented city and district names), so that every RL question names places no demonstration and no
+    held-out question shows. The arguments and the result are recorded in ``root/prepared.json``
+    (see ``load_prepared``)."""
     if not 0 < demo_city_share <= 1:
         raise ValueError(f"demo_city_share={demo_city_share}: must be in (0, 1]")
+    if renamed_worlds < 0:
+        raise ValueError(f"renamed_worlds={renamed_worlds}: must be >= 0 (0 = the RL questions stay in the database)")
     args = {"version": PREPARE_VERSION, "seed": seed, "n_train": n_train, "n_heldout": n_heldout,
             "n_demos": n_demos,
             "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps,
-            "demo_city_share": demo_city_share}
+            "demo_city_share": demo_city_share, "renamed_worlds": renamed_worlds}
     from trainer.model.build import init_policy
     from trainer.model.corpus import DEFAULT_CORPUS_FILE, render_chat
 
@@ -224,7 +232,11 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     shown = {t["task_id"] for t in picked}
     rl_tasks = [t for t in split.train if t["task_id"] not in shown]
     train_path, heldout_path = root / "train_tasks.jsonl", root / "heldout_tasks.jsonl"
-    _write_jsonl(train_path, [task_line(t, max_tool_calls) for t in rl_tasks])
+    rl_lines = [task_line(t, max_tool_calls) for t in rl_tasks]
+    worlds = build_worlds(info.path, db_dir, renamed_worlds, seed) if renamed_worlds else []
+    if worlds:
+        rl_lines = [rewrite_task(line, worlds[i % len(worlds)]) for i, line in enumerate(rl_lines)]
+    _write_jsonl(train_path, rl_lines)
     _write_jsonl(heldout_path, [task_line(t, max_tool_calls) for t in split.heldout])
     demos = demonstrations(db_dir, picked, max_tool_calls=max_tool_calls, error_every=error_every)
     demos_path = root / "demos.jsonl"
@@ -244,7 +256,8 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
                                              on_step=on_copy_step)
     prepared = Prepared(root=root, db_dir=db_dir, train_tasks=train_path, heldout_tasks=heldout_path,
                         demos=demos_path, policy=root / "policy", n_train=len(rl_tasks), n_heldout=len(split.heldout),
-                        n_demos=len(demos), split_info={**split.info, "db_id": DB_ID, "demo_cities": demo_cities},
+                        n_demos=len(demos), split_info={**split.info, "db_id": DB_ID, "demo_cities": demo_cities,
+                                                        "rl_worlds": [w.db_id for w in worlds]},
                         copy_losses=copy_losses)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(prepared).items()}
     (root / PREPARED_FILE).write_text(json.dumps({"args": args, "prepared": record}, indent=1) + "\n",
@@ -258,7 +271,8 @@ def load_prepared(root: Path, **args: Any) -> Prepared | None:
     if not path.is_file():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("args") != {"version": PREPARE_VERSION, **args}:
+    saved_args = {"renamed_worlds": 0, **saved.get("args", {})}   # written before the option existed: none
+    if saved_args != {"version": PREPARE_VERSION, "renamed_worlds": 0, **args}:
         return None
     record: dict[str, Any] = dict(saved["prepared"])
     paths = {f.name for f in dataclasses.fields(Prepared) if f.type in ("Path", Path)}

@@ -54,6 +54,7 @@ class LearningConfig:
     n_heldout: int = 100          # evaluation questions (some templates and cities never in train)
     n_demos: int = 300            # SFT demonstrations, drawn from the train questions
     demo_city_share: float = 1.0  # demonstrations name only this share of the train cities (RL sees the rest)
+    renamed_worlds: int = 0       # > 0: RL questions move into this many copies of the database with invented places
     error_every: int = 4          # every 4th demonstration fixes a failing query first
     size: str = "tiny"            # policy preset (envs: trainer.model.build.SIZE_PRESETS)
     copy_steps: int = 600         # cap on the copying warm-up of the fresh policy (ends early once it copies)
@@ -79,6 +80,9 @@ class LearningConfig:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not self.rl_temperature > 0:
             raise ValueError(f"rl_temperature must be > 0 (got {self.rl_temperature}); evaluation is greedy anyway")
+        if self.renamed_worlds < 0:
+            raise ValueError(f"renamed_worlds must be >= 0 (0: RL questions stay in the database; "
+                             f"got {self.renamed_worlds})")
         if self.rl_seconds < 0:
             raise ValueError(f"rl_seconds must be >= 0 (0 = run rl_steps steps; got {self.rl_seconds})")
 
@@ -177,6 +181,42 @@ def by_group(report: EvalReport, groups: dict[str, str]) -> dict[str, dict[str, 
     return {name: {"correct": c, "n": n, "accuracy": round(c / n, 4)} for name, (c, n) in sorted(counts.items())}
 
 
+ERROR_KINDS = ("correct", "unseen_template", "infra_failure", "no_answer", "value_miscopied", "other")
+
+
+def error_kind(answer: str, gold: str, *, correct: bool, unseen_template: bool, infra_error: str = "") -> str:
+    """What went wrong with one held-out answer (``ERROR_KINDS``): ``value_miscopied`` when a string
+    literal of the gold SQL is missing from the answer (a name cut off, misspelt, or left out: the
+    copying failure), ``other`` when every literal is there and the query is still wrong (a wrong
+    table, column, condition or role for a name)."""
+    if correct:
+        return "correct"
+    if unseen_template:
+        return "unseen_template"
+    if infra_error:
+        return "infra_failure"
+    if not answer.strip():
+        return "no_answer"
+    if any(f"'{value}'" not in answer for value in _LITERAL.findall(gold)):
+        return "value_miscopied"
+    return "other"
+
+
+def error_kinds(report: EvalReport, prep: Prepared) -> dict[str, int]:
+    """How many held-out answers of each ``ERROR_KINDS`` kind (every kind listed, zeros included)."""
+    gold, template = {}, {}
+    for line in prep.heldout_tasks.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        gold[obj["task_id"]], template[obj["task_id"]] = obj["ground_truth"]["query"], obj.get("template", "")
+    heldout_only = set(prep.split_info.get("heldout_only_templates", []))
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    for r in report.results:
+        counts[error_kind(r.final_answer, gold.get(r.task_id, ""), correct=r.correct,
+                          unseen_template=template.get(r.task_id, "") in heldout_only,
+                          infra_error=r.infra_error)] += 1
+    return counts
+
+
 def _plot_accuracy(run_dir: Path, values: dict[str, float]) -> Path:
     import matplotlib
 
@@ -204,7 +244,7 @@ def prepare_for(cfg: LearningConfig, root: Path, on_event: EventFn | None = None
     args: dict[str, Any] = {
         "seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n_demos": cfg.n_demos,
         "max_tool_calls": cfg.max_tool_calls, "error_every": cfg.error_every, "size": cfg.size,
-        "copy_steps": cfg.copy_steps, "demo_city_share": cfg.demo_city_share,
+        "copy_steps": cfg.copy_steps, "demo_city_share": cfg.demo_city_share, "renamed_worlds": cfg.renamed_worlds,
     }
     earlier = load_prepared(root, **args)    # a resumed run keeps its world and its warmed-up policy
     if earlier is not None:
@@ -263,6 +303,7 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
         "eval": {key: r.summary() for key, r in evals.items()},
         "by_template": {key: by_template(r, prep) for key, r in evals.items()},
         "by_group": {key: by_group(r, heldout_groups(prep)) for key, r in evals.items()},
+        "errors": {key: error_kinds(r, prep) for key, r in evals.items()},
         "learning_config": dataclasses.asdict(cfg),
         "split": prep.split_info,
         "copy_warmup": {"steps": len(prep.copy_losses),

@@ -55,6 +55,9 @@ def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_p
     grpo = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][100:]
     assert sum(x["kept"] for x in grpo) > 0, "no GRPO group carried signal"
     assert report["eval"]["sft"]["n"] == report["eval"]["rl"]["n"] == 8
+    for key in ("sft", "rl"):
+        errors = report["errors"][key]
+        assert sum(errors.values()) == 8 and errors["correct"] == round(8 * report[f"{key}_accuracy"])
     for path in report["curves"]:
         assert Path(path).read_bytes()[:4] == b"\x89PNG"
     assert any(p.endswith("heldout_accuracy.png") for p in report["curves"])
@@ -74,8 +77,11 @@ def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_p
 
 
 def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
+    """The quick bench, with the RL questions in 2 renamed worlds (so that the tool server and the
+    reward service resolve their db ids end to end)."""
     out = tmp_path / "sql_learning.json"
     result = subprocess.run([sys.executable, "-m", "bench.sql_learning", "--quick", "--seeds", "0",
+                             "--renamed-worlds", "2",
                              "--output", str(out), "--runs-dir", str(tmp_path / "runs")],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -85,6 +91,14 @@ def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
                 "control_seconds"):
         assert key in seed, key
     assert seed["control_steps"] >= 1 and report["quick"] is True and report["complete"] is True
+    assert report["config"]["renamed_worlds"] == 2
+    assert {k: sum(v.values()) for k, v in seed["errors"].items()} == dict.fromkeys(("sft", "rl", "control"),
+                                                                                     seed["heldout_tasks"])
+    rl_steps = [json.loads(x) for x in (tmp_path / "runs" / "seed0-grpo" / "metrics.jsonl").read_text().splitlines()
+                if json.loads(x).get("stage") == "grpo"]
+    assert rl_steps and all(x["infra_failed"] == 0 and x["trajectories"] > 0 for x in rl_steps)
+    tasks = (tmp_path / "runs" / "seed0-work" / "train_tasks.jsonl").read_text()
+    assert '"db_id": "local_services_r00"' in tasks and '"db_id": "local_services_r01"' in tasks
     assert report["summary"]["pass"] == (report["summary"]["mean_rl_gain_points"] >= 15.0)
 
 

@@ -131,6 +131,8 @@ def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepare
             "size": "tiny", "copy_steps": 2, "demo_city_share": 1.0}
     assert load_prepared(prepared.root, **args) == prepared
     assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
+    assert load_prepared(prepared.root, **{**args, "renamed_worlds": 0}) == prepared
+    assert load_prepared(prepared.root, **{**args, "renamed_worlds": 2}) is None
     assert load_prepared(prepared.root / "nowhere", **args) is None
 
 
@@ -192,6 +194,51 @@ def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Pre
         unseen = [v for v in literals if json.dumps(f"'{v}'")[1:-1] not in train_text]   # JSON-escaped, quoted
         assert (group == "new_value") == bool(unseen), (task_id, group, literals)
     assert {"new_value", "familiar"} <= set(groups.values())
+
+
+def test_error_kind_tells_miscopied_values_from_other_mistakes() -> None:
+    from trainer.learning import error_kind
+
+    gold = ("SELECT COUNT(*) FROM merchant AS m JOIN district AS d ON m.district_id = d.district_id "
+            "WHERE d.name = 'Jiang''an'")
+
+    def kind(answer: str, correct: bool = False, unseen_template: bool = False, infra_error: str = "") -> str:
+        return error_kind(answer, gold, correct=correct, unseen_template=unseen_template, infra_error=infra_error)
+
+    assert kind(gold, correct=True) == "correct"
+    assert kind("", unseen_template=True) == "unseen_template"
+    assert kind("", infra_error="tool server unreachable") == "infra_failure"
+    assert kind("  ") == "no_answer"
+    assert kind(gold.replace("'Jiang''an'", "'Jiang'")) == "value_miscopied"              # cut off mid-name
+    assert kind(gold.replace("'Jiang''an'", "'Jiang'an'")) == "value_miscopied"           # quote not escaped
+    assert kind(gold.replace("d.name", "ci.name")) == "other"                            # right value, wrong slot
+    assert kind("SELECT COUNT(*) FROM merchant") == "value_miscopied"                    # the value left out
+    # a gold query without literals: any wrong answer is "other"
+    assert error_kind("SELECT 1", "SELECT COUNT(*) FROM city", correct=False, unseen_template=False) == "other"
+
+
+def test_error_kinds_count_every_heldout_answer(prepared: Prepared) -> None:
+    from trainer.evaluate import EvalReport, TaskResult
+    from trainer.learning import ERROR_KINDS, error_kinds
+
+    heldout = _lines(prepared.heldout_tasks)
+    only = set(prepared.split_info["heldout_only_templates"])
+    seen = next(t for t in heldout if t["template"] not in only and "'" in t["ground_truth"]["query"])
+    unseen = next(t for t in heldout if t["template"] in only)
+    gold = seen["ground_truth"]["query"]
+
+    def result(task: dict[str, Any], answer: str, correct: bool = False) -> TaskResult:
+        return TaskResult(task["task_id"], "local_services", "COMPLETED", correct, float(correct), {}, 1, 2, False,
+                          answer)
+
+    report = EvalReport(n=4, execution_accuracy=0.25, scored_accuracy=0.25, mean_tool_calls=1, mean_turns=2,
+                        format_errors=0, infra_failures=0, truncated=0, seconds=1.0,
+                        results=[result(seen, gold, True), result(seen, gold.split("'")[0] + "'x'"),
+                                 result(unseen, gold), result(seen, "")])
+    counts = error_kinds(report, prepared)
+    assert list(counts) == list(ERROR_KINDS)
+    assert counts == {"correct": 1, "unseen_template": 1, "infra_failure": 0, "no_answer": 1,
+                      "value_miscopied": 1, "other": 0}
 
 
 def test_demo_candidates_name_only_the_demonstration_cities(prepared: Prepared) -> None:
