@@ -1,13 +1,13 @@
 """Renamed worlds: copies of the local-services database whose cities and districts carry invented
 names, and questions rewritten to match.
 
-Why (``docs/envs.md``, "Renamed worlds for RL"): held-out questions name places that no training
+Why (``docs/envs.md``, ``renamed_worlds`` of the learning environment): held-out questions name places that no training
 text shows, so what they need above all is copying an unfamiliar name from the question into the
 right slot of the query. RL questions about the train cities name places that the demonstrations
 and the policy already know, so GRPO on them never practises that. Rewritten into a renamed world,
 the same question needs the same copying as a held-out one, without using a held-out name: the
-invented names are pinyin-like syllable pairs that are not any place name of the world (train or
-held-out) nor a street name.
+invented names are pinyin-like strings of two or three syllables that are not any place name of
+the world (train or held-out) nor a street name.
 
 A world is the source database with ``city.name``, ``district.name`` and the place parts of
 ``merchant.name`` and ``merchant.address`` renamed; every other row and every id is the same, so a
