@@ -123,9 +123,11 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_resume_after_sigkill_matches_uninterrupted(
-    tiny_model_dir: Path, sft_data: Path, uninterrupted: dict[str, Any], tmp_path: Path
-) -> None:
+def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    """Killed at step 2 and resumed, a run ends with the parameters and losses of an uninterrupted
+    one. The reference runs in a subprocess too, so that both start from a fresh process: compared
+    with the in-process fixture's run, it once differed slightly in a full suite (an embedding weight
+    -1.3852e-03 against -1.3882e-03), after ~700 other tests in that process; alone it matched."""
     script = tmp_path / "train.py"
     script.write_text(_SCRIPT)
     raw = json.dumps(_raw_config(tiny_model_dir, sft_data, every=2))
@@ -140,10 +142,13 @@ def test_resume_after_sigkill_matches_uninterrupted(
                             capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads(second.stdout.strip().splitlines()[-1]) == {"state": "SUCCEEDED", "steps": 6}
-    _assert_same(_final_params(run_dir), uninterrupted["params"])
+    reference = subprocess.run([sys.executable, str(script), raw, str(tmp_path / "plain"), "-1"], env=env, cwd=REPO,
+                               capture_output=True, text=True, timeout=120)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    _assert_same(_final_params(run_dir), _final_params(tmp_path / "plain"))
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["global_step"] for x in lines] == [1, 2, 3, 4, 5, 6]
-    plain = [json.loads(x) for x in (uninterrupted["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    plain = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert [x["loss"] for x in lines] == [x["loss"] for x in plain]
 
 
