@@ -133,6 +133,13 @@ def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepare
     assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
     assert load_prepared(prepared.root, **{**args, "renamed_worlds": 0}) == prepared
     assert load_prepared(prepared.root, **{**args, "renamed_worlds": 2}) is None
+    # a record written before the option existed has no renamed_worlds: it was prepared with none
+    saved = json.loads((prepared.root / "prepared.json").read_text())
+    del saved["args"]["renamed_worlds"]
+    (prepared.root / "older").mkdir(exist_ok=True)
+    (prepared.root / "older" / "prepared.json").write_text(json.dumps(saved))
+    assert load_prepared(prepared.root / "older", **args) == prepared
+    assert load_prepared(prepared.root / "older", **{**args, "renamed_worlds": 2}) is None
     assert load_prepared(prepared.root / "nowhere", **args) is None
 
 
