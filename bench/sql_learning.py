@@ -78,7 +78,7 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
         "prepare_seconds": round(prepare_seconds, 1),
         "copy_warmup": rl["copy_warmup"],
         "rl_wall_seconds": rl["wall_seconds"],
-        "demo_seconds": round(prepare_seconds + rl["wall_seconds"], 1),   # what `rlyard demo` takes
+        "demo_seconds": round(prepare_seconds + rl["wall_seconds"], 1),   # `rlyard demo`'s, at --rl-seconds 240
         "by_template": {"sft": rl["by_template"]["sft"], "rl": rl["by_template"]["rl"],
                         "control": control["by_template"]["control"]},
         "by_group": {"sft": rl["by_group"]["sft"], "rl": rl["by_group"]["rl"],

@@ -35,3 +35,6 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
+# MKL's float results otherwise depend on how buffers happen to be aligned, so a run resumed after a
+# kill could differ from an uninterrupted one in the 6th digit (docs/trainer.md, "Exact resume").
+export MKL_CBWR="${MKL_CBWR:-AUTO,STRICT}"

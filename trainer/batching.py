@@ -18,7 +18,7 @@ from torch import Tensor
 from trainer.parsing import Region
 from trainer.types import RolloutTrajectory
 
-__all__ = ["TokenBatch", "collate", "collate_trajectories"]
+__all__ = ["TokenBatch", "collate", "collate_trajectories", "length_chunks"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,26 @@ class TokenBatch:
             loss_mask=self.loss_mask[rows],
             old_logprobs=self.old_logprobs[rows],
             regions=self.regions[rows],
+        )
+
+    @property
+    def width(self) -> int:
+        """Columns up to the last real token of any row (the rest is padding every row shares)."""
+        used = torch.nonzero(self.attention_mask.any(dim=0)).flatten()
+        return int(used[-1]) + 1 if len(used) else 0
+
+    def trimmed(self) -> TokenBatch:
+        """The same rows without the padding columns they all share at the end (a sub-batch of
+        short rows from a batch padded to a long one computes only its own width)."""
+        width = max(self.width, 2)
+        if width >= self.input_ids.shape[1]:
+            return self
+        return TokenBatch(
+            input_ids=self.input_ids[:, :width],
+            attention_mask=self.attention_mask[:, :width],
+            loss_mask=self.loss_mask[:, : width - 1],
+            old_logprobs=self.old_logprobs[:, : width - 1],
+            regions=self.regions[:, : width - 1],
         )
 
 
@@ -96,6 +116,15 @@ def collate(
             if regions is not None:
                 reg[row, lo:hi] = torch.tensor([int(r) for r in regions[row]][start:], dtype=torch.long)
     return TokenBatch(input_ids=input_ids, attention_mask=attention, loss_mask=mask, old_logprobs=old, regions=reg)
+
+
+def length_chunks(lengths: Tensor | Sequence[int], size: int) -> list[list[int]]:
+    """Row indices sorted by length, in chunks of ``size``: micro-batches of similar length, each
+    padded only to its own longest row (a training step sums their gradients)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1 (got {size})")
+    order = sorted(range(len(lengths)), key=lambda i: (int(lengths[i]), i))
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def collate_trajectories(trajectories: Sequence[RolloutTrajectory], *, pad_token_id: int) -> TokenBatch:

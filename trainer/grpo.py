@@ -69,6 +69,11 @@ def _labelled_regions(batch: TokenBatch) -> torch.Tensor:
     return torch.where(unlabelled, torch.full_like(batch.regions, int(Region.OTHER)), batch.regions)
 
 
+def _widen(values: torch.Tensor, width: int) -> torch.Tensor:
+    """``values`` [B, w] padded with zeros on the right to [B, width]."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
+
+
 def _entropy_metrics(entropies: list[torch.Tensor], micro: list[list[int]], mask: torch.Tensor,
                      regions: torch.Tensor) -> dict[str, float]:
     """Entropy at the start of the update, overall and per region (ResT uses the same numbers)."""
@@ -176,23 +181,28 @@ def grpo_update(
     temperature = stage_cfg.rollout.temperature
     size = algo.micro_batch_size
     micro = [list(range(i, min(i + size, len(kept)))) for i in range(0, len(kept), size)]
+    # each micro-batch without the padding columns its rows share (a group's trajectories are
+    # usually much shorter than the batch's longest); per-token tensors of the whole batch are cut
+    # to the same width, entropies padded back (the cut columns are padding: mask 0 everywhere)
+    subs = [batch.select(rows).trimmed() for rows in micro]
+    widths = [sub.loss_mask.shape[1] for sub in subs]
     ref_logp: list[torch.Tensor | None] = [None] * len(micro)
     entropies: list[torch.Tensor] = []
     # The entropy before the update: ResT's entropy weights need it before the first backward, so
     # they get a no-grad pass; otherwise the first update's forward (same weights) measures it.
     if algo.token_weighting == "rest-entropy":
         with torch.no_grad():
-            for rows in micro:
-                sub = batch.select(rows)
-                _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature)
+            for sub in subs:
+                _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
+                                                  positions=sub.loss_mask)
                 assert ent is not None
-                entropies.append(ent)
+                entropies.append(_widen(ent, mask.shape[1]))
     if reference is not None and needs_reference_model(algo.kl_coef):
         with torch.no_grad():
-            for k, rows in enumerate(micro):
-                sub = batch.select(rows)
+            for k, sub in enumerate(subs):
                 ref_logp[k], _ = reference.forward_logprobs(
-                    sub.input_ids, sub.attention_mask, temperature=temperature, compute_entropy=False
+                    sub.input_ids, sub.attention_mask, temperature=temperature, compute_entropy=False,
+                    positions=sub.loss_mask,
                 )
 
     weights: torch.Tensor | None = None
@@ -216,18 +226,18 @@ def grpo_update(
     policy.model.train()
     for update in range(algo.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
-        for k, rows in enumerate(micro):
-            sub = batch.select(rows)
+        for k, (rows, sub, width) in enumerate(zip(micro, subs, widths, strict=True)):
             measure = update == 0 and len(entropies) < len(micro)
             logp, ent = policy.forward_logprobs(
-                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure
+                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure,
+                positions=sub.loss_mask,
             )
             if measure:
                 assert ent is not None
-                entropies.append(ent)
+                entropies.append(_widen(ent, mask.shape[1]))
             loss, info = policy_loss(
-                logp, sub.old_logprobs.to(logp.dtype), adv[rows], mask[rows], loss_cfg,
-                ref_logp=ref_logp[k], weights=None if weights is None else weights[rows],
+                logp, sub.old_logprobs.to(logp.dtype), adv[rows], mask[rows, :width], loss_cfg,
+                ref_logp=ref_logp[k], weights=None if weights is None else weights[rows, :width],
             )
             (loss / len(micro)).backward()
             for key, value in info.items():

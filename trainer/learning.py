@@ -44,10 +44,16 @@ logger = logging.getLogger(__name__)
 
 EventFn = Callable[[dict[str, Any]], None]
 
+# What a budgeted run keeps back from GRPO for what follows it: the last step past the limit (the
+# limit is checked after a step; ~20 s here), exporting the model, two greedy held-out evaluations
+# (~20 s each on 2 cores) and the report.
+EVAL_RESERVE_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class LearningConfig:
-    """The demo's knobs. Defaults: the README's main command (12–14 minutes on 2 CPU cores)."""
+    """The demo's knobs. Defaults: the README's main command, except ``budget_seconds`` (``rlyard demo``
+    sets 14 minutes; the bench and the library default to a fixed GRPO budget)."""
 
     seed: int = 0
     n_train: int = 1000           # train questions (train templates and cities); RL gets those not demonstrated
@@ -64,6 +70,7 @@ class LearningConfig:
     sft_lr: float = 1e-3
     rl_steps: int = 1000          # a cap: rl_seconds ends the stage
     rl_seconds: float = 240.0
+    budget_seconds: float = 0.0   # > 0: the whole run's budget; GRPO gets at most what is left (rl_seconds a cap)
     rl_lr: float = 1e-4
     rl_temperature: float = 1.0   # the GRPO rollouts' sampling temperature (evaluation is greedy)
     rl_warmup_steps: int = 0      # GRPO's learning rate rises linearly over these steps (fresh Adam moments)
@@ -83,6 +90,8 @@ class LearningConfig:
         if self.renamed_worlds < 0:
             raise ValueError(f"renamed_worlds must be >= 0 (0: RL questions stay in the database; "
                              f"got {self.renamed_worlds})")
+        if self.budget_seconds < 0:
+            raise ValueError(f"budget_seconds must be >= 0 (0 = none: GRPO gets rl_seconds; got {self.budget_seconds})")
         if self.rl_seconds < 0:
             raise ValueError(f"rl_seconds must be >= 0 (0 = run rl_steps steps; got {self.rl_seconds})")
 
@@ -253,6 +262,13 @@ def prepare_for(cfg: LearningConfig, root: Path, on_event: EventFn | None = None
                    on_copy_step=lambda step, loss: emit({"type": "copy", "step": step, "loss": loss}))
 
 
+def grpo_time_limit(budget_seconds: float, elapsed: float, configured: float) -> float:
+    """GRPO's time limit in a run with a budget: what is left of ``budget_seconds`` after ``elapsed``
+    and ``EVAL_RESERVE_SECONDS``, at most ``configured`` (0: no cap), at least 1 s (one step)."""
+    left = budget_seconds - elapsed - EVAL_RESERVE_SECONDS
+    return round(max(1.0, min(configured or float("inf"), left)), 1)
+
+
 def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_event: EventFn | None = None,
                  control_seconds: float | None = None, sft_model: Path | None = None,
                  prepared: Prepared | None = None) -> dict[str, Any]:
@@ -269,11 +285,25 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
     run_dir.mkdir(parents=True, exist_ok=True)
     prep = prepared or prepare_for(cfg, run_dir / "work", emit)
     config = parse_config(experiment(cfg, prep, control_seconds=control_seconds, model=sft_model))
+    given: dict[str, float] = {}
+
+    def stage_limit(name: str, configured: float) -> float | None:
+        """With a budget, GRPO's time limit is what is left of it (at least one step's worth)."""
+        if not cfg.budget_seconds or name != "grpo":
+            return None
+        limit = grpo_time_limit(cfg.budget_seconds, time.monotonic() - started, configured)
+        given[name] = limit
+        if limit < configured:
+            logger.warning("GRPO gets %.0f s of its %.0f s: the run's budget of %.0f s is mostly spent", limit,
+                           configured, cfg.budget_seconds)
+        emit({"type": "budget", "stage": name, "seconds": limit, "configured": configured})
+        return limit
+
     with RLServices(config, db_dir=prep.db_dir) as services:
         emit({"type": "phase", "phase": "train"})
         report = run_experiment(config, run_dir, rollout_fn=services.rollout, score_fn=services.score,
                                 task_source=services.tasks, on_event=emit, on_policy=services.bind_policy,
-                                resume=True)
+                                resume=True, stage_limit=stage_limit)
         if report["state"] != "SUCCEEDED":
             return report
         emit({"type": "phase", "phase": "evaluate"})
@@ -300,6 +330,7 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
         **{f"{key}_accuracy": value for key, value in accuracy.items()},
         "gain": round(accuracy.get("rl", accuracy.get("control", 0.0)) - accuracy["sft"], 4),
         "stage_seconds": stage_seconds,
+        "rl_seconds_given": given.get("grpo"),     # with budget_seconds: GRPO's limit out of what was left
         "eval": {key: r.summary() for key, r in evals.items()},
         "by_template": {key: by_template(r, prep) for key, r in evals.items()},
         "by_group": {key: by_group(r, heldout_groups(prep)) for key, r in evals.items()},

@@ -86,11 +86,13 @@ class _Run:
         self.on_event = on_event
         self.metrics = MetricsLog(run_dir)
         self.state: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "cursor": 0, "global_step": 0,
-                                      "wall_seconds": 0.0, "stage_seconds": 0.0, "stage_done": False}
+                                      "wall_seconds": 0.0, "stage_seconds": 0.0, "stage_done": False,
+                                      "stage_limit": 0.0}
         self.final_metrics: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
         self.last_saved = -1
         self.on_policy: Callable[[HFPolicy], None] | None = None
+        self.stage_limit: Callable[[str, float], float | None] | None = None
         self.stage_steps: dict[int, int] = {}      # steps done by finished stages (a time limit may end one early)
         self.stage_secs: dict[int, float] = {}     # their training seconds
 
@@ -156,11 +158,16 @@ def run_experiment(
     stop: threading.Event | None = None,
     resume: bool = True,
     on_policy: Callable[[HFPolicy], None] | None = None,
+    stage_limit: Callable[[str, float], float | None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config``'s stages in order, writing checkpoints and outputs under ``run_dir``.
 
     ``on_policy`` receives the policy being trained once it is loaded (and restored), so that a
     rollout engine samples from the very weights the updates change.
+
+    ``stage_limit(name, max_seconds)`` is asked once when a stage starts (not when it resumes): a
+    number replaces the stage's time limit (``max_seconds``; 0 = none) for this run, and a resumed
+    run keeps it. The learning demo gives GRPO what is left of its total time budget this way.
 
     Returns the report (also written to ``run_dir/report.json``); ``report["state"]`` is
     SUCCEEDED or STOPPED. Events go to ``on_event``: ``{"type": "state", "state": ...}``,
@@ -181,6 +188,7 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(config, run_dir, on_event)
     run.on_policy = on_policy
+    run.stage_limit = stage_limit
     stop_event = stop or threading.Event()
     try:
         with StopRequested() as signals:
@@ -217,6 +225,8 @@ def _train(
     if ckpt is not None:
         saved = ckpt.trainer_state
         run.state.update({k: saved[k] for k in run.state if k in saved})
+        if "stage_limit" not in saved:   # a checkpoint written before stage_limit existed: the config's
+            run.state["stage_limit"] = config.stages[int(run.state["stage_index"])].max_seconds
         run.final_metrics = saved.get("final_metrics", {})
         run.stage_steps = {int(k): int(v) for k, v in saved.get("stage_steps", {}).items()}
         run.stage_secs = {int(k): float(v) for k, v in saved.get("stage_secs", {}).items()}
@@ -242,7 +252,13 @@ def _train(
             restore_checkpoint(ckpt, model=policy.model, optimizer=optimizer, scheduler=scheduler)
             start = int(run.state["stage_step"])
         if index != int(run.state["stage_index"]) or ckpt is None:
-            run.state.update(stage_index=index, stage_step=0, cursor=0, stage_seconds=0.0, stage_done=False)
+            limit = None if run.stage_limit is None else run.stage_limit(name, stage.max_seconds)
+            if limit is not None and limit < 0:
+                raise ValueError(f"stage {name}: stage_limit gave {limit} s; a time limit is >= 0 (0 = none)")
+            run.state.update(stage_index=index, stage_step=0, cursor=0, stage_seconds=0.0, stage_done=False,
+                             stage_limit=stage.max_seconds if limit is None else float(limit))
+            if limit is not None and limit != stage.max_seconds:
+                logger.info("stage %s: time limit %.0f s (configured: %.0f s)", name, limit, stage.max_seconds)
         ckpt = None
         data: SftData | None = None
         if stage.kind == "sft":
@@ -278,7 +294,8 @@ def _train(
             run.state["stage_step"] = step
             run.state["global_step"] = int(run.state["global_step"]) + 1
             run.state["stage_seconds"] = float(run.state["stage_seconds"]) + seconds
-            out_of_time = bool(stage.max_seconds) and float(run.state["stage_seconds"]) >= stage.max_seconds
+            max_seconds = float(run.state["stage_limit"])
+            out_of_time = bool(max_seconds) and float(run.state["stage_seconds"]) >= max_seconds
             run.state["stage_done"] = step == stage.steps or out_of_time
             if picks and (step == 1 or run.state["stage_done"] or step % config.checkpoint.every_steps == 0):
                 # the stage's last step too when the time limit, not the step count, ends it
@@ -289,7 +306,7 @@ def _train(
                                 "wall_seconds": round(run.wall(), 3), **values})
             run.emit({"type": "metrics", "stage": name, "step": step, "global_step": gstep, "values": values})
             if out_of_time and step < stage.steps:
-                logger.info("stage %s: time limit of %.0f s reached after %d of %d steps", name, stage.max_seconds,
+                logger.info("stage %s: time limit of %.0f s reached after %d of %d steps", name, max_seconds,
                             step, stage.steps)
             if gstep % config.checkpoint.every_steps == 0 or run.state["stage_done"]:
                 run.save(policy, optimizer, scheduler)

@@ -38,6 +38,10 @@ class DemoView:
             copy = self.progress.tasks[self.bars["copy"]] if self.bars["copy"] in self.progress.task_ids else None
             if copy is not None and copy.completed:   # the warm-up ends early once it copies
                 self.progress.update(self.bars["copy"], total=copy.completed)
+        elif kind == "budget" and event["seconds"] < event["configured"]:
+            self.rl_seconds = float(event["seconds"])
+            self.progress.update(self.bars["grpo"], total=self.rl_seconds,
+                                 description=f"GRPO (time budget, s: {self.rl_seconds:.0f} left of the run's budget)")
         elif kind == "copy":
             self.progress.update(self.bars["copy"], completed=event["step"],
                                  description=f"policy copy warm-up (ends once it copies) · loss {event['loss']:.3f}")
@@ -66,15 +70,25 @@ def run(ns: Any, console: Console) -> int:
     """Entry of ``rlyard demo``."""
     from trainer.learning import LearningConfig, quick, run_learning
 
-    given = {"rl_seconds": ns.rl_seconds, "sft_steps": ns.sft_steps, "copy_steps": ns.copy_steps}
+    if ns.budget_minutes < 0:
+        console.print(f"[red]--budget-minutes must be >= 0 (0 = none); got {ns.budget_minutes}[/]")
+        return 2
+    given = {"rl_seconds": ns.rl_seconds, "sft_steps": ns.sft_steps, "copy_steps": ns.copy_steps,
+             "budget_seconds": 60.0 * ns.budget_minutes}
     cfg = LearningConfig(seed=ns.seed, **{k: v for k, v in given.items() if v is not None})
     if ns.quick:
         cfg = quick(cfg)
     run_id = ns.run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(ns.output_dir) / run_id
-    length = "a smoke run of about a minute" if ns.quick else "12–14 minutes on 2 CPU cores"
-    console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; copy warm-up {cfg.copy_steps} steps, "
-                  f"SFT {cfg.sft_steps} steps, GRPO {cfg.rl_seconds:.0f} s; {length})")
+    if ns.quick:
+        length = "a smoke run of about a minute"
+    elif cfg.budget_seconds:
+        length = (f"a budget of {cfg.budget_seconds / 60:g} minutes: GRPO gets what is left of it after SFT, "
+                  f"up to {cfg.rl_seconds:.0f} s")
+    else:
+        length = f"GRPO {cfg.rl_seconds:.0f} s, no overall budget"
+    console.print(f"[bold]rlyard demo[/] → {run_dir}/  (seed {cfg.seed}; copy warm-up up to {cfg.copy_steps} "
+                  f"steps, SFT {cfg.sft_steps} steps, then GRPO; {length})")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, refresh_per_second=4) as progress:

@@ -287,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs")
     p.add_argument("--run-id", default="", help="name of the run directory (an existing one resumes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rl-seconds", type=float, help="GRPO time budget (default: trainer.learning.LearningConfig)")
+    p.add_argument("--rl-seconds", type=float, help="GRPO's time limit (default: trainer.learning.LearningConfig)")
+    p.add_argument("--budget-minutes", type=float, default=14.0,
+                   help="the whole run's time budget: GRPO gets at most what is left of it after preparation "
+                        "and SFT, less a minute for the evaluations (default 14; 0 = none, GRPO gets --rl-seconds)")
     p.add_argument("--sft-steps", type=int, help="SFT steps on the demonstrations")
     p.add_argument("--copy-steps", type=int, help="copying warm-up steps of the fresh policy")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (about a minute; learns nothing)")

@@ -49,6 +49,7 @@ def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_p
                 "by_template", "eval", "gain", "stage_seconds", "copy_warmup"):
         assert key in report, key
     assert report["seed"] == 1 and report["heldout_tasks"] == 8 and report["rl_tasks"] == 4
+    assert report["rl_seconds_given"] is None      # no budget: GRPO's own limit
     assert 0.0 <= report["sft_accuracy"] <= 1.0 and 0.0 <= report["rl_accuracy"] <= 1.0
     assert report["gain"] == pytest.approx(report["rl_accuracy"] - report["sft_accuracy"], abs=1e-3)
     assert [s["steps_done"] for s in report["stages"]] == [100, 4]
@@ -136,10 +137,17 @@ def test_learning_config_rejects_nonsense() -> None:
 
 
 def test_rlyard_demo_quick_through_the_cli(tmp_path: Path) -> None:
+    # a budget of half a minute is spent before GRPO starts: GRPO gets one step's worth (1 s)
     result = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "demo", "--quick", "--output-dir",
-                             str(tmp_path), "--run-id", "q"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             str(tmp_path), "--run-id", "q", "--budget-minutes", "0.5"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "held-out execution accuracy" in result.stdout and "gain from RL" in result.stdout
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["state"] == "SUCCEEDED" and report["learning_config"]["n_demos"] == 12
     assert {"sft_accuracy", "rl_accuracy", "seed", "wall_seconds"} <= report.keys()
+    assert report["rl_seconds_given"] == 1.0 and report["learning_config"]["budget_seconds"] == 30.0
+    assert [s["steps_done"] for s in report["stages"]] == [3, 1]
+    bad = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "demo", "--quick", "--budget-minutes", "-1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--budget-minutes must be >= 0" in bad.stdout

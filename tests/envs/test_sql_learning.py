@@ -183,6 +183,21 @@ def test_copy_warmup_ends_once_its_loss_is_low(prepared: Prepared) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_copy_loss_equals_the_masked_full_forward(prepared: Prepared) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from trainer.model.copy_warmup import copy_loss
+
+    model = AutoModelForCausalLM.from_pretrained(prepared.policy)
+    input_ids, attention, loss_mask = copy_batch(list(range(100, 400)), random.Random(3), 6, sep=2, pad=0,
+                                                 random_share=0.5, random_ids=(3, 50))
+    logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float(), -1)
+    token_lp = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    mask = loss_mask[:, 1:]
+    expected = -(token_lp * mask).sum() / mask.sum()
+    assert torch.allclose(copy_loss(model, input_ids, attention, loss_mask), expected, atol=1e-5)
+
+
 def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Prepared) -> None:
     from trainer.learning import heldout_groups
 

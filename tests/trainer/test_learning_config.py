@@ -9,7 +9,7 @@ import pytest
 
 from envs.sql_learning import Prepared
 from trainer.config import parse_config
-from trainer.learning import LearningConfig, experiment
+from trainer.learning import EVAL_RESERVE_SECONDS, LearningConfig, experiment, grpo_time_limit
 
 
 def _prep(tmp_path: Path) -> Prepared:
@@ -46,3 +46,18 @@ def test_control_is_more_sft_for_the_given_seconds(tmp_path: Path) -> None:
 def test_rollout_temperature_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rl_temperature"):
         dataclasses.replace(LearningConfig(), rl_temperature=0.0)
+
+
+def test_grpo_time_limit_is_what_is_left_of_the_budget() -> None:
+    """A 840 s budget, 600 s spent on preparation and SFT: GRPO gets 840 - 600 - the reserve, capped
+    by its own limit, never less than one step's worth (1 s); 0 configured means no cap."""
+    assert EVAL_RESERVE_SECONDS == 60.0
+    assert grpo_time_limit(840.0, 600.0, 240.0) == 180.0
+    assert grpo_time_limit(840.0, 300.0, 240.0) == 240.0
+    assert grpo_time_limit(840.0, 300.0, 0.0) == 480.0
+    assert grpo_time_limit(840.0, 900.0, 240.0) == 1.0
+
+
+def test_budget_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="budget_seconds"):
+        LearningConfig(budget_seconds=-1.0)

@@ -160,3 +160,36 @@ def test_rows_leaving_the_batch_keep_exact_logprobs(policy: HFPolicy, prompts: l
     for prompt, gen in zip(many, gens, strict=True):
         assert torch.allclose(rescore(policy, prompt, gen), torch.tensor(gen.logprobs), atol=1e-4)
         assert (gen.finish_reason == "stop") == (gen.token_ids[-1] == stop)
+
+
+def test_scoring_only_wanted_positions_gives_the_same_values_and_gradients(
+    policy: HFPolicy, prompts: list[list[int]]
+) -> None:
+    """``positions`` (a loss mask) runs the output layer on those positions only: the log-probs,
+    entropies and parameter gradients there equal the full pass's; every other position holds 0."""
+    short, long = prompts[1], prompts[2]
+    pad = len(long) - len(short)
+    ids = torch.tensor([short + [policy.pad_token_id] * pad, long])     # right padding, as SFT and GRPO batch
+    mask = torch.tensor([[1] * len(short) + [0] * pad, [1] * len(long)])
+    wanted = torch.zeros(2, len(long) - 1)
+    wanted[0, 1:len(short) - 1] = 1
+    wanted[1, 3:] = 1
+    wanted[0, -1] = 1                                                   # a padding position: stays 0
+    grads = []
+    for positions in (None, wanted):
+        policy.model.zero_grad()
+        logprobs, entropy = policy.forward_logprobs(ids, mask, temperature=0.7, with_grad=True, positions=positions)
+        assert entropy is not None
+        kept = wanted.bool() & (mask[:, 1:] * mask[:, :-1]).bool()
+        (-(logprobs * kept).sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.grad is not None]))
+        if positions is None:
+            full_lp, full_ent = logprobs.detach(), entropy
+        else:
+            assert torch.allclose(logprobs[kept], full_lp[kept], atol=1e-5)
+            assert torch.allclose(entropy[kept], full_ent[kept], atol=1e-5)
+            assert torch.all(logprobs[~kept] == 0) and torch.all(entropy[~kept] == 0)
+    policy.model.zero_grad()
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"\[B, T-1\]"):
+        policy.forward_logprobs(ids, mask, positions=torch.ones(2, len(long)))

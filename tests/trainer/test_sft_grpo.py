@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from trainer.agreement import flat_gradient
-from trainer.batching import collate, collate_trajectories
+from trainer.batching import TokenBatch, collate, collate_trajectories, length_chunks
 from trainer.config import AlgorithmConfig, FilterConfig, OptimConfig, RolloutConfig, StageConfig
 from trainer.grpo import frozen_reference, grpo_update
 from trainer.parsing import Region
 from trainer.policy.hf import HFPolicy
-from trainer.sft import SftData, SftExample, render_messages, sft_step
+from trainer.sft import SftData, SftExample, render_messages, sft_loss, sft_step
 from trainer.types import RolloutStatus, RolloutTrajectory, Task
 
 
@@ -240,3 +240,67 @@ def test_collate_trajectories_matches_stored_logprobs(policy: HFPolicy, tiny_tok
     m = batch.loss_mask.bool()
     assert torch.allclose(logp[m], batch.old_logprobs[m], atol=1e-5)
     assert int(batch.loss_mask.sum()) == sum(t.num_generated for t in trajs)
+
+
+# ------------------------------------------------------------------ padding-free micro-batches
+def test_length_chunks_and_trimmed_by_hand() -> None:
+    assert length_chunks([5, 2, 9, 2, 7], 2) == [[1, 3], [0, 4], [2]]
+    with pytest.raises(ValueError, match="chunk size"):
+        length_chunks([1], 0)
+    batch = collate([[1, 2], [3], [4, 5, 6]], [[7, 8], [9], [1, 2, 3]], [[1, 1], [1], [0, 1, 1]], pad_token_id=0)
+    assert batch.input_ids.shape == (3, 6) and batch.width == 6
+    short = batch.select([0, 1]).trimmed()          # rows of 4 and 2 tokens: 2 padding columns go
+    assert short.width == 4 and short.input_ids.tolist() == [[1, 2, 7, 8], [3, 9, 0, 0]]
+    assert short.loss_mask.tolist() == [[0, 1, 1], [1, 0, 0]] and short.old_logprobs.shape == (2, 3)
+    assert batch.trimmed() is batch
+
+
+def _grads(policy: HFPolicy) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.grad is not None]).clone()
+
+
+def test_sft_step_micro_batches_give_the_gradient_of_one_pass(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    """Length-sorted micro-batches, each cut to its own width: the same loss and gradient as one
+    forward over the whole padded batch."""
+    texts = ["select name", "how many singer are there in the concert stadium where the age is over 30",
+             "select count(*) from singer", "a", "select name from singer where age > 3 order by name desc"]
+    rows = [tiny_tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    batch = collate([r[:1] for r in rows], [r[1:] for r in rows], [[1] * (len(r) - 1) for r in rows],
+                    pad_token_id=policy.pad_token_id)
+    policy.model.zero_grad()
+    loss, count = sft_loss(policy, batch)
+    loss.backward()
+    whole = _grads(policy)
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.0)
+    metrics = sft_step(policy, optimizer, batch, max_grad_norm=1e9, micro_rows=2)
+    assert metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-5) and metrics["tokens"] == count
+    assert torch.allclose(_grads(policy), whole, atol=1e-6, rtol=1e-4)
+
+
+def test_grpo_micro_batches_cut_to_their_width_change_nothing(
+    tiny_model_dir: Path, tiny_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups of very different lengths: each update's gradient and the metrics equal those of
+    micro-batches padded to the whole batch's width."""
+    def run() -> tuple[list[torch.Tensor], dict[str, float]]:
+        policy = HFPolicy(tiny_model_dir)
+        trajs = [_trajectory(policy, tiny_tokenizer, g, s, ("x" * 40 if g else "") + str(s), float(s))
+                 for g in range(2) for s in range(2)]
+        optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+        seen: list[torch.Tensor] = []
+        metrics = grpo_update(policy, optimizer, trajs, _stage(updates_per_batch=2), step=0,
+                              on_gradient=lambda _u: seen.append(flat_gradient(policy.model).clone()))
+        return seen, metrics
+
+    cut, cut_metrics = run()
+    monkeypatch.setattr(TokenBatch, "trimmed", lambda self: self)
+    padded, padded_metrics = run()
+    # float rounding only (attention kernels block by width): 6e-6 of the norm in the first update;
+    # Adam's first step moves every weight by ~lr however small its gradient, so the second update
+    # starts from weights that differ a little more (1e-4 measured)
+    (first_cut, second_cut), (first_padded, second_padded) = cut, padded
+    assert float((first_cut - first_padded).norm() / first_padded.norm()) < 2e-5
+    assert float((second_cut - second_padded).norm() / second_padded.norm()) < 1e-3
+    assert cut_metrics.keys() == padded_metrics.keys()
+    for key, value in cut_metrics.items():
+        assert value == pytest.approx(padded_metrics[key], rel=1e-3, abs=1e-6), key

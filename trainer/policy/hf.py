@@ -177,11 +177,16 @@ class HFPolicy:
         temperature: float = 1.0,
         with_grad: bool = False,
         compute_entropy: bool = True,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs of the next tokens and the policy's entropy at each position, [B, T-1] each.
 
         Position t scores ``input_ids[:, t+1]``; positions where either token is padding hold 0.
         ``temperature`` must match the one used for sampling for the ratio to be exact.
+        ``positions`` ([B, T-1], nonzero where wanted; e.g. a loss mask): only those positions go
+        through the output layer and the softmax, the rest hold 0 too. Same values where computed;
+        a training step whose loss reads a few of the positions (SFT and GRPO read the assistant's
+        tokens, not the schema prompt and observations) skips most of the vocabulary-wide work.
         """
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: score at a positive temperature (1.0 for greedy rollouts)")
@@ -189,24 +194,41 @@ class HFPolicy:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(self.device)
+        valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
+        if positions is not None:
+            if positions.shape != valid.shape:
+                raise ValueError(f"positions has shape {tuple(positions.shape)}; expected {tuple(valid.shape)} "
+                                 "(one per predicted position: [B, T-1])")
+            valid = valid & positions.to(self.device).bool()
         grad_mode: AbstractContextManager[Any] = torch.enable_grad() if with_grad else torch.no_grad()
         with grad_mode:
-            logits = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=_positions(attention_mask),
-                use_cache=False,
-            ).logits[:, :-1].float()
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                      "position_ids": _positions(attention_mask), "use_cache": False}
+            targets = input_ids[:, 1:]
+            if positions is None:
+                logits = self.model(**kwargs).logits[:, :-1].float()
+            else:   # the decoder's hidden states, then the output layer on the wanted positions only
+                hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, :-1]
+                logits = self.model.get_output_embeddings()(hidden[valid]).float()
+                targets = targets[valid]
             if temperature != 1.0:
                 logits = logits / temperature
             logp_all = F.log_softmax(logits, dim=-1)
-            logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
-            logprobs = logprobs.masked_fill(~valid, 0.0)
+            picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             entropy = None
             if compute_entropy:      # a measurement: no gradient flows through it
                 lp = logp_all.detach()
-                entropy = -(lp.exp() * lp).sum(-1).masked_fill(~valid, 0.0)
+                entropy = -(lp.exp() * lp).sum(-1)
+            if positions is None:
+                logprobs = picked.masked_fill(~valid, 0.0)
+                if entropy is not None:
+                    entropy = entropy.masked_fill(~valid, 0.0)
+            else:
+                logprobs = torch.zeros(valid.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
+                    valid, picked)
+                if entropy is not None:
+                    entropy = torch.zeros(valid.shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(
+                        valid, entropy)
         return logprobs, entropy
 
 
