@@ -185,7 +185,6 @@ def grpo_update(
     # usually much shorter than the batch's longest); per-token tensors of the whole batch are cut
     # to the same width, entropies padded back (the cut columns are padding: mask 0 everywhere)
     subs = [batch.select(rows).trimmed() for rows in micro]
-    widths = [sub.loss_mask.shape[1] for sub in subs]
     ref_logp: list[torch.Tensor | None] = [None] * len(micro)
     entropies: list[torch.Tensor] = []
     # The entropy before the update: ResT's entropy weights need it before the first backward, so
@@ -226,7 +225,8 @@ def grpo_update(
     policy.model.train()
     for update in range(algo.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
-        for k, (rows, sub, width) in enumerate(zip(micro, subs, widths, strict=True)):
+        for k, (rows, sub) in enumerate(zip(micro, subs, strict=True)):
+            width = sub.loss_mask.shape[1]
             measure = update == 0 and len(entropies) < len(micro)
             logp, ent = policy.forward_logprobs(
                 sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure,

@@ -165,14 +165,16 @@ class SftData:
         )
 
 
-def sft_loss(policy: HFPolicy, batch: TokenBatch) -> tuple[torch.Tensor, int]:
-    """Mean negative log-likelihood over the masked tokens (with grad), and the token count."""
+def sft_loss(policy: HFPolicy, batch: TokenBatch, *, per: int | None = None) -> tuple[torch.Tensor, int]:
+    """Negative log-likelihood of the masked tokens (with grad) summed and divided by ``per`` (default:
+    their count, so the mean), and the count. A micro-batch of a larger batch divides by the
+    batch's count, so that the micro-batches' losses add up to the batch's mean."""
     logprobs, _ = policy.forward_logprobs(
         batch.input_ids, batch.attention_mask, with_grad=True, compute_entropy=False, positions=batch.loss_mask
     )
     mask = batch.loss_mask.to(logprobs.device, logprobs.dtype)
     count = int(mask.sum())
-    loss = -(logprobs * mask).sum() / max(count, 1)
+    loss = -(logprobs * mask).sum() / max(count if per is None else per, 1)
     return loss, count
 
 
@@ -199,10 +201,7 @@ def sft_step(
     count = batch.num_tokens
     loss = 0.0
     for rows in length_chunks(batch.attention_mask.sum(dim=1), micro_rows):
-        sub = batch.select(rows).trimmed()
-        logprobs, _ = policy.forward_logprobs(sub.input_ids, sub.attention_mask, with_grad=True,
-                                              compute_entropy=False, positions=sub.loss_mask)
-        part = -(logprobs * sub.loss_mask.to(logprobs.device, logprobs.dtype)).sum() / max(count, 1)
+        part, _ = sft_loss(policy, batch.select(rows).trimmed(), per=count)
         part.backward()
         loss += float(part.detach())
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)

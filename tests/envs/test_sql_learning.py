@@ -183,19 +183,26 @@ def test_copy_warmup_ends_once_its_loss_is_low(prepared: Prepared) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_copy_loss_equals_the_masked_full_forward(prepared: Prepared) -> None:
+def test_copy_warmup_loss_is_the_masked_nll_of_the_repeated_span(prepared: Prepared) -> None:
+    """The warm-up trains with SFT's step on its copy rows: its first loss is the mean NLL of the
+    repeated span's tokens (copy_batch's mask) under the full forward of the starting weights."""
     from transformers import AutoModelForCausalLM
 
-    from trainer.model.copy_warmup import copy_loss
+    from trainer.model.copy_warmup import _chunks, _ordinary_range, copy_warmup
 
+    tok = AutoTokenizer.from_pretrained(prepared.policy)
+    corpus = (prepared.root / "corpus.txt").read_text()
     model = AutoModelForCausalLM.from_pretrained(prepared.policy)
-    input_ids, attention, loss_mask = copy_batch(list(range(100, 400)), random.Random(3), 6, sep=2, pad=0,
-                                                 random_share=0.5, random_ids=(3, 50))
-    logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float(), -1)
+    ids = [i for chunk in _chunks(corpus) for i in tok.encode(chunk, add_special_tokens=False)]
+    input_ids, attention, loss_mask = copy_batch(ids, random.Random(5), 8, tok.convert_tokens_to_ids("<|im_end|>"),
+                                                 tok.pad_token_id, random_share=1.0,
+                                                 random_ids=_ordinary_range(tok))
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits[:, :-1], -1)
     token_lp = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    mask = loss_mask[:, 1:]
-    expected = -(token_lp * mask).sum() / mask.sum()
-    assert torch.allclose(copy_loss(model, input_ids, attention, loss_mask), expected, atol=1e-5)
+    expected = float(-(token_lp * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum())
+    (first,) = copy_warmup(model, tok, corpus, steps=1, batch_size=8, seed=5, target_loss=None)
+    assert first == pytest.approx(expected, rel=1e-5)
 
 
 def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Prepared) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,6 +306,16 @@ def test_stage_limit_replaces_a_stage_time_limit_and_a_resumed_run_keeps_it(
     report = run_experiment(parse_config(raw), run_dir, on_event=on_event, stop=stop, stage_limit=limit)
     assert report["state"] == "STOPPED" and report["steps"] == 1 and asked == [("first", 1e-6)]
     asked.clear()
+    # a checkpoint written before stage_limit existed resumes with the configured limit
+    older = tmp_path / "older"
+    shutil.copytree(run_dir, older)
+    ckpt = latest_checkpoint(older / "checkpoints")
+    assert ckpt is not None
+    state = json.loads((ckpt.path / "trainer_state.json").read_text())
+    assert state.pop("stage_limit") == 1000.0
+    (ckpt.path / "trainer_state.json").write_text(json.dumps(state))
+    report = run_experiment(parse_config(raw), older)
+    assert [s["steps_done"] for s in report["stages"]] == [2, 1]
     report = run_experiment(parse_config(raw), run_dir, stage_limit=limit)    # resumes inside "first"
     assert report["state"] == "SUCCEEDED"
     assert [s["steps_done"] for s in report["stages"]] == [3, 1]   # first: 1000 s kept; second: its own 1e-6
