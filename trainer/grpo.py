@@ -17,6 +17,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -103,6 +104,26 @@ def _region_entropy(entropy: torch.Tensor, regions: torch.Tensor, mask: torch.Te
     return out
 
 
+@dataclass(frozen=True)
+class _KeptBatch:
+    """The kept trajectories as the loss reads them."""
+
+    adv: torch.Tensor              # [K] group advantages
+    mask: torch.Tensor             # [K, T-1] two-level loss mask
+    regions: torch.Tensor          # [K, T-1] Region labels, unlabelled generated tokens as OTHER
+    micro: list[list[int]]         # the rows of each micro-batch
+    subs: list[TokenBatch]         # each micro-batch cut to its own width
+
+
+@dataclass(frozen=True)
+class _LossInputs:
+    """What the loss needs besides the policy's log-probs, per micro-batch or over the batch."""
+
+    config: PolicyLossConfig
+    ref_logp: list[torch.Tensor | None]
+    weights: torch.Tensor | None   # [K, T-1] ResT token weights
+
+
 def grpo_update(
     policy: HFPolicy,
     optimizer: torch.optim.Optimizer,
@@ -131,15 +152,54 @@ def grpo_update(
         ValueError: ``kl_coef > 0`` without a reference, or a non-failed trajectory without a reward.
     """
     algo = stage_cfg.algorithm
-    if needs_reference_model(algo.kl_coef) and reference is None:
-        raise ValueError(f"kl_coef={algo.kl_coef} > 0 needs a reference policy (see frozen_reference)")
-    n = len(trajectories)
-    metrics: dict[str, float] = {"trajectories": float(n)}
-    if n == 0:
+    _check_inputs(trajectories, algo.kl_coef, reference)
+    metrics: dict[str, float] = {"trajectories": float(len(trajectories))}
+    if not trajectories:
         return metrics | {"kept": 0.0, "dropped": 0.0, "updated": 0.0}
+    kept_idx, rewards, group_ids, stats = _filter_with_stats(trajectories, stage_cfg)
+    metrics |= stats
+    if not kept_idx:
+        logger.info("step %s: every trajectory filtered out, no update", step)
+        return metrics | {"updated": 0.0, "tokens": 0.0}
+    kb = _kept_batch(policy, [trajectories[i] for i in kept_idx], rewards[kept_idx], group_ids[kept_idx], stage_cfg)
+    metrics["tokens"] = float(kb.mask.sum())
+    metrics["advantage_abs_mean"] = float(kb.adv.abs().mean())
+    temperature = stage_cfg.rollout.temperature
+    # ResT's entropy weights need the entropy before the first backward: a no-grad pass; otherwise
+    # the first update's forward (same weights) measures it
+    entropies = _entropy_pass(policy, kb, temperature) if algo.token_weighting == "rest-entropy" else []
+    progress = min(max(step / max(total_steps or stage_cfg.steps, 1), 0.0), 1.0)
+    weights, weight_metrics = _token_weights(kb, algo.token_weighting, step, progress, entropies)
+    metrics |= weight_metrics
+    inputs = _LossInputs(
+        config=PolicyLossConfig(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
+                                loss_agg_mode=algo.loss_agg),
+        ref_logp=_reference_logprobs(reference, kb, temperature, algo.kl_coef),
+        weights=weights,
+    )
+    sums, measured = _update_loop(policy, optimizer, kb, inputs, stage_cfg, step, on_gradient,
+                                  measure_entropy=not entropies)
+    metrics |= _entropy_metrics(entropies or measured, kb.micro, kb.mask, kb.regions)
+    count = algo.updates_per_batch * len(kb.micro)
+    metrics |= {key.removeprefix("actor/"): value / count for key, value in sums.items()}
+    metrics["updated"] = 1.0
+    return metrics
+
+
+def _check_inputs(trajectories: Sequence[RolloutTrajectory], kl_coef: float, reference: HFPolicy | None) -> None:
+    """Refuse a KL term without a reference policy and a scored trajectory without a reward."""
+    if needs_reference_model(kl_coef) and reference is None:
+        raise ValueError(f"kl_coef={kl_coef} > 0 needs a reference policy (see frozen_reference)")
     for t in trajectories:
         if t.reward is None and t.status != RolloutStatus.INFRA_FAILED:
             raise ValueError(f"trajectory {t.task.task_id}/{t.sample_index} has no reward and did not fail")
+
+
+def _filter_with_stats(
+    trajectories: Sequence[RolloutTrajectory], stage_cfg: StageConfig
+) -> tuple[list[int], torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The trajectory filter's kept indices, rewards and group ids [N], and the batch's statistics."""
+    n = len(trajectories)
     infra = torch.tensor([t.status == RolloutStatus.INFRA_FAILED for t in trajectories])
     rewards = torch.tensor([0.0 if t.reward is None else float(t.reward) for t in trajectories])
     group_ids = torch.tensor([t.group_id for t in trajectories])
@@ -149,6 +209,7 @@ def grpo_update(
         truncated=torch.tensor([t.status == RolloutStatus.TRUNCATED for t in trajectories]),
         format_violation=torch.tensor([t.status == RolloutStatus.FORMAT_ERROR for t in trajectories]),
     )
+    metrics: dict[str, float] = {}
     scored = rewards[~infra]
     metrics["reward_mean"] = float(scored.mean()) if len(scored) else 0.0
     metrics["reward_std"] = float(scored.std()) if len(scored) > 1 else 0.0
@@ -165,94 +226,113 @@ def grpo_update(
     for reason, count in result.counts.items():
         if reason not in ("kept", "dropped"):
             metrics[f"dropped/{reason}"] = float(count)
+    return torch.nonzero(result.keep).flatten().tolist(), rewards, group_ids, metrics
 
-    kept_idx = torch.nonzero(result.keep).flatten().tolist()
-    if not kept_idx:
-        logger.info("step %s: every trajectory filtered out, no update", step)
-        return metrics | {"updated": 0.0, "tokens": 0.0}
-    kept = [trajectories[i] for i in kept_idx]
-    adv = grpo_advantages(rewards[kept_idx], group_ids[kept_idx], norm_by_std=algo.advantage_std)
+
+def _kept_batch(policy: HFPolicy, kept: list[RolloutTrajectory], rewards: torch.Tensor, group_ids: torch.Tensor,
+                stage_cfg: StageConfig) -> _KeptBatch:
+    """Advantages over the kept trajectories, their two-level mask and their micro-batches."""
+    algo = stage_cfg.algorithm
+    adv = grpo_advantages(rewards, group_ids, norm_by_std=algo.advantage_std)
     batch = collate_trajectories(kept, pad_token_id=policy.pad_token_id)
     regions = _labelled_regions(batch)
     mask = two_level_mask(action_mask(regions, valid=batch.loss_mask), torch.ones(len(kept), dtype=torch.bool))
-    metrics["tokens"] = float(mask.sum())
-    metrics["advantage_abs_mean"] = float(adv.abs().mean())
-
-    temperature = stage_cfg.rollout.temperature
     size = algo.micro_batch_size
     micro = [list(range(i, min(i + size, len(kept)))) for i in range(0, len(kept), size)]
     # each micro-batch without the padding columns its rows share (a group's trajectories are
     # usually much shorter than the batch's longest); per-token tensors of the whole batch are cut
     # to the same width, entropies padded back (the cut columns are padding: mask 0 everywhere)
     subs = [batch.select(rows).trimmed() for rows in micro]
-    ref_logp: list[torch.Tensor | None] = [None] * len(micro)
-    entropies: list[torch.Tensor] = []
-    # The entropy before the update: ResT's entropy weights need it before the first backward, so
-    # they get a no-grad pass; otherwise the first update's forward (same weights) measures it.
-    if algo.token_weighting == "rest-entropy":
-        with torch.no_grad():
-            for sub in subs:
-                _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
-                                                  positions=sub.loss_mask)
-                assert ent is not None
-                entropies.append(_widen(ent, mask.shape[1]))
-    if reference is not None and needs_reference_model(algo.kl_coef):
-        with torch.no_grad():
-            for k, sub in enumerate(subs):
-                ref_logp[k], _ = reference.forward_logprobs(
-                    sub.input_ids, sub.attention_mask, temperature=temperature, compute_entropy=False,
-                    positions=sub.loss_mask,
-                )
+    return _KeptBatch(adv=adv, mask=mask, regions=regions, micro=micro, subs=subs)
 
-    weights: torch.Tensor | None = None
-    if algo.token_weighting == "rest-schedule":
-        weights = rest_token_weights(regions, mask, step)
+
+def _entropy_pass(policy: HFPolicy, kb: _KeptBatch, temperature: float) -> list[torch.Tensor]:
+    """Each micro-batch's token entropy [rows, T-1] on the weights before the update (no grad)."""
+    entropies: list[torch.Tensor] = []
+    with torch.no_grad():
+        for sub in kb.subs:
+            _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
+                                              positions=sub.loss_mask)
+            assert ent is not None
+            entropies.append(_widen(ent, kb.mask.shape[1]))
+    return entropies
+
+
+def _reference_logprobs(reference: HFPolicy | None, kb: _KeptBatch, temperature: float,
+                        kl_coef: float) -> list[torch.Tensor | None]:
+    """The frozen reference's log-probs of each micro-batch for the KL term (None without one)."""
+    if reference is None or not needs_reference_model(kl_coef):
+        return [None] * len(kb.micro)
+    ref_logp: list[torch.Tensor | None] = []
+    with torch.no_grad():
+        for sub in kb.subs:
+            logp, _ = reference.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
+                                                 compute_entropy=False, positions=sub.loss_mask)
+            ref_logp.append(logp)
+    return ref_logp
+
+
+def _token_weights(kb: _KeptBatch, token_weighting: str, step: int, progress: float,
+                   entropies: list[torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """ResT token weights [K, T-1] (None for ``token_weighting: none``) and their metrics."""
+    metrics: dict[str, float] = {}
+    if token_weighting == "rest-schedule":
         for r, w in RestSchedule().region_weights(step).items():
             if r not in (Region.PROMPT, Region.OBSERVATION):
                 metrics[f"rest/weight/{r.name.lower()}"] = w
-    elif algo.token_weighting == "rest-entropy":
-        full_entropy = torch.zeros_like(mask)
-        for rows, ent in zip(micro, entropies, strict=True):
-            full_entropy[rows] = ent.to(mask.dtype)
-        progress = min(max(step / max(total_steps or stage_cfg.steps, 1), 0.0), 1.0)
-        weights, info = rest_entropy_weights(full_entropy, regions, mask, progress, RestEntropyConfig())
-        metrics |= info
+        return rest_token_weights(kb.regions, kb.mask, step), metrics
+    if token_weighting == "rest-entropy":
+        full_entropy = torch.zeros_like(kb.mask)
+        for rows, ent in zip(kb.micro, entropies, strict=True):
+            full_entropy[rows] = ent.to(kb.mask.dtype)
+        weights, info = rest_entropy_weights(full_entropy, kb.regions, kb.mask, progress, RestEntropyConfig())
+        return weights, metrics | info
+    return None, metrics
 
-    loss_cfg = PolicyLossConfig(
-        clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef, loss_agg_mode=algo.loss_agg
-    )
+
+def _update_loop(
+    policy: HFPolicy,
+    optimizer: torch.optim.Optimizer,
+    kb: _KeptBatch,
+    inputs: _LossInputs,
+    stage_cfg: StageConfig,
+    step: int,
+    on_gradient: Callable[[int], None] | None,
+    *,
+    measure_entropy: bool,
+) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """``updates_per_batch`` optimizer steps over the micro-batches: the metrics' sums and, with
+    ``measure_entropy``, each micro-batch's entropy measured by the first update's forward."""
+    algo = stage_cfg.algorithm
+    temperature = stage_cfg.rollout.temperature
     sums: dict[str, float] = defaultdict(float)
+    entropies: list[torch.Tensor] = []
     policy.model.train()
     for update in range(algo.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
-        for k, (rows, sub) in enumerate(zip(micro, subs, strict=True)):
+        for k, (rows, sub) in enumerate(zip(kb.micro, kb.subs, strict=True)):
             width = sub.loss_mask.shape[1]
-            measure = update == 0 and len(entropies) < len(micro)
+            measure = measure_entropy and update == 0
             logp, ent = policy.forward_logprobs(
                 sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure,
                 positions=sub.loss_mask,
             )
             if measure:
                 assert ent is not None
-                entropies.append(_widen(ent, mask.shape[1]))
+                entropies.append(_widen(ent, kb.mask.shape[1]))
             loss, info = policy_loss(
-                logp, sub.old_logprobs.to(logp.dtype), adv[rows], mask[rows, :width], loss_cfg,
-                ref_logp=ref_logp[k], weights=None if weights is None else weights[rows, :width],
+                logp, sub.old_logprobs.to(logp.dtype), kb.adv[rows], kb.mask[rows, :width], inputs.config,
+                ref_logp=inputs.ref_logp[k], weights=None if inputs.weights is None else inputs.weights[rows, :width],
             )
-            (loss / len(micro)).backward()
+            (loss / len(kb.micro)).backward()
             for key, value in info.items():
                 sums[key] += value
         if on_gradient is not None:
             on_gradient(update)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage_cfg.optim.max_grad_norm)
-        sums["grad_norm"] += float(grad_norm) * len(micro)
+        sums["grad_norm"] += float(grad_norm) * len(kb.micro)
         if math.isfinite(float(grad_norm)):
             optimizer.step()
         else:
             logger.warning("step %s: non-finite grad norm, update skipped", step)
-    metrics |= _entropy_metrics(entropies, micro, mask, regions)
-    count = algo.updates_per_batch * len(micro)
-    averaged = {key.removeprefix("actor/"): value / count for key, value in sums.items()}
-    metrics |= averaged
-    metrics["updated"] = 1.0
-    return metrics
+    return sums, entropies
