@@ -3,7 +3,9 @@
 Order of work: trajectory filter → group advantages over the kept trajectories → two-level mask
 (action level from the token regions, trajectory level from the filter) → optional ResT token
 weights → ``updates_per_batch`` optimizer steps, each accumulating gradients over micro-batches of
-the kept trajectories (``micro_batch_size`` bounds memory, not the update size).
+the kept trajectories (``micro_batch_size`` bounds memory, not the update size: every micro-batch's
+loss is divided by the loss aggregation's denominator over the whole kept batch, so the summed
+loss, its gradient and the reported metrics are the batch's for any micro-batch size).
 
 Dropped trajectories never enter a forward pass, so they cannot contribute a gradient. A generated
 token whose region label is PROMPT (a rollout engine that does not label regions) is treated as
@@ -28,6 +30,7 @@ from trainer.algorithms import (
     RestEntropyConfig,
     RestSchedule,
     action_mask,
+    aggregation_denominator,
     filter_trajectories,
     grpo_advantages,
     needs_reference_model,
@@ -44,6 +47,9 @@ from trainer.types import RolloutStatus, RolloutTrajectory
 logger = logging.getLogger(__name__)
 
 __all__ = ["frozen_reference", "grpo_update"]
+
+# policy_loss metrics that are a micro-batch's share of the batch value (the rest are token means)
+_LOSS_SHARES = frozenset({"actor/pg_loss", "actor/loss"})
 
 
 def frozen_reference(policy: HFPolicy) -> HFPolicy:
@@ -122,6 +128,7 @@ class _LossInputs:
     config: PolicyLossConfig
     ref_logp: list[torch.Tensor | None]
     weights: torch.Tensor | None   # [K, T-1] ResT token weights
+    denominator: torch.Tensor      # the aggregation's denominator over the whole kept batch
 
 
 def grpo_update(
@@ -176,12 +183,12 @@ def grpo_update(
                                 loss_agg_mode=algo.loss_agg),
         ref_logp=_reference_logprobs(reference, kb, temperature, algo.kl_coef),
         weights=weights,
+        denominator=aggregation_denominator(kb.mask, algo.loss_agg, weights),
     )
     sums, measured = _update_loop(policy, optimizer, kb, inputs, stage_cfg, step, on_gradient,
                                   measure_entropy=not entropies)
     metrics |= _entropy_metrics(entropies or measured, kb.micro, kb.mask, kb.regions)
-    count = algo.updates_per_batch * len(kb.micro)
-    metrics |= {key.removeprefix("actor/"): value / count for key, value in sums.items()}
+    metrics |= {key.removeprefix("actor/"): value / algo.updates_per_batch for key, value in sums.items()}
     metrics["updated"] = 1.0
     return metrics
 
@@ -301,10 +308,16 @@ def _update_loop(
     *,
     measure_entropy: bool,
 ) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """``updates_per_batch`` optimizer steps over the micro-batches: the metrics' sums and, with
-    ``measure_entropy``, each micro-batch's entropy measured by the first update's forward."""
+    """``updates_per_batch`` optimizer steps over the micro-batches: each update's batch-level
+    metrics summed over the updates and, with ``measure_entropy``, each micro-batch's entropy
+    measured by the first update's forward.
+
+    Every micro-batch's loss is its share of the batch loss (the batch's aggregation denominator),
+    so their gradients add up to the gradient of the batch loss for any micro-batch size.
+    """
     algo = stage_cfg.algorithm
     temperature = stage_cfg.rollout.temperature
+    total_tokens = max(float(kb.mask.sum()), 1.0)
     sums: dict[str, float] = defaultdict(float)
     entropies: list[torch.Tensor] = []
     policy.model.train()
@@ -323,14 +336,18 @@ def _update_loop(
             loss, info = policy_loss(
                 logp, sub.old_logprobs.to(logp.dtype), kb.adv[rows], kb.mask[rows, :width], inputs.config,
                 ref_logp=inputs.ref_logp[k], weights=None if inputs.weights is None else inputs.weights[rows, :width],
+                denominator=inputs.denominator,
             )
-            (loss / len(kb.micro)).backward()
+            loss.backward()
+            # the losses are shares of the batch's: summed; the rest are means over the micro-batch's
+            # tokens: weighted by its share of the batch's tokens
+            share = float(kb.mask[rows].sum()) / total_tokens
             for key, value in info.items():
-                sums[key] += value
+                sums[key] += value if key in _LOSS_SHARES else value * share
         if on_gradient is not None:
             on_gradient(update)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage_cfg.optim.max_grad_norm)
-        sums["grad_norm"] += float(grad_norm) * len(kb.micro)
+        sums["grad_norm"] += float(grad_norm)
         if math.isfinite(float(grad_norm)):
             optimizer.step()
         else:

@@ -17,6 +17,7 @@ from trainer.algorithms import (
     RestSchedule,
     action_mask,
     aggregate_loss,
+    aggregation_denominator,
     broadcast_to_tokens,
     clipped_surrogate,
     filter_trajectories,
@@ -167,6 +168,48 @@ def test_aggregation_ignores_padding_inf_and_empty_rows() -> None:
     close(aggregate_loss(loss_mat, mask, "token-mean"), 1.5)
     # the empty row does not dilute the sequence mean: 1.5, not 0.75
     close(aggregate_loss(loss_mat, mask, "seq-mean-token-mean"), 1.5)
+
+
+# three rows split into micro-batches [rows 0, 1] and [row 2], as a batch of 5 kept trajectories
+# splits into 3 + 2: valid tokens ℓ = 1, 2 | 4 | 8, 9 with weights 2, 1 | 1 | 1, 2
+SPLIT_LOSS = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
+SPLIT_MASK = [[1, 1, 0], [1, 0, 0], [0, 1, 1]]
+SPLIT_WEIGHTS = [[2.0, 1.0, 5.0], [1.0, 9.0, 9.0], [3.0, 1.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    ("mode", "denominator", "shares"),
+    [
+        # Σ m = 5; (1 + 2 + 4) / 5 and (8 + 9) / 5 → 24 / 5 = 4.8
+        # (each micro-batch's own mean, averaged, would be (7/3 + 17/2) / 2 = 5.4167)
+        ("token-mean", 5.0, [7 / 5, 17 / 5]),
+        # 3 sequences with means 1.5, 4, 8.5; (1.5 + 4) / 3 and 8.5 / 3 → 14 / 3
+        # (per micro-batch means averaged: (2.75 + 8.5) / 2 = 5.625)
+        ("seq-mean-token-mean", 3.0, [5.5 / 3, 8.5 / 3]),
+        # 3 sequences with sums 3, 4, 17; 7 / 3 and 17 / 3 → 8
+        ("seq-mean-token-sum", 3.0, [7 / 3, 17 / 3]),
+        # Σ m·w = 2 + 1 + 1 + 1 + 2 = 7; (1·2 + 2·1 + 4·1) / 7 and (8·1 + 9·2) / 7 → 34 / 7
+        ("weighted-token-mean", 7.0, [8 / 7, 26 / 7]),
+    ],
+)
+def test_aggregation_micro_batches_with_the_batch_denominator_sum_to_the_batch_loss(
+    mode: str, denominator: float, shares: list[float]
+) -> None:
+    loss_mat = torch.tensor(SPLIT_LOSS, requires_grad=True)
+    mask = torch.tensor(SPLIT_MASK, dtype=torch.float32)
+    weights = torch.tensor(SPLIT_WEIGHTS) if mode == "weighted-token-mean" else None
+    denom = aggregation_denominator(mask, mode, weights)  # type: ignore[arg-type]
+    close(denom, denominator)
+    whole = aggregate_loss(loss_mat, mask, mode, weights)  # type: ignore[arg-type]
+    close(whole.detach(), sum(shares))
+    (whole_grad,) = torch.autograd.grad(whole, loss_mat)
+    parts = []
+    for rows in ([0, 1], [2]):
+        w = None if weights is None else weights[rows]
+        parts.append(aggregate_loss(loss_mat[rows], mask[rows], mode, w, denominator=denom))  # type: ignore[arg-type]
+    close(torch.stack(parts).detach(), shares)
+    (split_grad,) = torch.autograd.grad(torch.stack(parts).sum(), loss_mat)
+    close(split_grad, whole_grad.tolist())
 
 
 def test_aggregation_weights_only_with_weighted_mode() -> None:

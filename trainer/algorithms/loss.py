@@ -20,6 +20,7 @@ __all__ = [
     "PolicyLossConfig",
     "SurrogateOutput",
     "aggregate_loss",
+    "aggregation_denominator",
     "clipped_surrogate",
     "kl_k3",
     "kl_penalty",
@@ -134,11 +135,48 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor | None, kl_coef: float) -> Tensor 
     return kl_coef * kl_k3(logp, ref_logp)
 
 
+def _check_mode(mode: str, weights: Tensor | None) -> None:
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {mode!r}; choose one of {LOSS_AGG_MODES}")
+    if (weights is not None) != (mode == "weighted-token-mean"):
+        raise ValueError("weights are used by, and only by, loss_agg_mode 'weighted-token-mean'")
+
+
+def _denominator(mask: Tensor, mode: str, weights: Tensor | None, dtype: torch.dtype) -> Tensor:
+    m = mask.to(dtype)
+    if mode == "token-mean":
+        return m.sum()
+    if mode == "weighted-token-mean":
+        assert weights is not None
+        return (_masked(weights.to(dtype), mask) * m).sum()
+    return (m.sum(dim=-1) > 0).to(dtype).sum()
+
+
+def aggregation_denominator(mask: Tensor, mode: LossAggMode = "token-mean", weights: Tensor | None = None) -> Tensor:
+    """The denominator of ``aggregate_loss`` over a batch: Σ m (``token-mean``), Σ m·w
+    (``weighted-token-mean``) or the number of sequences with a valid token (the sequence means).
+
+    Computed once over the whole batch and passed to ``aggregate_loss(..., denominator=...)`` of each
+    micro-batch, it makes the micro-batch losses (and their gradients) add up to the batch's.
+
+    Raises:
+        ValueError: as ``aggregate_loss`` for an unknown mode or misplaced ``weights``.
+    """
+    _check_mode(mode, weights)
+    if weights is not None:
+        dtype = weights.dtype
+    else:
+        dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
+    return _denominator(mask, mode, weights, dtype)
+
+
 def aggregate_loss(
     loss_mat: Tensor,
     mask: Tensor,
     mode: LossAggMode = "token-mean",
     weights: Tensor | None = None,
+    *,
+    denominator: Tensor | float | None = None,
 ) -> Tensor:
     """Reduce a per-token loss [B, T] to a scalar.
 
@@ -151,29 +189,35 @@ def aggregate_loss(
     filter dropped (all-zero mask row) does not dilute the loss. An all-zero mask (or Σ m·w = 0)
     gives 0, still connected to the graph of ``loss_mat``.
 
+    ``denominator``: the batch's ``aggregation_denominator`` when ``loss_mat`` is one micro-batch
+    of it; the result is then the micro-batch's share of the batch loss (its numerator over the
+    batch's denominator), and the shares of any split into micro-batches sum to the batch loss.
+    None: this tensor is the whole batch.
+
     Raises:
         ValueError: unknown mode, ``weights`` missing for ``weighted-token-mean``, or given for
             another mode (where it would be silently ignored).
     """
-    if mode not in LOSS_AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}; choose one of {LOSS_AGG_MODES}")
-    if (weights is not None) != (mode == "weighted-token-mean"):
-        raise ValueError("weights are used by, and only by, loss_agg_mode 'weighted-token-mean'")
+    _check_mode(mode, weights)
     if loss_mat.shape != mask.shape:
         raise ValueError(f"loss shape {tuple(loss_mat.shape)} != mask shape {tuple(mask.shape)}")
-    if mode == "token-mean":
-        return masked_mean(loss_mat, mask)
     m = mask.to(loss_mat.dtype)
-    if mode == "weighted-token-mean":
+    if mode == "token-mean":
+        numerator = (_masked(loss_mat, mask) * m).sum()
+    elif mode == "weighted-token-mean":
         assert weights is not None
         w = _masked(weights.to(loss_mat.dtype), mask) * m
-        return _safe_div((_masked(loss_mat, mask) * w).sum(), w.sum())
-    tokens = m.sum(dim=-1)
-    seq = (_masked(loss_mat, mask) * m).sum(dim=-1)
-    if mode == "seq-mean-token-mean":
-        seq = _safe_div(seq, tokens)
-    nonempty = (tokens > 0).to(loss_mat.dtype)
-    return _safe_div((seq * nonempty).sum(), nonempty.sum())
+        numerator = (_masked(loss_mat, mask) * w).sum()
+    else:
+        seq = (_masked(loss_mat, mask) * m).sum(dim=-1)
+        if mode == "seq-mean-token-mean":
+            seq = _safe_div(seq, m.sum(dim=-1))
+        numerator = seq.sum()   # an empty row's seq is 0: it adds nothing
+    if denominator is None:
+        denom = _denominator(mask, mode, weights, loss_mat.dtype)
+    else:
+        denom = torch.as_tensor(denominator, dtype=loss_mat.dtype, device=loss_mat.device)
+    return _safe_div(numerator, denom)
 
 
 @dataclass(frozen=True)
@@ -212,6 +256,7 @@ def policy_loss(
     *,
     ref_logp: Tensor | None = None,
     weights: Tensor | None = None,
+    denominator: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Scalar policy loss L = agg(ℓ_clip + β·k3) and logging metrics.
 
@@ -223,10 +268,15 @@ def policy_loss(
         config: clipping, KL and aggregation settings.
         ref_logp: [B, T] reference log-probs; needed only when ``config.kl_coef > 0``.
         weights: [B, T] token weights (ResT); requires ``loss_agg_mode='weighted-token-mean'``.
+        denominator: for a micro-batch, the whole batch's ``aggregation_denominator`` (see
+            ``aggregate_loss``): the micro-batches' losses then sum to the batch loss.
 
     Returns:
         (loss, metrics) with metrics ``actor/pg_loss``, ``actor/clip_frac``, ``actor/approx_kl``,
         ``actor/ratio_mean``, ``actor/loss`` and, when β > 0, ``actor/kl`` (token-mean of k3).
+        With ``denominator`` the two losses are this micro-batch's shares (sum them over the
+        batch); the other four are always means over this call's masked tokens (weight them by
+        its token count for the batch's means).
     """
     adv = broadcast_to_tokens(advantages, mask) if advantages.dim() == 1 else advantages
     if adv.shape != logp.shape or old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -238,9 +288,9 @@ def policy_loss(
         logp, old_logp, adv.detach(), mask, clip_low=config.clip_low, clip_high=config.clip_high
     )
     mode = config.loss_agg_mode
-    pg_loss = aggregate_loss(surrogate.loss, mask, mode, weights)
+    pg_loss = aggregate_loss(surrogate.loss, mask, mode, weights, denominator=denominator)
     kl = kl_penalty(logp, ref_logp, config.kl_coef)
-    loss = pg_loss if kl is None else pg_loss + aggregate_loss(kl, mask, mode, weights)
+    loss = pg_loss if kl is None else pg_loss + aggregate_loss(kl, mask, mode, weights, denominator=denominator)
     metrics = {
         "actor/pg_loss": float(pg_loss.detach()),
         "actor/clip_frac": float(surrogate.clip_frac),
