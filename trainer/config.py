@@ -33,8 +33,8 @@ from typing import Any, Literal
 import yaml
 
 from rlyard.errors import ConfigError
+from trainer.algorithms import FilterConfig, LossAggMode
 
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "weighted-token-mean"]
 TokenWeighting = Literal["none", "rest-schedule", "rest-entropy"]
 
 
@@ -151,28 +151,19 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class FilterConfig:
-    """Trajectory-level filters (MTIR-SQL, DAPO); each switchable."""
-
-    drop_equal_reward_groups: bool = True
-    drop_infra_failed: bool = True
-    drop_truncated: bool = False
-    drop_format_errors: bool = False
-
-
-@dataclass(frozen=True)
 class AlgorithmConfig:
-    """The GRPO family."""
+    """The GRPO family. ``filters`` is ``trainer.algorithms.FilterConfig`` (the trajectory filter's
+    own settings); ``loss_agg`` one of ``trainer.algorithms.LOSS_AGG_MODES``."""
 
     advantage_std: bool = True            # False = Dr.GRPO (no std normalisation)
     clip_low: float = 0.2
     clip_high: float = 0.2                # > clip_low = DAPO's clip-higher
     kl_coef: float = 0.0                  # 0 = no reference model at all (MTIR-SQL)
-    loss_agg: LossAgg = "seq-mean-token-mean"
+    loss_agg: LossAggMode = "seq-mean-token-mean"
     updates_per_batch: int = 2
     micro_batch_size: int = 8
     token_weighting: TokenWeighting = "none"
-    filters: FilterConfig = FilterConfig()
+    filters: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.clip_low < 1:
@@ -286,7 +277,9 @@ def _build(cls: type[Any], raw: Any, where: str) -> Any:
         values[key] = _value(hints[key], value, f"{where}.{key}" if where else key)
     try:
         return cls(**values)
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:     # ValueError: a dataclass of a lower layer (trainer.algorithms)
         raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 

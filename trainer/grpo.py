@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 
 from trainer.algorithms import (
-    FilterConfig,
     PolicyLossConfig,
     Region,
     RestEntropyConfig,
@@ -58,16 +57,6 @@ def frozen_reference(policy: HFPolicy) -> HFPolicy:
     for p in model.parameters():
         p.requires_grad_(False)
     return HFPolicy(model=model, tokenizer=policy.tokenizer, device=policy.device)
-
-
-def _filter_config(stage: StageConfig) -> FilterConfig:
-    f = stage.algorithm.filters
-    return FilterConfig(
-        drop_uniform_groups=f.drop_equal_reward_groups,
-        drop_infra_failed=f.drop_infra_failed,
-        drop_truncated=f.drop_truncated,
-        drop_format_violations=f.drop_format_errors,
-    )
 
 
 def _labelled_regions(batch: TokenBatch) -> torch.Tensor:
@@ -211,7 +200,7 @@ def _filter_with_stats(
     rewards = torch.tensor([0.0 if t.reward is None else float(t.reward) for t in trajectories])
     group_ids = torch.tensor([t.group_id for t in trajectories])
     result = filter_trajectories(
-        rewards, group_ids, _filter_config(stage_cfg),
+        rewards, group_ids, stage_cfg.algorithm.filters,
         infra_failed=infra,
         truncated=torch.tensor([t.status == RolloutStatus.TRUNCATED for t in trajectories]),
         format_violation=torch.tensor([t.status == RolloutStatus.FORMAT_ERROR for t in trajectories]),

@@ -224,7 +224,7 @@ def test_aggregation_weights_only_with_weighted_mode() -> None:
 # --------------------------------------------------------------------------- trajectory filters
 
 NONE_ON = FilterConfig(
-    drop_uniform_groups=False, drop_infra_failed=False, drop_truncated=False, drop_format_violations=False
+    drop_equal_reward_groups=False, drop_infra_failed=False, drop_truncated=False, drop_format_errors=False
 )
 
 
@@ -242,7 +242,7 @@ def test_filter_uniform_groups_switch() -> None:
     [
         ("drop_infra_failed", "infra_failed"),
         ("drop_truncated", "truncated"),
-        ("drop_format_violations", "format_violation"),
+        ("drop_format_errors", "format_violation"),
     ],
 )
 def test_filter_per_trajectory_switches(switch: str, flag: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from rlyard.errors import ConfigError
+from trainer.algorithms import FilterConfig
 from trainer.config import ExperimentConfig, load_config, parse_config
 
 GOOD: dict[str, Any] = {
@@ -37,6 +38,8 @@ def test_a_good_config_builds_nested_typed_dataclasses(tmp_path: Path) -> None:
     assert rl.algorithm.kl_coef == 0.0 and isinstance(rl.algorithm.kl_coef, float)
     assert rl.algorithm.clip_high == 0.28 and rl.algorithm.filters.drop_truncated is True
     assert rl.algorithm.filters.drop_equal_reward_groups is True  # default kept
+    # the YAML section is the trajectory filter's own settings, not a copy mapped by hand
+    assert isinstance(rl.algorithm.filters, FilterConfig) and rl.algorithm.filters.uniform_atol == 1e-6
     assert config.seed == 3 and config.checkpoint.every_steps == 50
     assert rl.rollout.max_calls_per_tool_per_turn == 0                      # no limit
     assert config.services.tool_names == () and config.services.poi_dir == ""  # the default SQL tools
@@ -79,6 +82,10 @@ def _with(path: list[Any], value: Any) -> dict[str, Any]:
         (["stages", 0, "data"], "", "needs `data:`"),
         (["stages", 1, "algorithm", "loss_agg"], "mean", "is not one of"),
         (["stages", 1, "algorithm", "token_weighting"], "rest-schedule", "needs loss_agg 'weighted-token-mean'"),
+        (["stages", 1, "algorithm", "filters"], {"uniform_atol": -1},
+         "stages[1].algorithm.filters: uniform_atol=-1.0: must be ≥ 0"),
+        (["stages", 1, "algorithm", "filters"], {"drop_uniform_groups": False},
+         "unknown key(s) drop_uniform_groups; valid keys: drop_equal_reward_groups, drop_format_errors"),
         (["stages", 1, "rollout", "temperature"], 0, "must be > 0"),
         (["stages", 1, "rollout", "max_new_tokens_per_turn"], 5000, "exceeds max_total_tokens"),
         (["stages", 1, "rollout", "grup_size"], 8, "unknown key(s) grup_size; valid keys:"),

@@ -11,9 +11,16 @@ import pytest
 import torch
 
 from trainer.agreement import flat_gradient
-from trainer.algorithms import LOSS_AGG_MODES, PolicyLossConfig, grpo_advantages, policy_loss, rest_token_weights
+from trainer.algorithms import (
+    LOSS_AGG_MODES,
+    FilterConfig,
+    PolicyLossConfig,
+    grpo_advantages,
+    policy_loss,
+    rest_token_weights,
+)
 from trainer.batching import TokenBatch, collate, collate_trajectories, length_chunks
-from trainer.config import AlgorithmConfig, FilterConfig, OptimConfig, RolloutConfig, StageConfig
+from trainer.config import AlgorithmConfig, OptimConfig, RolloutConfig, StageConfig
 from trainer.grpo import frozen_reference, grpo_update
 from trainer.parsing import Region
 from trainer.policy.hf import HFPolicy

@@ -65,22 +65,26 @@ def region_multi_hot(regions: RegionLabels) -> Tensor:
 class FilterConfig:
     """Which trajectories ``filter_trajectories`` drops; every switch is independent.
 
+    The experiment config's ``algorithm.filters`` section is this class: the field names are the
+    YAML keys.
+
     Attributes:
-        drop_uniform_groups: drop groups whose kept rewards are all equal (within ``uniform_atol``):
-            GRPO advantages are all 0 there, so they only dilute the batch (DAPO dynamic sampling).
+        drop_equal_reward_groups: drop groups whose kept rewards are all equal (within
+            ``uniform_atol``): GRPO advantages are all 0 there, so they only dilute the batch (DAPO
+            dynamic sampling).
         drop_infra_failed: drop trajectories whose tool/reward call failed for infrastructure
             reasons; their reward says nothing about the policy.
         drop_truncated: drop trajectories that hit the length limit (DAPO overlong filtering,
             MTIR-SQL). Off by default: a truncation penalty in the reward is the alternative.
-        drop_format_violations: drop trajectories that break the output format (MTIR-SQL). Off by
+        drop_format_errors: drop trajectories that break the output format (MTIR-SQL). Off by
             default, because a format reward usually teaches the format from these very samples.
         uniform_atol: rewards within this of each other count as equal.
     """
 
-    drop_uniform_groups: bool = True
+    drop_equal_reward_groups: bool = True
     drop_infra_failed: bool = True
     drop_truncated: bool = False
-    drop_format_violations: bool = False
+    drop_format_errors: bool = False
     uniform_atol: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -140,11 +144,11 @@ def filter_trajectories(
     reasons = {
         "infra_failed": _flag("infra_failed", infra_failed, config.drop_infra_failed, n, dev),
         "truncated": _flag("truncated", truncated, config.drop_truncated, n, dev),
-        "format_violation": _flag("format_violation", format_violation, config.drop_format_violations, n, dev),
+        "format_violation": _flag("format_violation", format_violation, config.drop_format_errors, n, dev),
     }
     alive = ~(reasons["infra_failed"] | reasons["truncated"] | reasons["format_violation"])
     uniform = torch.zeros(n, dtype=torch.bool, device=dev)
-    if config.drop_uniform_groups and n:
+    if config.drop_equal_reward_groups and n:
         _, inv = torch.unique(group_ids, return_inverse=True)
         g = int(inv.max()) + 1
         r = rewards.detach().to(torch.float64)
