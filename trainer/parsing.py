@@ -111,6 +111,12 @@ def _parse_one(raw: str, index: int, result: ParseResult) -> None:
     except json.JSONDecodeError as exc:
         result.errors.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); write {_CALL_FORMAT}")
         return
+    except RecursionError:      # the C decoder recurses once per level of nesting
+        result.errors.append(f"{where}: invalid JSON (nested too deeply); write {_CALL_FORMAT}")
+        return
+    except ValueError:          # an integer longer than int's digit limit (sys.set_int_max_str_digits)
+        result.errors.append(f"{where}: invalid JSON (a number with too many digits); write {_CALL_FORMAT}")
+        return
     if not isinstance(payload, dict):
         result.errors.append(f"{where}: expected a JSON object, got {type(payload).__name__}; write {_CALL_FORMAT}")
         return

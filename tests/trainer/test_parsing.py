@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import random
 
 import pytest
 from transformers import PreTrainedTokenizerFast
@@ -10,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from trainer.parsing import (
     TRUNCATION_MARKER,
     ParsedCall,
+    ParseResult,
     Region,
     char_regions,
     format_observation,
@@ -58,6 +61,8 @@ def test_several_calls_in_one_turn_keep_their_order() -> None:
         ('{"name": "sql_query", "arguments": "SELECT 1"}', '"arguments" must be a JSON object, got str'),
         ('["sql_query"]', "expected a JSON object, got list"),
         ("", "tool call 1: invalid JSON"),
+        ("[" * 100_000, "tool call 1: invalid JSON (nested too deeply)"),
+        ('{"name": "a", "arguments": {"n": ' + "9" * 5000 + "}}", "tool call 1: invalid JSON (a number with too many"),
     ],
 )
 def test_malformed_call_becomes_an_error_the_model_can_act_on(body: str, message: str) -> None:
@@ -84,9 +89,51 @@ def test_unclosed_and_unopened_tags() -> None:
     assert stray.errors == ["</tool_call> without a matching <tool_call>; open each call first"]
 
 
-@pytest.mark.parametrize("text", ["", "<tool_call>", "</tool_call></tool_call>", "<tool_call>{{{{", "<answer>"])
-def test_never_raises(text: str) -> None:
-    parse_tool_calls(text)
+def _fuzz_inputs() -> list[str]:
+    """Model output as it goes wrong: every prefix of a good turn (generation cut anywhere), seeded
+    random splices of tags and JSON pieces, and pathological JSON (deep nesting, huge numbers,
+    NaN, lone surrogates, NUL bytes)."""
+    good = (f'<think>look</think>\n{SQL_CALL}\n<tool_call>{{"name": "now"}}</tool_call>'
+            '<answer> 3 singers </answer>')
+    texts = ["", "<tool_call>", "</tool_call></tool_call>", "<tool_call>{{{{", "<answer>", "</answer><answer>"]
+    texts += [good[:i] for i in range(len(good) + 1)]
+    pieces = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "<think>", "</think>", "{", "}", "[", "]",
+              '"name"', '"arguments"', ":", ",", '"sql_query"', '""', "null", "1", "-0.5e3", "true", " ", "\n",
+              "\\", '"', "ü✓", "\x00", "<tool_call >", "</tool_call", SQL_CALL]
+    rng = random.Random(0)
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))) for _ in range(400)]
+    for body in ["[" * 100_000, '{"a":' * 50_000, "1" * 5000, '{"name": "a", "arguments": {"x": ' + "9" * 5000 + "}}",
+                 '{"name": "a", "arguments": {"x": NaN, "y": -Infinity}}', '{"name": "\\ud800", "arguments": {}}',
+                 '{"name": "a\x00b", "arguments": {"\x00": 1}}', '{"name": " ", "arguments": {}}',
+                 '{"name": "a", "arguments": null}', '{"name": "a", "name": "b"}', "\ud800", "x" * 100_000]:
+        texts += [f"<tool_call>{body}</tool_call>", f"<tool_call>{body}", f"<answer>{body}</answer>"]
+    return texts
+
+
+def test_never_raises_and_every_result_is_well_formed() -> None:
+    """Over the fuzz inputs: no exception; each call has a name and dict arguments that its raw JSON
+    (a slice of the text) says; each error names the call or tag it is about and what to write; every
+    <tool_call> and every </tool_call> is accounted for by a call or an error; the answer is None
+    or a stripped string that sat between answer tags."""
+    for text in _fuzz_inputs():
+        where = repr(text[:80])
+        result = parse_tool_calls(text)
+        assert isinstance(result, ParseResult), where
+        for call in result.calls:
+            assert isinstance(call, ParsedCall) and isinstance(call.name, str) and call.name.strip(), where
+            assert isinstance(call.arguments, dict) and isinstance(call.raw, str) and call.raw in text, where
+            payload = json.loads(call.raw)
+            assert payload["name"] == call.name and payload.get("arguments", {}) == call.arguments, where
+        for error in result.errors:
+            assert isinstance(error, str) and error.startswith(("tool call ", "</tool_call> ")), where
+            assert "tool_call>" in error or '{"name": "<tool name>"' in error, where   # says what to write
+        opened, closed = text.count("<tool_call>"), text.count("</tool_call>")
+        outcomes = len(result.calls) + len(result.errors)
+        assert max(opened, closed) <= outcomes <= opened + closed, where
+        if result.answer is not None:
+            assert isinstance(result.answer, str) and result.answer == result.answer.strip(), where
+            assert "<answer>" in text and "</answer>" in text and result.answer in text, where
+        assert parse_tool_calls(text) == result, where    # deterministic
 
 
 def test_the_last_answer_wins() -> None:
