@@ -33,7 +33,7 @@ def test_train_sft_then_rl_writes_outputs(tmp_path: Path, chat_server: Callable[
     judge = chat_server(*(f"Score: {score}\nReason: scripted." for score in (0, 3, 6, 9)))
     judge_term = {"weight": 0.1, "backend": "openai", "endpoint": judge.url, "model": "grader",
                   "require_reference": False}
-    config = {
+    config: dict[str, Any] = {
         "name": "e2e", "seed": 0, "model": {"path": str(policy)}, "output_dir": str(tmp_path / "runs"),
         "checkpoint": {"every_steps": 2, "keep": 2},
         "stages": [
