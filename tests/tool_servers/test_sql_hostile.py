@@ -288,13 +288,33 @@ async def test_invalid_utf8_text_is_an_error(guarded: Guarded) -> None:
     [
         ("", "invalid arguments for sql_query: field 'query': String should have at least 1 character"),
         ("   \n\t ", "the query is empty; send one SQL statement"),
-        ("-- only a comment", "(statement returned no columns)"),
+        (" ; ;\n", "the query is empty; send one SQL statement"),
     ],
 )
 async def test_empty_queries(guarded: Guarded, query: str, expected: str) -> None:
     result = await guarded.call({"query": query})
-    assert text(result) == expected
+    assert result.is_error and text(result) == expected
     await guarded.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["-- just a comment", "/* x */", "  /* one */\n-- two\n\t", "/* never closed", "-- a\n;", "--"],
+)
+async def test_a_query_of_only_comments_is_an_error(guarded: Guarded, query: str) -> None:
+    result = await guarded.call({"query": query})
+    assert result.is_error
+    assert text(result) == "the query is only a comment: it has no SQL to run; send one SQL statement, e.g. a SELECT"
+    await guarded.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    ("query", "rows"),
+    [("-- the count\nSELECT count(*) FROM singer", [[6]]), ("/* a */ SELECT '--' || '/*'", [["--/*"]])],
+)
+async def test_comments_before_a_statement_are_fine(guarded: Guarded, query: str, rows: list[list[Any]]) -> None:
+    result = await guarded.call({"query": query})
+    assert not result.is_error and json.loads(result.structured_json)["rows"] == rows
 
 
 async def test_a_one_megabyte_string_is_refused(guarded: Guarded) -> None:

@@ -38,6 +38,27 @@ def db_id_of(session: Session) -> str:
     return session.context["db_id"]
 
 
+_SQL_SPACE = " \t\n\f\r"   # what SQLite's tokenizer skips as whitespace
+
+
+def only_comments(query: str) -> bool:
+    """Whether ``query`` holds SQL comments (``-- …``, ``/* … */``), whitespace and ``;``
+    but no statement: SQLite runs nothing then, and the model should hear why."""
+    pos, end, seen = 0, len(query), False
+    while pos < end:
+        if query[pos] in _SQL_SPACE or query[pos] == ";":
+            pos += 1
+        elif query.startswith("--", pos):
+            newline = query.find("\n", pos)
+            pos, seen = (end if newline < 0 else newline + 1), True
+        elif query.startswith("/*", pos):
+            close = query.find("*/", pos + 2)   # an unclosed comment runs to the end
+            pos, seen = (end if close < 0 else close + 2), True
+        else:
+            return False
+    return seen
+
+
 def _cell(value: Any, width: int) -> str:
     if value is None:
         text = "NULL"

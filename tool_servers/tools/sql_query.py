@@ -45,8 +45,12 @@ class SqlQuery:
                 f"the query is {len(args.query)} characters long; the limit is "
                 f"{s.sql_max_query_chars}. Send a shorter query."
             )
-        if not args.query.strip():
+        if not args.query.replace(";", " ").strip():
             return ToolResult.error("the query is empty; send one SQL statement")
+        if sql.only_comments(args.query):
+            return ToolResult.error(
+                "the query is only a comment: it has no SQL to run; send one SQL statement, e.g. a SELECT"
+            )
         result = await self.ctx.run_blocking(
             self.dbs.query, sql.db_id_of(session), args.query, sql.limits(self.ctx)
         )
