@@ -7,6 +7,8 @@ Dark Arts" (https://sqlite.org/security.html):
   every write, DDL, ATTACH/DETACH, transaction and state-changing PRAGMA is denied;
 - ``setlimit`` lowers the limits on lengths, columns, expression depth,
   compound selects, attached databases and so on;
+- ``printf``/``format`` refuse a width or ``%c`` precision past the length limit
+  (SQLite repeats ``%c`` in a loop that neither that limit nor the progress handler stops);
 - a progress handler interrupts a statement that runs past its time limit;
 - the rows and bytes fetched are capped; the remaining rows are counted (up to
   a limit, within the time limit) for the "… N more rows" marker;
@@ -19,6 +21,7 @@ pooled through SQLAlchemy.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import threading
@@ -34,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 from rlyard.errors import InvalidArgument, NotFound
+from tool_servers.sqlite_printf import GuardedPrintf
 
 DB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
 
@@ -68,9 +72,11 @@ _ACTION_NAMES = {
     sqlite3.SQLITE_FUNCTION: "function",
 }
 
+MAX_VALUE_BYTES = 1_000_000   # SQLITE_LIMIT_LENGTH: the longest string or blob a query may build
+
 # (limit, value): lowered from SQLite's defaults for untrusted SQL.
 _LIMITS = (
-    (sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000),
+    (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
     (sqlite3.SQLITE_LIMIT_SQL_LENGTH, 100_000),
     (sqlite3.SQLITE_LIMIT_COLUMN, 200),
     (sqlite3.SQLITE_LIMIT_EXPR_DEPTH, 100),
@@ -92,6 +98,7 @@ class _Guard:
 
     def __init__(self) -> None:
         self.denied: str | None = None
+        self.failed_call: str | None = None   # why a guarded function (printf) failed
         self.deadline: float = float("inf")
         self.interrupted = False
 
@@ -117,6 +124,10 @@ class _Guard:
         self.denied = f"{what} is not allowed: the database is read-only and only SELECT queries run"
         return sqlite3.SQLITE_DENY
 
+    def fail_call(self, reason: str) -> None:
+        """Remember why a guarded function failed (``_explain`` reports it to the model)."""
+        self.failed_call = reason
+
     def progress(self) -> int:
         if time.monotonic() > self.deadline:
             self.interrupted = True
@@ -128,10 +139,18 @@ class GuardedConnection(sqlite3.Connection):
     """A read-only sqlite3 connection that carries its guard."""
 
     guard: _Guard
+    printf: GuardedPrintf
+
+    def close(self) -> None:
+        """Close the connection and printf's private one."""
+        printf = getattr(self, "printf", None)
+        if printf is not None:
+            printf.close()
+        super().close()
 
 
 def connect_readonly(path: Path) -> GuardedConnection:
-    """Open ``path`` read-only with the authorizer, limits and progress handler set."""
+    """Open ``path`` read-only with the authorizer, limits, progress handler and printf guard set."""
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
     conn = sqlite3.connect(
         uri, uri=True, check_same_thread=False, isolation_level=None, factory=GuardedConnection
@@ -142,6 +161,9 @@ def connect_readonly(path: Path) -> GuardedConnection:
     conn.set_progress_handler(conn.guard.progress, _PROGRESS_STEPS)
     for limit, value in _LIMITS:
         conn.setlimit(limit, value)
+    conn.printf = GuardedPrintf(MAX_VALUE_BYTES, conn.guard.fail_call)
+    for name in ("printf", "format"):   # format() is SQLite's other name of printf()
+        conn.create_function(name, -1, functools.partial(conn.printf, name), deterministic=True)
     return conn
 
 
@@ -239,6 +261,7 @@ class SqliteDatabases:
             assert isinstance(raw, GuardedConnection)
             guard = raw.guard
             guard.denied = None
+            guard.failed_call = None
             guard.interrupted = False
             guard.deadline = time.monotonic() + limits.timeout_s
             try:
@@ -299,6 +322,8 @@ def _explain(exc: sqlite3.Error, guard: _Guard, limits: SqlLimits, sql: str) -> 
         words = sql.split()[:2]
         statement = " ".join(w.upper() for w in words) if words else "this statement"
         return f"refused: {guard.denied.replace('{statement}', statement)}"
+    if guard.failed_call:
+        return f"SQL error: {guard.failed_call}"
     if guard.interrupted or text == "interrupted":
         return (f"the query ran longer than the {limits.timeout_s:g}s time limit and was stopped; "
                 "add conditions or a LIMIT, or avoid unbounded recursion")

@@ -220,6 +220,11 @@ async def test_huge_rows_are_capped_by_bytes(guarded: Guarded) -> None:
     [
         ("SELECT randomblob(2000000000)", "SQL error: string or blob too big"),
         ("SELECT zeroblob(2000000)", "SQL error: string or blob too big"),
+        ("SELECT replace(hex(zeroblob(400000)), '0', '00')", "SQL error: string or blob too big"),
+        (f"SELECT group_concat(hex(zeroblob(100000))) FROM ({TEN_THOUSAND} SELECT x FROM c)",
+         "SQL error: string or blob too big"),
+        ("SELECT hex(zeroblob(400000)) || hex(zeroblob(400000))", "SQL error: string or blob too big"),
+        ("SELECT quote(zeroblob(600000))", "SQL error: string or blob too big"),
         ("SELECT " + "(" * 500 + "1" + ")" * 500, "SQL error: parser stack overflow"),
         ("SELECT " + " + ".join(["1"] * 200), "SQL error: Expression tree is too large (maximum depth 100)"),
         (" UNION ALL ".join(["SELECT 1"] * 100), "SQL error: too many terms in compound SELECT"),
@@ -229,6 +234,49 @@ async def test_resource_limits_give_clear_errors(guarded: Guarded, query: str, e
     result = await guarded.call({"query": query})
     assert result.is_error and text(result) == expected
     await guarded.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    ("query", "needed"),
+    [
+        ("SELECT printf('%.*c', 1000000000, 'x')", 1_000_000_000),
+        ("SELECT format('%.*c', 1000000000, 'x')", 1_000_000_000),
+        ("SELECT printf('%.2147483647c', 'é')", 2_147_483_647),
+        ("SELECT printf('%.*c', '2000000000', 'x')", 2_000_000_000),       # text, read as SQLite reads it
+        ("SELECT printf('%.999999c%.999999c', 'x', 'y')", 1_999_998),      # each under the limit, not both
+        ("SELECT printf('%2000000d', 1)", 2_000_000),
+        ("SELECT printf('%.*c', x, 'x') FROM (SELECT 10 AS x UNION ALL SELECT 1500000000)", 1_500_000_000),
+    ],
+)
+async def test_printf_past_the_length_limit_fails_fast(guarded: Guarded, query: str, needed: int) -> None:
+    # SQLite repeats %c `precision` times whatever the length limit, with no progress callback
+    # inside: printf('%.*c', 1000000000, 'x') ran ~5-8 s against a 2 s limit, then gave NULL.
+    started = time.monotonic()
+    result = await guarded.call({"query": query})
+    assert time.monotonic() - started < TIMEOUT_S
+    assert result.is_error
+    name = "format" if "format(" in query else "printf"
+    assert text(result) == (
+        f"SQL error: string or blob too big: {name}() would build at least {needed} bytes, over the limit "
+        "of 1000000 bytes on one value; use a smaller width or precision"
+    )
+    await guarded.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    ("query", "value"),
+    [
+        ("SELECT printf('%.3c|%5.2f|%-4d|%s', 'x', 3.14159, 7, 'end')", "xxx| 3.14|7   |end"),
+        ("SELECT printf('%.*c', 4294967299, 'x')", "xxx"),               # C's (int) of the argument: 3
+        ("SELECT length(printf('%.*c', 999999, 'x'))", 999_999),
+        ("SELECT printf('%y%.2000000c', 'x')", None),                    # an unknown conversion ends printf
+        ("SELECT printf('%s%s', hex(zeroblob(300000)), hex(zeroblob(300000)))", None),  # SQLite's NULL
+    ],
+)
+async def test_printf_within_the_limit_answers_as_sqlite_does(guarded: Guarded, query: str, value: Any) -> None:
+    result = await guarded.call({"query": query})
+    assert not result.is_error, text(result)
+    assert json.loads(result.structured_json)["rows"] == [[value]]
 
 
 async def test_other_calls_answer_while_a_hostile_query_runs(guarded: Guarded) -> None:
