@@ -16,6 +16,10 @@ from rlyard.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExha
 
 logger = logging.getLogger(__name__)
 
+# Context keys for one-off calls only: a session serves a model's trajectory, and "purpose"
+# (the SQL tools' "verification": larger caps for a reward's comparison) is not for the model.
+ONE_OFF_CONTEXT_KEYS = frozenset({"purpose"})
+
 
 @dataclass
 class Session:
@@ -65,6 +69,12 @@ class SessionStore:
                 raise ResourceExhausted(
                     f"{self.max_sessions} sessions are open; close sessions when trajectories end"
                 )
+        one_off = sorted(ONE_OFF_CONTEXT_KEYS & context.keys())
+        if one_off:
+            raise InvalidArgument(
+                f"the context key {one_off[0]!r} is for one-off calls (CallTool without a session_id), "
+                "not for sessions"
+            )
         self.validate(context)
         sid = session_id or uuid.uuid4().hex
         idle = idle_timeout_s if idle_timeout_s > 0 else self.default_idle_s

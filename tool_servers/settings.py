@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlyard.client import DEFAULT_MAX_MESSAGE_BYTES
 from rlyard.errors import ConfigError
 from rlyard.settings import EnvSettings
+
+# What a result message holds beyond its rows (text, columns, framing): rows may fill the rest.
+_MESSAGE_HEADROOM_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,12 @@ class ToolServerSettings(EnvSettings):
     session_idle_s: float = 600.0       # sessions unused this long are freed
     max_sessions: int = 10_000
     sql_timeout_s: float = 2.0          # per statement, enforced by a progress handler
-    sql_max_rows: int = 10_000          # structured rows returned (rewards compare these)
-    sql_max_bytes: int = 8 * 1024 * 1024
+    sql_max_rows: int = 10_000          # structured rows a model's call returns
+    sql_max_bytes: int = 8 * 1024 * 1024   # of those rows as JSON
+    # A reward's one-off call with context purpose=verification (never a session) compares
+    # full results: larger caps, still bounded and under the 16 MiB gRPC message limit.
+    sql_verify_max_rows: int = 1_000_000
+    sql_verify_max_bytes: int = 12 * 1024 * 1024
     sql_count_limit: int = 100_000      # rows past the cap counted for the "N more rows" marker
     sql_max_query_chars: int = 20_000
     display_rows: int = 20              # rows the model reads
@@ -52,3 +60,15 @@ class ToolServerSettings(EnvSettings):
                 raise ConfigError(f"{name} must be >= 1 (got {value})")
         if self.sql_timeout_s <= 0:
             raise ConfigError("RLYARD_TOOLS_SQL_TIMEOUT_S must be > 0 seconds")
+        most = DEFAULT_MAX_MESSAGE_BYTES - _MESSAGE_HEADROOM_BYTES
+        for name, value in (("SQL_MAX_BYTES", self.sql_max_bytes), ("SQL_VERIFY_MAX_BYTES", self.sql_verify_max_bytes)):
+            if not 1 <= value <= most:
+                raise ConfigError(
+                    f"RLYARD_TOOLS_{name} must be between 1 and {most} (got {value}): the rows travel in one "
+                    f"gRPC message, and clients accept {DEFAULT_MAX_MESSAGE_BYTES} bytes at most"
+                )
+        if self.sql_verify_max_rows < self.sql_max_rows or self.sql_verify_max_bytes < self.sql_max_bytes:
+            raise ConfigError(
+                "RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS/_BYTES must be at least RLYARD_TOOLS_SQL_MAX_ROWS/_BYTES: "
+                "a reward must see every row the model saw"
+            )

@@ -10,8 +10,8 @@ Dark Arts" (https://sqlite.org/security.html):
 - ``printf``/``format`` refuse a width or ``%c`` precision past the length limit
   (SQLite repeats ``%c`` in a loop that neither that limit nor the progress handler stops);
 - a progress handler interrupts a statement that runs past its time limit;
-- the rows and bytes fetched are capped; the remaining rows are counted (up to
-  a limit, within the time limit) for the "… N more rows" marker;
+- the rows and bytes (as JSON) fetched are capped; the remaining rows are counted
+  (up to a limit, within the time limit) for the "… N more rows" marker;
 - sqlite3 itself refuses more than one statement per call.
 
 Databases are resolved by ``db_id`` from a directory (Spider layout
@@ -22,6 +22,8 @@ pooled through SQLAlchemy.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 import sqlite3
 import threading
@@ -29,6 +31,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -194,13 +197,22 @@ class SqlLimits:
     count_limit: int = 100_000
 
 
-def _row_bytes(row: Sequence[Any]) -> int:
-    total = 0
+_BLOB_JSON_BYTES = len('{"$blob_hex": ""}')
+
+
+def row_json_bytes(row: Sequence[Any]) -> int:
+    """The bytes ``row`` takes in the structured JSON as the servicer sends it (``json.dumps``,
+    ASCII-escaped, blobs as ``to_jsonable`` tags them), with the ``", "`` that follows it."""
+    total = 2 * len(row) + 2   # "[", "]", and ", " after every value but the last, then after the row
     for value in row:
-        if isinstance(value, str | bytes):
-            total += len(value)
-        else:
-            total += 8
+        if isinstance(value, str):
+            total += len(encode_basestring_ascii(value))
+        elif isinstance(value, bytes):
+            total += _BLOB_JSON_BYTES + 2 * len(value)
+        elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+            total += len(repr(value))
+        else:   # None, inf
+            total += len(json.dumps(value))
     return total
 
 
@@ -300,7 +312,7 @@ class SqliteDatabases:
                     break
                 for row in batch:
                     if not counting:
-                        row_size = _row_bytes(row)
+                        row_size = row_json_bytes(row)
                         if len(result.rows) < limits.max_rows and size + row_size <= limits.max_bytes:
                             result.rows.append(tuple(row))
                             size += row_size

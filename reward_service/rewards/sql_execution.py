@@ -1,8 +1,10 @@
 """``sql_execution``: execution match of a predicted SQL query against the gold query.
 
-Both queries run on the SQL tool server over gRPC (``sql_query`` with the item's
-``db_id`` as context), so the reward sees exactly what the policy's tool sees;
-their structured rows are compared under one of two official semantics:
+Both queries run on the SQL tool server over gRPC (one-off ``sql_query`` calls
+with context ``{"db_id": ..., "purpose": "verification"}``), so they run under the
+guards the policy's tool has, but with the tool's verification caps
+(``RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS``/``_BYTES``) instead of the model's, so that
+full results are compared; their rows are compared under one of two official semantics:
 
 - ``spider`` (default), after taoyds/test-suite-sql-eval ``exec_eval.eval_exec_match``:
   both queries get ``postprocess`` (``> =`` → ``>=`` …) and, unless
@@ -28,8 +30,8 @@ Failures that are not the model's:
 - the gold query fails with an SQL error, or names a database the server lacks →
   ``RewardInputError`` (a data problem); the gold query past the tool's time limit
   → ``RewardSystemError`` (raise ``RLYARD_TOOLS_SQL_TIMEOUT_S``);
-- rows cut by the tool's caps → ``RewardSystemError`` (raise
-  ``RLYARD_TOOLS_SQL_MAX_ROWS`` / ``RLYARD_TOOLS_SQL_MAX_BYTES``), except when the
+- rows cut by the tool's verification caps → ``RewardSystemError`` (raise
+  ``RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS`` / ``_BYTES``), except when the
   verdict is already certain: under ``spider`` a cut prediction whose row count
   differs from the (complete) gold result's, under ``bird`` a cut prediction whose
   rows already include one the gold lacks — both score 0 exactly as the official
@@ -79,6 +81,8 @@ from rlyard.common.v1 import common_pb2
 logger = logging.getLogger(__name__)
 
 SQL_TOOL = "sql_query"
+# tool_servers/tools/_sql_common.py: a one-off call with this context gets the verification caps
+VERIFICATION_CONTEXT = {"purpose": "verification"}
 CACHE_KEY = "sql_execution.gold_cache"
 # tool_servers.sqlite_db._explain: "the query ran longer than the 2s time limit and was stopped; ..."
 _TIMEOUT_PREFIX = "the query ran longer than"
@@ -229,7 +233,9 @@ class SqlExecution:
         """Run ``sql`` on the tool server; system failures raise RewardSystemError."""
         client = self.ctx.tool_client(target)
         try:
-            result = await client.call_tool(SQL_TOOL, {"query": sql}, context={"db_id": db_id})
+            result = await client.call_tool(
+                SQL_TOOL, {"query": sql}, context={"db_id": db_id, **VERIFICATION_CONTEXT}
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _INPUT_CODES:
                 raise RewardInputError(
@@ -255,8 +261,9 @@ class SqlExecution:
                 raise RewardInputError(f"the gold query fails on {db_id!r}: {got.message} (gold: {sql})")
             if got.truncated:
                 raise RewardSystemError(
-                    f"the gold result on {db_id!r} was cut by the SQL tool's caps at {len(got.rows)} rows, so it "
-                    "cannot be compared exactly; raise RLYARD_TOOLS_SQL_MAX_ROWS (and RLYARD_TOOLS_SQL_MAX_BYTES)"
+                    f"the gold result on {db_id!r} was cut by the SQL tool's verification caps at {len(got.rows)} "
+                    "rows, so it cannot be compared exactly; raise RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS (and "
+                    "RLYARD_TOOLS_SQL_VERIFY_MAX_BYTES) on the tool server"
                 )
             return got
 
@@ -316,8 +323,9 @@ def _compare(gold: SqlRows, pred: SqlRows, spider: bool, order: bool) -> tuple[f
         if not spider and any(row not in gold_set for row in pred.rows):
             return 0.0, "wrong: the prediction returns rows the gold lacks"
         raise RewardSystemError(
-            f"the predicted result was cut by the SQL tool's caps at {len(pred.rows)} rows and cannot be compared "
-            "exactly; raise RLYARD_TOOLS_SQL_MAX_ROWS (and RLYARD_TOOLS_SQL_MAX_BYTES) on the tool server"
+            f"the predicted result was cut by the SQL tool's verification caps at {len(pred.rows)} rows and cannot "
+            "be compared exactly; raise RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS (and RLYARD_TOOLS_SQL_VERIFY_MAX_BYTES) "
+            "on the tool server"
         )
     match = cmp.result_eq(gold.rows, pred.rows, order) if spider else cmp.bird_eq(gold.rows, pred.rows)
     if match:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -145,6 +146,31 @@ async def test_sql_tool_server_stopped_mid_batch(sql_tools: RunningServer) -> No
     assert all(r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR for r in after[:-1])
     assert all(r.total == 0.0 and r.error for r in after[:-1])
     assert after[-1].status == reward_pb2.SCORE_STATUS_OK and after[-1].total == 1.0
+
+
+async def test_sql_execution_compares_results_past_the_models_row_cap(reward: RewardClient) -> None:
+    """The wta_1 gold queries whose results exceed the model's row cap (RLYARD_TOOLS_SQL_MAX_ROWS)
+    were refused as 'cut by the caps'; the reward's verification calls compare them in full."""
+    cap = ToolServerSettings().sql_max_rows
+    dev = json.loads((ROOT / "data" / "spider" / "dev.json").read_text())
+    db = sqlite3.connect(f"file:{DB_DIR / 'wta_1' / 'wta_1.sqlite'}?mode=ro", uri=True)
+    try:
+        big = [d for d in dev if d["db_id"] == "wta_1" and len(db.execute(d["query"]).fetchall()) > cap]
+    finally:
+        db.close()
+    assert [d["query"] for d in big] == ["SELECT first_name ,  last_name FROM players ORDER BY birth_date"] * 2
+    spec = parse_spec({"sql_execution": 1.0})
+    wrong = [
+        "SELECT first_name, last_name FROM players ORDER BY birth_date DESC",   # the gold orders: 0
+        "SELECT first_name, last_name FROM players ORDER BY birth_date LIMIT 12302",
+    ]
+    items = [item_to_pb(ScoringItem(f"gold{i}", d["query"], ground_truth=d), spec) for i, d in enumerate(big)]
+    items += [item_to_pb(ScoringItem(f"wrong{i}", q, ground_truth=big[0]), spec) for i, q in enumerate(wrong)]
+    results = await asyncio.wait_for(reward.score_batch(items), 60)
+    assert [(r.status, r.total) for r in results] == (
+        [(reward_pb2.SCORE_STATUS_OK, 1.0)] * 2 + [(reward_pb2.SCORE_STATUS_OK, 0.0)] * 2
+    ), [r.error for r in results]
+    assert "12303 rows" in results[0].components[0].explanation
 
 
 def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:

@@ -43,8 +43,8 @@ Score = Callable[..., Awaitable[Any]]
 
 @pytest.fixture
 async def sql_server(start_tools: Callable[..., Awaitable[RunningServer]]) -> RunningServer:
-    """The SQL tool server with a short time limit and a row cap above every Spider result."""
-    return await start_tools(sql_timeout_s=0.5, sql_max_rows=50_000, worker_threads=8)
+    """The SQL tool server with a short time limit (and the default caps)."""
+    return await start_tools(sql_timeout_s=0.5, worker_threads=8)
 
 
 @pytest.fixture
@@ -232,18 +232,26 @@ async def test_gold_past_the_time_limit_is_a_system_error(reward: SqlExecution, 
         await score(reward, SINGERS, {"db_id": "concert_singer", "query": endless_count_sql})
 
 
+async def test_the_models_row_cap_does_not_cut_what_the_reward_compares(
+        start_tools: Callable[..., Awaitable[RunningServer]], make_reward: MakeReward) -> None:
+    reward = make_reward(await start_tools(sql_max_rows=4))  # the model sees 4 of the 6 singers
+    out = await score(reward, "SELECT Name, Age FROM singer WHERE 1 = 1")
+    assert out.value == 1.0 and "6 rows" in out.explanation
+    assert (await score(reward, "SELECT name, age FROM singer LIMIT 5")).value == 0.0
+
+
 async def test_rows_cut_by_the_tool_cap(start_tools: Callable[..., Awaitable[RunningServer]],
                                         make_reward: MakeReward) -> None:
-    server = await start_tools(sql_max_rows=4)
+    server = await start_tools(sql_max_rows=4, sql_verify_max_rows=4)
     reward = make_reward(server)
-    with pytest.raises(RewardSystemError, match="RLYARD_TOOLS_SQL_MAX_ROWS"):
+    with pytest.raises(RewardSystemError, match="RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS"):
         await score(reward, SINGERS)  # gold of 6 rows, cut at 4
     small_gold = {"db_id": "concert_singer", "query": "SELECT name FROM singer WHERE age < 40"}  # 3 rows
     # a cut prediction whose row count already differs: certainly wrong, as the official says
     out = await score(reward, "SELECT name FROM singer", small_gold)
     assert out.value == 0.0 and "6 rows" in out.explanation
     # BIRD: a set may still match when more rows are hidden, unless a visible row is foreign
-    with pytest.raises(RewardSystemError, match="RLYARD_TOOLS_SQL_MAX_ROWS"):
+    with pytest.raises(RewardSystemError, match="RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS"):
         twice = "SELECT name FROM singer WHERE age < 40 UNION ALL SELECT name FROM singer WHERE age < 40"
         await score(reward, twice, small_gold, semantics="bird")
     out = await score(reward, "SELECT name FROM singer ORDER BY age DESC", small_gold, semantics="bird")
@@ -325,8 +333,9 @@ def spider_dev(repo: Any) -> list[dict[str, str]]:
 
 async def test_every_spider_dev_gold_matches_itself(start_tools: Callable[..., Awaitable[RunningServer]],
                                                     make_reward: MakeReward, spider_dev: list[dict[str, str]]) -> None:
-    # a time limit with room: the 10,000-row wta_1 results slow down under full concurrency
-    server = await start_tools(sql_timeout_s=5.0, sql_max_rows=50_000, worker_threads=8)
+    # the default caps (the two 12,303-row wta_1 golds pass the model's 10,000-row cap: the
+    # reward's verification calls have their own); a time limit with room for full concurrency
+    server = await start_tools(sql_timeout_s=5.0, worker_threads=8)
     reward = make_reward(server)
     dev = spider_dev
     assert len(dev) == 1026

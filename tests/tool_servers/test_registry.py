@@ -135,6 +135,10 @@ def test_tool_settings_from_env_parse_the_tool_list_and_numbers() -> None:
         ({"sql_max_rows": 0}, "RLYARD_TOOLS_SQL_MAX_ROWS"),
         ({"max_sessions": -1}, "RLYARD_TOOLS_MAX_SESSIONS"),
         ({"sql_timeout_s": 0.0}, "RLYARD_TOOLS_SQL_TIMEOUT_S"),
+        ({"sql_max_bytes": 16 * 1024 * 1024}, "RLYARD_TOOLS_SQL_MAX_BYTES must be between 1 and 15728640"),
+        ({"sql_verify_max_bytes": 15 * 1024 * 1024 + 1}, "RLYARD_TOOLS_SQL_VERIFY_MAX_BYTES"),
+        ({"sql_verify_max_rows": 9_999}, "RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS/_BYTES must be at least"),
+        ({"sql_max_bytes": 2_000, "sql_verify_max_bytes": 1_000}, "a reward must see every row the model saw"),
     ],
 )
 def test_bad_tool_settings_name_the_variable(overrides: dict[str, Any], variable: str) -> None:

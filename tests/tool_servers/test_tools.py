@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import pytest
 
 from rlyard.client import ToolClient
 from rlyard.common.v1 import common_pb2
+from tool_servers.sqlite_db import row_json_bytes, to_jsonable
 from tool_servers.tools.describe_table import DescribeTableArgs
 from tool_servers.tools.list_tables import ListTablesArgs
 from tool_servers.tools.sql_query import SqlQueryArgs
@@ -184,6 +186,46 @@ async def test_sql_query_row_cap_truncates_and_counts_the_rest(start_tools: Any,
     data = structured(result)
     assert data["rows"] == [["Joe Sharp"], ["Timbaland"]]
     assert (data["more_rows"], data["more_rows_exact"], data["truncated"]) == (4, True, True)
+
+
+async def test_verification_calls_get_their_own_caps_and_model_calls_keep_theirs(
+    start_tools: Any, make_client: Any
+) -> None:
+    client = make_client(await start_tools(sql_max_rows=2, sql_verify_max_rows=4))
+    query = {"query": "SELECT Name FROM singer ORDER BY Singer_ID"}
+    verify = await client.call_tool("sql_query", query, context={"db_id": "concert_singer", "purpose": "verification"})
+    data = structured(verify)
+    assert data["row_count"] == 4 and (data["more_rows"], data["truncated"]) == (2, True)
+    assert text(verify) == "Name\nJoe Sharp\nTimbaland\nJustin Brown\nRose White\n… 2 more rows (4 of 6 shown)"
+    one_off = await client.call_tool("sql_query", query, context={"db_id": "concert_singer"})
+    session_id = await client.open_session({"db_id": "concert_singer"})
+    in_session = await client.call_tool("sql_query", query, session_id=session_id)
+    for result in (one_off, in_session):
+        assert (structured(result)["row_count"], structured(result)["more_rows"]) == (2, 4)
+
+
+async def test_a_context_purpose_is_only_for_one_off_calls_and_only_verification(client: ToolClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.open_session({"db_id": "concert_singer", "purpose": "verification"})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'purpose' is for one-off calls" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.call_tool("sql_query", {"query": "SELECT 1"}, context={"db_id": "concert_singer", "purpose": "x"})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown purpose 'x'" in (err.value.details() or "")
+
+
+async def test_the_byte_cap_counts_rows_as_json(start_tools: Any, make_client: Any) -> None:
+    # 'é' is 1 character, 6 bytes of JSON ("\u00e9"): the cap counts what travels
+    rows = [["é" * 100, 1.5, None], ["\"x\"", -(2**63), b"\x00\xff"]]
+    assert [row_json_bytes(r) for r in rows] == [len(json.dumps(r, default=to_jsonable)) + 2 for r in rows]
+    assert sum(row_json_bytes(r) for r in rows) == len(json.dumps(rows, default=to_jsonable))  # with "[", "]"
+    per_row = row_json_bytes(["é" * 100])
+    client = make_client(await start_tools(sql_max_bytes=3 * per_row))
+    query = {"query": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) "
+                      "SELECT printf('%!.100c', 'é') FROM c"}
+    result = await client.call_tool("sql_query", query, context={"db_id": "concert_singer"})
+    assert (structured(result)["row_count"], structured(result)["more_rows"]) == (3, 7)
 
 
 async def test_sql_query_count_limit_gives_an_inexact_marker(

@@ -20,16 +20,30 @@ def databases(ctx: ToolContext) -> SqliteDatabases:
     return dbs
 
 
-def limits(ctx: ToolContext) -> SqlLimits:
-    """The per-query caps from the server's settings."""
+# A reward's one-off call sets context {"purpose": "verification"} to compare full results
+# (reward_service/rewards/sql_execution.py); SessionStore.open refuses the key on sessions.
+PURPOSE_KEY = "purpose"
+VERIFICATION = "verification"
+
+
+def limits(ctx: ToolContext, session: Session | None = None) -> SqlLimits:
+    """The per-query caps: the model's, or the verification caps for a one-off call with
+    ``purpose=verification`` (larger, still bounded: ``SQL_VERIFY_MAX_ROWS``/``_BYTES``)."""
     s = ctx.settings
+    if session is not None and session.ephemeral and session.context.get(PURPOSE_KEY) == VERIFICATION:
+        return SqlLimits(s.sql_timeout_s, s.sql_verify_max_rows, s.sql_verify_max_bytes, s.sql_count_limit)
     return SqlLimits(s.sql_timeout_s, s.sql_max_rows, s.sql_max_bytes, s.sql_count_limit)
 
 
 def validate_db_context(ctx: ToolContext, context: Mapping[str, str]) -> None:
-    """A session of the SQL tools names an existing database."""
+    """A context of the SQL tools names an existing database, and no purpose but verification."""
     if "db_id" not in context:
         raise InvalidArgument("the SQL tools need a session context with a db_id")
+    purpose = context.get(PURPOSE_KEY)
+    if purpose is not None and purpose != VERIFICATION:
+        raise InvalidArgument(
+            f"unknown purpose {purpose!r} in the context; the SQL tools know only {PURPOSE_KEY}={VERIFICATION}"
+        )
     databases(ctx).resolve(context["db_id"])
 
 

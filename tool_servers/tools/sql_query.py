@@ -52,7 +52,7 @@ class SqlQuery:
                 "the query is only a comment: it has no SQL to run; send one SQL statement, e.g. a SELECT"
             )
         result = await self.ctx.run_blocking(
-            self.dbs.query, sql.db_id_of(session), args.query, sql.limits(self.ctx)
+            self.dbs.query, sql.db_id_of(session), args.query, sql.limits(self.ctx, session)
         )
         if result.error is not None:
             return ToolResult.error(result.error)
