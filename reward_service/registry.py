@@ -9,6 +9,8 @@ It is built once per service with the shared ``RewardContext``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -29,6 +31,14 @@ class RewardContext:
     settings: RewardSettings
     shared: dict[str, Any] = field(default_factory=dict)
     _tool_clients: dict[str, ToolClient] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor | None = None
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy work (sqlparse, row comparison) off the event loop, so that one slow item
+        does not hold up every other request; at most ``worker_threads`` run at once."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="reward")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def tool_client(self, target: str | None = None) -> ToolClient:
         """One client per tool-server target (default: the SQL tool server)."""
@@ -42,7 +52,7 @@ class RewardContext:
         return client
 
     async def close(self) -> None:
-        """Close clients and anything in ``shared`` that has ``aclose``/``close``."""
+        """Close clients, anything in ``shared`` that has ``aclose``/``close``, and the worker threads."""
         for client in self._tool_clients.values():
             await client.close()
         self._tool_clients.clear()
@@ -52,6 +62,9 @@ class RewardContext:
                 result = closer()
                 if asyncio.iscoroutine(result):
                     await result
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 class Reward(Protocol):

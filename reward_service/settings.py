@@ -17,6 +17,7 @@ class RewardSettings(EnvSettings):
     poi_tools_target: str = "127.0.0.1:50055"    # the POI tool server (poi_detail) the local-life metrics read
     tool_timeout_s: float = 30.0                 # deadline of one tool call
     batch_concurrency: int = 32                  # items of a batch scored at once
+    worker_threads: int = 4                      # threads for rewards' CPU work (sqlparse, row comparison)
     gold_cache_size: int = 4096                  # cached gold-query results (sql_execution)
     judge_backend: str = "openai"                # "openai" (HTTP endpoint) or "hf" (local model)
     judge_endpoint: str = "http://127.0.0.1:8000/v1"
@@ -28,6 +29,8 @@ class RewardSettings(EnvSettings):
     def __post_init__(self) -> None:
         if self.batch_concurrency < 1:
             raise ConfigError("RLYARD_REWARD_BATCH_CONCURRENCY must be >= 1")
+        if self.worker_threads < 1:
+            raise ConfigError("RLYARD_REWARD_WORKER_THREADS must be >= 1")
         if self.judge_backend not in ("openai", "hf"):
             raise ConfigError("RLYARD_REWARD_JUDGE_BACKEND must be 'openai' or 'hf'")
         if self.tool_timeout_s <= 0:

@@ -37,6 +37,10 @@ Failures that are not the model's:
   rows already include one the gold lacks — both score 0 exactly as the official
   code would.
 
+The CPU work (sqlparse, decoding and comparing rows) runs in the context's worker
+threads (``RLYARD_REWARD_WORKER_THREADS``), so a slow item never holds up the
+service's event loop and the other requests on it.
+
 Gold results are cached per service in an LRU (``RLYARD_REWARD_GOLD_CACHE_SIZE``
 entries, 0 disables it) keyed by (tool-server target, db_id, the gold SQL as
 executed); concurrent misses of one key share one tool call.
@@ -245,7 +249,7 @@ class SqlExecution:
             raise RewardSystemError(
                 f"SQL tool server {client.target} failed on the {role} query: {_describe_rpc_error(exc)}"
             ) from None
-        return _rows_of(result, client.target, role)
+        return await self.ctx.run_blocking(_rows_of, result, client.target, role)
 
     async def _gold(self, target: str | None, db_id: str, sql: str) -> SqlRows:
         resolved = target or self.ctx.settings.sql_tools_target
@@ -273,26 +277,15 @@ class SqlExecution:
         """Execute prediction and gold, compare their rows, add per-step feedback."""
         db_id, gold_sql = parse_ground_truth(item.ground_truth)
         steps = sql_step_rewards(item.trajectory)
-        pred_sql = cmp.extract_sql(item.text)
         spider = params.semantics == "spider"
-        try:
-            gold_checked, gold_exec = (
-                _prepare_gold(gold_sql, params.keep_distinct) if spider else (gold_sql, gold_sql)
-            )
-        except (IndexError, SQLParseError) as exc:
-            raise RewardInputError(f"the gold query could not be tokenised by sqlparse: {exc!r}") from None
-        if not pred_sql:
-            await self._gold(params.tool_server, db_id, gold_exec)  # the gold must still be sound
-            return RewardOutcome(0.0, "no SQL in the prediction", steps)
-        try:
-            pred_exec = cmp.spider_prepare(pred_sql, params.keep_distinct)[1] if spider else pred_sql
-        except (IndexError, SQLParseError) as exc:
-            await self._gold(params.tool_server, db_id, gold_exec)
-            return RewardOutcome(0.0, f"the prediction could not be tokenised by sqlparse: {exc}", steps)
+        q = await self.ctx.run_blocking(_prepare, item.text, gold_sql, spider, params.keep_distinct)
+        if q.pred_exec is None:
+            await self._gold(params.tool_server, db_id, q.gold_exec)  # the gold must still be sound
+            return RewardOutcome(0.0, q.why_not_run, steps)
 
         gold_res, pred_res = await asyncio.gather(
-            self._gold(params.tool_server, db_id, gold_exec),
-            self._run(params.tool_server, db_id, pred_exec, "predicted"),
+            self._gold(params.tool_server, db_id, q.gold_exec),
+            self._run(params.tool_server, db_id, q.pred_exec, "predicted"),
             return_exceptions=True,
         )
         for res in (gold_res, pred_res):  # the system's failures first, then the data's
@@ -307,10 +300,36 @@ class SqlExecution:
         if isinstance(pred_res, SqlFailure):
             what = "timed out" if pred_res.timed_out else "failed"
             return RewardOutcome(0.0, f"the predicted query {what}: {pred_res.message}", steps)
-        order = spider and cmp.order_matters(gold_checked)
-        value, why = _compare(gold_res, pred_res, spider, order)
+        order = spider and cmp.order_matters(q.gold_checked)
+        value, why = await self.ctx.run_blocking(_compare, gold_res, pred_res, spider, order)
         label = "spider" + (", order matters" if order else "") if spider else "bird"
         return RewardOutcome(value, f"{why} [{label}]", steps)
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The gold and predicted SQL as they run, or why the prediction does not run."""
+
+    gold_checked: str              # what the ORDER BY rule reads
+    gold_exec: str
+    pred_exec: str | None          # None: nothing to run
+    why_not_run: str = ""
+
+
+def _prepare(text: str, gold_sql: str, spider: bool, keep_distinct: bool) -> _Queries:
+    """Extract and preprocess both queries (regexes, sqlparse: CPU work for a worker thread)."""
+    try:
+        gold_checked, gold_exec = _prepare_gold(gold_sql, keep_distinct) if spider else (gold_sql, gold_sql)
+    except (IndexError, SQLParseError) as exc:
+        raise RewardInputError(f"the gold query could not be tokenised by sqlparse: {exc!r}") from None
+    pred_sql = cmp.extract_sql(text)
+    if not pred_sql:
+        return _Queries(gold_checked, gold_exec, None, "no SQL in the prediction")
+    try:
+        pred_exec = cmp.spider_prepare(pred_sql, keep_distinct)[1] if spider else pred_sql
+    except (IndexError, SQLParseError) as exc:
+        return _Queries(gold_checked, gold_exec, None, f"the prediction could not be tokenised by sqlparse: {exc}")
+    return _Queries(gold_checked, gold_exec, pred_exec)
 
 
 def _compare(gold: SqlRows, pred: SqlRows, spider: bool, order: bool) -> tuple[float, str]:

@@ -4,8 +4,10 @@ status codes, and a SQL tool server that dies in the middle of a batch."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -171,6 +173,29 @@ async def test_sql_execution_compares_results_past_the_models_row_cap(reward: Re
         [(reward_pb2.SCORE_STATUS_OK, 1.0)] * 2 + [(reward_pb2.SCORE_STATUS_OK, 0.0)] * 2
     ), [r.error for r in results]
     assert "12303 rows" in results[0].components[0].explanation
+
+
+async def test_sql_scoring_cpu_work_does_not_hold_up_other_requests(reward: RewardClient) -> None:
+    """sql_execution's CPU work runs off the service's event loop: while it tokenises a prediction
+    that takes sqlparse seconds, a stream of qa_em requests (one after the other) keeps being
+    answered. On the loop, the stream stalled for the whole tokenisation."""
+    gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
+    slow_item = item_to_pb(ScoringItem("slow", "SELECT " + "1+" * 100_000 + "1", ground_truth=gold),
+                           parse_spec({"sql_execution": 1.0}))
+    fast_item = item_to_pb(ScoringItem("fast", "Paris", ground_truth={"answers": ["paris"]}),
+                           parse_spec({"qa_em": 1.0}))
+    started = time.monotonic()
+    slow = asyncio.create_task(reward.score(slow_item))
+    answered = [started]
+    while not slow.done():
+        assert (await asyncio.wait_for(reward.score(fast_item), 60)).total == 1.0
+        answered.append(time.monotonic())
+    slow_result = await slow
+    slow_s = time.monotonic() - started
+    assert slow_result.total == 0.0 and "could not be tokenised" in slow_result.components[0].explanation
+    stalls = [b - a for a, b in itertools.pairwise(answered)]
+    # answered all along: no wait between two fast answers came near the slow item's time
+    assert max(stalls) < slow_s / 3, f"stalled {max(stalls):.2f}s while the slow item took {slow_s:.2f}s"
 
 
 def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from reward_service.types import (
     TrajectoryRecord,
     TurnRecord,
 )
+from rlyard.errors import ConfigError
 from rlyard.server import RunningServer
 
 SINGERS = "SELECT name, age FROM singer"
@@ -365,3 +366,5 @@ def test_registered_as_a_tool_verification_reward() -> None:
         SqlExecutionParams.model_validate({"semantics": "exact"})
     with pytest.raises(ValidationError):
         SqlExecutionParams.model_validate({"keep_distinc": True})
+    with pytest.raises(ConfigError, match="RLYARD_REWARD_WORKER_THREADS"):
+        RewardSettings(worker_threads=0)
