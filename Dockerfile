@@ -1,7 +1,11 @@
-# The rlyard services image: one image runs every service kind. docker-compose.yml
-# and k8s/ (both generated from configs/services.yaml) start `rlyard serve <kind>`
-# with the service's RLYARD_* environment, exactly as `rlyard up` does.
+# The rlyard services image. docker-compose.yml and k8s/ (both generated from
+# configs/services.yaml) start `rlyard serve <kind>` with the service's RLYARD_*
+# environment, exactly as `rlyard up` does. EXTRAS picks the optional dependencies
+# (pyproject.toml: sql, poi, reward, train); the default, all, runs every service
+# kind, and the POI corpus and indexes built below need it.
 FROM python:3.11.14-slim-trixie
+
+ARG EXTRAS=all
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,16 +24,19 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 
 WORKDIR /app
 # The repository minus .dockerignore: the code, configs/ and data/ (the table's
-# relative paths, e.g. RLYARD_TOOLS_DB_DIR=data/spider/database, resolve here).
+# relative paths, e.g. RLYARD_TOOLS_SQL_DB_DIR=data/spider/database, resolve here).
 COPY . .
-RUN pip install --no-cache-dir . \
+# the project itself, from this source; every dependency is pinned in pyproject.toml
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[${EXTRAS}]" \
  && rm -rf build ./*.egg-info
 
 # The local-life POI corpus (seed 0, 150,000 merchants) and its BM25 and dense (MiniLM + FAISS)
 # indexes, built once here so that the search and retrieve services only load them on start
 # (the containers' root filesystem is read-only). The model ships in a pip package: no download.
 ENV HF_HUB_OFFLINE=1
-RUN python -m tool_servers.poi --poi-dir data/generated/poi \
+RUN python -m envs.local_services.poi_corpus --out data/generated/poi \
+ && python -m tool_servers.poi --poi-dir data/generated/poi \
  && rm -f data/generated/poi/pois.jsonl
 
 USER 10001:10001

@@ -45,7 +45,7 @@ def _policy_dir(tmp: Path) -> Path:
 
 
 def _prompts(tokenizer: Any, batch: int) -> list[list[int]]:
-    from envs.sql_learning import system_prompt
+    from experiments.sql_learning import system_prompt
 
     questions = ["How much does a visit to 'Peak Performance (Qingyang)' cost per person on average?",
                  "Which 'Escape Room' merchants in 'Wuhan' are open at '22:00' on Saturday?",

@@ -3,7 +3,7 @@
 With the weights held fixed, the bench takes the gradient of ``--batches`` independent SFT batches
 (demonstrations) and of as many GRPO batches (rollouts through the embedded SQL tool server, scored
 by the reward service, the demo's GRPO loss, first update) and reports how alike the batches of each
-kind are (``trainer.agreement``: mean pairwise cosine; signal share = mean pairwise dot / mean squared
+kind are (``experiments.agreement``: mean pairwise cosine; signal share = mean pairwise dot / mean squared
 norm, the share of one batch gradient that is signal). SFT is the baseline of the same run: the
 ``ratio`` is GRPO's signal share over SFT's, and ``grpo_batch_for_sft_share`` the trajectories per
 step GRPO would need to agree as well as SFT does (noise falls as 1/batch). Five minutes here say
@@ -35,11 +35,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from trainer.agreement import agreement, batch_for_share, grpo_gradients, sft_gradients
+from experiments.agreement import agreement, batch_for_share, grpo_gradients, sft_gradients
+from experiments.learning import LearningConfig, experiment, prepare_for, quick
+from trainer.compose import open_stack
 from trainer.config import parse_config
-from trainer.learning import LearningConfig, experiment, prepare_for, quick
 from trainer.policy.hf import HFPolicy
-from trainer.wiring import RLServices
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "grad_agreement.json"
@@ -84,8 +84,8 @@ def measure(cfg: LearningConfig, work: Path, model: Path | None, demos: Path | N
     sft_seconds = time.monotonic() - tic
     config = parse_config(experiment(cfg, prep, model=start))
     stage = config.stages[0]
-    with RLServices(config, db_dir=prep.db_dir) as services, Progress(console=console, transient=True) as progress:
-        services.bind_policy(policy)
+    with open_stack(config) as stack, Progress(console=console, transient=True) as progress:
+        rollouts = stack.stage(stage, stack.sampler(policy), policy.tokenizer)
         task = progress.add_task("GRPO gradients", total=batches)
 
         def seen(done: int, values: dict[str, float]) -> None:
@@ -93,7 +93,12 @@ def measure(cfg: LearningConfig, work: Path, model: Path | None, demos: Path | N
                             description=f"GRPO gradients (batch reward {values.get('reward_mean', 0.0):.2f}, "
                                         f"kept {values.get('kept', 0):.0f})")
 
-        grpo = grpo_gradients(policy, services, stage, batches=batches, on_batch=seen, same_tasks=same_tasks)
+        policy.model.eval()
+        try:
+            grpo = grpo_gradients(policy, rollouts, stage, batches=batches, on_batch=seen, same_tasks=same_tasks)
+        finally:
+            policy.model.train()
+            rollouts.close()
     a_sft = agreement(sft)
     trajectories = cfg.group_size * cfg.prompts_per_step
     kept = [m.get("kept", 0.0) for m in grpo.batch_metrics]

@@ -26,11 +26,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from rlyard.domain import TextPart, ToolResult
+from rlyard.domain.content import to_jsonable
 from tool_servers.app import build_executor
-from tool_servers.executor import CallOutcome, ToolExecutor
-from tool_servers.result import TextContent
+from tool_servers.executor import ToolExecutor
 from tool_servers.settings import ToolServerSettings
-from tool_servers.sqlite_db import to_jsonable
 
 
 class CallIn(BaseModel):
@@ -48,15 +48,14 @@ class BatchIn(BaseModel):
     calls: list[CallIn]
 
 
-def outcome_json(outcome: CallOutcome) -> dict[str, Any]:
-    """A result as JSON-ready data (what ``result_pb`` carries, in JSON)."""
-    r = outcome.result
+def outcome_json(r: ToolResult) -> dict[str, Any]:
+    """A result as JSON-ready data (what ``tool_result_to_pb`` carries, in JSON)."""
     return {
-        "call_id": outcome.call_id,
-        "name": outcome.name,
-        "content": [c.text if isinstance(c, TextContent) else repr(c) for c in r.content],
+        "call_id": r.call_id,
+        "name": r.name,
+        "content": [c.text if isinstance(c, TextPart) else repr(c) for c in r.content],
         "is_error": r.is_error,
-        "latency_ms": outcome.latency_ms,
+        "latency_ms": r.latency_ms,
         "structured": r.structured,
         "truncated": r.truncated,
     }
@@ -97,7 +96,7 @@ async def serve(ready_file: Path | None, host: str = "127.0.0.1", port: int = 0)
     import uvicorn
 
     settings = ToolServerSettings.from_env("RLYARD_TOOLS")
-    executor, pool = build_executor(settings)
+    executor, tool_ctx = build_executor(settings)
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -115,7 +114,7 @@ async def serve(ready_file: Path | None, host: str = "127.0.0.1", port: int = 0)
     try:
         await server.serve(sockets=[sock])
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        tool_ctx.close()
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlyard.domain import ToolResult
 from rlyard.errors import InvalidArgument
 from tool_servers.registry import REGISTRY, ToolContext, register
-from tool_servers.result import ToolResult
 from tool_servers.session import Session
 
 MEDIAN_S = 0.050
@@ -76,7 +76,7 @@ class Wait:
         seed, scale = _context_numbers(session.context)
         delay = latency_s(args.key, seed, scale)
         await asyncio.sleep(delay)
-        return ToolResult.text(f"ok {args.key} after {delay * 1000:.0f} ms", structured={"latency_s": delay})
+        return ToolResult.of_text(f"ok {args.key} after {delay * 1000:.0f} ms", structured={"latency_s": delay})
 
 
 if Wait.name not in REGISTRY:      # importing twice (e.g. as __main__ and as a module) is harmless

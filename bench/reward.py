@@ -40,15 +40,14 @@ from rich.console import Console
 from rich.table import Table
 
 from reward_service.app import build_scorer
-from reward_service.convert import item_to_pb, spec_to_pb
-from reward_service.scorer import OK, Scorer
+from reward_service.scorer import Scorer
 from reward_service.settings import RewardSettings
-from reward_service.spec import Spec, parse_spec
-from reward_service.types import ScoringItem
-from rlyard.launcher import Launcher
+from rlyard.domain import RewardSpec, ScoreStatus, ScoringItem, parse_spec
+from rlyard.domain.convert import item_to_pb, spec_to_pb
 from rlyard.reward.v1 import reward_pb2
 from rlyard.reward_client import RewardClient
-from rlyard.services import ServiceSpec
+from rlyard_app.launcher import Launcher
+from rlyard_app.services import ServiceSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "reward.json"
@@ -104,20 +103,20 @@ def _stats(times: list[float], batch: int) -> dict[str, float]:
 
 
 async def measure(
-    name: str, items: list[ScoringItem], spec: Spec, scorer: Scorer, client: RewardClient, repeats: int
+    name: str, items: list[ScoringItem], spec: RewardSpec, scorer: Scorer, client: RewardClient, repeats: int
 ) -> dict[str, Any]:
     """In-process vs service for one reward."""
     plan = [(item, spec) for item in items]
-    requests = [item_to_pb(item) for item in items]
-    spec_pb = spec_to_pb(spec)
+    # the request is built once, as before: the service side is measured from the message on
+    request = reward_pb2.ScoreBatchRequest(items=[item_to_pb(item) for item in items], default_spec=spec_to_pb(spec))
 
     async def in_process() -> None:
         results = await scorer.score_batch(plan)
-        assert all(r.status == OK for r in results), [r.error for r in results if r.status != OK][:3]
+        assert all(r.status == ScoreStatus.OK for r in results), [r.error for r in results if r.status != "OK"][:3]
 
     async def service() -> None:
-        results = await client.score_batch(requests, default_spec=spec_pb)
-        assert all(r.status == reward_pb2.SCORE_STATUS_OK for r in results), [r.error for r in results][:3]
+        resp = await client.stub.ScoreBatch(request, timeout=client.timeout)
+        assert all(r.status == reward_pb2.SCORE_STATUS_OK for r in resp.results), [r.error for r in resp.results][:3]
 
     local = _stats(await _time(in_process, repeats), len(items))
     remote = _stats(await _time(service, repeats), len(items))
@@ -135,7 +134,7 @@ async def measure(
 
 def _services(tmp: Path) -> Launcher:
     tools = ServiceSpec("bench-sql-tools", "tools", 0, 0, env={
-        "RLYARD_TOOLS_DB_DIR": str(REPO / "data" / "spider" / "database")})
+        "RLYARD_TOOLS_SQL_DB_DIR": str(REPO / "data" / "spider" / "database")})
     reward = ServiceSpec("bench-reward", "reward", 0, 0, depends_on=("bench-sql-tools",), peer_ports={
         "bench-sql-tools": 0}, env={"RLYARD_REWARD_SQL_TOOLS_TARGET": "{bench-sql-tools}",
                                     "RLYARD_REWARD_BATCH_CONCURRENCY": "32"})

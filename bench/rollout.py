@@ -21,9 +21,9 @@ the tool on its own. A trajectory is therefore 4 generations (``max_turns = turn
 3 tool calls.
 
 Then the training throughput of the same policy on the trajectories produced: ``grpo_update``
-(``trainer/grpo.py``: a no-grad pass for entropies, then forward+backward of the GRPO loss in
-micro-batches of 8, one optimizer step; trajectories regrouped in groups of 4 with seeded random
-rewards) and ``sft_step`` (``trainer/sft.py``: forward+backward of the masked NLL), in tokens/s.
+(``trainer/grpo.py``: one update of the GRPO loss over micro-batches of 8; trajectories regrouped
+in groups of 4 with seeded random rewards) and ``sft_step`` (``trainer/sft.py``: forward+backward
+of the masked NLL), in tokens/s.
 
 ``python -m bench.rollout [--trajectories 64] [--turns 3] [--seed 0] [--output F]``
 writes ``bench/results/rollout.json`` and prints a table. The goal is async ≥ 3× lock-step.
@@ -58,6 +58,7 @@ from rich.table import Table
 
 from bench.latency_tool import MEDIAN_S, P99_S, SIGMA, WaitArgs, latency_s
 from rlyard.client import ToolClient
+from rlyard.domain import Task, TrajectoryStatus
 from trainer.batching import collate_trajectories
 from trainer.config import AlgorithmConfig, OptimConfig, RolloutConfig, StageConfig
 from trainer.grpo import grpo_update
@@ -65,9 +66,10 @@ from trainer.model import init_policy
 from trainer.parsing import DEFAULT_MARKERS, parse_tool_calls
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.hf import HFPolicy
-from trainer.rollout import GenerationBatcher, RolloutEngine
+from trainer.rollout import RolloutEngine
+from trainer.sampler import GenerationBatcher, LocalSampler
 from trainer.sft import sft_step
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.types import RolloutTrajectory
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "rollout.json"
@@ -215,14 +217,22 @@ class LockStepBatcher(GenerationBatcher):
         self._release_if_full()
 
 
+class LockStepSampler(LocalSampler):
+    """The local sampler with the lock-step batcher in place of the usual one."""
+
+    def __init__(self, generator: Any, parties: int, **kwargs: Any) -> None:
+        super().__init__(generator, **kwargs)
+        self.batcher.close()
+        self.lockstep = LockStepBatcher(generator, parties, max_batch_size=self.batcher.max_batch_size)
+        self.batcher = self.lockstep
+
+
 class LockStepEngine(RolloutEngine):
     """``RolloutEngine`` whose trajectories take every turn together (see ``LockStepBatcher``)."""
 
-    def __init__(self, *args: Any, parties: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.batcher.close()
-        self.lockstep = LockStepBatcher(self.policy, parties, max_batch_size=self.batcher.max_batch_size)
-        self.batcher = self.lockstep
+    def __init__(self, sampler: LockStepSampler, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sampler, *args, **kwargs)
+        self.lockstep = sampler.lockstep
 
     async def rollout(self, task: Task, group_id: int, sample_index: int, *, step: int = 0) -> RolloutTrajectory:
         try:
@@ -291,11 +301,14 @@ async def run_mode(mode: str, sampler: ForcedToolSampler, address: str, tasks: l
     """One rollout of every task, once, in ``mode``; the wall time covers ``engine.run`` only."""
     client = ToolClient(address, timeout=60.0)
     engine: RolloutEngine
+    local: LocalSampler
     kwargs: dict[str, Any] = {"seed": seed, "tool_timeout_s": 60.0}
     if mode == "lockstep":
-        engine = LockStepEngine(sampler, sampler.tokenizer, client, cfg, parties=len(tasks), **kwargs)
+        local = LockStepSampler(sampler, parties=len(tasks))
+        engine = LockStepEngine(local, sampler.tokenizer, client, cfg, **kwargs)
     else:
-        engine = RolloutEngine(sampler, sampler.tokenizer, client, cfg, **kwargs)
+        local = LocalSampler(sampler)
+        engine = RolloutEngine(local, sampler.tokenizer, client, cfg, **kwargs)
     try:
         await client.list_tools(timeout=10.0)       # the channel is up before the clock starts
         calls0, rows0 = sampler.calls, sampler.rows
@@ -304,10 +317,11 @@ async def run_mode(mode: str, sampler: ForcedToolSampler, address: str, tasks: l
         wall = time.perf_counter() - start
     finally:
         await engine.aclose()
+        await local.aclose()
         await client.close()
     calls, rows = sampler.calls - calls0, sampler.rows - rows0
     bad = [(t.task.task_id, t.status.value, t.infra_error) for t in trajs
-           if t.status is not RolloutStatus.COMPLETED or t.num_tool_calls != cfg.max_turns - 1]
+           if t.status is not TrajectoryStatus.COMPLETED or t.num_tool_calls != cfg.max_turns - 1]
     if bad:
         raise RuntimeError(f"{mode}: {len(bad)} trajectories did not run every turn: {bad[:3]}")
     tool_ms = [ms for t in trajs for ms in t.tool_latency_ms]

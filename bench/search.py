@@ -155,10 +155,12 @@ async def _service(work: Path, store: PoiStore, queries: list[tuple[str, PoiFilt
     from rlyard.server import start_server
     from rlyard.settings import ServerSettings
     from tool_servers.app import tool_service
+    from tool_servers.poi.settings import PoiSettings
     from tool_servers.settings import ToolServerSettings
 
-    settings = ToolServerSettings(tools=("search",), poi_dir=store.db_path.parent, poi_index_dir=work / "index")
-    server = await start_server(tool_service(settings), ServerSettings(host="127.0.0.1", port=0))
+    family = PoiSettings(dir=store.db_path.parent, index_dir=work / "index")
+    server = await start_server(tool_service(ToolServerSettings(tools=("search",)), [family]),
+                                ServerSettings(host="127.0.0.1", port=0))
     client = ToolClient(server.address, timeout=30.0)
     try:
         calls = [{"query": q, "city": f.city, "top_k": 10} for q, f in queries]
@@ -170,7 +172,7 @@ async def _service(work: Path, store: PoiStore, queries: list[tuple[str, PoiFilt
             result = await client.call_tool("search", args)
             times.append(time.perf_counter() - t0)
             if result.is_error:
-                raise RuntimeError(f"search failed: {result.content[0].text}")
+                raise RuntimeError(f"search failed: {result.text}")
         sequential = latency(times)
         pending = list(calls) * 2
 

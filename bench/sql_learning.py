@@ -1,6 +1,6 @@
 """Does GRPO make the tiny policy better at text-to-SQL, beyond what more SFT would?
 
-For each seed: the learning demo (``trainer.learning.run_learning``: a fresh world, tasks,
+For each seed: the learning demo (``experiments.learning.run_learning``: a fresh world, tasks,
 demonstrations and tiny policy from that seed; copying warm-up; SFT; GRPO with the execution
 reward over the embedded SQL tool server and reward service; greedy held-out evaluation of the SFT
 and the GRPO checkpoints), then the control: starting from the same SFT checkpoint, more SFT on the
@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from trainer.learning import LearningConfig, prepare_for, quick, run_learning
+from experiments.learning import EvalEvent, LearningConfig, PhaseEvent, prepare_for, quick, run_learning
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "sql_learning.json"
@@ -46,11 +46,11 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
     tic = time.monotonic()
     rl_dir, control_dir = runs_dir / f"seed{seed}-grpo", runs_dir / f"seed{seed}-control"
 
-    def log(event: dict[str, Any]) -> None:
-        if event.get("type") == "eval" and event.get("state") == "done":
-            console.print(f"  seed {seed} · {event['model']}: held-out accuracy {100 * event['accuracy']:.1f}%")
-        elif event.get("type") == "phase":
-            console.print(f"  seed {seed} · {event['phase']} ({time.monotonic() - tic:.0f} s)")
+    def log(event: Any) -> None:
+        if isinstance(event, EvalEvent) and event.state == "done":
+            console.print(f"  seed {seed} · {event.model}: held-out accuracy {100 * event.accuracy:.1f}%")
+        elif isinstance(event, PhaseEvent):
+            console.print(f"  seed {seed} · {event.phase} ({time.monotonic() - tic:.0f} s)")
 
     prep = prepare_for(cfg, runs_dir / f"seed{seed}-work", log)
     prepare_seconds = time.monotonic() - tic     # world, tasks, demonstrations, policy, copy warm-up

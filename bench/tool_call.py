@@ -55,6 +55,7 @@ from rlyard.client import ToolClient, ToolStream
 from tool_servers.app import build_executor
 from tool_servers.executor import ToolExecutor
 from tool_servers.settings import ToolServerSettings
+from tool_servers.sql.settings import SqlSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "tool_call.json"
@@ -200,8 +201,8 @@ class InProcess(Target):
         executor, context, args = self.executor, self.context, self.args
 
         async def call() -> str:
-            outcome = await executor.call("", context, "c", TOOL, args)
-            return outcome.result.content[0].text  # type: ignore[union-attr]
+            result = await executor.call("", context, "c", TOOL, args)
+            return result.first_text
 
         return [call] * n
 
@@ -216,7 +217,7 @@ class GrpcUnary(Target):
 
         async def call() -> str:
             result = await client.call_tool(TOOL, args, context=context)
-            return result.content[0].text
+            return result.first_text
 
         return [call] * n
 
@@ -259,7 +260,7 @@ class GrpcStream(Target):
         def make(stream: ToolStream) -> Call:
             async def call() -> str:
                 result = await stream.call(TOOL, args, context=context)
-                return result.content[0].text
+                return result.first_text
 
             return call
 
@@ -413,7 +414,7 @@ def server_env(db_dir: Path) -> dict[str, str]:
         "RLYARD_PORT": "0",
         "RLYARD_LOG_LEVEL": "WARNING",
         "RLYARD_TOOLS_TOOLS": TOOL,
-        "RLYARD_TOOLS_DB_DIR": str(db_dir.resolve()),
+        "RLYARD_TOOLS_SQL_DB_DIR": str(db_dir.resolve()),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
     })
     return env
@@ -509,12 +510,13 @@ async def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
     with servers(Path(cfg.db_dir), need_grpc, need_http, pin) as procs:
         # built after pinning, so that the executor's threads share the one CPU
         # the same settings (from the same environment) as the servers
-        settings = ToolServerSettings.from_env("RLYARD_TOOLS", server_env(Path(cfg.db_dir)))
-        executor, pool = build_executor(settings)
-        expected_outcome = await executor.call("", ctx, "check", TOOL, args)
-        if expected_outcome.result.is_error:
-            raise RuntimeError(f"the bench query fails: {expected_outcome.result.content}")
-        expected: str = expected_outcome.result.content[0].text  # type: ignore[union-attr]
+        env = server_env(Path(cfg.db_dir))
+        settings = ToolServerSettings.from_env("RLYARD_TOOLS", env)
+        executor, tool_ctx = build_executor(settings, [SqlSettings.from_env(SqlSettings.ENV_PREFIX, env)])
+        checked = await executor.call("", ctx, "check", TOOL, args)
+        if checked.is_error:
+            raise RuntimeError(f"the bench query fails: {checked.text}")
+        expected: str = checked.first_text
         grpc_addr = f"127.0.0.1:{procs['grpc'].port}" if need_grpc else ""
         http_url = f"http://127.0.0.1:{procs['http'].port}" if need_http else ""
         factories: dict[str, Callable[[], Target]] = {
@@ -559,7 +561,7 @@ async def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
                         progress.refresh()
                 finally:
                     await target.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+        tool_ctx.close()
     return summarize(cfg, results, loadavg_start)
 
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlyard.domain import Task
 from rlyard.errors import ConfigError
-from rlyard.services import ROOT
-from trainer.types import Task
+from rlyard.paths import ROOT
 
 SPIDER_DEV = ROOT / "data" / "spider" / "dev.json"
 SPIDER_DB_DIR = ROOT / "data" / "spider" / "database"
@@ -141,21 +141,19 @@ def load_bird(path: Path | str, db_dir: Path | str | None = None) -> list[SqlIte
 
 # ---------------------------------------------------------------------------- the SQL tools, in-process
 class SqlToolbox:
-    """The real SQL tools run in-process (no server), as a rollout would see them.
-
-    Use as a context manager; ``await call(db_id, name, arguments)`` → ``(text, is_error,
-    structured)``. A generous statement time limit: gold queries must finish, whatever the load.
-    """
+    """The real SQL tools run in-process through the tool server's executor (no gRPC), as a
+    rollout would see them; a context manager. ``await call(db_id, name, arguments)`` →
+    ``(text, is_error, structured)``. A generous statement time limit: gold queries must finish,
+    whatever the load."""
 
     def __init__(self, db_dir: Path | str = SPIDER_DB_DIR, *, display_rows: int = 5,
                  display_max_chars: int = 800) -> None:
-        from tool_servers.registry import ToolContext, build_tools
-        from tool_servers.settings import ToolServerSettings
+        from tool_servers.local import LocalTools
+        from tool_servers.sql.settings import SqlSettings
 
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        settings = ToolServerSettings(db_dir=Path(db_dir), sql_timeout_s=30.0, display_rows=display_rows,
-                                      display_max_chars=display_max_chars)
-        self.tools = build_tools(list(SQL_TOOLS), ToolContext(settings=settings, pool=self.pool))
+        family = SqlSettings(db_dir=Path(db_dir), timeout_s=30.0, display_rows=display_rows,
+                             display_max_chars=display_max_chars)
+        self.tools = LocalTools(SQL_TOOLS, [family])
 
     def __enter__(self) -> SqlToolbox:
         return self
@@ -165,18 +163,12 @@ class SqlToolbox:
 
     async def call(self, db_id: str, name: str, arguments: dict[str, Any]) -> tuple[str, bool, Any]:
         """Run one tool on ``db_id``."""
-        from tool_servers.result import TextContent
-        from tool_servers.session import Session
-
-        tool = self.tools[name]
-        session = Session(session_id="env", context={"db_id": db_id}, idle_timeout_s=60.0)
-        result = await tool.call(tool.Args.model_validate(arguments), session)
-        text = "\n".join(c.text for c in result.content if isinstance(c, TextContent))
-        return text, result.is_error, result.structured
+        result = await self.tools.call(name, arguments, {"db_id": db_id})
+        return result.text, result.is_error, result.structured
 
     def close(self) -> None:
         """Stop the worker thread."""
-        self.pool.shutdown()
+        self.tools.close()
 
 
 async def schema_text_async(toolbox: SqlToolbox, db_id: str) -> str:
@@ -235,7 +227,7 @@ def _run_sync(coro: Any) -> Any:
 # ---------------------------------------------------------------------------- tasks
 def default_tools() -> list[dict[str, Any]]:
     """OpenAI schemas of the three SQL tools, as ``ListTools`` publishes them."""
-    from trainer.model.corpus import tool_schemas
+    from tool_servers.local import tool_schemas
 
     return tool_schemas(SQL_TOOLS)
 

@@ -1,6 +1,7 @@
 """``python -m reward_service``: run the reward service configured from the environment."""
 
-from rlyard.cli.serve import run_service
+from reward_service.app import from_env
+from rlyard.server import main
 
 if __name__ == "__main__":
-    run_service("reward")
+    main(from_env)

@@ -1,9 +1,9 @@
-"""The reward plug-in registry: one file per reward in ``reward_service/rewards/``.
+"""The reward plug-in registry: one file per reward in ``reward_service/rewards/``, imported only
+when served (``reward_service.catalog``).
 
-A reward is a class with ``name``, ``description``, ``kind``, a pydantic
-``Params`` model (``ListRewards`` publishes its JSON Schema; a spec's
-``params`` are validated against it) and ``async score(item, params)``.
-It is built once per service with the shared ``RewardContext``.
+A reward is a class with ``name``, ``description``, ``kind``, a pydantic ``Params`` model
+(``ListRewards`` publishes its JSON Schema; a spec's ``params`` are validated against it) and
+``async score(item, params)``. It is built once per service with the shared ``RewardContext``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from reward_service.catalog import REWARD_EXTRAS, REWARD_MODULES
 from reward_service.settings import RewardSettings
-from reward_service.types import RewardKindName, RewardOutcome, ScoringItem
+from reward_service.types import RewardKindName, RewardOutcome
 from rlyard.client import ToolClient
-from rlyard.plugins import add_plugin, check_known, import_modules
+from rlyard.domain import ScoringItem
+from rlyard.plugins import add_plugin, load_plugin
 
 T = TypeVar("T")
 
@@ -84,7 +86,6 @@ class Reward(Protocol):
 
 
 REGISTRY: dict[str, type[Reward]] = {}
-_PACKAGE = "reward_service.rewards"
 
 
 def register(cls: type[T]) -> type[T]:
@@ -93,14 +94,15 @@ def register(cls: type[T]) -> type[T]:
     return cls
 
 
-def load_plugins() -> None:
-    """Import every module of ``reward_service.rewards`` so that they register."""
-    import_modules(_PACKAGE)
+def load_reward(name: str) -> type[Reward]:
+    """The class of reward ``name`` (registered already, else imported from the catalog)."""
+    cls: type[Reward] = load_plugin(REGISTRY, "reward", name, REWARD_MODULES, REWARD_EXTRAS)
+    return cls
 
 
-def build_rewards(ctx: RewardContext, names: list[str] | None = None) -> dict[str, Reward]:
-    """Instantiate the named rewards (default: all); an unknown name is a ConfigError."""
-    load_plugins()
-    names = sorted(REGISTRY) if names is None else names
-    check_known(REGISTRY, "reward", names)
-    return {name: REGISTRY[name](ctx) for name in names}
+def build_rewards(ctx: RewardContext, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Reward]:
+    """Instantiate the named rewards (default: every reward of the catalog), importing only their
+    modules; an unknown name is a ConfigError."""
+    names = list(REWARD_MODULES) if names is None else list(names)
+    classes = {name: load_reward(name) for name in names}
+    return {name: cls(ctx) for name, cls in classes.items()}

@@ -13,78 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
 from reward_service.registry import Reward
-from reward_service.spec import Spec, Term
-from reward_service.types import RewardInputError, RewardSystemError, ScoringItem
+from reward_service.types import RewardInputError, RewardSystemError
+from rlyard.domain import ComponentScore, RewardSpec, RewardTerm, ScoreResult, ScoreStatus, ScoringItem, StepScore
 from rlyard.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
-
-OK = "OK"
-SYSTEM_ERROR = "SYSTEM_ERROR"
-INVALID_INPUT = "INVALID_INPUT"
-
-
-@dataclass
-class ComponentScore:
-    """One reward's result for one item."""
-
-    name: str
-    value: float
-    weight: float
-    explanation: str = ""
-    status: str = OK
-
-
-@dataclass
-class StepScore:
-    """A weighted per-turn reward of one component."""
-
-    turn_index: int
-    value: float
-    component: str
-
-
-@dataclass
-class ItemScore:
-    """The result for one item."""
-
-    item_id: str
-    total: float
-    components: list[ComponentScore] = field(default_factory=list)
-    step_rewards: list[StepScore] = field(default_factory=list)
-    explanation: str = ""
-    status: str = OK
-    error: str = ""
-
-    def to_jsonable(self) -> dict[str, Any]:
-        """The CLI's output form."""
-        out: dict[str, Any] = {
-            "total": self.total,
-            "components": {c.name: c.value for c in self.components},
-            "status": self.status,
-        }
-        if self.step_rewards:
-            out["step_rewards"] = [
-                {"turn_index": s.turn_index, "value": s.value, "component": s.component} for s in self.step_rewards
-            ]
-        if self.explanation:
-            out["explanation"] = self.explanation
-        if self.error:
-            out["error"] = self.error
-        return out
-
 
 @dataclass(frozen=True)
 class BoundTerm:
     """A spec term with its reward and validated parameters."""
 
-    term: Term
+    term: RewardTerm
     reward: Reward
     params: BaseModel
 
@@ -96,7 +40,7 @@ class Scorer:
         self.rewards = rewards
         self.batch_concurrency = batch_concurrency
 
-    def bind(self, spec: Spec) -> list[BoundTerm]:
+    def bind(self, spec: RewardSpec) -> list[BoundTerm]:
         """Check every term against the registry and its parameter schema."""
         bound = []
         for term in spec.terms:
@@ -120,33 +64,34 @@ class Scorer:
         try:
             outcome = await b.reward.score(item, b.params)
         except RewardSystemError as exc:
-            return ComponentScore(name, 0.0, weight, str(exc), SYSTEM_ERROR), []
+            return ComponentScore(name, 0.0, weight, str(exc), ScoreStatus.SYSTEM_ERROR), []
         except RewardInputError as exc:
-            return ComponentScore(name, 0.0, weight, str(exc), INVALID_INPUT), []
+            return ComponentScore(name, 0.0, weight, str(exc), ScoreStatus.INVALID_INPUT), []
         steps = [StepScore(s.turn_index, weight * s.value, name) for s in outcome.step_rewards]
         return ComponentScore(name, float(outcome.value), weight, outcome.explanation), steps
 
-    async def score_bound(self, item: ScoringItem, bound: Sequence[BoundTerm]) -> ItemScore:
+    async def score_bound(self, item: ScoringItem, bound: Sequence[BoundTerm]) -> ScoreResult:
         """Score one item with already-bound terms (all rewards concurrently)."""
         results = await asyncio.gather(*(self._component(item, b) for b in bound))
         components = [c for c, _ in results]
         steps = sorted((s for _, ss in results for s in ss), key=lambda s: (s.turn_index, s.component))
-        failed = [c for c in components if c.status != OK]
+        failed = [c for c in components if c.status != ScoreStatus.OK]
         if failed:
-            status = SYSTEM_ERROR if any(c.status == SYSTEM_ERROR for c in failed) else INVALID_INPUT
+            status = (ScoreStatus.SYSTEM_ERROR if any(c.status == ScoreStatus.SYSTEM_ERROR for c in failed)
+                      else ScoreStatus.INVALID_INPUT)
             error = "; ".join(f"{c.name}: {c.explanation}" for c in failed)
-            return ItemScore(item.item_id, 0.0, components, [], f"not scored ({status})", status, error)
+            return ScoreResult(item.item_id, 0.0, components, [], f"not scored ({status})", status, error)
         total = sum(c.weight * c.value for c in components)
         explanation = "; ".join(
             f"{c.name}={c.value:.4g}" + (f" ({c.explanation})" if c.explanation else "") for c in components
         )
-        return ItemScore(item.item_id, total, components, steps, explanation)
+        return ScoreResult(item.item_id, total, components, steps, explanation)
 
-    async def score(self, item: ScoringItem, spec: Spec) -> ItemScore:
+    async def score(self, item: ScoringItem, spec: RewardSpec) -> ScoreResult:
         """Score one item."""
         return await self.score_bound(item, self.bind(spec))
 
-    async def score_batch(self, items: Sequence[tuple[ScoringItem, Spec]]) -> list[ItemScore]:
+    async def score_batch(self, items: Sequence[tuple[ScoringItem, RewardSpec]]) -> list[ScoreResult]:
         """Score many items concurrently (at most ``batch_concurrency`` at once), in order.
 
         Every spec is checked before anything runs, so a bad spec fails the whole batch.
@@ -160,7 +105,7 @@ class Scorer:
             plan.append((item, bound_by_spec[key]))
         gate = asyncio.Semaphore(self.batch_concurrency)
 
-        async def one(item: ScoringItem, bound: list[BoundTerm]) -> ItemScore:
+        async def one(item: ScoringItem, bound: list[BoundTerm]) -> ScoreResult:
             async with gate:
                 return await self.score_bound(item, bound)
 

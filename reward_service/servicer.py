@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from reward_service.convert import item_from_pb, score_to_pb, spec_from_pb
 from reward_service.scorer import Scorer
-from reward_service.spec import Spec
 from reward_service.types import RewardKindName
+from rlyard.domain import RewardSpec
+from rlyard.domain.convert import item_from_pb, score_to_pb, spec_from_pb
 from rlyard.errors import InvalidArgument
 from rlyard.reward.v1 import reward_pb2, reward_pb2_grpc
 
@@ -49,7 +49,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def ScoreBatch(
         self, request: reward_pb2.ScoreBatchRequest, context: object
     ) -> reward_pb2.ScoreBatchResponse:
-        default: Spec | None = spec_from_pb(request.default_spec) if request.default_spec.terms else None
+        default: RewardSpec | None = spec_from_pb(request.default_spec) if request.default_spec.terms else None
         plan = []
         for pb in request.items:
             spec = spec_from_pb(pb.spec) if pb.spec.terms else default

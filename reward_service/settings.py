@@ -10,8 +10,13 @@ from rlyard.settings import EnvSettings
 
 @dataclass(frozen=True)
 class RewardSettings(EnvSettings):
-    """Where the reward service finds its dependencies, and its limits."""
+    """Which rewards to serve, where the reward service finds its dependencies, and its limits.
 
+    ``RLYARD_REWARD_REWARDS=qa_em,sql_execution`` picks rewards by name (empty: every reward);
+    the service imports only those.
+    """
+
+    rewards: tuple[str, ...] = ()
     sql_tools_target: str = "127.0.0.1:50051"   # the SQL tool server that sql_execution uses
     sql_tools_auth_token: str | None = None      # bearer token, when that server has RLYARD_AUTH_TOKEN set
     poi_tools_target: str = "127.0.0.1:50055"    # the POI tool server (poi_detail) the local-life metrics read

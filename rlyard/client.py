@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard.common.v1 import common_pb2
+from rlyard.domain import ImagePart, ToolResult
+from rlyard.domain.convert import image_to_pb, tool_result_from_pb
 from rlyard.errors import DeadlineExceeded, Unavailable
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
 
@@ -155,7 +157,7 @@ class ToolClient(_BaseClient):
         context: Mapping[str, str] | None = None,
         call_id: str | None = None,
         timeout: float | None = None,
-    ) -> common_pb2.ToolResult:
+    ) -> ToolResult:
         """One unary call; ``context`` (e.g. ``{"db_id": ...}``) serves a one-off call."""
         request = tools_pb2.CallToolRequest(
             session_id=session_id,
@@ -167,7 +169,7 @@ class ToolClient(_BaseClient):
             context=dict(context or {}),
         )
         resp = await self._unary(self.stub.CallTool, request, timeout)
-        return resp.result
+        return tool_result_from_pb(resp.result)
 
     async def open_session(
         self,
@@ -175,11 +177,14 @@ class ToolClient(_BaseClient):
         *,
         session_id: str = "",
         idle_timeout_s: float = 0.0,
+        attachments: Sequence[ImagePart] = (),
         timeout: float | None = None,
     ) -> str:
-        """Open per-trajectory state on the server; returns the session id."""
+        """Open per-trajectory state on the server (``attachments``: images the session's tools
+        read by ``image_id``); returns the session id."""
         request = tools_pb2.OpenSessionRequest(
-            session_id=session_id, context=dict(context or {}), idle_timeout_s=idle_timeout_s
+            session_id=session_id, context=dict(context or {}), idle_timeout_s=idle_timeout_s,
+            attachments=[image_to_pb(a) for a in attachments],
         )
         resp = await self._unary(self.stub.OpenSession, request, timeout)
         return resp.session_id
@@ -211,7 +216,7 @@ class ToolStream:
         self.batch = batch
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[str, asyncio.Future[common_pb2.ToolResult]] = {}
+        self._pending: dict[str, asyncio.Future[ToolResult]] = {}
         self._outbox: list[tools_pb2.CallToolRequest] = []
         self._flush_scheduled = False
         self._ids = itertools.count()
@@ -228,7 +233,7 @@ class ToolStream:
                 for result in resp.results:
                     fut = self._pending.pop(result.call_id, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(result)
+                        fut.set_result(tool_result_from_pb(result))
             error: Exception = Unavailable("CallTools stream closed by the server")
         except grpc.aio.AioRpcError as exc:
             error = Unavailable(f"CallTools stream failed: {exc.code().name}: {exc.details()}")
@@ -266,7 +271,7 @@ class ToolStream:
         context: Mapping[str, str] | None = None,
         call_id: str | None = None,
         timeout: float | None = None,
-    ) -> common_pb2.ToolResult:
+    ) -> ToolResult:
         """One call over the stream; raises ``DeadlineExceeded`` past ``timeout``."""
         cid = call_id or f"s{next(self._ids)}"
         if cid in self._pending:
@@ -276,7 +281,7 @@ class ToolStream:
             call=common_pb2.ToolCall(call_id=cid, name=name, arguments_json=_arguments_json(arguments)),
             context=dict(context or {}),
         )
-        fut: asyncio.Future[common_pb2.ToolResult] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         self._outbox.append(request)
         if not self.batch:
@@ -293,7 +298,7 @@ class ToolStream:
         finally:
             timer.cancel()
 
-    def _expire(self, cid: str, fut: asyncio.Future[common_pb2.ToolResult], name: str, limit: float) -> None:
+    def _expire(self, cid: str, fut: asyncio.Future[ToolResult], name: str, limit: float) -> None:
         """The call's deadline passed: stop waiting for its result."""
         if not fut.done():
             self._pending.pop(cid, None)

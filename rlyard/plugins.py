@@ -1,12 +1,11 @@
-"""What the plug-in registries of the tool server and the reward service share:
-one class per name, modules imported to register, unknown names refused with the
-list of known ones."""
+"""What the plug-in registries of the tool server and the reward service share: one class per
+name, each imported from its module only when it is served, unknown names refused with the list
+of known ones, and a missing optional dependency named with the extra that brings it."""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from rlyard.errors import ConfigError
@@ -20,16 +19,28 @@ def add_plugin(registry: dict[str, Any], kind: str, cls: Any) -> None:
     registry[name] = cls
 
 
-def import_modules(package_name: str) -> None:
-    """Import every module of a package (those starting with ``_`` are helpers)."""
-    package = importlib.import_module(package_name)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package_name}.{info.name}")
+def load_plugin(registry: dict[str, Any], kind: str, name: str, modules: Mapping[str, str],
+                extras: Mapping[str, str]) -> Any:
+    """The class registered as ``name``: already in ``registry`` (e.g. registered by a test), else
+    imported from ``modules[name]``, whose import registers it.
 
-
-def check_known(registry: dict[str, Any], kind: str, names: Iterable[str]) -> None:
-    """A ConfigError naming the unknown names and the available ones."""
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise ConfigError(f"unknown {kind}(s) {', '.join(unknown)}; available: {', '.join(sorted(registry))}")
+    Raises:
+        ConfigError: an unknown name, or a module whose optional dependencies are not installed
+            (``extras`` maps a module's package to the pip extra that brings them).
+    """
+    if name in registry:
+        return registry[name]
+    module = modules.get(name)
+    if module is None:
+        known = sorted(set(modules) | set(registry))
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(known)}")
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        package = module.rsplit(".", 1)[0]
+        extra = extras.get(package, extras.get(module, "all"))
+        raise ConfigError(f"{kind} {name!r} needs the {extra!r} extra (missing module {exc.name!r}): "
+                          f"pip install 'rlyard[{extra}]'") from None
+    if name not in registry:
+        raise ConfigError(f"module {module} did not register a {kind} named {name!r}")
+    return registry[name]

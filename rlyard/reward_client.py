@@ -1,13 +1,28 @@
-"""Typed async client of ``rlyard.reward.v1.RewardService`` (deadlines and UNAVAILABLE
-retries as every rlyard client, see ``rlyard.client``)."""
+"""Typed async client of ``rlyard.reward.v1.RewardService``: domain records in and out
+(deadlines and UNAVAILABLE retries as every rlyard client, see ``rlyard.client``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rlyard.client import _BaseClient
+from rlyard.domain import RewardSpec, ScoreResult, ScoringItem
+from rlyard.domain.convert import item_to_pb, score_from_pb, spec_to_pb
 from rlyard.reward.v1 import reward_pb2, reward_pb2_grpc
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """A reward the service offers: its kind (rule, tool_verification, model_judge, composite)
+    and the JSON Schema of its parameters."""
+
+    name: str
+    description: str
+    kind: str
+    params_schema: dict[str, Any]
 
 
 class RewardClient(_BaseClient):
@@ -20,24 +35,26 @@ class RewardClient(_BaseClient):
     async def __aenter__(self) -> RewardClient:
         return self
 
-    async def list_rewards(self, timeout: float | None = None) -> list[reward_pb2.RewardInfo]:
+    async def list_rewards(self, timeout: float | None = None) -> list[RewardInfo]:
         """The rewards the service offers, with their parameter schemas."""
         resp = await self._unary(self.stub.ListRewards, reward_pb2.ListRewardsRequest(), timeout)
-        return list(resp.rewards)
+        return [
+            RewardInfo(r.name, r.description, reward_pb2.RewardKind.Name(r.kind).removeprefix("REWARD_KIND_").lower(),
+                       json.loads(r.params_json_schema or "{}"))
+            for r in resp.rewards
+        ]
 
-    async def score(self, request: reward_pb2.ScoreRequest, timeout: float | None = None) -> reward_pb2.ScoreResponse:
-        """Score one item (its request carries the spec)."""
-        return await self._unary(self.stub.Score, request, timeout)
+    async def score(self, item: ScoringItem, spec: RewardSpec, timeout: float | None = None) -> ScoreResult:
+        """Score one item under ``spec``."""
+        return score_from_pb(await self._unary(self.stub.Score, item_to_pb(item, spec), timeout))
 
     async def score_batch(
         self,
-        items: Sequence[reward_pb2.ScoreRequest],
-        default_spec: reward_pb2.RewardSpec | None = None,
+        items: Sequence[ScoringItem],
+        spec: RewardSpec,
         timeout: float | None = None,
-    ) -> list[reward_pb2.ScoreResponse]:
-        """Score many items; answers come in request order."""
-        request = reward_pb2.ScoreBatchRequest(items=list(items))
-        if default_spec is not None:
-            request.default_spec.CopyFrom(default_spec)
+    ) -> list[ScoreResult]:
+        """Score many items under one spec; answers come in request order."""
+        request = reward_pb2.ScoreBatchRequest(items=[item_to_pb(i) for i in items], default_spec=spec_to_pb(spec))
         resp = await self._unary(self.stub.ScoreBatch, request, timeout)
-        return list(resp.results)
+        return [score_from_pb(r) for r in resp.results]

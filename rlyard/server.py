@@ -42,12 +42,20 @@ from rlyard.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What the runtime gives a service's servicers: the shared concurrency limiter (streaming
+    servicers admit each item they carry) and the server's settings (e.g. its message limit)."""
+
+    limiter: ConcurrencyLimiter
+    settings: ServerSettings
+
+
 @dataclass
 class ServiceDefinition:
     """What a service contributes to the runtime.
 
-    ``register`` adds the servicers to the server (it receives the shared
-    concurrency limiter, which streaming servicers use per item);
+    ``register`` adds the servicers to the server (it receives the ``Runtime``);
     ``full_names`` are the proto service names for health and reflection;
     ``on_start`` hooks run before the server listens; ``warm_up`` coroutines
     run in order after it listens, while health says NOT_SERVING (see the
@@ -56,7 +64,7 @@ class ServiceDefinition:
 
     name: str
     full_names: list[str]
-    register: Callable[[grpc.aio.Server, ConcurrencyLimiter], None]
+    register: Callable[[grpc.aio.Server, Runtime], None]
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     warm_up: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -131,7 +139,7 @@ async def start_server(definition: ServiceDefinition, settings: ServerSettings) 
         interceptors=[RuntimeInterceptor(definition.name, limiter, settings.auth_token)],
         options=grpc_options(settings),
     )
-    definition.register(server, limiter)
+    definition.register(server, Runtime(limiter, settings))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -225,3 +233,16 @@ async def serve(definition: ServiceDefinition, settings: ServerSettings) -> None
     logger.info("%s: stopped", definition.name)
     if failed is not None:
         raise failed
+
+
+def configure_logging(level: str) -> None:
+    """Log lines with time, level and logger name, once per process."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(build: Callable[[], ServiceDefinition]) -> None:
+    """A service process: server settings from ``RLYARD_*``, logging, then ``serve`` the service
+    that ``build`` makes (from its own settings) until SIGTERM."""
+    settings = ServerSettings.from_env("RLYARD")
+    configure_logging(settings.log_level)
+    asyncio.run(serve(build(), settings))

@@ -53,6 +53,7 @@ class EnvSettings:
     def from_env(cls, prefix: str, environ: Mapping[str, str] | None = None) -> Self:
         """Build from ``{prefix}_{FIELD}`` variables; unset ones keep their default."""
         env = os.environ if environ is None else environ
+        cls.check_environ(env)
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -60,6 +61,28 @@ class EnvSettings:
             if var in env:
                 values[field.name] = _convert(var, env[var], hints[field.name])
         return cls(**values)
+
+    def replaced(self, values: Mapping[str, Any], where: str) -> Self:
+        """A copy with the fields in ``values`` replaced (e.g. from a YAML config): an unknown name
+        is a ConfigError listing the fields; strings convert as from the environment."""
+        hints = typing.get_type_hints(type(self))
+        known = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        converted = {key: _convert(f"{where}.{key}", value, hints[key]) if isinstance(value, str) else value
+                     for key, value in values.items()}
+        for key, value in converted.items():
+            if isinstance(value, list):
+                converted[key] = tuple(value)
+        try:
+            return dataclasses.replace(self, **converted)  # type: ignore[type-var]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    @classmethod
+    def check_environ(cls, environ: Mapping[str, str]) -> None:
+        """Refuse variables that mean something else now (a subclass names them); nothing here."""
 
     def to_env(self, prefix: str) -> dict[str, str]:
         """The inverse of ``from_env`` for every field (used by the launcher)."""

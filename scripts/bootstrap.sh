@@ -31,7 +31,7 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade "pip==25.3" 2>/dev/null || true
   # torch is pinned to 2.13.0 (the CPU wheel on disk); never let a resolver pick another.
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".[all,dev]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

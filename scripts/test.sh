@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: set-up (.venv, pinned deps), lint, type check, the test suite.
+# The test command: set-up (.venv, pinned deps), lint, type check, the layers, the test suite.
 # Extra arguments go to pytest (e.g. `scripts/test.sh -m slow`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,5 +10,7 @@ echo "==> ruff"
 ruff check .
 echo "==> mypy"
 mypy
+echo "==> import-linter (the layers, docs/architecture.md)"
+lint-imports --no-cache
 echo "==> pytest"
 pytest "$@"

@@ -7,24 +7,37 @@ because the test folders are not packages.
 
 from __future__ import annotations
 
+import io
 import json
+import random
 import shutil
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rlyard.client import RetryPolicy, ToolClient
+from rlyard.domain import ImagePart, ToolResult
 from rlyard.server import RunningServer, ServiceDefinition, start_server
 from rlyard.settings import ServerSettings
-from tool_servers.app import tool_service
+from tool_servers.app import build_executor, tool_service
+from tool_servers.executor import ToolExecutor
+from tool_servers.poi.settings import PoiSettings
+from tool_servers.registry import ToolContext
+from tool_servers.session import Session
 from tool_servers.settings import ToolServerSettings
+from tool_servers.sql.settings import SqlSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPIDER_DB_DIR = REPO_ROOT / "data" / "spider" / "database"
@@ -59,14 +72,30 @@ def endless_count_sql() -> str:
     return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 
 
-@pytest.fixture
-def tool_settings(repo: Repo) -> Callable[..., ToolServerSettings]:
-    """Factory of ``ToolServerSettings`` over the Spider databases (overrides by keyword)."""
+@dataclass(frozen=True)
+class ToolSetup:
+    """A tool server's settings and its families' settings."""
 
-    def make(**overrides: Any) -> ToolServerSettings:
-        values: dict[str, Any] = {"db_dir": repo.spider_db_dir, "sql_timeout_s": SQL_TIMEOUT_S}
-        values.update(overrides)
-        return ToolServerSettings(**values)
+    settings: ToolServerSettings
+    families: tuple[Any, ...]
+
+    def service(self) -> ServiceDefinition:
+        """The tool server's ``ServiceDefinition``."""
+        return tool_service(self.settings, self.families)
+
+    def executor(self) -> tuple[ToolExecutor, ToolContext]:
+        """The tools behind an executor, in process."""
+        return build_executor(self.settings, self.families)
+
+
+@pytest.fixture
+def tool_settings(repo: Repo) -> Callable[..., ToolSetup]:
+    """Factory of a tool server's settings over the Spider databases: ``sql={...}`` and
+    ``poi={...}`` override fields of the families' settings, other keywords the server's."""
+
+    def make(*, sql: dict[str, Any] | None = None, poi: dict[str, Any] | None = None, **server: Any) -> ToolSetup:
+        sql_values: dict[str, Any] = {"db_dir": repo.spider_db_dir, "timeout_s": SQL_TIMEOUT_S, **(sql or {})}
+        return ToolSetup(ToolServerSettings(**server), (SqlSettings(**sql_values), PoiSettings(**(poi or {}))))
 
     return make
 
@@ -75,7 +104,7 @@ StartTools = Callable[..., Awaitable[RunningServer]]
 
 
 @pytest.fixture
-async def start_tools(tool_settings: Callable[..., ToolServerSettings]) -> AsyncIterator[StartTools]:
+async def start_tools(tool_settings: Callable[..., ToolSetup]) -> AsyncIterator[StartTools]:
     """Factory: start a real tool server on 127.0.0.1:0; every one is stopped at teardown.
 
     ``await start_tools(server=ServerSettings(...), definition=..., **tool_overrides)``.
@@ -89,7 +118,7 @@ async def start_tools(tool_settings: Callable[..., ToolServerSettings]) -> Async
         **tool_overrides: Any,
     ) -> RunningServer:
         if definition is None:
-            definition = tool_service(tool_settings(**tool_overrides))
+            definition = tool_settings(**tool_overrides).service()
         running = await start_server(definition, server or ServerSettings(host="127.0.0.1", port=0))
         started.append(running)
         return running
@@ -277,3 +306,153 @@ def chat_server() -> Iterator[StartChatServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- image tool plug-ins of the tests
+
+
+def _png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30), noise: bool = False) -> bytes:
+    """A real PNG (random pixels when ``noise``: it does not compress)."""
+    image = Image.new("RGB", (width, height), color)
+    if noise:
+        image = Image.frombytes("RGB", (width, height), random.Random(width).randbytes(width * height * 3))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+class ShowArgs(BaseModel):
+    image_id: str = Field(description="an image of the session")
+
+
+class MakeArgs(BaseModel):
+    side: int = Field(ge=1, le=2000, description="side of a square noise image, in pixels")
+
+
+class ShowImage:
+    """Returns an image of the session (what an image tool's 'revisit' does)."""
+
+    name = "test_show_image"
+    description = "Show an image of the session again."
+    Args = ShowArgs
+
+    def __init__(self, ctx: ToolContext) -> None:
+        self.ctx = ctx
+
+    def validate_context(self, context: Mapping[str, str]) -> None:
+        """Any context."""
+
+    async def call(self, args: ShowArgs, session: Session) -> ToolResult:
+        image = session.images.get(args.image_id)
+        if image is None:
+            return ToolResult.error(f"no image {args.image_id!r} in this session; images: {sorted(session.images)}")
+        return ToolResult(content=(ImagePart(image.data, image.mime_type, image.width, image.height, image.image_id),),
+                          structured={"image_id": image.image_id, "bytes": len(image.data)})
+
+
+class MakeImage:
+    """Returns a new noise image of the given side (big results on demand)."""
+
+    name = "test_make_image"
+    description = "Make a square image."
+    Args = MakeArgs
+
+    def __init__(self, ctx: ToolContext) -> None:
+        self.ctx = ctx
+
+    def validate_context(self, context: Mapping[str, str]) -> None:
+        """Any context."""
+
+    async def call(self, args: MakeArgs, session: Session) -> ToolResult:
+        data = _png(args.side, args.side, noise=True)
+        return ToolResult(content=(ImagePart(data, "image/png", args.side, args.side, f"made-{args.side}"),))
+
+
+@pytest.fixture
+def make_png() -> Callable[..., bytes]:
+    """Factory: ``make_png(width, height, color=..., noise=False)``, a real PNG."""
+    return _png
+
+
+@pytest.fixture
+def image_tools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Two tool plug-ins of the tests' own, registered in a copy of the registry: ``test_show_image``
+    returns an image of the session by id, ``test_make_image`` a new noise PNG of a given side."""
+    from tool_servers import registry
+
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
+    registry.register(ShowImage)
+    registry.register(MakeImage)
+    yield
+
+
+# ---------------------------------------------------------------- the tiny policy
+# A tiny random Qwen2 with a byte-level BPE tokenizer trained here, saved with ``save_pretrained``
+# so that it loads like any checkpoint. Built once per session (about a second); independent of
+# ``trainer/model/`` on purpose.
+
+# Single-token markers. The chat markers and the pad are special (as in Qwen2.5); the tool and
+# reasoning markers are ordinary added tokens, so ``decode`` keeps them by default.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+                 "<think>", "</think>", "<answer>", "</answer>"]
+
+_WORDS = ["select", "name", "from", "singer", "where", "age", "count", "the", "of", "answer",
+          "query", "table", "concert", "stadium", "how", "many", "are", "there", "think", "tool"]
+
+
+def _corpus() -> list[str]:
+    """A few hundred strings in the shape of agent turns (text, JSON tool calls, SQL)."""
+    lines: list[str] = []
+    for i in range(300):
+        a, b, c = _WORDS[i % 20], _WORDS[(i * 7) % 20], _WORDS[(i * 13) % 20]
+        lines.append(f"{a} {b} {c} {i}")
+        lines.append(f'{{"name": "sql_query", "arguments": {{"query": "SELECT {a} FROM {b} LIMIT {i}"}}}}')
+        lines.append(f"Let me {a} the {b}: {c}s are {i % 17}. Ünïcödé ✓ {i}")
+    return lines
+
+
+def build_tiny_checkpoint(directory: Path) -> Path:
+    """Train the tokenizer, build a ~0.7M-parameter random Qwen2 and save both in ``directory``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(m, special=False, normalized=False) for m in MARKER_TOKENS])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", clean_up_tokenization_spaces=False
+    )
+    hf_tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    config = Qwen2Config(
+        vocab_size=len(hf_tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, initializer_range=0.2,
+        eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(directory)
+    hf_tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the tiny random Qwen2 checkpoint (model + tokenizer)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerFast:
+    """The tiny checkpoint's tokenizer, loaded back with ``AutoTokenizer``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    return tokenizer

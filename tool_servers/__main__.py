@@ -1,6 +1,7 @@
 """``python -m tool_servers``: run the tool server configured from the environment."""
 
-from rlyard.cli.serve import run_service
+from rlyard.server import main
+from tool_servers.app import from_env
 
 if __name__ == "__main__":
-    run_service("tools")
+    main(from_env)

@@ -8,28 +8,17 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from rlyard import metrics
+from rlyard.domain import ToolResult
 from tool_servers.registry import Tool
-from tool_servers.result import ToolResult
 from tool_servers.session import SessionStore
 
 logger = logging.getLogger(__name__)
 
 MAX_ARGUMENT_CHARS = 1_000_000
-
-
-@dataclass
-class CallOutcome:
-    """A tool result with the call it answers and the time spent."""
-
-    call_id: str
-    name: str
-    result: ToolResult
-    latency_ms: float
 
 
 def describe_validation_error(tool: str, exc: ValidationError) -> str:
@@ -55,8 +44,9 @@ class ToolExecutor:
 
     async def call(
         self, session_id: str, context: Mapping[str, str], call_id: str, name: str, arguments_json: str
-    ) -> CallOutcome:
-        """Run one call; raises ``ServiceError`` only for failures of the system."""
+    ) -> ToolResult:
+        """Run one call: the result answers ``call_id`` with the time spent; raises ``ServiceError``
+        only for failures of the system."""
         session = self.sessions.get(session_id) if session_id else self.sessions.ephemeral(context)
         start = time.perf_counter()
         result = await self._dispatch(name, arguments_json, session)
@@ -65,7 +55,7 @@ class ToolExecutor:
         label = name if name in self.tools else "(unknown)"
         metrics.TOOL_CALLS.labels(label, outcome).inc()
         metrics.TOOL_LATENCY.labels(label).observe(elapsed)
-        return CallOutcome(call_id, name, result, elapsed * 1000)
+        return result.answering(call_id, name, elapsed * 1000)
 
     async def _dispatch(self, name: str, arguments_json: str, session: object) -> ToolResult:
         tool = self.tools.get(name)

@@ -1,40 +1,65 @@
-"""The tool plug-in registry: one file per tool, registered by name.
+"""The tool plug-in registry: one file per tool, registered by name, imported only when served.
 
-A tool is a class with ``name``, ``description``, a pydantic ``Args`` model
-(``ListTools`` publishes its JSON Schema) and ``async call(args, session)``.
-It is built with the server's ``ToolContext``. The registry refuses a
-duplicate name, and ``build_tools`` fails at start-up on an unknown one.
+A tool is a class with ``name``, ``description``, a pydantic ``Args`` model (``ListTools``
+publishes its JSON Schema) and ``async call(args, session)``. It is built with the server's
+``ToolContext``, which also hands it its family's settings. The registry refuses a duplicate name,
+and ``build_tools`` fails at start-up on an unknown one or on a family whose extra is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from rlyard.plugins import add_plugin, check_known, import_modules
-from tool_servers.result import ToolResult
+from rlyard.domain import ToolResult
+from rlyard.plugins import add_plugin, load_plugin
+from tool_servers.catalog import FAMILY_EXTRAS, TOOL_MODULES
 from tool_servers.session import Session
 from tool_servers.settings import ToolServerSettings
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 @dataclass
 class ToolContext:
-    """What tools share on one server: settings and the pool for blocking work."""
+    """What the tools of one server share: its settings, the pool for blocking work, their
+    families' settings (given, or read from the environment on first use) and shared resources."""
 
     settings: ToolServerSettings
     pool: ThreadPoolExecutor
+    families: dict[type, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)   # per-server resources (e.g. db pools)
+
+    @classmethod
+    def create(cls, settings: ToolServerSettings, families: Iterable[Any] = ()) -> ToolContext:
+        """A context with its own pool of ``settings.worker_threads`` threads."""
+        pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="tool")
+        return cls(settings, pool, {type(f): f for f in families})
+
+    def family(self, cls: type[S]) -> S:
+        """The settings of a tool family: the ones given, else ``cls.from_env(cls.ENV_PREFIX)``."""
+        found = self.families.get(cls)
+        if found is None:
+            found = self.families[cls] = cls.from_env(cls.ENV_PREFIX)  # type: ignore[attr-defined]
+        return found  # type: ignore[no-any-return]
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (sqlite, image decoding) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop the pool and dispose of shared resources that can be disposed of."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for resource in self.shared.values():
+            dispose = getattr(resource, "dispose", None)
+            if dispose is not None:
+                dispose()
 
 
 class Tool(Protocol):
@@ -53,7 +78,6 @@ class Tool(Protocol):
 
 
 REGISTRY: dict[str, type[Tool]] = {}
-_TOOL_PACKAGE = "tool_servers.tools"
 
 
 def register(cls: type[T]) -> type[T]:
@@ -62,13 +86,14 @@ def register(cls: type[T]) -> type[T]:
     return cls
 
 
-def load_plugins() -> None:
-    """Import every module of ``tool_servers.tools`` so that they register."""
-    import_modules(_TOOL_PACKAGE)
+def load_tool(name: str) -> type[Tool]:
+    """The class of tool ``name`` (registered already, else imported from the catalog)."""
+    cls: type[Tool] = load_plugin(REGISTRY, "tool", name, TOOL_MODULES, FAMILY_EXTRAS)
+    return cls
 
 
-def build_tools(names: tuple[str, ...] | list[str], ctx: ToolContext) -> dict[str, Tool]:
-    """Instantiate the named tools; an unknown name is a start-up error."""
-    load_plugins()
-    check_known(REGISTRY, "tool", names)
-    return {name: REGISTRY[name](ctx) for name in names}
+def build_tools(names: Iterable[str], ctx: ToolContext) -> dict[str, Tool]:
+    """Instantiate the named tools, importing only their modules; an unknown name is a start-up error."""
+    names = list(names)
+    classes = {name: load_tool(name) for name in names}
+    return {name: cls(ctx) for name, cls in classes.items()}

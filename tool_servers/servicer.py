@@ -1,5 +1,6 @@
 """``ToolServicer``: translates ``rlyard.tools.v1`` protobuf to the executor and back.
-No logic lives here beyond that translation and the stream's fan-out."""
+No logic lives here beyond that translation, the stream's fan-out, and keeping each response
+message under the server's size limit."""
 
 from __future__ import annotations
 
@@ -12,58 +13,47 @@ from collections.abc import AsyncIterator
 import grpc
 
 from rlyard.common.v1 import common_pb2
-from rlyard.errors import ServiceError
-from rlyard.interceptors import ConcurrencyLimiter
+from rlyard.domain.convert import image_from_pb, system_failure_pb, tool_result_to_pb
+from rlyard.errors import ResourceExhausted, ServiceError
+from rlyard.server import Runtime
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
-from tool_servers.executor import CallOutcome, ToolExecutor
-from tool_servers.result import ImageContent, JsonContent, TextContent
-from tool_servers.sqlite_db import to_jsonable
+from tool_servers.executor import ToolExecutor
 
 logger = logging.getLogger(__name__)
 
-
-def _content_pb(item: TextContent | JsonContent | ImageContent) -> common_pb2.Content:
-    if isinstance(item, TextContent):
-        return common_pb2.Content(text=item.text)
-    if isinstance(item, JsonContent):
-        return common_pb2.Content(json=json.dumps(item.value, default=to_jsonable))
-    return common_pb2.Content(
-        image=common_pb2.Image(
-            data=item.data, mime_type=item.mime_type, width=item.width, height=item.height,
-            image_id=item.image_id,
-        )
-    )
+def result_budget(max_message_bytes: int) -> int:
+    """The bytes the results of one response may take: the message limit less room for its
+    framing and the fields around the results."""
+    return max_message_bytes - min(4096, max_message_bytes // 8)
 
 
-def result_pb(outcome: CallOutcome) -> common_pb2.ToolResult:
-    """A domain outcome as ``common.v1.ToolResult``."""
-    r = outcome.result
-    return common_pb2.ToolResult(
-        call_id=outcome.call_id,
-        name=outcome.name,
-        content=[_content_pb(c) for c in r.content],
-        is_error=r.is_error,
-        latency_ms=outcome.latency_ms,
-        structured_json="" if r.structured is None else json.dumps(r.structured, default=to_jsonable),
-        truncated=r.truncated,
-    )
+def _failure(call: common_pb2.ToolCall, code: grpc.StatusCode, message: str) -> common_pb2.ToolResult:
+    return system_failure_pb(call.call_id, call.name, code.value[0], message)
 
 
-def system_error_pb(call: common_pb2.ToolCall, code: grpc.StatusCode, message: str) -> common_pb2.ToolResult:
-    """A result that reports a failure of the system for one call of a stream."""
-    return common_pb2.ToolResult(
-        call_id=call.call_id,
-        name=call.name,
-        system_error=common_pb2.ErrorStatus(code=code.value[0], message=message),
-    )
+def split_by_size(results: list[common_pb2.ToolResult], budget: int) -> list[list[common_pb2.ToolResult]]:
+    """``results`` in order, as consecutive groups whose encoded size stays within ``budget``
+    bytes (each result is assumed to fit on its own)."""
+    groups: list[list[common_pb2.ToolResult]] = []
+    size = budget + 1
+    for result in results:
+        n = result.ByteSize() + 8   # the field's tag and length prefix
+        if size + n > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(result)
+        size += n
+    return groups
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     """The gRPC face of a ``ToolExecutor``."""
 
-    def __init__(self, executor: ToolExecutor, limiter: ConcurrencyLimiter) -> None:
+    def __init__(self, executor: ToolExecutor, runtime: Runtime) -> None:
         self.executor = executor
-        self.limiter = limiter
+        self.limiter = runtime.limiter
+        self.max_message_bytes = runtime.settings.max_message_bytes
+        self.budget = result_budget(self.max_message_bytes)
 
     async def ListTools(self, request: tools_pb2.ListToolsRequest, context: object) -> tools_pb2.ListToolsResponse:
         return tools_pb2.ListToolsResponse(
@@ -77,26 +67,33 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
             ]
         )
 
-    async def _run(self, req: tools_pb2.CallToolRequest) -> CallOutcome:
+    async def _run(self, req: tools_pb2.CallToolRequest) -> common_pb2.ToolResult:
         c = req.call
-        return await self.executor.call(req.session_id, req.context, c.call_id, c.name, c.arguments_json)
+        result = tool_result_to_pb(
+            await self.executor.call(req.session_id, req.context, c.call_id, c.name, c.arguments_json)
+        )
+        if result.ByteSize() > self.budget:
+            raise ResourceExhausted(
+                f"the result of {c.name} is {result.ByteSize()} bytes, over this server's message limit of "
+                f"{self.max_message_bytes} bytes (RLYARD_MAX_MESSAGE_BYTES); ask for less (a smaller region, "
+                "fewer rows) or raise the limit on both ends"
+            )
+        return result
 
     async def CallTool(self, request: tools_pb2.CallToolRequest, context: object) -> tools_pb2.CallToolResponse:
-        return tools_pb2.CallToolResponse(result=result_pb(await self._run(request)))
+        return tools_pb2.CallToolResponse(result=await self._run(request))
 
     async def _run_in_stream(self, req: tools_pb2.CallToolRequest) -> common_pb2.ToolResult:
         if not self.limiter.try_acquire():
-            return system_error_pb(
-                req.call, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"at the limit of {self.limiter.limit} concurrent calls; retry later",
-            )
+            return _failure(req.call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"at the limit of {self.limiter.limit} concurrent calls; retry later")
         try:
-            return result_pb(await self._run(req))
+            return await self._run(req)
         except ServiceError as exc:
-            return system_error_pb(req.call, exc.code, exc.message)
+            return _failure(req.call, exc.code, exc.message)
         except Exception as exc:  # a bug in a tool must not kill the other calls of the stream
             logger.exception("tool %s failed", req.call.name)
-            return system_error_pb(req.call, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            return _failure(req.call, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
         finally:
             self.limiter.release()
 
@@ -132,9 +129,9 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                     batch.append(done.get_nowait())
                 results = [r for r in batch if r is not None]
                 pending -= len(results)
-                if results:
-                    # calls that finished together travel in one message
-                    yield tools_pb2.CallToolsResponse(results=results)
+                # calls that finished together travel together, in as few messages as the limit allows
+                for group in split_by_size(results, self.budget):
+                    yield tools_pb2.CallToolsResponse(results=group)
             await reader
         finally:
             reader.cancel()
@@ -146,9 +143,11 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def OpenSession(
         self, request: tools_pb2.OpenSessionRequest, context: object
     ) -> tools_pb2.OpenSessionResponse:
-        session = self.executor.sessions.open(request.session_id, request.context, request.idle_timeout_s)
+        attachments = [image_from_pb(a) for a in request.attachments]
+        session = self.executor.sessions.open(request.session_id, request.context, request.idle_timeout_s,
+                                              attachments=attachments)
         return tools_pb2.OpenSessionResponse(
-            session_id=session.session_id, idle_timeout_s=session.idle_timeout_s
+            session_id=session.session_id, idle_timeout_s=session.idle_timeout_s, image_ids=list(session.images)
         )
 
     async def CloseSession(

@@ -8,10 +8,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlyard.domain import ImagePart
 from rlyard.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 
 logger = logging.getLogger(__name__)
@@ -31,10 +32,30 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     state: dict[str, Any] = field(default_factory=dict)   # tools keep per-session state here
     ephemeral: bool = False                                # a one-off call's context
+    images: dict[str, ImagePart] = field(default_factory=dict)   # attachments and tool-made images, by id
+    max_images: int = 64
+    max_image_bytes: int = 64 * 1024 * 1024
 
     def touch(self) -> None:
         """Mark as used now (postpones idle expiry)."""
         self.last_used = time.monotonic()
+
+    def add_image(self, image: ImagePart) -> None:
+        """Hold ``image`` under its ``image_id``; INVALID_ARGUMENT for a missing or taken id,
+        RESOURCE_EXHAUSTED past the session's image count or bytes."""
+        if not image.image_id or len(image.image_id) > 128:
+            raise InvalidArgument("an image in a session needs an image_id of 1 to 128 characters")
+        if image.image_id in self.images:
+            raise InvalidArgument(f"image_id {image.image_id!r} is already used in session {self.session_id!r}")
+        if len(self.images) >= self.max_images:
+            raise ResourceExhausted(f"session {self.session_id!r} holds {self.max_images} images, its limit")
+        held = sum(len(i.data) for i in self.images.values())
+        if held + len(image.data) > self.max_image_bytes:
+            raise ResourceExhausted(
+                f"session {self.session_id!r}: image {image.image_id!r} ({len(image.data)} bytes) would take the "
+                f"session past {self.max_image_bytes} bytes of images"
+            )
+        self.images[image.image_id] = image
 
 
 class SessionStore:
@@ -46,9 +67,14 @@ class SessionStore:
         max_sessions: int,
         validate: Callable[[Mapping[str, str]], None] = lambda ctx: None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_images: int = 64,
+        max_image_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.default_idle_s = default_idle_s
         self.max_sessions = max_sessions
+        self.max_images = max_images
+        self.max_image_bytes = max_image_bytes
         self.validate = validate
         self.clock = clock
         self._sessions: dict[str, Session] = {}
@@ -57,8 +83,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, session_id: str, context: Mapping[str, str], idle_timeout_s: float) -> Session:
-        """Open a session; the context is validated against the tools first."""
+    def open(self, session_id: str, context: Mapping[str, str], idle_timeout_s: float, *,
+             attachments: Sequence[ImagePart] = ()) -> Session:
+        """Open a session holding ``attachments`` by image id; the context is validated against the
+        tools first, and nothing is kept when an attachment is refused."""
         if session_id and session_id in self._sessions:
             raise AlreadyExists(f"session {session_id!r} is already open")
         if len(session_id) > 256:
@@ -78,7 +106,10 @@ class SessionStore:
         self.validate(context)
         sid = session_id or uuid.uuid4().hex
         idle = idle_timeout_s if idle_timeout_s > 0 else self.default_idle_s
-        session = Session(sid, dict(context), idle, last_used=self.clock())
+        session = Session(sid, dict(context), idle, last_used=self.clock(), max_images=self.max_images,
+                          max_image_bytes=self.max_image_bytes)
+        for image in attachments:
+            session.add_image(image)
         self._sessions[sid] = session
         logger.debug("session %s opened (%s)", sid, context)
         return session
@@ -86,7 +117,8 @@ class SessionStore:
     def ephemeral(self, context: Mapping[str, str]) -> Session:
         """A throwaway session for a one-off call with inline context."""
         self.validate(context)
-        return Session("", dict(context), 0.0, ephemeral=True)
+        return Session("", dict(context), 0.0, ephemeral=True, max_images=self.max_images,
+                       max_image_bytes=self.max_image_bytes)
 
     def get(self, session_id: str) -> Session:
         """The open session, touched; NOT_FOUND if unknown or expired."""

@@ -1,2 +1,3 @@
-"""The trainer: policy backends, the tiny policy, rollouts, the GRPO family with ResT and
-two-level masks, checkpoints (issue 4 builds it up piece by piece)."""
+"""The trainer: the tiny policy, the trainable HF policy and its samplers, the async rollout
+engine, the GRPO family with ResT and two-level masks, checkpoints, the composition root
+(``compose``) and the trainer service."""

@@ -7,14 +7,16 @@ back silently to a default.
 
     name: sql-grpo
     seed: 0
-    model: {path: runs/policy}
-    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}   # or embedded: {tool_names: [search, nearby]}
+    model: {path: runs/policy, backend: hf}
+    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}
+    # or, empty addresses: started embedded, e.g.
+    # services: {embedded: {tools: [search, nearby], families: {poi: {dir: data/generated/poi}}}}
     stages:
       - kind: sft
         data: data/sft/demos.jsonl
         steps: 200
       - kind: rl
-        tasks: {env: text_to_sql, split: train}
+        tasks: {path: data/generated/train_tasks.jsonl}
         reward: {sql_execution: 1.0}
         steps: 300
         rollout: {group_size: 8, prompts_per_step: 8, max_turns: 6}
@@ -34,6 +36,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from trainer.algorithms import FilterConfig, LossAggMode
+from trainer.sampler.registry import check_backend
 
 TokenWeighting = Literal["none", "rest-schedule", "rest-entropy"]
 
@@ -44,49 +47,74 @@ def _fail(where: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The policy: any local HF checkpoint (the tiny policy from ``rlyard model init``)."""
+    """The policy: any local HF checkpoint (the tiny policy from ``rlyard model init``), and the
+    sampler backend that generates its rollouts (``trainer.sampler.registry``: refused here when
+    unknown or not installed, never replaced by another)."""
 
     path: str = "runs/policy"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = "hf"
 
     def __post_init__(self) -> None:
         if not self.path:
             _fail("model.path", "name a local checkpoint directory (e.g. the output of `rlyard model init`)")
+        check_backend(self.backend)
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """The services a run starts itself when it is given no address.
+
+    ``tools``: the tools of the embedded tool server (empty: its default, the SQL tools);
+    ``families``: settings of tool families by family name (``{sql: {db_dir: ...}, poi: {dir: ...}}``,
+    the fields of ``RLYARD_TOOLS_<FAMILY>_*``; what is not given comes from the environment);
+    ``reward``: settings of the embedded reward service (the fields of ``RLYARD_REWARD_*``);
+    ``ready_timeout_s``: how long a tool server may warm up (build an index) before the run fails.
+    """
+
+    tools: tuple[str, ...] = ()
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    ready_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if any(not name.strip() for name in self.tools):
+            _fail("services.embedded.tools", f"{list(self.tools)} has an empty name; list tool names such as "
+                                             "[search, poi_detail, nearby]")
+        if len(set(self.tools)) != len(self.tools):
+            _fail("services.embedded.tools", f"{list(self.tools)} names a tool twice")
+        for name, values in self.families.items():
+            if not isinstance(values, dict):
+                _fail(f"services.embedded.families.{name}", "give the family's settings as a mapping, e.g. "
+                                                            "{db_dir: data/spider/database}")
+        if self.ready_timeout_s <= 0:
+            _fail("services.embedded.ready_timeout_s", "must be > 0 seconds")
+
+    @property
+    def configured(self) -> bool:
+        """Whether anything about the embedded tool server is set."""
+        return bool(self.tools or self.families)
 
 
 @dataclass(frozen=True)
 class ServicesConfig:
-    """Where the services are; empty = start them embedded.
-
-    ``tool_names``, ``poi_dir`` and ``poi_index_dir`` configure an embedded tool server: the tools
-    it serves (empty: its default SQL tools), the local-life POI corpus that ``search``,
-    ``poi_detail``, ``nearby`` and ``retrieve`` read (empty: data/generated/poi) and their index
-    cache (empty: <poi_dir>/index). The embedded reward service reads both SQL and POI data
-    through that tool server.
-    """
+    """Where the services are (``tools``, ``reward``: addresses; empty = start it embedded, as
+    ``embedded`` says) and the deadline of one call to them."""
 
     tools: str = ""
     reward: str = ""
     timeout_s: float = 30.0
-    tool_names: tuple[str, ...] = ()
-    poi_dir: str = ""
-    poi_index_dir: str = ""
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             _fail("services.timeout_s", "must be > 0 seconds")
-        if any(not name.strip() for name in self.tool_names):
-            _fail("services.tool_names", f"{list(self.tool_names)} has an empty name; list tool names "
-                                         "such as [search, poi_detail, nearby]")
-        if len(set(self.tool_names)) != len(self.tool_names):
-            _fail("services.tool_names", f"{list(self.tool_names)} names a tool twice")
-        if self.tools:
-            for key in ("tool_names", "poi_dir", "poi_index_dir"):
-                if getattr(self, key):
-                    _fail(f"services.{key}", f"configures the embedded tool server, but services.tools is "
-                                             f"{self.tools!r}; set it on that server (RLYARD_TOOLS_*) or "
-                                             "leave services.tools empty")
+        if self.tools and self.embedded.configured:
+            _fail("services.embedded", f"configures the embedded tool server, but services.tools is {self.tools!r}; "
+                                       "set those on that server (RLYARD_TOOLS_*) or leave services.tools empty")
+        if self.reward and self.embedded.reward:
+            _fail("services.embedded.reward", f"configures the embedded reward service, but services.reward is "
+                                              f"{self.reward!r}; set it on that service (RLYARD_REWARD_*)")
 
 
 @dataclass(frozen=True)
@@ -183,11 +211,9 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class TasksConfig:
-    """Which environment and split a stage draws its tasks from."""
+    """The task file an RL stage draws its tasks from (an environment's ``prepare`` writes one)."""
 
     path: str = ""                        # a task JSONL (see trainer/tasks.py)
-    env: str = ""                         # or a named environment (later issues)
-    split: str = "train"
     limit: int = 0                        # 0 = all
 
     def __post_init__(self) -> None:
@@ -222,6 +248,7 @@ class StageConfig:
         if self.kind == "rl":
             if not self.reward:
                 _fail(where, 'an rl stage needs `reward:`, a spec such as {sql_execution: 1.0}')
+
             if self.rollout.batch_size % self.algorithm.micro_batch_size:
                 _fail(where, f"rollout batch {self.rollout.batch_size} (group_size × prompts_per_step) is not "
                              f"divisible by algorithm.micro_batch_size {self.algorithm.micro_batch_size}")
@@ -249,7 +276,7 @@ class ExperimentConfig:
     stages: tuple[StageConfig, ...]
     seed: int = 0
     model: ModelConfig = ModelConfig()
-    services: ServicesConfig = ServicesConfig()
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     checkpoint: CheckpointConfig = CheckpointConfig()
     output_dir: str = "runs"
 
@@ -261,6 +288,10 @@ class ExperimentConfig:
         names = [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]
         if len(set(names)) != len(names):
             _fail("stages", f"stage names must be unique, got {names}")
+        for stage in self.stages:
+            if stage.kind == "rl" and not stage.tasks.path:
+                _fail(f"stage {stage.name or stage.kind}", "an rl stage needs `tasks: {path: FILE}`, a task JSONL "
+                                                           "(an environment's prepare writes one)")
 
 
 def _build(cls: type[Any], raw: Any, where: str) -> Any:
@@ -294,6 +325,8 @@ def _value(hint: Any, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a list")
             return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(hint):
             choices = ", ".join(repr(a) for a in typing.get_args(hint))

@@ -1,27 +1,24 @@
 """Evaluation: run a policy on a task set with the rollout engine, score it with the reward
 service, and aggregate what matters for a tool-using agent (text-to-SQL or local-life).
 
-    report = evaluate("runs/policy", tasks, max_tool_calls=6)
+    with open_stack(config) as stack:
+        report = evaluate("runs/policy", stack.tasks(path), stack, reward_spec={...}, max_tool_calls=6)
     report.execution_accuracy, report.mean_tool_calls, report.format_errors, ...
 
 One trajectory per task (group size 1). Decoding is greedy by default: the engine builds its
-``SamplingParams`` from ``RolloutConfig.temperature``, which must be > 0 for RL, so the policy is
-wrapped in a sampler that substitutes the evaluation's ``temperature`` (0 = greedy, which the
-backends support) — the rollout config is used as it is otherwise.
+``SamplingParams`` from ``RolloutConfig.temperature``, which must be > 0 for RL, so the sampler is
+wrapped in one that substitutes the evaluation's ``temperature`` (0 = greedy, which the backends
+support) — the rollout config is used as it is otherwise.
 
 The tool-call budget: ``max_turns`` is set to ``max_tool_calls + 1`` (one turn per call, as the
 environment's prompt shows, then the answer turn). A turn holding several calls runs them all,
 so the budget bounds tool *turns*; the report counts actual calls.
 
-Local-life tasks (their ground truth holds a ``checklist``) are scored with the three
-LocalSearchBench metrics (``envs.local_life.env.EVAL_SPEC``); ``accuracy`` is then correctness and
-``metrics`` holds the mean of each (completeness and faithfulness as 0–1, the table shows 0–10).
-``judge={metric: spec}`` also asks a judge model for each metric (``envs.local_life.metrics.judge_spec``);
-a judge failure leaves that task's judge score out of the mean and is counted.
-
-Services: with ``services=None`` a SQL tool server and a reward service are started embedded on
-loopback ports of their own (``EvalServices``), on one event loop in a daemon thread; pass an
-``EvalServices`` to reuse them across evaluations, or give it addresses of running services.
+The reward spec is the caller's (the environment's); its first reward is the one whose 1.0 counts
+as correct. Local-life tasks (their ground truth holds a ``checklist``) are reported as such:
+``accuracy`` is then correctness and ``metrics`` holds the mean of each component.
+``judge={metric: spec}`` also asks a judge model for each metric; a judge failure leaves that
+task's judge score out of the mean and is counted.
 """
 
 from __future__ import annotations
@@ -33,43 +30,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.text_to_sql import REWARD_SPEC
+import torch
+
+from rlyard.domain import Task, TrajectoryStatus, parse_spec
+from trainer.compose import Stack
 from trainer.config import RolloutConfig
-from trainer.connections import DEFAULT_DB_DIR, ServiceConnections
-from trainer.policy.base import Generation, Sampler, SamplingParams
+from trainer.policy.base import Generation
 from trainer.rollout import RolloutEngine
+from trainer.sampler import Sampler, SampleRequest
 from trainer.scoring import judge_scores, score_trajectories
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SPEC: dict[str, Any] = REWARD_SPEC
+# The text-to-SQL environment's spec (envs.text_to_sql.REWARD_SPEC): execution match and format.
+DEFAULT_SPEC: dict[str, Any] = {"sql_execution": 1.0, "format": 0.1}
 EVAL_ROLLOUT = RolloutConfig(group_size=2, prompts_per_step=1, max_turns=7, max_new_tokens_per_turn=256,
                              max_total_tokens=4096, max_observation_tokens=256)
 
 
-class EvalServices(ServiceConnections):
-    """The tool server and reward service of an evaluation (empty targets: started embedded)."""
-
-    def __init__(self, *, db_dir: Path | str = DEFAULT_DB_DIR, tools: str = "", reward: str = "",
-                 timeout_s: float = 30.0, tool_names: Sequence[str] = (), poi_dir: Path | str = "",
-                 poi_index_dir: Path | str = "") -> None:
-        super().__init__(db_dir=db_dir, tools=tools, reward=reward, timeout_s=timeout_s, tool_names=tool_names,
-                         poi_dir=poi_dir, poi_index_dir=poi_index_dir, loop_name="eval-loop")
-
-
 class FixedTemperature:
-    """A ``Sampler`` that samples ``policy`` at ``temperature`` whatever the caller asks (0 = greedy)."""
+    """A ``Sampler`` that samples with ``sampler`` at ``temperature`` whatever the caller asks (0 = greedy)."""
 
-    def __init__(self, policy: Sampler, temperature: float) -> None:
+    def __init__(self, sampler: Sampler, temperature: float) -> None:
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or a positive value")
-        self.policy = policy
+        self.sampler = sampler
         self.temperature = temperature
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    @property
+    def weight_version(self) -> int:
+        """The wrapped sampler's."""
+        return self.sampler.weight_version
+
+    @property
+    def supports_images(self) -> bool:
+        """The wrapped sampler's."""
+        return self.sampler.supports_images
+
+    async def sample(self, request: SampleRequest) -> Generation:
         """Delegate with the temperature replaced."""
-        return self.policy.generate(prompts, dataclasses.replace(params, temperature=self.temperature))
+        params = dataclasses.replace(request.params, temperature=self.temperature)
+        return await self.sampler.sample(dataclasses.replace(request, params=params))
+
+    async def sync_weights(self, model: torch.nn.Module, version: int) -> None:
+        """Delegate."""
+        await self.sampler.sync_weights(model, version)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close (the stack closes the wrapped sampler)."""
 
 
 @dataclass
@@ -127,7 +136,7 @@ def is_local_life(tasks: Sequence[Task]) -> bool:
 
 def _result(t: RolloutTrajectory, check_format: bool, primary: str = "sql_execution") -> TaskResult:
     components = dict(t.reward_components)
-    format_error = t.status == RolloutStatus.FORMAT_ERROR or (check_format and components.get("format", 1.0) == 0.0)
+    format_error = t.status == TrajectoryStatus.FORMAT_ERROR or (check_format and components.get("format", 1.0) == 0.0)
     return TaskResult(
         task_id=t.task.task_id,
         db_id=str(t.task.context.get("db_id", "")),
@@ -150,7 +159,7 @@ def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool =
     ``primary``: the reward whose 1.0 counts as correct)."""
     results = [_result(t, check_format, primary) for t in trajectories]
     n = len(results)
-    infra = sum(r.status == RolloutStatus.INFRA_FAILED.value for r in results)
+    infra = sum(r.status == TrajectoryStatus.INFRA_FAILED.value for r in results)
     correct = sum(r.correct for r in results)
     return EvalReport(
         n=n,
@@ -160,7 +169,7 @@ def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool =
         mean_turns=sum(r.turns for r in results) / n if n else 0.0,
         format_errors=sum(r.format_error for r in results),
         infra_failures=infra,
-        truncated=sum(r.status == RolloutStatus.TRUNCATED.value for r in results),
+        truncated=sum(r.status == TrajectoryStatus.TRUNCATED.value for r in results),
         seconds=seconds,
         results=results,
         settings=settings or {},
@@ -171,24 +180,24 @@ def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool =
 
 
 def evaluate(
-    policy: str | Path | Sampler,
+    policy: str | Path | Any,
     tasks: Sequence[Task],
+    stack: Stack,
     *,
-    services: ServiceConnections | None = None,
+    reward_spec: Any = None,
     rollout_config: RolloutConfig = EVAL_ROLLOUT,
     temperature: float = 0.0,
     max_tool_calls: int = 6,
-    reward_spec: Any = None,
     seed: int = 0,
     device: str = "cpu",
-    db_dir: Path | str = DEFAULT_DB_DIR,
     max_batch_size: int | None = None,
     judge: Mapping[str, Any] | None = None,
 ) -> EvalReport:
-    """Roll out every task once with ``policy`` (a checkpoint directory or a loaded ``Sampler``
-    with a ``tokenizer``), score with ``reward_spec`` (default ``{sql_execution: 1, format: 0.1}``,
-    or the three local-life metrics for local-life tasks), ask the judge specs in ``judge`` (metric →
-    ``judge`` spec), and aggregate. See the module docstring for temperature and the tool-call budget."""
+    """Roll out every task once with ``policy`` (a checkpoint directory or a loaded ``HFPolicy``)
+    through the ``stack``'s services and sampler backend, score with ``reward_spec`` (default
+    ``DEFAULT_SPEC``; its first reward counts as correct), ask the judge specs in ``judge``
+    (metric → ``judge`` spec), and aggregate. See the module docstring for temperature and the
+    tool-call budget."""
     import time
 
     if max_tool_calls < 0:
@@ -201,47 +210,34 @@ def evaluate(
         loaded = policy
     if getattr(loaded, "model", None) is not None:
         loaded.model.eval()
-    local_life = is_local_life(tasks)
-    if local_life:
-        from envs.local_life.env import EVAL_SPEC as LOCAL_LIFE_SPEC
-
-    spec = reward_spec if reward_spec is not None else LOCAL_LIFE_SPEC if local_life else DEFAULT_SPEC
+    spec = reward_spec if reward_spec is not None else DEFAULT_SPEC
+    terms = parse_spec(spec).terms
     config = dataclasses.replace(rollout_config, max_turns=max_tool_calls + 1)
     settings = {"temperature": temperature, "max_tool_calls": max_tool_calls, "max_turns": config.max_turns,
                 "max_new_tokens_per_turn": config.max_new_tokens_per_turn,
                 "max_total_tokens": config.max_total_tokens, "reward_spec": spec, "seed": seed,
-                "policy": str(policy) if isinstance(policy, str | Path) else type(policy).__name__}
-    own = services is None
-    svc = EvalServices(db_dir=db_dir) if services is None else services
-    if own:
-        svc.__enter__()
-    try:
-        if svc.thread is None or svc.tool_client is None or svc.reward_client is None:
-            raise RuntimeError("EvalServices must be entered (used as a context manager) before evaluate()")
-        tool_client, reward_client = svc.tool_client, svc.reward_client
-        engine = RolloutEngine(FixedTemperature(loaded, temperature), loaded.tokenizer, tool_client, config,
-                               seed=seed, tool_timeout_s=svc.timeout_s, max_batch_size=max_batch_size)
+                "policy": str(policy) if isinstance(policy, str | Path) else type(policy).__name__,
+                "backend": stack.config.model.backend}
+    sampler = FixedTemperature(stack.sampler(loaded, max_batch_size=max_batch_size), temperature)
+    engine = RolloutEngine(sampler, loaded.tokenizer, stack.tool_client, config, seed=seed,
+                           tool_timeout_s=stack.timeout_s)
 
-        async def run() -> tuple[list[RolloutTrajectory], dict[str, list[float | None]]]:
-            try:
-                trajectories = await engine.run(list(tasks), group_size=1)
-                await score_trajectories(reward_client, trajectories, spec, 0)
-                judged = {name: await judge_scores(reward_client, trajectories, judge_spec)
-                          for name, judge_spec in (judge or {}).items()}
-                return trajectories, judged
-            finally:
-                await engine.aclose()
+    async def run() -> tuple[list[RolloutTrajectory], dict[str, list[float | None]]]:
+        try:
+            trajectories = await engine.run(list(tasks), group_size=1)
+            await score_trajectories(stack.reward_client, trajectories, spec, 0)
+            judged = {name: await judge_scores(stack.reward_client, trajectories, judge_spec)
+                      for name, judge_spec in (judge or {}).items()}
+            return trajectories, judged
+        finally:
+            await engine.aclose()
 
-        start = time.perf_counter()
-        trajectories, judged = svc.thread.run(run())
-        seconds = time.perf_counter() - start
-    finally:
-        if own:
-            svc.close()
-    names = {str(k) for k in spec} if isinstance(spec, dict) else {str(t.get("name")) for t in spec}
-    report = aggregate(trajectories, check_format="format" in names, seconds=seconds, settings=settings,
-                       primary="poi_correctness" if local_life else "sql_execution",
-                       env="local_life" if local_life else "text_to_sql")
+    start = time.perf_counter()
+    trajectories, judged = stack.run(run())
+    seconds = time.perf_counter() - start
+    local_life = is_local_life(tasks)
+    report = aggregate(trajectories, check_format=any(t.name == "format" for t in terms), seconds=seconds,
+                       settings=settings, primary=terms[0].name, env="local_life" if local_life else "text_to_sql")
     for name, values in judged.items():
         for result, value in zip(report.results, values, strict=True):
             result.judge[name] = value

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlyard.domain import TrajectoryStatus
 from trainer.algorithms import (
     PolicyLossConfig,
     Region,
@@ -41,7 +42,7 @@ from trainer.algorithms import (
 from trainer.batching import TokenBatch, collate_trajectories
 from trainer.config import StageConfig
 from trainer.policy.hf import HFPolicy
-from trainer.types import RolloutStatus, RolloutTrajectory
+from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def grpo_update(
         reference: frozen reference policy; required when ``algorithm.kl_coef > 0``, unused otherwise.
         total_steps: steps of the stage, for the ResT entropy curriculum (default ``stage_cfg.steps``).
         on_gradient: called with the update's index once its gradient is complete and before it is
-            clipped and applied (``policy.model``'s ``.grad``; see ``trainer.agreement``).
+            clipped and applied (``policy.model``'s ``.grad``; see ``experiments.agreement``).
 
     Raises:
         ValueError: ``kl_coef > 0`` without a reference, or a non-failed trajectory without a reward.
@@ -187,7 +188,7 @@ def _check_inputs(trajectories: Sequence[RolloutTrajectory], kl_coef: float, ref
     if needs_reference_model(kl_coef) and reference is None:
         raise ValueError(f"kl_coef={kl_coef} > 0 needs a reference policy (see frozen_reference)")
     for t in trajectories:
-        if t.reward is None and t.status != RolloutStatus.INFRA_FAILED:
+        if t.reward is None and t.status != TrajectoryStatus.INFRA_FAILED:
             raise ValueError(f"trajectory {t.task.task_id}/{t.sample_index} has no reward and did not fail")
 
 
@@ -196,14 +197,14 @@ def _filter_with_stats(
 ) -> tuple[list[int], torch.Tensor, torch.Tensor, dict[str, float]]:
     """The trajectory filter's kept indices, rewards and group ids [N], and the batch's statistics."""
     n = len(trajectories)
-    infra = torch.tensor([t.status == RolloutStatus.INFRA_FAILED for t in trajectories])
+    infra = torch.tensor([t.status == TrajectoryStatus.INFRA_FAILED for t in trajectories])
     rewards = torch.tensor([0.0 if t.reward is None else float(t.reward) for t in trajectories])
     group_ids = torch.tensor([t.group_id for t in trajectories])
     result = filter_trajectories(
         rewards, group_ids, stage_cfg.algorithm.filters,
         infra_failed=infra,
-        truncated=torch.tensor([t.status == RolloutStatus.TRUNCATED for t in trajectories]),
-        format_violation=torch.tensor([t.status == RolloutStatus.FORMAT_ERROR for t in trajectories]),
+        truncated=torch.tensor([t.status == TrajectoryStatus.TRUNCATED for t in trajectories]),
+        format_violation=torch.tensor([t.status == TrajectoryStatus.FORMAT_ERROR for t in trajectories]),
     )
     metrics: dict[str, float] = {}
     scored = rewards[~infra]

@@ -5,7 +5,8 @@
   never holds a step twice.
 - ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy") and tokens/s
   against the global step (matplotlib, Agg backend).
-- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward.
+- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward;
+  the images a tool returned are written beside it (``samples/``) and shown in place.
 - ``report.json``: run id, config, stages, steps, final metrics, wall time, seed, state.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlyard.domain import ImagePart
 from trainer.types import RolloutTrajectory
 
 __all__ = ["MetricsLog", "plot_curves", "render_trajectory", "write_report", "write_samples"]
@@ -24,6 +26,7 @@ __all__ = ["MetricsLog", "plot_curves", "render_trajectory", "write_report", "wr
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.json"
 SAMPLES_FILE = "samples.md"
+SAMPLE_IMAGES_DIR = "samples"
 CURVES_DIR = "curves"
 
 
@@ -102,8 +105,27 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return str(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
 
-def render_trajectory(traj: RolloutTrajectory, tokenizer: Any = None) -> str:
-    """Markdown for one trajectory: its turns (from ``record``, else decoded token runs) and reward."""
+_IMAGE_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+
+
+def _image_links(images: Sequence[ImagePart], image_dir: Path | None, stem: str) -> list[str]:
+    """Markdown image links to ``images`` written under ``image_dir`` (or their descriptions)."""
+    lines = []
+    for k, image in enumerate(images):
+        if image_dir is None:
+            lines.append(f"- {image.placeholder()}")
+            continue
+        image_dir.mkdir(parents=True, exist_ok=True)
+        path = image_dir / f"{stem}-{k}{_IMAGE_SUFFIX.get(image.mime_type, '.bin')}"
+        path.write_bytes(image.data)
+        lines.append(f"- ![{image.image_id or 'image'} {image.width}x{image.height}]({image_dir.name}/{path.name})")
+    return lines
+
+
+def render_trajectory(traj: RolloutTrajectory, tokenizer: Any = None, image_dir: Path | None = None,
+                      image_stem: str = "") -> str:
+    """Markdown for one trajectory: its turns (from ``record``, else decoded token runs) and reward;
+    images of tool results are written to ``image_dir`` and linked (else described)."""
     reward = "n/a" if traj.reward is None else f"{traj.reward:.4g}"
     lines = [f"### task `{traj.task.task_id}` · group {traj.group_id} · sample {traj.sample_index}",
              f"status **{traj.status}** · reward **{reward}** · tool calls {traj.num_tool_calls}"]
@@ -118,9 +140,11 @@ def render_trajectory(traj: RolloutTrajectory, tokenizer: Any = None) -> str:
             lines.append("```text\n" + turn.text.strip() + "\n```")
             for call in turn.tool_calls:
                 lines.append(f"- tool call `{call.name}` {call.arguments_json}")
-            for res in turn.tool_results:
+            for n, res in enumerate(turn.tool_results):
                 flag = " (error)" if res.is_error else ""
                 lines.append(f"- observation from `{res.name}`{flag}:\n```text\n{res.text.strip()}\n```")
+                stem = f"{image_stem or traj.task.task_id}-t{turn.index}-r{n}"
+                lines.extend(_image_links(res.images, image_dir, _safe(stem)))
     else:
         for message in traj.task.messages:
             lines.append(f"**{message.get('role', '?')}**:\n```text\n{str(message.get('content', '')).strip()}\n```")
@@ -142,9 +166,17 @@ def write_samples(
 ) -> None:
     """Append the given trajectories under a heading for (stage, step) to ``samples.md``."""
     path = run_dir / SAMPLES_FILE
-    parts = [f"## {stage} · step {step}\n"] + [render_trajectory(t, tokenizer) for t in trajectories]
+    parts = [f"## {stage} · step {step}\n"] + [
+        render_trajectory(t, tokenizer, run_dir / SAMPLE_IMAGES_DIR, f"{stage}-{step}-g{t.group_id}-s{t.sample_index}")
+        for t in trajectories
+    ]
     with path.open("a") as fh:
         fh.write("\n".join(parts) + "\n")
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of ``name``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:

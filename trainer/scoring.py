@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from reward_service.convert import item_to_pb, spec_to_pb
-from reward_service.spec import parse_spec
-from reward_service.types import ScoringItem
-from rlyard.reward.v1 import reward_pb2
+from rlyard.domain import ScoreResult, ScoreStatus, ScoringItem, TrajectoryStatus, parse_spec
 from rlyard.reward_client import RewardClient
-from trainer.types import RolloutStatus, RolloutTrajectory
+from trainer.types import RolloutTrajectory
 
 
 async def _score(client: RewardClient, trajectories: list[RolloutTrajectory], spec_obj: Any,
-                 step: int) -> list[reward_pb2.ScoreResponse]:
+                 step: int) -> list[ScoreResult]:
     """One ``ScoreBatch`` of the trajectories under ``spec_obj``; answers in order."""
-    requests = [
-        item_to_pb(ScoringItem(f"{t.group_id}-{t.sample_index}", trajectory=t.record,
-                               ground_truth=t.task.ground_truth, training_step=step))
+    items = [
+        ScoringItem(f"{t.group_id}-{t.sample_index}", trajectory=t.record, ground_truth=t.task.ground_truth,
+                    training_step=step)
         for t in trajectories
     ]
-    return await client.score_batch(requests, default_spec=spec_to_pb(parse_spec(spec_obj)))
+    return await client.score_batch(items, parse_spec(spec_obj))
 
 
 async def score_trajectories(
@@ -28,21 +25,21 @@ async def score_trajectories(
 ) -> dict[str, int]:
     """Fill ``reward`` and ``reward_components``; a system failure of the reward marks the
     trajectory INFRA_FAILED (dropped from the loss), an INVALID_INPUT raises (bad task data)."""
-    to_score = [t for t in trajectories if t.status != RolloutStatus.INFRA_FAILED]
+    to_score = [t for t in trajectories if t.status != TrajectoryStatus.INFRA_FAILED]
     if not to_score:
         return {"scored": 0, "reward_system_errors": 0}
     results = await _score(client, to_score, spec_obj, step)
     errors = 0
     for t, r in zip(to_score, results, strict=True):
-        if r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR:
-            t.status = RolloutStatus.INFRA_FAILED
+        if r.status == ScoreStatus.SYSTEM_ERROR:
+            t.status = TrajectoryStatus.INFRA_FAILED
             t.infra_error = f"reward: {r.error}"
             errors += 1
-        elif r.status == reward_pb2.SCORE_STATUS_INVALID_INPUT:
+        elif r.status == ScoreStatus.INVALID_INPUT:
             raise ValueError(f"task {t.task.task_id}: the reward service cannot score it: {r.error}")
         else:
             t.reward = r.total
-            t.reward_components = {c.name: c.value for c in r.components}
+            t.reward_components = r.values
     return {"scored": len(to_score) - errors, "reward_system_errors": errors}
 
 
@@ -51,12 +48,12 @@ async def judge_scores(
 ) -> list[float | None]:
     """The total of ``spec_obj`` for each trajectory without touching its reward (evaluation's
     judge scores); None where the trajectory failed or the reward could not score it."""
-    to_score = [i for i, t in enumerate(trajectories) if t.status != RolloutStatus.INFRA_FAILED]
+    to_score = [i for i, t in enumerate(trajectories) if t.status != TrajectoryStatus.INFRA_FAILED]
     out: list[float | None] = [None] * len(trajectories)
     if not to_score:
         return out
     results = await _score(client, [trajectories[i] for i in to_score], spec_obj, 0)
     for i, r in zip(to_score, results, strict=True):
-        if r.status == reward_pb2.SCORE_STATUS_OK:
+        if r.status == ScoreStatus.OK:
             out[i] = r.total
     return out

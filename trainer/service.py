@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
-from rlyard.interceptors import ConcurrencyLimiter
-from rlyard.server import ServiceDefinition
+from rlyard.server import Runtime, ServiceDefinition
 from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer.events import MetricsEvent, StateEvent
 from trainer.runs import Run, RunRegistry
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -48,21 +49,21 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def StreamMetrics(
         self, request: trainer_pb2.StreamMetricsRequest, context: object
     ) -> AsyncIterator[trainer_pb2.MetricEvent]:
-        async for event in self.registry.follow(request.run_id, request.from_step):
-            values = {k: float(v) for k, v in event.get("values", {}).items() if isinstance(v, int | float)}
+        async for rec in self.registry.follow(request.run_id, request.from_step):
+            event = rec.event
+            metrics = event if isinstance(event, MetricsEvent) else None
             yield trainer_pb2.MetricEvent(
                 run_id=request.run_id,
-                stage=str(event.get("stage", "")),
-                step=int(event.get("step", 0)),
-                timestamp=float(event.get("timestamp", 0.0)),
-                values=values,
-                state=f"RUN_STATE_{event.get('state', 'RUNNING')}",
+                stage=metrics.stage if metrics else "",
+                step=metrics.step if metrics else event.step if isinstance(event, StateEvent) else 0,
+                timestamp=rec.timestamp,
+                values={k: float(v) for k, v in metrics.values.items()} if metrics else {},
+                state=f"RUN_STATE_{rec.state}",  # type: ignore[arg-type]
             )
 
     async def StopRun(self, request: trainer_pb2.StopRunRequest, context: object) -> trainer_pb2.StopRunResponse:
-        import asyncio
-
-        run = await asyncio.to_thread(self.registry.stop, request.run_id)
+        checkpoint = request.checkpoint if request.HasField("checkpoint") else True
+        run = await asyncio.to_thread(self.registry.stop, request.run_id, checkpoint)
         return trainer_pb2.StopRunResponse(run=run_pb(run))
 
 
@@ -70,11 +71,17 @@ def trainer_service(runs_root: Path, registry: RunRegistry | None = None) -> Ser
     """The trainer as a ``ServiceDefinition`` for ``rlyard.server``."""
     reg = registry or RunRegistry(runs_root)
 
-    def register(server: grpc.aio.Server, limiter: ConcurrencyLimiter) -> None:
+    def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(reg), server)
 
     async def stop() -> None:
-        for run in reg.runs.values():
-            run.stop.set()
+        reg.stop_all()
 
     return ServiceDefinition(name="trainer", full_names=[SERVICE_NAME], register=register, on_stop=[stop])
+
+
+def from_env() -> ServiceDefinition:
+    """The trainer service configured by ``RLYARD_TRAINER_*`` (what ``rlyard serve trainer`` runs)."""
+    from trainer.settings import TrainerSettings
+
+    return trainer_service(TrainerSettings.from_env("RLYARD_TRAINER").runs_dir)

@@ -14,9 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from rlyard.domain import Task
 from rlyard.errors import ConfigError
 from rlyard.tools.v1 import tools_pb2
-from trainer.types import Task
 
 DEFAULT_SYSTEM = (
     "You are an agent that answers by calling tools. Think in <think>…</think>, call tools with "

@@ -1,11 +1,11 @@
 """The local-life environment wired for training and evaluation: prompt, tools, reward spec, task
-lines, SFT demonstrations, and ``prepare`` (corpus, tasks, demonstrations, a tiny policy).
+lines, SFT demonstrations, and ``prepare`` (corpus, tasks, demonstrations).
 
 An episode (LocalSearchBench style): the agent reads a multi-hop request, calls ``search``,
 ``nearby`` and ``poi_detail`` — at most one call per tool per round (``RolloutConfig.
 max_calls_per_tool_per_turn: 1``), at most ``max_rounds`` rounds — and answers in
 ``<answer>…</answer>`` with one line per recommended merchant, each citing its ``[poi_id]``.
-Scored by the rule-based metrics (``envs.local_life.metrics``) through the reward service:
+Scored by the rule-based metrics (``reward_service.local_life.metrics``) through the reward service:
 ``poi_correctness``, ``poi_completeness`` and ``poi_faithfulness``.
 
 ``python -m envs.local_life.env --out DIR`` (see ``main``) writes under ``DIR``:
@@ -15,9 +15,10 @@ Scored by the rule-based metrics (``envs.local_life.metrics``) through the rewar
   the train tasks that were not demonstrated, and for the held-out tasks;
 - ``demos.jsonl``: SFT demonstrations: the gold path of train tasks run through the real tools, one
   call per round, then the answer (the gold POIs, as many as asked, with rating and price as the
-  tools showed them);
-- ``policy/`` (with ``--policy``): a tiny policy whose tokenizer learned the project corpus plus the
-  demonstrations.
+  tools showed them).
+
+A tiny policy for it (tokenizer, copying warm-up) is an experiment's: ``python -m
+experiments.local_life --out DIR`` prepares the folder and builds ``DIR/policy``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.local_life.checklist import describe
 from envs.local_life.tasks import generate_split
-from envs.local_services.database import place_neutral
 
 TOOLS = ("search", "nearby", "poi_detail")
 MAX_ROUNDS = 8
@@ -87,32 +86,25 @@ def task_line(task: dict[str, Any], max_rounds: int = MAX_ROUNDS, *, schemas: bo
 # ---- the tools, in-process -------------------------------------------------------------------------
 
 class PoiToolbox:
-    """The real POI tools run in-process (no server), as a rollout sees them; a context manager."""
+    """The real POI tools run in-process through the tool server's executor (no gRPC), as a
+    rollout sees them; a context manager."""
 
     def __init__(self, poi_dir: Path, index_dir: Path | None = None) -> None:
-        from tool_servers.registry import ToolContext, build_tools
-        from tool_servers.settings import ToolServerSettings
+        from tool_servers.local import LocalTools
+        from tool_servers.poi.settings import PoiSettings
 
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        settings = ToolServerSettings(tools=TOOLS, poi_dir=poi_dir, poi_index_dir=index_dir or poi_dir / "index")
-        self.tools = build_tools(list(TOOLS), ToolContext(settings=settings, pool=self.pool))
+        self.tools = LocalTools(TOOLS, [PoiSettings(dir=poi_dir, index_dir=index_dir)])
 
     def __enter__(self) -> PoiToolbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown()
+        self.tools.close()
 
     async def call(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool, Any]:
         """``(text, is_error, structured)`` of one call."""
-        from tool_servers.result import TextContent
-        from tool_servers.session import Session
-
-        tool = self.tools[name]
-        result = await tool.call(tool.Args.model_validate(arguments), Session(session_id="env", context={},
-                                                                              idle_timeout_s=60.0))
-        text = "\n".join(c.text for c in result.content if isinstance(c, TextContent))
-        return text, result.is_error, result.structured
+        result = await self.tools.call(name, arguments)
+        return result.text, result.is_error, result.structured
 
 
 def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +139,7 @@ async def demonstration(toolbox: PoiToolbox, task: dict[str, Any], max_rounds: i
     messages.append({"role": "assistant", "content": f"<answer>{answer_text(ids, shown)}</answer>"})
     demo: dict[str, Any] = {"messages": messages, "task_id": task["task_id"], "ground_truth": line["ground_truth"]}
     if schemas:
-        from trainer.model.corpus import tool_schemas
+        from tool_servers.local import tool_schemas
 
         demo["tools"] = tool_schemas(TOOLS)
     return demo
@@ -195,7 +187,6 @@ class Prepared:
     train_tasks: Path
     heldout_tasks: Path
     demos: Path
-    policy: Path | None
     n_train: int
     n_heldout: int
     n_demos: int
@@ -206,13 +197,10 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
 
 
 def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int = 800, n_heldout: int = 200,
-            n_demos: int = 200, max_rounds: int = MAX_ROUNDS, policy: bool = False, size: str = "tiny",
-            schemas: bool = False, copy_steps: int = 0,
+            n_demos: int = 200, max_rounds: int = MAX_ROUNDS, schemas: bool = False,
             on_progress: Callable[[str], None] | None = None) -> Prepared:
-    """Write the corpus (reused when ``root/poi/poi.sqlite`` exists), tasks, demonstrations and,
-    with ``policy``, a fresh tiny policy under ``root``, given at most ``copy_steps`` of the copying
-    warm-up (``trainer.model.copy_warmup``, as the text-to-SQL demo: it ends once the policy copies;
-    0 = none); ``schemas``: see :func:`task_line`."""
+    """Write the corpus (reused when ``root/poi/poi.sqlite`` exists), tasks and demonstrations
+    under ``root``; ``schemas``: see :func:`task_line`."""
     from envs.local_services.poi_corpus import build_corpus
 
     say = on_progress or (lambda _msg: None)
@@ -234,33 +222,12 @@ def prepare(root: Path, *, seed: int = 0, merchants: int = 150_000, n_train: int
     _write_jsonl(paths["demos"], demos)
     (root / "split_info.json").write_text(json.dumps(split.info, indent=2, ensure_ascii=False) + "\n",
                                           encoding="utf-8")
-    policy_dir = None
-    if policy:
-        from trainer.model.build import init_policy
-        from trainer.model.corpus import DEFAULT_CORPUS_FILE, render_chat
-
-        say("training the tokenizer and building the tiny policy")
-        corpus = root / "corpus.txt"
-        # The demonstrations with their place names cut out (as the text-to-SQL demo's tokenizer):
-        # train and held-out places are spelled in the same kind of pieces.
-        corpus.write_text("\n".join([DEFAULT_CORPUS_FILE.read_text(encoding="utf-8"),
-                                     *(place_neutral(render_chat(d["messages"])) for d in demos)]), encoding="utf-8")
-        policy_dir = root / "policy"
-        init_policy(policy_dir, size=size, seed=seed, corpus=corpus)
-        if copy_steps:
-            from trainer.model.copy_warmup import copy_warmup_checkpoint
-
-            say(f"copying warm-up (at most {copy_steps} steps)")
-            copy_warmup_checkpoint(policy_dir, corpus, steps=copy_steps, seed=seed)
-    return Prepared(root, poi_dir, paths["train_tasks"], paths["heldout_tasks"], paths["demos"], policy_dir,
+    return Prepared(root, poi_dir, paths["train_tasks"], paths["heldout_tasks"], paths["demos"],
                     len(rl_tasks), len(split.heldout), len(demos))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m envs.local_life.env --out DIR [--merchants N] [--policy]``."""
-    from rich.console import Console
-
-    parser = argparse.ArgumentParser(prog="python -m envs.local_life.env", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``prepare`` on a command line."""
     parser.add_argument("--out", type=Path, default=Path("data/generated/local_life"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merchants", type=int, default=150_000)
@@ -268,20 +235,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-heldout", type=int, default=200)
     parser.add_argument("--n-demos", type=int, default=200)
     parser.add_argument("--max-rounds", type=int, default=MAX_ROUNDS)
-    parser.add_argument("--policy", action="store_true", help="also build a tiny policy under OUT/policy")
-    parser.add_argument("--copy-steps", type=int, default=600,
-                        help="--policy: at most this many copying warm-up steps (ends once it copies; 0 = none)")
     parser.add_argument("--schemas", action="store_true",
                         help="render the tools' JSON schemas into prompts (default: the system message describes them)")
+
+
+def prepare_from_args(ns: argparse.Namespace, on_progress: Callable[[str], None] | None = None) -> Prepared:
+    """``prepare`` with the options ``add_arguments`` parsed."""
+    return prepare(ns.out, seed=ns.seed, merchants=ns.merchants, n_train=ns.n_train, n_heldout=ns.n_heldout,
+                   n_demos=ns.n_demos, max_rounds=ns.max_rounds, schemas=ns.schemas, on_progress=on_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m envs.local_life.env --out DIR [--merchants N] ...``."""
+    from rich.console import Console
+
+    parser = argparse.ArgumentParser(prog="python -m envs.local_life.env", description=__doc__.splitlines()[0])
+    add_arguments(parser)
     ns = parser.parse_args(argv)
     console = Console()
     with console.status("preparing the local-life environment…") as status:
-        got = prepare(ns.out, seed=ns.seed, merchants=ns.merchants, n_train=ns.n_train, n_heldout=ns.n_heldout,
-                      n_demos=ns.n_demos, max_rounds=ns.max_rounds, policy=ns.policy, schemas=ns.schemas,
-                      copy_steps=ns.copy_steps,
-                      on_progress=lambda msg: status.update(f"{msg}…"))
+        got = prepare_from_args(ns, on_progress=lambda msg: status.update(f"{msg}…"))
     console.print(f"{got.n_train} RL tasks: {got.train_tasks}\n{got.n_heldout} held-out tasks: {got.heldout_tasks}\n"
-                  f"{got.n_demos} demonstrations: {got.demos}" + (f"\npolicy: {got.policy}" if got.policy else ""))
+                  f"{got.n_demos} demonstrations: {got.demos}")
     return 0
 
 

@@ -14,7 +14,7 @@ tools:
 
 Every constraint removes at least one candidate and keeps at least one, so each hop matters. The
 gold answers are every POI that meets the whole checklist (1 to :data:`MAX_GOLD`), and the gold path
-is the tool calls that reach them; :func:`envs.local_life.checklist.check_poi` tells which checklist items a
+is the tool calls that reach them; :func:`reward_service.local_life.checklist.check_poi` tells which checklist items a
 POI breaks.
 """
 
@@ -32,13 +32,13 @@ import numpy as np
 from pydantic import BaseModel
 
 from envs.local_life.checklist import Item
-from envs.local_services.database import WEEKDAYS
 from envs.local_services.questions import TaskSplit
+from rlyard.geo import WEEKDAYS
 from tool_servers.poi.bm25 import PoiBm25
+from tool_servers.poi.nearby import NearbyArgs
+from tool_servers.poi.poi_detail import PoiDetailArgs
+from tool_servers.poi.search import SearchArgs
 from tool_servers.poi.store import PoiColumns, PoiStore, minutes
-from tool_servers.tools.nearby import NearbyArgs
-from tool_servers.tools.poi_detail import PoiDetailArgs
-from tool_servers.tools.search import SearchArgs
 
 Call = dict[str, Any]          # one gold-path call: {"tool": ..., "arguments": {...}}
 

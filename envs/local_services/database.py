@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DB_ID = "local_services"
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 TABLES = ("city", "district", "category", "merchant", "opening_hours", "product", "review")
 
 SCHEMA = """

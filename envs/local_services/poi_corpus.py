@@ -7,11 +7,11 @@ districts and categories, plus what LocalSearchBench's records carry and the SQL
 description and facilities. It feeds the ``search``, ``retrieve``, ``poi_detail`` and ``nearby``
 tools and the multi-hop tasks of the local-life environment.
 
-Distributions, on purpose: popular sub-categories are far more frequent (food and drink is about
-two thirds of the merchants, as on a real platform); chains take about a third of the merchants and
-recur across cities, independents have their own names; prices follow the sub-category's band scaled
-by the district's and the business area's price level; ratings skew high (median ~4.3, a tail down
-to 2.5); business areas differ in how many merchants they hold.
+Distributions, on purpose (as on a real platform; the measured shares are in docs/local_life.md):
+popular sub-categories, food and drink above all, are far more frequent; chains take about a third
+of the merchants and recur across cities, independents have their own names; prices follow the
+sub-category's band scaled by the district's and the business area's price level; ratings skew
+high, with a tail down to 2.5; business areas differ in how many merchants they hold.
 
 Deterministic from a seed: the same seed and size give the same JSONL bytes, whose SHA-256 is the
 corpus version (:attr:`CorpusInfo.version`), stored in the database's ``corpus_meta`` table; an
@@ -48,7 +48,8 @@ from sqlalchemy import (
     insert,
 )
 
-from envs.local_services.database import CITIES, HOURS, KINDS, STREETS, TOP_LEVEL, WEEKDAYS, Kind
+from envs.local_services.database import CITIES, HOURS, KINDS, STREETS, TOP_LEVEL, Kind
+from rlyard.geo import WEEKDAYS
 
 GENERATOR_VERSION = 1
 DB_NAME = "poi.sqlite"
@@ -199,14 +200,6 @@ def business_hours_text(open_time: str, close_time: str, closed: int | None) -> 
     if closed is None:
         return f"Daily {open_time}-{close_time}"
     return f"{open_time}-{close_time}, closed {WEEKDAYS[closed]}"
-
-
-def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance in metres (haversine)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6_371_000 * math.asin(math.sqrt(min(1.0, a)))
 
 
 def _offset(lat: float, lng: float, north_m: float, east_m: float) -> tuple[float, float]:

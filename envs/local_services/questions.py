@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.local_services.database import DB_ID, WEEKDAYS, Merchant, Pool, load_pool
+from envs.local_services.database import DB_ID, Merchant, Pool, load_pool
+from rlyard.geo import WEEKDAYS
 
 DIFFICULTIES = ("single_table", "join", "aggregate", "nested")
 MAX_RESULT_ROWS = 100

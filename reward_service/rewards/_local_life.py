@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,17 +22,11 @@ from typing import Any, ClassVar
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.local_life.metrics import Scores, ids_in, parse_answer, score_answer
+from reward_service.local_life.metrics import Scores, ids_in, parse_answer, score_answer
 from reward_service.registry import RewardContext
 from reward_service.rewards._lru import AsyncLru
-from reward_service.types import (
-    RewardInputError,
-    RewardKindName,
-    RewardOutcome,
-    RewardSystemError,
-    ScoringItem,
-    TrajectoryRecord,
-)
+from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, RewardSystemError
+from rlyard.domain import ScoringItem, Trajectory
 
 CACHE_KEY = "local_life.records"
 CACHE_SIZE = 20_000
@@ -76,7 +69,7 @@ def parse_ground_truth(gt: Any) -> GroundTruth:
     return GroundTruth([dict(i) for i in checklist], [str(g) for g in gold], anchor_id)
 
 
-def retrieved_ids(trajectory: TrajectoryRecord | None) -> set[str]:
+def retrieved_ids(trajectory: Trajectory | None) -> set[str]:
     """The poi_ids the tools showed the agent: ids in the results of calls that did not fail, and,
     when the tool turn keeps the observation as the agent saw it, only those still in it (a cap
     may have cut the rest)."""
@@ -100,12 +93,12 @@ async def _fetch(ctx: RewardContext, target: str, poi_id: str) -> dict[str, Any]
     except grpc.aio.AioRpcError as exc:
         raise RewardSystemError(f"POI tool server {client.target} failed on {DETAIL_TOOL}({poi_id}): "
                                 f"{exc.code().name}: {exc.details()}") from None
-    if result.system_error.code:
+    if result.system_error is not None:
         raise RewardSystemError(f"POI tool server {client.target}: {DETAIL_TOOL}({poi_id}): "
                                 f"{result.system_error.message}")
     if result.is_error:
         return None
-    record = json.loads(result.structured_json) if result.structured_json else None
+    record = result.structured
     if not isinstance(record, dict) or record.get("poi_id") != poi_id:
         raise RewardSystemError(f"POI tool server {client.target}: {DETAIL_TOOL}({poi_id}) returned no record; "
                                 "is it a local-life tool server (RLYARD_TOOLS_TOOLS with poi_detail)?")

@@ -13,15 +13,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from reward_service.registry import RewardContext, register
-from reward_service.spec import parse_spec
-from reward_service.types import (
-    RewardInputError,
-    RewardKindName,
-    RewardOutcome,
-    RewardSystemError,
-    ScoringItem,
-    StepReward,
-)
+from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, RewardSystemError, StepReward
+from rlyard.domain import ScoreStatus, ScoringItem, parse_spec
 
 
 class CompositeParams(BaseModel):
@@ -47,15 +40,15 @@ class Composite:
 
     async def score(self, item: ScoringItem, params: CompositeParams) -> RewardOutcome:
         """Score the inner spec with the service's scorer."""
-        from reward_service.scorer import INVALID_INPUT, SYSTEM_ERROR, Scorer
+        from reward_service.scorer import Scorer
 
         scorer = self.ctx.shared.get("scorer")
         if not isinstance(scorer, Scorer):
             raise RewardSystemError("composite needs the service's scorer, which is not set up")
         result = await scorer.score(item, parse_spec(params.terms))
-        if result.status == SYSTEM_ERROR:
+        if result.status == ScoreStatus.SYSTEM_ERROR:
             raise RewardSystemError(result.error)
-        if result.status == INVALID_INPUT:
+        if result.status == ScoreStatus.INVALID_INPUT:
             raise RewardInputError(result.error)
         steps = [StepReward(s.turn_index, s.value) for s in result.step_rewards]
         return RewardOutcome(result.total, result.explanation, steps)

@@ -34,7 +34,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from reward_service.registry import RewardContext, register
 from reward_service.rewards._text import TAG_NAME_PATTERN
-from reward_service.types import RewardKindName, RewardOutcome, ScoringItem, StepReward
+from reward_service.types import RewardKindName, RewardOutcome, StepReward
+from rlyard.domain import ScoringItem
 
 
 @dataclass(frozen=True)

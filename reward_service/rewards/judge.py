@@ -10,7 +10,7 @@ backend, endpoint or model, so one service serves several judges, each built onc
 Template fields: ``{rubric}``, ``{question}`` (ground truth ``question``, else the first user
 turn), ``{reference}`` (ground truth ``answer``/``answers``), ``{response}``, ``{context}`` (the
 trajectory's tool results as the policy saw them, for faithfulness rubrics such as the local-life
-metrics of ``envs.local_life.metrics.judge_spec``), ``{score_min}``, ``{score_max}``.
+metrics of ``envs.local_life.judge.judge_spec``), ``{score_min}``, ``{score_max}``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from reward_service.judges import JudgeSpec, get_judge
 from reward_service.judges.verdict import ask_verdict
 from reward_service.registry import RewardContext, register
-from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, ScoringItem
+from reward_service.types import RewardInputError, RewardKindName, RewardOutcome
+from rlyard.domain import ScoringItem
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``poi_completeness``: the LocalSearchBench completeness of a local-life answer, by rules.
 
-Defined in ``envs.local_life.metrics``; records come from the POI tool server's ``poi_detail``
+Defined in ``reward_service.local_life.metrics``; records come from the POI tool server's ``poi_detail``
 (``reward_service.rewards._local_life``). Ground truth: a local-life task's ``{"checklist",
 "gold_answers", "anchor"}``. The value is the 0–10 score divided by 10.
 """

@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 
 from reward_service.registry import RewardContext, register
 from reward_service.rewards._text import gold_answers, normalize_answer, squad_golds
-from reward_service.types import RewardKindName, RewardOutcome, ScoringItem
+from reward_service.types import RewardKindName, RewardOutcome
+from rlyard.domain import ScoringItem
 
 
 def exact_match(prediction: str, gold: str) -> float:

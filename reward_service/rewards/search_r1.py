@@ -61,7 +61,8 @@ from reward_service.rewards._text import (
     tag_blocks,
     tags_alternate,
 )
-from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, ScoringItem
+from reward_service.types import RewardInputError, RewardKindName, RewardOutcome
+from rlyard.domain import ScoringItem
 
 
 @dataclass(frozen=True)

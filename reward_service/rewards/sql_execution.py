@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -75,20 +74,17 @@ from reward_service.types import (
     RewardKindName,
     RewardOutcome,
     RewardSystemError,
-    ScoringItem,
     StepReward,
-    ToolResultRecord,
-    TrajectoryRecord,
 )
-from rlyard.common.v1 import common_pb2
+from rlyard.domain import ScoringItem, ToolResult, Trajectory
 
 logger = logging.getLogger(__name__)
 
 SQL_TOOL = "sql_query"
-# tool_servers/tools/_sql_common.py: a one-off call with this context gets the verification caps
+# tool_servers/sql/_common.py: a one-off call with this context gets the verification caps
 VERIFICATION_CONTEXT = {"purpose": "verification"}
 CACHE_KEY = "sql_execution.gold_cache"
-# tool_servers.sqlite_db._explain: "the query ran longer than the 2s time limit and was stopped; ..."
+# tool_servers.sql.db._explain: "the query ran longer than the 2s time limit and was stopped; ..."
 _TIMEOUT_PREFIX = "the query ran longer than"
 _INPUT_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 _STATUS_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
@@ -171,7 +167,7 @@ def parse_ground_truth(ground_truth: Any) -> tuple[str, str]:
 # --- per-step execution feedback ------------------------------------------------
 
 
-def _results_after(trajectory: TrajectoryRecord, position: int) -> list[ToolResultRecord]:
+def _results_after(trajectory: Trajectory, position: int) -> list[ToolResult]:
     """sql_query results of the turn at ``position`` and of the tool turns right after it."""
     turns = trajectory.turns
     found = [r for r in turns[position].tool_results if r.name in (SQL_TOOL, "")]
@@ -182,7 +178,7 @@ def _results_after(trajectory: TrajectoryRecord, position: int) -> list[ToolResu
     return found
 
 
-def sql_step_rewards(trajectory: TrajectoryRecord | None) -> list[StepReward]:
+def sql_step_rewards(trajectory: Trajectory | None) -> list[StepReward]:
     """One step reward per assistant turn that ran ``sql_query`` (see the module doc)."""
     if trajectory is None:
         return []
@@ -244,7 +240,7 @@ class SqlExecution:
             if exc.code() in _INPUT_CODES:
                 raise RewardInputError(
                     f"the SQL tool server at {client.target} refused db_id {db_id!r} ({_describe_rpc_error(exc)}); "
-                    "check ground_truth.db_id and the server's RLYARD_TOOLS_DB_DIR"
+                    "check ground_truth.db_id and the server's RLYARD_TOOLS_SQL_DB_DIR"
                 ) from None
             raise RewardSystemError(
                 f"SQL tool server {client.target} failed on the {role} query: {_describe_rpc_error(exc)}"
@@ -362,19 +358,18 @@ def _count(rows: SqlRows) -> str:
     return str(rows.total_at_least) if rows.total_exact else f"at least {rows.total_at_least}"
 
 
-def _rows_of(result: common_pb2.ToolResult, target: str, role: str) -> SqlRows | SqlFailure:
+def _rows_of(result: ToolResult, target: str, role: str) -> SqlRows | SqlFailure:
     """The rows of a ``sql_query`` result, a model-side failure, or RewardSystemError."""
-    if result.system_error.code != 0:
+    if result.system_error is not None:
         code = _STATUS_NAMES.get(result.system_error.code, str(result.system_error.code))
         raise RewardSystemError(
             f"SQL tool server {target} reported a system error on the {role} query: "
             f"{code}: {result.system_error.message}"
         )
     if result.is_error:
-        text = "\n".join(c.text for c in result.content if c.WhichOneof("kind") == "text")
-        return SqlFailure(text or "error")
+        return SqlFailure(result.text or "error")
     try:
-        structured = json.loads(result.structured_json)
+        structured = result.structured
         rows = cmp.decode_rows(structured["rows"])
         truncated = bool(structured.get("truncated", False))
         counted = int(structured.get("more_rows", 0))

@@ -47,7 +47,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from reward_service.registry import RewardContext, register
 from reward_service.rewards._text import TAG_NAME_PATTERN
-from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, ScoringItem, ToolCallRecord
+from reward_service.types import RewardInputError, RewardKindName, RewardOutcome
+from rlyard.domain import ScoringItem
+from rlyard.domain import ToolCall as RecordedCall
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def parse_text_tool_calls(text: str, tag: str = "tool_call") -> list[ToolCall]:
     return [call for block in blocks for call in _block_calls(block)]
 
 
-def record_tool_calls(records: Sequence[ToolCallRecord]) -> list[ToolCall]:
+def record_tool_calls(records: Sequence[RecordedCall]) -> list[ToolCall]:
     """The calls of a trajectory.
 
     Raises:

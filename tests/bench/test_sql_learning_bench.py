@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from bench.sql_learning import earlier_seeds
-from trainer.learning import LearningConfig
+from experiments.learning import LearningConfig
 
 
 def _write(path: Path, cfg: LearningConfig, seeds: list[int], *, quick: bool = False) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from rlyard import deploy
-from rlyard.launcher import Endpoint, Launcher
-from rlyard.services import DEFAULT_TABLE, ROOT, ServiceSpec, ServiceTable, load_table
+from rlyard_app import deploy
+from rlyard_app.launcher import Endpoint, Launcher
+from rlyard_app.services import DEFAULT_TABLE, ROOT, ServiceSpec, ServiceTable, load_table
 
 RENDER_HINT = "generated deployment files are out of date: run `rlyard deploy render`"
 BIN = Path(sys.executable).parent
@@ -391,7 +391,7 @@ def test_health_probe_command_against_a_real_server(table: ServiceTable, tmp_pat
         "RLYARD_READY_FILE": str(ready),
     }
     server = subprocess.Popen(
-        [sys.executable, "-c", f"from rlyard.cli.serve import run_service; run_service({spec.kind!r})"],
+        [sys.executable, "-c", f"from rlyard_app.cli.serve import run_service; run_service({spec.kind!r})"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
+RLYARD = [sys.executable, "-m", "rlyard_app.cli.main"]
 
 
 def _alive(pid: int) -> bool:
@@ -188,8 +188,8 @@ def test_tour_writes_a_report(tmp_path: Path) -> None:
 
 
 def test_trainer_service_starts_under_the_launcher(tmp_path: Path) -> None:
-    from rlyard.launcher import Launcher, check_health
-    from rlyard.services import load_table
+    from rlyard_app.launcher import Launcher, check_health
+    from rlyard_app.services import load_table
 
     spec = load_table().get("trainer")
     with Launcher([spec], tmp_path / "logs", ephemeral_ports=True,

@@ -9,13 +9,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from envs.sql_learning import Prepared
-from trainer.learning import LearningConfig, prepare_for, run_learning
+from experiments.learning import CopyEvent, LearningConfig, PhaseEvent, prepare_for, run_learning
+from experiments.sql_learning import Prepared
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def _rl_on_demonstrated_questions(prep: Prepared) -> Prepared:
 
 
 def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_path: Path) -> None:
-    events: list[dict] = []
+    events: list[Any] = []
     cfg = dataclasses.replace(SHORT, n_demos=4, sft_steps=100, sft_lr=3e-3, rl_steps=4, max_new_tokens_per_turn=160,
                               max_total_tokens=768)
     prep = _rl_on_demonstrated_questions(prepare_for(cfg, tmp_path / "work", events.append))
@@ -72,9 +73,9 @@ def test_shortened_demo_writes_a_complete_report_and_rl_changes_the_policy(tmp_p
     sft = load_file(tmp_path / "run" / "models" / "sft" / "model.safetensors")
     rl = load_file(tmp_path / "run" / "models" / "grpo" / "model.safetensors")
     assert any(not torch.equal(sft[k], rl[k]) for k in sft)
-    phases = [e["phase"] for e in events if e["type"] == "phase"]
+    phases = [e.phase for e in events if isinstance(e, PhaseEvent)]
     assert phases == ["prepare", "train", "evaluate"]
-    assert sum(e["type"] == "copy" for e in events) == 3
+    assert sum(isinstance(e, CopyEvent) for e in events) == 3
 
 
 def test_bench_quick_runs_grpo_and_control(tmp_path: Path) -> None:
@@ -110,8 +111,8 @@ def test_grad_agreement_measures_grpo_gradients_where_groups_carry_signal(tmp_pa
     from rich.console import Console
 
     from bench.grad_agreement import measure
+    from experiments.learning import experiment
     from trainer.config import parse_config
-    from trainer.learning import experiment
     from trainer.runner import run_experiment
 
     cfg = dataclasses.replace(SHORT, n_demos=4, sft_steps=100, sft_lr=3e-3, max_new_tokens_per_turn=160,
@@ -138,7 +139,7 @@ def test_learning_config_rejects_nonsense() -> None:
 
 def test_rlyard_demo_quick_through_the_cli(tmp_path: Path) -> None:
     # a budget of half a minute is spent before GRPO starts: GRPO gets one step's worth (1 s)
-    result = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "demo", "--quick", "--output-dir",
+    result = subprocess.run([sys.executable, "-m", "rlyard_app.cli.main", "demo", "--quick", "--output-dir",
                              str(tmp_path), "--run-id", "q", "--budget-minutes", "0.5"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -148,6 +149,6 @@ def test_rlyard_demo_quick_through_the_cli(tmp_path: Path) -> None:
     assert {"sft_accuracy", "rl_accuracy", "seed", "wall_seconds"} <= report.keys()
     assert report["rl_seconds_given"] == 1.0 and report["learning_config"]["budget_seconds"] == 30.0
     assert [s["steps_done"] for s in report["stages"]] == [3, 1]
-    bad = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "demo", "--quick", "--budget-minutes", "-1"],
+    bad = subprocess.run([sys.executable, "-m", "rlyard_app.cli.main", "demo", "--quick", "--budget-minutes", "-1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--budget-minutes must be >= 0" in bad.stdout

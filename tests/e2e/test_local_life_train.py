@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 from envs.local_services.database import place_names
 from trainer.model.corpus import DEFAULT_CORPUS_FILE
 
-RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
+RLYARD = [sys.executable, "-m", "rlyard_app.cli.main"]
 
 
 def test_local_life_train_then_eval(tmp_path: Path, chat_server: Callable[..., Any]) -> None:
     world = tmp_path / "ll"
-    made = subprocess.run([sys.executable, "-m", "envs.local_life.env", "--out", str(world), "--merchants", "3000",
-                           "--n-train", "40", "--n-heldout", "12", "--n-demos", "16", "--policy", "--copy-steps", "2"],
+    made = subprocess.run([sys.executable, "-m", "experiments.local_life", "--out", str(world), "--merchants", "3000",
+                           "--n-train", "40", "--n-heldout", "12", "--n-demos", "16", "--copy-steps", "2"],
                           capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     # the tokenizer learned the demonstrations without their place names (train and held-out alike)
@@ -36,7 +36,8 @@ def test_local_life_train_then_eval(tmp_path: Path, chat_server: Callable[..., A
                "max_total_tokens": 3072, "max_observation_tokens": 256, "max_calls_per_tool_per_turn": 1}
     config = {
         "name": "ll-e2e", "seed": 0, "model": {"path": str(world / "policy")}, "output_dir": str(tmp_path / "runs"),
-        "services": {"tool_names": ["search", "nearby", "poi_detail"], "poi_dir": str(world / "poi")},
+        "services": {"embedded": {"tools": ["search", "nearby", "poi_detail"],
+                                  "families": {"poi": {"dir": str(world / "poi")}}}},
         "checkpoint": {"every_steps": 2, "keep": 1},
         "stages": [
             {"kind": "sft", "name": "warm", "data": str(world / "demos.jsonl"), "steps": 3, "batch_size": 2},

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-RLYARD = [sys.executable, "-m", "rlyard.cli.main"]
+RLYARD = [sys.executable, "-m", "rlyard_app.cli.main"]
 
 
 def test_train_sft_then_rl_writes_outputs(tmp_path: Path, chat_server: Callable[..., Any]) -> None:

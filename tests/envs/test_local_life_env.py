@@ -11,7 +11,7 @@ import pytest
 
 from envs.local_life.checklist import describe
 from envs.local_life.env import MAX_ROUNDS, TOOLS, Prepared, prepare, system_prompt, task_line
-from envs.local_life.metrics import ids_in, score_answer
+from reward_service.local_life.metrics import ids_in, score_answer
 from tool_servers.poi.store import PoiStore
 from trainer.tasks import load_tasks
 

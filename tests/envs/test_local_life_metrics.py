@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from envs.local_life.metrics import JUDGE_RUBRICS, judge_spec, parse_answer, request_count, score_answer
-from reward_service.spec import parse_spec
+from envs.local_life.judge import JUDGE_RUBRICS, judge_spec
+from reward_service.local_life.metrics import parse_answer, request_count, score_answer
+from rlyard.domain import parse_spec
 
 
 def record(poi_id: str, **kw: Any) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import pytest
 
 from envs.local_life import HELDOUT_ONLY, TEMPLATES, TaskSplit, check_poi, generate_split
 from envs.local_life.__main__ import main
-from envs.local_services.poi_corpus import build_corpus, distance_m, read_jsonl
+from envs.local_services.poi_corpus import build_corpus, read_jsonl
 from rlyard.client import ToolClient
+from rlyard.geo import distance_m
 
 N = 5_000
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -161,8 +162,8 @@ def test_task_shape_difficulty_and_hops(tasks: list[dict[str, Any]]) -> None:
 async def test_gold_paths_reach_the_answers_through_a_real_tool_server(
         start_tools: Any, make_client: Any, corpus_dir: Path, tmp_path: Path, tasks: list[dict[str, Any]],
         records: dict[str, dict[str, Any]]) -> None:
-    server = await start_tools(tools=("search", "nearby", "poi_detail"), poi_dir=corpus_dir,
-                               poi_index_dir=tmp_path / "index")
+    server = await start_tools(tools=("search", "nearby", "poi_detail"),
+                               poi={"dir": corpus_dir, "index_dir": tmp_path / "index"})
     client: ToolClient = make_client(server)
     for task in tasks:
         listed: set[str] = set()           # ids shown by search or nearby
@@ -170,7 +171,7 @@ async def test_gold_paths_reach_the_answers_through_a_real_tool_server(
         for step, call in enumerate(task["gold_path"]):
             result = await client.call_tool(call["tool"], call["arguments"])
             assert not result.is_error, (task["task_id"], call, result.content[0].text)
-            payload = json.loads(result.structured_json)
+            payload = result.structured
             if call["tool"] == "poi_detail":
                 detailed[payload["poi_id"]] = payload
                 continue

@@ -14,7 +14,7 @@ import pytest
 from envs.local_services import build_database, content_hash, database_path, generate_split, generate_tasks
 from envs.local_services.database import TABLES
 from envs.local_services.questions import DIFFICULTIES, HELDOUT_ONLY, TEMPLATES
-from tool_servers.sqlite_db import SqliteDatabases, SqlLimits
+from tool_servers.sql.db import SqliteDatabases, SqlLimits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,14 +13,13 @@ from envs.local_services.database import build_database
 from envs.local_services.poi_corpus import (
     CENTRES,
     POI_FIELDS,
-    WEEKDAYS,
     build_corpus,
     business_hours_text,
     corpus_version,
-    distance_m,
     price_range,
     read_jsonl,
 )
+from rlyard.geo import WEEKDAYS, distance_m
 
 N = 3_000
 

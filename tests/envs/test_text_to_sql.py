@@ -12,6 +12,7 @@ from envs.text_to_sql import (
     BIRD_REWARD_SPEC,
     REWARD_SPEC,
     SPIDER_DB_DIR,
+    SQL_TOOLS,
     SqlItem,
     demonstrations,
     load_bird,
@@ -20,10 +21,10 @@ from envs.text_to_sql import (
     schema_text,
     write_task_jsonl,
 )
-from reward_service.registry import REGISTRY, load_plugins
-from reward_service.spec import parse_spec
+from reward_service.catalog import REWARD_MODULES
+from rlyard.domain import parse_spec
 from rlyard.errors import ConfigError
-from trainer.model.corpus import tool_schemas
+from tool_servers.local import tool_schemas
 from trainer.tasks import load_tasks
 
 
@@ -55,7 +56,7 @@ def test_load_bird(tmp_path: Path) -> None:
                                "SELECT count(*) FROM singer WHERE Country = 'France'",
                                "French refers to Country = 'France'")
     assert items[1].evidence == ""
-    task = make_task(items[0], tool_schemas())
+    task = make_task(items[0], tool_schemas(SQL_TOOLS))
     assert "Evidence: French refers to Country = 'France'" in task.messages[1]["content"]
     assert task.ground_truth == {"db_id": "concert_singer", "query": items[0].query}
     bad = tmp_path / "bad.json"
@@ -77,15 +78,14 @@ def test_schema_text_of_concert_singer() -> None:
 
 
 def test_reward_spec_names_registered_rewards() -> None:
-    load_plugins()
     for spec in (REWARD_SPEC, BIRD_REWARD_SPEC):
         names = {t.name for t in parse_spec(spec).terms}
-        assert names == {"sql_execution", "format"} and names <= set(REGISTRY)
+        assert names == {"sql_execution", "format"} and names <= set(REWARD_MODULES)
 
 
 def test_make_task() -> None:
     item = load_spider()[0]
-    task = make_task(item, tool_schemas(), task_id="t0", max_tool_calls=4)
+    task = make_task(item, tool_schemas(SQL_TOOLS), task_id="t0", max_tool_calls=4)
     system, user = task.messages
     assert system["role"] == "system" and user["role"] == "user"
     for word in ("sql_query", "list_tables", "describe_table", "<think>", "<tool_call>", "<answer>",
@@ -96,15 +96,15 @@ def test_make_task() -> None:
     assert task.context == {"db_id": "concert_singer"}
     assert task.ground_truth == {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
     assert [t["function"]["name"] for t in task.tools] == ["sql_query", "list_tables", "describe_table"]
-    bare = make_task(item, tool_schemas(), include_schema=False)
+    bare = make_task(item, tool_schemas(SQL_TOOLS), include_schema=False)
     assert "CREATE TABLE" not in bare.messages[1]["content"]
-    assert bare.task_id == make_task(item, tool_schemas(), include_schema=False).task_id  # stable ids
+    assert bare.task_id == make_task(item, tool_schemas(SQL_TOOLS), include_schema=False).task_id  # stable ids
 
 
 def test_task_jsonl_round_trip(tmp_path: Path) -> None:
     items = load_spider()[:5]
     path = write_task_jsonl(items, tmp_path / "tasks.jsonl", max_tool_calls=6)
-    tools = tool_schemas()
+    tools = tool_schemas(SQL_TOOLS)
     tasks = load_tasks(path, tools)
     assert [t.task_id for t in tasks] == [f"spider-{i}" for i in range(5)]
     direct = make_task(items[3], tools, task_id="spider-3")

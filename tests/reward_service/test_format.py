@@ -7,17 +7,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from reward_service.registry import REGISTRY, RewardContext, load_plugins
+from reward_service.registry import RewardContext, load_reward
 from reward_service.rewards.format import FormatParams, check_turn, check_turns
 from reward_service.settings import RewardSettings
-from reward_service.types import RewardOutcome, ScoringItem, StepReward, TrajectoryRecord, TurnRecord
+from reward_service.types import RewardOutcome, StepReward
+from rlyard.domain import ScoringItem, Trajectory, Turn
 
 CALL = '<tool_call>{"name": "sql_query", "arguments": {"query": "SELECT 1"}}</tool_call>'
 
 
 async def _score(item: ScoringItem, **params: object) -> RewardOutcome:
-    load_plugins()
-    cls = REGISTRY["format"]
+    cls = load_reward("format")
     return await cls(RewardContext(RewardSettings())).score(item, cls.Params.model_validate(params))
 
 
@@ -84,16 +84,16 @@ def test_final_answer_rule() -> None:
     assert [c.ok for c in check_turns([tool_turn], FormatParams(require_final_answer=False))] == [True]
 
 
-def _trajectory() -> TrajectoryRecord:
-    return TrajectoryRecord(
+def _trajectory() -> Trajectory:
+    return Trajectory(
         turns=(
-            TurnRecord(0, "system", "You are a SQL agent."),
-            TurnRecord(1, "user", "How many singers?"),
-            TurnRecord(2, "assistant", f"<think>count them</think>\n{CALL}"),
-            TurnRecord(3, "tool", "<tool_response>6</tool_response>"),
-            TurnRecord(4, "assistant", f"Let me check again. {CALL}"),          # no think, text outside
-            TurnRecord(5, "tool", "<tool_response>6</tool_response>"),
-            TurnRecord(6, "assistant", "<think>six</think>\n<answer>6</answer>"),
+            Turn(0, "system", "You are a SQL agent."),
+            Turn(1, "user", "How many singers?"),
+            Turn(2, "assistant", f"<think>count them</think>\n{CALL}"),
+            Turn(3, "tool", "<tool_response>6</tool_response>"),
+            Turn(4, "assistant", f"Let me check again. {CALL}"),          # no think, text outside
+            Turn(5, "tool", "<tool_response>6</tool_response>"),
+            Turn(6, "assistant", "<think>six</think>\n<answer>6</answer>"),
         ),
         final_answer="6",
     )
@@ -111,12 +111,12 @@ async def test_multi_turn_step_rewards() -> None:
 
 
 async def test_all_turns_well_formed() -> None:
-    traj = TrajectoryRecord(
+    traj = Trajectory(
         turns=(
-            TurnRecord(0, "user", "q"),
-            TurnRecord(1, "assistant", f"<think>a</think>{CALL}"),
-            TurnRecord(2, "tool", "r"),
-            TurnRecord(3, "assistant", "<think>b</think><answer>6</answer>"),
+            Turn(0, "user", "q"),
+            Turn(1, "assistant", f"<think>a</think>{CALL}"),
+            Turn(2, "tool", "r"),
+            Turn(3, "assistant", "<think>b</think><answer>6</answer>"),
         )
     )
     out = await _score(ScoringItem(trajectory=traj))

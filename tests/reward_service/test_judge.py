@@ -20,14 +20,8 @@ from reward_service.judges.verdict import UnparseableVerdict, excerpt, parse_ver
 from reward_service.registry import REGISTRY, RewardContext
 from reward_service.rewards.judge import Judge, JudgeParams, judge_messages
 from reward_service.settings import RewardSettings
-from reward_service.types import (
-    RewardInputError,
-    RewardKindName,
-    RewardSystemError,
-    ScoringItem,
-    TrajectoryRecord,
-    TurnRecord,
-)
+from reward_service.types import RewardInputError, RewardKindName, RewardSystemError
+from rlyard.domain import ScoringItem, Trajectory, Turn
 
 ITEM = ScoringItem(
     item_id="q1",
@@ -130,9 +124,9 @@ def test_the_prompt_holds_question_reference_and_response() -> None:
 
 
 def test_the_prompt_lists_several_answers_and_falls_back_to_the_first_user_turn() -> None:
-    trajectory = TrajectoryRecord(
-        turns=(TurnRecord(0, "system", "be brief"), TurnRecord(1, "user", "Name a Nordic capital."),
-               TurnRecord(2, "assistant", "Oslo")),
+    trajectory = Trajectory(
+        turns=(Turn(0, "system", "be brief"), Turn(1, "user", "Name a Nordic capital."),
+               Turn(2, "assistant", "Oslo")),
         final_answer="Oslo",
     )
     item = ScoringItem(trajectory=trajectory, ground_truth={"answers": ["Oslo", "Helsinki"]})

@@ -13,26 +13,16 @@ from typing import Any
 import pytest
 
 from envs.local_life import TaskSplit, generate_split
-from envs.local_life.metrics import judge_spec
+from envs.local_life.judge import judge_spec
 from envs.local_services.poi_corpus import build_corpus
 from reward_service.app import reward_service
-from reward_service.convert import item_to_pb
 from reward_service.registry import RewardContext
 from reward_service.rewards._local_life import LocalLifeParams, retrieved_ids, score_item
 from reward_service.rewards.judge import JudgeParams, judge_messages
 from reward_service.settings import RewardSettings
-from reward_service.spec import parse_spec
-from reward_service.types import (
-    RewardInputError,
-    RewardSystemError,
-    ScoringItem,
-    ToolCallRecord,
-    ToolResultRecord,
-    TrajectoryRecord,
-    TurnRecord,
-)
+from reward_service.types import RewardInputError, RewardSystemError
 from rlyard.client import RetryPolicy, ToolClient
-from rlyard.reward.v1 import reward_pb2
+from rlyard.domain import ScoreStatus, ScoringItem, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn, parse_spec
 from rlyard.reward_client import RewardClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
@@ -56,26 +46,26 @@ def split(corpus_dir: Path) -> TaskSplit:
 @pytest.fixture
 async def poi_server(start_tools: Callable[..., Awaitable[RunningServer]], corpus_dir: Path,
                      tmp_path: Path) -> RunningServer:
-    return await start_tools(tools=POI_TOOLS, poi_dir=corpus_dir, poi_index_dir=tmp_path / "index")
+    return await start_tools(tools=POI_TOOLS, poi={"dir": corpus_dir, "index_dir": tmp_path / "index"})
 
 
-async def replay(client: ToolClient, task: dict[str, Any]) -> tuple[list[TurnRecord], dict[str, dict[str, Any]]]:
+async def replay(client: ToolClient, task: dict[str, Any]) -> tuple[list[Turn], dict[str, dict[str, Any]]]:
     """The task's gold path as a trajectory's turns (one call per round), and every record the tools showed."""
-    turns: list[TurnRecord] = [TurnRecord(0, "user", task["question"])]
+    turns: list[Turn] = [Turn(0, "user", task["question"])]
     shown: dict[str, dict[str, Any]] = {}
     for i, call in enumerate(task["gold_path"]):
         cid = f"c{i}"
         result = await client.call_tool(call["tool"], call["arguments"])
         assert not result.is_error, result.content[0].text
         text = result.content[0].text
-        structured = json.loads(result.structured_json)
+        structured = result.structured
         for rec in structured.get("results", [structured]):
             shown[rec["poi_id"]] = rec
         said = json.dumps({"name": call["tool"], "arguments": call["arguments"]})    # as the engine records it
-        turns.append(TurnRecord(len(turns), "assistant", f"<tool_call>{said}</tool_call>",
-                                tool_calls=(ToolCallRecord(cid, call["tool"], json.dumps(call["arguments"])),)))
-        turns.append(TurnRecord(len(turns), "tool", text,
-                                tool_results=(ToolResultRecord(cid, call["tool"], text, structured=structured),)))
+        turns.append(Turn(len(turns), "assistant", f"<tool_call>{said}</tool_call>",
+                                tool_calls=(ToolCall(cid, call["tool"], json.dumps(call["arguments"])),)))
+        turns.append(Turn(len(turns), "tool", text,
+                                tool_results=(ToolResult.of_text(text, structured).answering(cid, call["tool"]),)))
     return turns, shown
 
 
@@ -84,8 +74,8 @@ def answer(ids: list[str], shown: dict[str, dict[str, Any]]) -> str:
                      for i, p in enumerate(ids))
 
 
-def item(item_id: str, task: dict[str, Any], turns: list[TurnRecord], text: str) -> ScoringItem:
-    traj = TrajectoryRecord(item_id, task["task_id"], (*turns, TurnRecord(len(turns), "assistant", text)),
+def item(item_id: str, task: dict[str, Any], turns: list[Turn], text: str) -> ScoringItem:
+    traj = Trajectory(item_id, task["task_id"], (*turns, Turn(len(turns), "assistant", text)),
                             final_answer=text, status="COMPLETED")
     gt = {k: task[k] for k in ("question", "checklist", "gold_answers", "anchor", "request_count")}
     return ScoringItem(item_id, trajectory=traj, ground_truth=gt)
@@ -113,7 +103,7 @@ async def test_metrics_agree_with_the_generator_through_the_service(
             # no final answer (truncated): the ids in its tool calls are not recommendations
             unanswered = item(f"{t}-unanswered", task, turns, "")
             assert unanswered.trajectory is not None
-            cut = dataclasses.replace(unanswered.trajectory, turns=tuple(turns), status="TRUNCATED")
+            cut = dataclasses.replace(unanswered.trajectory, turns=tuple(turns), status=TrajectoryStatus.TRUNCATED)
             items.append(dataclasses.replace(unanswered, trajectory=cut))
             expect.append((0.0, 0.0, 0.0))
             # every other POI the tools showed breaks the checklist: cited alone it is wrong
@@ -123,11 +113,11 @@ async def test_metrics_agree_with_the_generator_through_the_service(
         assert sum("wrong" in i.item_id for i in items) >= 10
         spec = parse_spec(METRICS)
         async with RewardClient(running.address, timeout=60.0, retry=RetryPolicy(max_attempts=1)) as rc:
-            results = await rc.score_batch([item_to_pb(i, spec) for i in items])
+            results = await rc.score_batch(items, spec)
     finally:
         await running.stop(0)
     for it, r, (c, comp, faith) in zip(items, results, expect, strict=True):
-        assert r.status == reward_pb2.SCORE_STATUS_OK, (it.item_id, r.error)
+        assert r.status == ScoreStatus.OK, (it.item_id, r.error)
         got = {x.name: x.value for x in r.components}
         assert got["poi_correctness"] == c, (it.item_id, [x.explanation for x in r.components])
         assert got["poi_faithfulness"] == pytest.approx(faith), it.item_id
@@ -156,9 +146,9 @@ async def test_system_and_input_errors(poi_server: RunningServer, split: TaskSpl
 def test_judge_prompt_carries_the_retrieved_context(split: TaskSplit) -> None:
     task = split.train[0]
     text = "[SH000001] rated 4.6"
-    turns = [TurnRecord(0, "user", task["question"]), TurnRecord(1, "assistant", "", tool_calls=()),
-             TurnRecord(2, "tool", "[SH000001] Shop · rating 4.6")]
-    scored = ScoringItem("i", trajectory=TrajectoryRecord("t", "x", tuple(turns), final_answer=text),
+    turns = [Turn(0, "user", task["question"]), Turn(1, "assistant", "", tool_calls=()),
+             Turn(2, "tool", "[SH000001] Shop · rating 4.6")]
+    scored = ScoringItem("i", trajectory=Trajectory("t", "x", tuple(turns), final_answer=text),
                          ground_truth={"question": task["question"], "answer": "SH000001"})
     params = JudgeParams(**{k: v for k, v in judge_spec("faithfulness")["judge"].items() if k != "weight"})
     (_system, user) = judge_messages(scored, params)

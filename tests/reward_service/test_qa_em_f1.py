@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from reward_service.registry import REGISTRY, RewardContext, load_plugins
+from reward_service.registry import RewardContext, load_reward
 from reward_service.rewards._text import gold_answers, normalize_answer, squad_golds
 from reward_service.rewards.qa_em import exact_match, max_exact_match
 from reward_service.rewards.qa_f1 import f1_score, max_f1
 from reward_service.settings import RewardSettings
-from reward_service.types import RewardInputError, RewardOutcome, ScoringItem, TrajectoryRecord
+from reward_service.types import RewardInputError, RewardOutcome
+from rlyard.domain import ScoringItem, Trajectory
 
 
 async def _score(name: str, item: ScoringItem, **params: object) -> RewardOutcome:
-    load_plugins()
-    cls = REGISTRY[name]
+    cls = load_reward(name)
     return await cls(RewardContext(RewardSettings())).score(item, cls.Params.model_validate(params))
 
 
@@ -134,7 +134,7 @@ async def test_qa_em_reward() -> None:
     out = await _score("qa_em", ScoringItem(prediction="Louvre", ground_truth="Eiffel Tower"))
     assert out.value == 0.0
     # The trajectory's final answer is the text when there is no prediction.
-    traj = TrajectoryRecord(final_answer="eiffel tower")
+    traj = Trajectory(final_answer="eiffel tower")
     assert (await _score("qa_em", ScoringItem(trajectory=traj, ground_truth=["Eiffel Tower"]))).value == 1.0
     # Empty answers: v2.0 (default) unanswerable vs v1.1 needs a gold.
     assert (await _score("qa_em", ScoringItem(prediction="", ground_truth={"answers": []}))).value == 1.0

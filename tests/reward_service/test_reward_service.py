@@ -15,17 +15,27 @@ import grpc
 import pytest
 
 from reward_service.app import reward_service
-from reward_service.convert import item_to_pb, spec_to_pb
 from reward_service.settings import RewardSettings
-from reward_service.spec import parse_spec
-from reward_service.types import ScoringItem, ToolCallRecord, ToolResultRecord, TrajectoryRecord, TurnRecord
 from rlyard.client import RetryPolicy
+from rlyard.domain import (
+    RewardSpec,
+    ScoreResult,
+    ScoreStatus,
+    ScoringItem,
+    ToolCall,
+    ToolResult,
+    Trajectory,
+    Turn,
+    parse_spec,
+)
+from rlyard.domain.convert import item_to_pb, score_from_pb, spec_to_pb
 from rlyard.reward.v1 import reward_pb2
 from rlyard.reward_client import RewardClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
 from tool_servers.app import tool_service
 from tool_servers.settings import ToolServerSettings
+from tool_servers.sql.settings import SqlSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_DIR = ROOT / "data" / "spider" / "database"
@@ -33,7 +43,7 @@ DB_DIR = ROOT / "data" / "spider" / "database"
 
 @pytest.fixture
 async def sql_tools() -> AsyncIterator[RunningServer]:
-    running = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings())
+    running = await start_server(tool_service(ToolServerSettings(), [SqlSettings(db_dir=DB_DIR)]), ServerSettings())
     yield running
     await running.stop(0)
 
@@ -51,78 +61,87 @@ async def test_list_rewards_publishes_every_reward_with_its_kind_and_schema(rewa
     infos = {r.name: r for r in await reward.list_rewards()}
     expected = {"qa_em", "qa_f1", "search_r1", "format", "tool_call_match", "sql_execution", "judge", "composite"}
     assert expected <= set(infos)
-    assert infos["sql_execution"].kind == reward_pb2.REWARD_KIND_TOOL_VERIFICATION
-    assert infos["judge"].kind == reward_pb2.REWARD_KIND_MODEL_JUDGE
-    assert infos["qa_f1"].kind == reward_pb2.REWARD_KIND_RULE
-    assert infos["composite"].kind == reward_pb2.REWARD_KIND_COMPOSITE
-    schema = json.loads(infos["sql_execution"].params_json_schema)
-    assert "semantics" in schema["properties"]
+    assert infos["sql_execution"].kind == "tool_verification"
+    assert infos["judge"].kind == "model_judge"
+    assert infos["qa_f1"].kind == "rule"
+    assert infos["composite"].kind == "composite"
+    assert "semantics" in infos["sql_execution"].params_schema["properties"]
+
+
+async def batch(client: RewardClient, items: list[tuple[ScoringItem, RewardSpec | None]],
+                default: RewardSpec | None = None) -> list[ScoreResult]:
+    """``ScoreBatch`` with a spec per item (the contract allows it; the typed client sends one)."""
+    request = reward_pb2.ScoreBatchRequest(items=[item_to_pb(i, s) for i, s in items])
+    if default is not None:
+        request.default_spec.CopyFrom(spec_to_pb(default))
+    resp = await client.stub.ScoreBatch(request, timeout=60)
+    return [score_from_pb(r) for r in resp.results]
 
 
 async def test_score_one_item_with_two_weighted_components(reward: RewardClient) -> None:
     item = ScoringItem("q1", "The Eiffel Tower!", ground_truth={"answers": ["eiffel tower", "Tour Eiffel"]})
-    resp = await reward.score(item_to_pb(item, parse_spec({"qa_em": 1.0, "qa_f1": 0.5})))
-    assert resp.status == reward_pb2.SCORE_STATUS_OK
-    assert {c.name: c.value for c in resp.components} == {"qa_em": 1.0, "qa_f1": 1.0}
+    resp = await reward.score(item, parse_spec({"qa_em": 1.0, "qa_f1": 0.5}))
+    assert resp.status == ScoreStatus.OK
+    assert resp.values == {"qa_em": 1.0, "qa_f1": 1.0}
     assert resp.total == pytest.approx(1.5)
-    partial = await reward.score(item_to_pb(ScoringItem("q2", "tower in Paris", ground_truth={
-        "answers": ["Eiffel Tower"]}), parse_spec({"qa_f1": 1.0})))
+    partial = await reward.score(ScoringItem("q2", "tower in Paris", ground_truth={"answers": ["Eiffel Tower"]}),
+                                 parse_spec({"qa_f1": 1.0}))
     # pred tokens {tower, in, paris}, gold {eiffel, tower}: 1 common; P = 1/3, R = 1/2, F1 = 0.4
     assert partial.total == pytest.approx(0.4)
 
 
-def _sql_trajectory(queries: list[tuple[str, bool]], final: str) -> TrajectoryRecord:
+def _sql_trajectory(queries: list[tuple[str, bool]], final: str) -> Trajectory:
     turns = []
     for i, (query, failed) in enumerate(queries):
-        call = ToolCallRecord(f"c{i}", "sql_query", json.dumps({"query": query}))
-        turns.append(TurnRecord(2 * i, "assistant", f"<think>try</think><tool_call>{query}</tool_call>", (call,)))
-        turns.append(TurnRecord(2 * i + 1, "tool", "", (), (ToolResultRecord(f"c{i}", "sql_query", "...", failed),)))
-    turns.append(TurnRecord(2 * len(queries), "assistant", f"<think>done</think><answer>{final}</answer>"))
-    return TrajectoryRecord("t", "task", tuple(turns), final, "COMPLETED")
+        call = ToolCall(f"c{i}", "sql_query", json.dumps({"query": query}))
+        turns.append(Turn(2 * i, "assistant", f"<think>try</think><tool_call>{query}</tool_call>", (call,)))
+        turns.append(Turn(2 * i + 1, "tool", "", (), (ToolResult(is_error=failed, call_id=f"c{i}", name="sql_query"),)))
+    turns.append(Turn(2 * len(queries), "assistant", f"<think>done</think><answer>{final}</answer>"))
+    return Trajectory("t", "task", tuple(turns), final, "COMPLETED")
 
 
 async def test_batch_of_mixed_rewards_and_per_step_rewards(reward: RewardClient) -> None:
     gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
-    items = [
-        item_to_pb(ScoringItem("sql-right", trajectory=_sql_trajectory(
+    items: list[tuple[ScoringItem, RewardSpec | None]] = [
+        (ScoringItem("sql-right", trajectory=_sql_trajectory(
             [("SELECT nme FROM singer", True), ("SELECT count(*) FROM singer", False)],
             "SELECT count(*) FROM singer"), ground_truth=gold),
-            parse_spec({"sql_execution": 1.0, "format": 0.1})),
-        item_to_pb(ScoringItem("sql-wrong", "SELECT count(*) FROM stadium", ground_truth=gold),
-                   parse_spec({"sql_execution": 1.0})),
-        item_to_pb(ScoringItem("qa", "paris", ground_truth={"answers": ["Paris"]}), parse_spec({"qa_em": 1.0})),
-        item_to_pb(ScoringItem("default-spec", "london", ground_truth={"answers": ["Paris"]})),
+         parse_spec({"sql_execution": 1.0, "format": 0.1})),
+        (ScoringItem("sql-wrong", "SELECT count(*) FROM stadium", ground_truth=gold),
+         parse_spec({"sql_execution": 1.0})),
+        (ScoringItem("qa", "paris", ground_truth={"answers": ["Paris"]}), parse_spec({"qa_em": 1.0})),
+        (ScoringItem("default-spec", "london", ground_truth={"answers": ["Paris"]}), None),
     ]
-    results = await reward.score_batch(items, default_spec=spec_to_pb(parse_spec({"qa_f1": 2.0})))
+    results = await batch(reward, items, parse_spec({"qa_f1": 2.0}))
     by_id = {r.item_id: r for r in results}
     assert [r.item_id for r in results] == ["sql-right", "sql-wrong", "qa", "default-spec"]
     right = by_id["sql-right"]
-    assert right.status == reward_pb2.SCORE_STATUS_OK
-    assert {c.name: c.value for c in right.components} == {"sql_execution": 1.0, "format": 1.0}
+    assert right.status == ScoreStatus.OK
+    assert right.values == {"sql_execution": 1.0, "format": 1.0}
     assert right.total == pytest.approx(1.1)
     steps = {(s.component, s.turn_index): s.value for s in right.step_rewards}
     # execution feedback per turn that ran SQL (the first query failed), weight 1.0
     assert steps[("sql_execution", 0)] == 0.0 and steps[("sql_execution", 2)] == 1.0
     # format: one step per assistant turn, weighted by 0.1
     assert [steps[("format", i)] for i in (0, 2, 4)] == pytest.approx([0.1, 0.1, 0.1])
-    assert by_id["sql-wrong"].total == 0.0 and by_id["sql-wrong"].status == reward_pb2.SCORE_STATUS_OK
+    assert by_id["sql-wrong"].total == 0.0 and by_id["sql-wrong"].status == ScoreStatus.OK
     assert by_id["qa"].total == 1.0
     assert by_id["default-spec"].total == 0.0 and by_id["default-spec"].components[0].weight == 2.0
 
 
 async def test_bad_requests_get_status_codes_bad_items_get_a_status(reward: RewardClient) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await reward.score(item_to_pb(ScoringItem("x", "a"), parse_spec({"no_such_reward": 1.0})))
+        await reward.score(ScoringItem("x", "a"), parse_spec({"no_such_reward": 1.0}))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_reward" in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await reward.score(item_to_pb(ScoringItem("x", "a"), parse_spec({"qa_f1": {"squad_version": "v9"}})))
+        await reward.score(ScoringItem("x", "a"), parse_spec({"qa_f1": {"squad_version": "v9"}}))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "squad_version" in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await reward.score_batch([item_to_pb(ScoringItem("x", "a"))])
+        await batch(reward, [(ScoringItem("x", "a"), None)])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no spec" in (err.value.details() or "")
-    missing = await reward.score(item_to_pb(ScoringItem("x", "a", ground_truth={"db_id": "concert_singer"}),
-                                            parse_spec({"sql_execution": 1.0})))
-    assert missing.status == reward_pb2.SCORE_STATUS_INVALID_INPUT and "query" in missing.error
+    missing = await reward.score(ScoringItem("x", "a", ground_truth={"db_id": "concert_singer"}),
+                                 parse_spec({"sql_execution": 1.0}))
+    assert missing.status == ScoreStatus.INVALID_INPUT and "query" in missing.error
 
 
 async def test_sql_tool_server_stopped_mid_batch(sql_tools: RunningServer) -> None:
@@ -134,26 +153,26 @@ async def test_sql_tool_server_stopped_mid_batch(sql_tools: RunningServer) -> No
     dev = json.loads((ROOT / "data" / "spider" / "dev.json").read_text())
     try:
         async with RewardClient(running.address, timeout=60.0) as client:
-            first = [item_to_pb(ScoringItem(f"a{i}", d["query"], ground_truth=d), spec) for i, d in enumerate(dev[:20])]
-            before = await client.score_batch(first)
-            assert all(r.status == reward_pb2.SCORE_STATUS_OK and r.total == 1.0 for r in before)
+            first = [ScoringItem(f"a{i}", d["query"], ground_truth=d) for i, d in enumerate(dev[:20])]
+            before = await client.score_batch(first, spec)
+            assert all(r.status == ScoreStatus.OK and r.total == 1.0 for r in before)
             await sql_tools.stop(0)
-            second = [item_to_pb(ScoringItem(f"b{i}", d["query"], ground_truth=d), spec)
-                      for i, d in enumerate(dev[20:30])]
-            second.append(item_to_pb(ScoringItem("qa", "Paris", ground_truth={"answers": ["paris"]}),
-                                     parse_spec({"qa_em": 1.0})))
-            after = await asyncio.wait_for(client.score_batch(second), 60)
+            second: list[tuple[ScoringItem, RewardSpec | None]] = [
+                (ScoringItem(f"b{i}", d["query"], ground_truth=d), spec) for i, d in enumerate(dev[20:30])
+            ]
+            second.append((ScoringItem("qa", "Paris", ground_truth={"answers": ["paris"]}), parse_spec({"qa_em": 1.0})))
+            after = await asyncio.wait_for(batch(client, second), 60)
     finally:
         await running.stop(0)
-    assert all(r.status == reward_pb2.SCORE_STATUS_SYSTEM_ERROR for r in after[:-1])
+    assert all(r.status == ScoreStatus.SYSTEM_ERROR for r in after[:-1])
     assert all(r.total == 0.0 and r.error for r in after[:-1])
-    assert after[-1].status == reward_pb2.SCORE_STATUS_OK and after[-1].total == 1.0
+    assert after[-1].status == ScoreStatus.OK and after[-1].total == 1.0
 
 
 async def test_sql_execution_compares_results_past_the_models_row_cap(reward: RewardClient) -> None:
     """The wta_1 gold queries whose results exceed the model's row cap (RLYARD_TOOLS_SQL_MAX_ROWS)
     were refused as 'cut by the caps'; the reward's verification calls compare them in full."""
-    cap = ToolServerSettings().sql_max_rows
+    cap = SqlSettings().max_rows
     dev = json.loads((ROOT / "data" / "spider" / "dev.json").read_text())
     db = sqlite3.connect(f"file:{DB_DIR / 'wta_1' / 'wta_1.sqlite'}?mode=ro", uri=True)
     try:
@@ -166,11 +185,11 @@ async def test_sql_execution_compares_results_past_the_models_row_cap(reward: Re
         "SELECT first_name, last_name FROM players ORDER BY birth_date DESC",   # the gold orders: 0
         "SELECT first_name, last_name FROM players ORDER BY birth_date LIMIT 12302",
     ]
-    items = [item_to_pb(ScoringItem(f"gold{i}", d["query"], ground_truth=d), spec) for i, d in enumerate(big)]
-    items += [item_to_pb(ScoringItem(f"wrong{i}", q, ground_truth=big[0]), spec) for i, q in enumerate(wrong)]
-    results = await asyncio.wait_for(reward.score_batch(items), 60)
+    items = [ScoringItem(f"gold{i}", d["query"], ground_truth=d) for i, d in enumerate(big)]
+    items += [ScoringItem(f"wrong{i}", q, ground_truth=big[0]) for i, q in enumerate(wrong)]
+    results = await asyncio.wait_for(reward.score_batch(items, spec), 60)
     assert [(r.status, r.total) for r in results] == (
-        [(reward_pb2.SCORE_STATUS_OK, 1.0)] * 2 + [(reward_pb2.SCORE_STATUS_OK, 0.0)] * 2
+        [(ScoreStatus.OK, 1.0)] * 2 + [(ScoreStatus.OK, 0.0)] * 2
     ), [r.error for r in results]
     assert "12303 rows" in results[0].components[0].explanation
 
@@ -180,15 +199,13 @@ async def test_sql_scoring_cpu_work_does_not_hold_up_other_requests(reward: Rewa
     that takes sqlparse seconds, a stream of qa_em requests (one after the other) keeps being
     answered. On the loop, the stream stalled for the whole tokenisation."""
     gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
-    slow_item = item_to_pb(ScoringItem("slow", "SELECT " + "1+" * 100_000 + "1", ground_truth=gold),
-                           parse_spec({"sql_execution": 1.0}))
-    fast_item = item_to_pb(ScoringItem("fast", "Paris", ground_truth={"answers": ["paris"]}),
-                           parse_spec({"qa_em": 1.0}))
+    slow_item = ScoringItem("slow", "SELECT " + "1+" * 100_000 + "1", ground_truth=gold)
+    fast_item = ScoringItem("fast", "Paris", ground_truth={"answers": ["paris"]})
     started = time.monotonic()
-    slow = asyncio.create_task(reward.score(slow_item))
+    slow = asyncio.create_task(reward.score(slow_item, parse_spec({"sql_execution": 1.0})))
     answered = [started]
     while not slow.done():
-        assert (await asyncio.wait_for(reward.score(fast_item), 60)).total == 1.0
+        assert (await asyncio.wait_for(reward.score(fast_item, parse_spec({"qa_em": 1.0})), 60)).total == 1.0
         answered.append(time.monotonic())
     slow_result = await slow
     slow_s = time.monotonic() - started
@@ -215,7 +232,7 @@ def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json at all\n")
     out = tmp_path / "scores.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "rlyard.cli.main", "reward", "score", "--spec", '{"sql_execution": 1.0}',
+        [sys.executable, "-m", "rlyard_app.cli.main", "reward", "score", "--spec", '{"sql_execution": 1.0}',
          "--input", str(src), "--output", str(out), "--sql-db-dir", str(DB_DIR)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
@@ -230,17 +247,17 @@ def test_cli_scores_a_file_with_embedded_services(tmp_path: Path) -> None:
 
 
 async def test_sql_execution_through_a_tool_server_that_requires_a_token() -> None:
-    tools = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings(auth_token="s3cret"))
+    tools = await start_server(tool_service(ToolServerSettings(), [SqlSettings(db_dir=DB_DIR)]),
+                               ServerSettings(auth_token="s3cret"))
     gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
-    item = item_to_pb(ScoringItem("x", "SELECT count(*) FROM singer", ground_truth=gold),
-                      parse_spec({"sql_execution": 1.0}))
+    item = ScoringItem("x", "SELECT count(*) FROM singer", ground_truth=gold)
     try:
-        for token, status in ((None, reward_pb2.SCORE_STATUS_SYSTEM_ERROR), ("s3cret", reward_pb2.SCORE_STATUS_OK)):
+        for token, status in ((None, ScoreStatus.SYSTEM_ERROR), ("s3cret", ScoreStatus.OK)):
             settings = RewardSettings(sql_tools_target=tools.address, sql_tools_auth_token=token)
             running = await start_server(reward_service(settings), ServerSettings())
             try:
                 async with RewardClient(running.address, timeout=30.0) as client:
-                    resp = await client.score(item)
+                    resp = await client.score(item, parse_spec({"sql_execution": 1.0}))
             finally:
                 await running.stop(0)
             assert resp.status == status, resp.error
@@ -250,3 +267,38 @@ async def test_sql_execution_through_a_tool_server_that_requires_a_token() -> No
                 assert resp.total == 1.0
     finally:
         await tools.stop(0)
+
+
+def test_a_reward_service_imports_only_the_rewards_it_serves(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from reward_service.app import reward_service\n"
+        "from reward_service.settings import RewardSettings\n"
+        "reward_service(RewardSettings(rewards=('qa_em', 'qa_f1')))\n"
+        "loaded = ('sqlparse', 'httpx', 'torch', 'numpy', 'reward_service.rewards.sql_execution', "
+        "'reward_service.rewards.judge', 'tool_servers', 'trainer')\n"
+        "print(','.join(m for m in loaded if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and out.stdout.strip() == "", out.stderr
+
+
+async def test_a_reward_service_serves_the_named_rewards_and_refuses_unknown_ones() -> None:
+    from rlyard.errors import ConfigError
+
+    running = await start_server(reward_service(RewardSettings(rewards=("qa_em",))), ServerSettings())
+    try:
+        async with RewardClient(running.address, timeout=10.0) as client:
+            assert [r.name for r in await client.list_rewards()] == ["qa_em"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.score(ScoringItem("x", "a"), parse_spec({"qa_f1": 1.0}))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "available: qa_em" in str(
+                err.value.details())
+    finally:
+        await running.stop(0)
+    with pytest.raises(ConfigError, match="unknown reward 'qa_emm'; available: composite, format, judge"):
+        reward_service(RewardSettings(rewards=("qa_emm",)))

@@ -10,17 +10,17 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from reward_service.registry import REGISTRY, RewardContext, build_rewards, load_plugins
+from reward_service.registry import RewardContext, build_rewards, load_reward
 from reward_service.settings import RewardSettings
-from reward_service.types import RewardKindName, ScoringItem, StepReward
+from reward_service.types import RewardKindName, StepReward
+from rlyard.domain import ScoringItem
 
 RULE_REWARDS = ["qa_em", "qa_f1", "search_r1", "format", "tool_call_match"]
 
 
 def test_rule_rewards_are_registered_with_schemas() -> None:
-    load_plugins()
     for name in RULE_REWARDS:
-        cls = REGISTRY[name]
+        cls = load_reward(name)
         assert cls.name == name
         assert cls.kind is RewardKindName.RULE
         assert cls.description
@@ -31,13 +31,12 @@ def test_rule_rewards_are_registered_with_schemas() -> None:
 
 
 def test_params_reject_unknown_values() -> None:
-    load_plugins()
     with pytest.raises(ValidationError):
-        REGISTRY["qa_em"].Params.model_validate({"squad_version": "v3"})
+        load_reward("qa_em").Params.model_validate({"squad_version": "v3"})
     with pytest.raises(ValidationError):
-        REGISTRY["search_r1"].Params.model_validate({"format_score": -0.1})
+        load_reward("search_r1").Params.model_validate({"format_score": -0.1})
     with pytest.raises(ValidationError):
-        REGISTRY["format"].Params.model_validate({"aggregate": "max"})
+        load_reward("format").Params.model_validate({"aggregate": "max"})
 
 
 async def test_each_rule_reward_scores_one_item() -> None:

@@ -11,18 +11,19 @@ from pydantic import BaseModel
 
 from reward_service.registry import RewardContext
 from reward_service.rewards.composite import Composite
-from reward_service.scorer import INVALID_INPUT, OK, SYSTEM_ERROR, Scorer
+from reward_service.scorer import Scorer
 from reward_service.settings import RewardSettings
-from reward_service.spec import Term, load_spec, parse_spec
 from reward_service.types import (
     RewardInputError,
     RewardKindName,
     RewardOutcome,
     RewardSystemError,
-    ScoringItem,
     StepReward,
 )
+from rlyard.domain import RewardTerm, ScoreStatus, ScoringItem, load_spec, parse_spec
 from rlyard.errors import InvalidArgument
+
+OK, SYSTEM_ERROR, INVALID_INPUT = ScoreStatus.OK, ScoreStatus.SYSTEM_ERROR, ScoreStatus.INVALID_INPUT
 
 
 class LengthParams(BaseModel):
@@ -104,7 +105,7 @@ def test_spec_forms_parse_to_the_same_terms() -> None:
     b = parse_spec([{"name": "length", "weight": 2}, {"name": "failing", "weight": 0.5, "params": {}}])
     c = load_spec("length: 2.0\nfailing: {weight: 0.5}\n")
     assert a == b == c
-    assert a.terms == (Term("length", 2.0), Term("failing", 0.5))
+    assert a.terms == (RewardTerm("length", 2.0), RewardTerm("failing", 0.5))
     assert parse_spec({"length": {"weight": 1, "scale": 3}}).terms[0].params == {"scale": 3}
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from reward_service.registry import REGISTRY, RewardContext, load_plugins
+from reward_service.registry import RewardContext, load_reward
 from reward_service.rewards._text import tags_alternate
 from reward_service.rewards.search_r1 import compute_search_r1, extract_answer
 from reward_service.settings import RewardSettings
-from reward_service.types import RewardInputError, RewardOutcome, ScoringItem, TrajectoryRecord, TurnRecord
+from reward_service.types import RewardInputError, RewardOutcome
+from rlyard.domain import ScoringItem, Trajectory, Turn
 
 GOLDS = ["Paris"]
 CALL = '<tool_call>{"name": "search", "arguments": {"query": "capital of France"}}</tool_call>'
@@ -24,8 +25,7 @@ def value(response: str, f: float = 0.1, max_tool_calls: int = 2) -> float:
 
 
 async def _score(item: ScoringItem, **params: object) -> RewardOutcome:
-    load_plugins()
-    cls = REGISTRY["search_r1"]
+    cls = load_reward("search_r1")
     return await cls(RewardContext(RewardSettings())).score(item, cls.Params.model_validate(params))
 
 
@@ -111,12 +111,12 @@ def test_evaluation_mode_is_plain_em(response: str, em: float) -> None:
 async def test_reward_reads_the_assistant_turns_only() -> None:
     # The observation holds an unmatched <answer>; were it read, the answer tags would be
     # broken (0.95). The assistant text alone alternates: 1.05.
-    traj = TrajectoryRecord(
+    traj = Trajectory(
         turns=(
-            TurnRecord(0, "user", "What is the capital of France?"),
-            TurnRecord(1, "assistant", f"<think>search</think>{CALL}"),
-            TurnRecord(2, "tool", "<tool_response>France's capital... <answer></tool_response>"),
-            TurnRecord(3, "assistant", "<think>found</think><answer>Paris</answer>"),
+            Turn(0, "user", "What is the capital of France?"),
+            Turn(1, "assistant", f"<think>search</think>{CALL}"),
+            Turn(2, "tool", "<tool_response>France's capital... <answer></tool_response>"),
+            Turn(3, "assistant", "<think>found</think><answer>Paris</answer>"),
         ),
         final_answer="Paris",
     )

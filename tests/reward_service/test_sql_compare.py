@@ -20,7 +20,7 @@ from reward_service.registry import RewardContext
 from reward_service.rewards import _sql_compare as cmp
 from reward_service.rewards.sql_execution import SqlExecution, SqlExecutionParams
 from reward_service.settings import RewardSettings
-from reward_service.types import ScoringItem
+from rlyard.domain import ScoringItem
 from rlyard.server import RunningServer
 
 # --- the oracle: official Spider test-suite evaluation, verbatim -------------------
@@ -375,7 +375,7 @@ def _mutations(rng: random.Random, query: str, same_db: list[str]) -> list[str]:
 async def test_reward_agrees_with_the_official_pipeline_on_spider_dev(
     start_tools: Callable[..., Awaitable[RunningServer]], repo: Any
 ) -> None:
-    server = await start_tools(sql_timeout_s=5.0, sql_max_rows=50_000, worker_threads=8)
+    server = await start_tools(worker_threads=8, sql={"timeout_s": 5.0, "max_rows": 50_000})
     ctx = RewardContext(RewardSettings(sql_tools_target=server.address, tool_timeout_s=10.0))
     reward = SqlExecution(ctx)
     dev = json.loads(Path(repo.spider_dev_json).read_text())  # noqa: ASYNC240 (test setup)

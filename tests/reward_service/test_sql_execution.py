@@ -21,17 +21,8 @@ from reward_service.rewards.sql_execution import (
     sql_step_rewards,
 )
 from reward_service.settings import RewardSettings
-from reward_service.types import (
-    RewardInputError,
-    RewardKindName,
-    RewardSystemError,
-    ScoringItem,
-    StepReward,
-    ToolCallRecord,
-    ToolResultRecord,
-    TrajectoryRecord,
-    TurnRecord,
-)
+from reward_service.types import RewardInputError, RewardKindName, RewardSystemError, StepReward
+from rlyard.domain import ScoringItem, SystemFailure, ToolCall, ToolResult, Trajectory, Turn
 from rlyard.errors import ConfigError
 from rlyard.server import RunningServer
 
@@ -45,7 +36,7 @@ Score = Callable[..., Awaitable[Any]]
 @pytest.fixture
 async def sql_server(start_tools: Callable[..., Awaitable[RunningServer]]) -> RunningServer:
     """The SQL tool server with a short time limit (and the default caps)."""
-    return await start_tools(sql_timeout_s=0.5, worker_threads=8)
+    return await start_tools(worker_threads=8, sql={"timeout_s": 0.5})
 
 
 @pytest.fixture
@@ -168,7 +159,7 @@ async def test_empty_prediction_scores_0(reward: SqlExecution) -> None:
 
 async def test_blobs_compare_as_bytes(start_tools: Callable[..., Awaitable[RunningServer]],
                                       blob_db_dir: Path, make_reward: MakeReward) -> None:
-    server = await start_tools(db_dir=blob_db_dir)
+    server = await start_tools(sql={"db_dir": blob_db_dir})
     reward = make_reward(server)
     gold = {"db_id": "blobs", "query": "SELECT id, data FROM item"}
     assert (await score(reward, "SELECT data, id FROM item ORDER BY id DESC", gold)).value == 1.0
@@ -235,7 +226,7 @@ async def test_gold_past_the_time_limit_is_a_system_error(reward: SqlExecution, 
 
 async def test_the_models_row_cap_does_not_cut_what_the_reward_compares(
         start_tools: Callable[..., Awaitable[RunningServer]], make_reward: MakeReward) -> None:
-    reward = make_reward(await start_tools(sql_max_rows=4))  # the model sees 4 of the 6 singers
+    reward = make_reward(await start_tools(sql={"max_rows": 4}))  # the model sees 4 of the 6 singers
     out = await score(reward, "SELECT Name, Age FROM singer WHERE 1 = 1")
     assert out.value == 1.0 and "6 rows" in out.explanation
     assert (await score(reward, "SELECT name, age FROM singer LIMIT 5")).value == 0.0
@@ -243,7 +234,7 @@ async def test_the_models_row_cap_does_not_cut_what_the_reward_compares(
 
 async def test_rows_cut_by_the_tool_cap(start_tools: Callable[..., Awaitable[RunningServer]],
                                         make_reward: MakeReward) -> None:
-    server = await start_tools(sql_max_rows=4, sql_verify_max_rows=4)
+    server = await start_tools(sql={"max_rows": 4, "verify_max_rows": 4})
     reward = make_reward(server)
     with pytest.raises(RewardSystemError, match="RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS"):
         await score(reward, SINGERS)  # gold of 6 rows, cut at 4
@@ -275,28 +266,26 @@ async def test_step_rewards_from_real_tool_results(sql_server: RunningServer, ma
                                                    reward: SqlExecution) -> None:
     client = make_client(sql_server)
 
-    async def observe(call_id: str, query: str) -> ToolResultRecord:
-        r = await client.call_tool("sql_query", {"query": query}, context={"db_id": "concert_singer"},
-                                   call_id=call_id)
-        return ToolResultRecord(r.call_id, r.name, r.content[0].text, r.is_error,
-                                json.loads(r.structured_json) if r.structured_json else None)
+    async def observe(call_id: str, query: str) -> ToolResult:
+        return await client.call_tool("sql_query", {"query": query}, context={"db_id": "concert_singer"},
+                                      call_id=call_id)
 
-    def call(call_id: str, query: str) -> ToolCallRecord:
-        return ToolCallRecord(call_id, "sql_query", json.dumps({"query": query}))
+    def call(call_id: str, query: str) -> ToolCall:
+        return ToolCall(call_id, "sql_query", json.dumps({"query": query}))
 
     ok, bad, ok2 = "SELECT count(*) FROM singer", "SELECT * FROM singers", "SELECT name, age FROM singer"
     turns = (
-        TurnRecord(0, "user", "How old are the singers?"),
-        TurnRecord(1, "assistant", "", tool_calls=(call("a", ok),)),
-        TurnRecord(2, "tool", "", tool_results=(await observe("a", ok),)),
-        TurnRecord(3, "assistant", "", tool_calls=(call("b", bad), call("c", ok))),
-        TurnRecord(4, "tool", "", tool_results=(await observe("b", bad), await observe("c", ok))),
-        TurnRecord(5, "assistant", "thinking, no tools"),
-        TurnRecord(6, "assistant", "", tool_calls=(call("d", ok2), ToolCallRecord("e", "list_tables", "{}"))),
-        TurnRecord(7, "tool", "", tool_results=(await observe("d", ok2),)),
-        TurnRecord(8, "assistant", "<answer>SELECT name, age FROM singer</answer>"),
+        Turn(0, "user", "How old are the singers?"),
+        Turn(1, "assistant", "", tool_calls=(call("a", ok),)),
+        Turn(2, "tool", "", tool_results=(await observe("a", ok),)),
+        Turn(3, "assistant", "", tool_calls=(call("b", bad), call("c", ok))),
+        Turn(4, "tool", "", tool_results=(await observe("b", bad), await observe("c", ok))),
+        Turn(5, "assistant", "thinking, no tools"),
+        Turn(6, "assistant", "", tool_calls=(call("d", ok2), ToolCall("e", "list_tables", "{}"))),
+        Turn(7, "tool", "", tool_results=(await observe("d", ok2),)),
+        Turn(8, "assistant", "<answer>SELECT name, age FROM singer</answer>"),
     )
-    trajectory = TrajectoryRecord("t", "q", turns, final_answer="<answer>SELECT name, age FROM singer</answer>")
+    trajectory = Trajectory("t", "q", turns, final_answer="<answer>SELECT name, age FROM singer</answer>")
     item = ScoringItem(item_id="i", trajectory=trajectory, ground_truth=GT)
     out = await reward.score(item, SqlExecutionParams())
     assert out.value == 1.0
@@ -304,20 +293,20 @@ async def test_step_rewards_from_real_tool_results(sql_server: RunningServer, ma
 
 
 def test_step_rewards_match_by_position_and_skip_system_errors() -> None:
-    def call(cid: str) -> ToolCallRecord:
-        return ToolCallRecord(cid, "sql_query", '{"query": "SELECT 1"}')
+    def call(cid: str) -> ToolCall:
+        return ToolCall(cid, "sql_query", '{"query": "SELECT 1"}')
 
     turns = (
-        TurnRecord(0, "assistant", "", tool_calls=(call(""), call(""))),
-        TurnRecord(1, "tool", "", tool_results=(ToolResultRecord("", "sql_query", "1"),
-                                                ToolResultRecord("", "sql_query", "SQL error", is_error=True))),
-        TurnRecord(2, "assistant", "", tool_calls=(call("x"),)),  # its result is inside the turn
-        TurnRecord(2, "assistant", "", tool_calls=(call("y"),),
-                   tool_results=(ToolResultRecord("y", "sql_query", "", system_error_code=14),)),
-        TurnRecord(3, "assistant", "", tool_calls=(call("z"),)),  # no observation at all
-        TurnRecord(4, "tool", "", tool_results=(ToolResultRecord("x", "sql_query", "1"),)),
+        Turn(0, "assistant", "", tool_calls=(call(""), call(""))),
+        Turn(1, "tool", "", tool_results=(ToolResult.of_text("1").answering("", "sql_query"),
+                                                ToolResult.error("SQL error").answering("", "sql_query"))),
+        Turn(2, "assistant", "", tool_calls=(call("x"),)),  # its result is inside the turn
+        Turn(2, "assistant", "", tool_calls=(call("y"),),
+                   tool_results=(ToolResult(call_id="y", name="sql_query", system_error=SystemFailure(14, "")),)),
+        Turn(3, "assistant", "", tool_calls=(call("z"),)),  # no observation at all
+        Turn(4, "tool", "", tool_results=(ToolResult.of_text("1").answering("x", "sql_query"),)),
     )
-    steps = sql_step_rewards(TrajectoryRecord(turns=turns))
+    steps = sql_step_rewards(Trajectory(turns=turns))
     assert steps == [StepReward(0, 0.0), StepReward(2, 1.0), StepReward(3, 0.0)]
     assert sql_step_rewards(None) == []
 
@@ -336,7 +325,7 @@ async def test_every_spider_dev_gold_matches_itself(start_tools: Callable[..., A
                                                     make_reward: MakeReward, spider_dev: list[dict[str, str]]) -> None:
     # the default caps (the two 12,303-row wta_1 golds pass the model's 10,000-row cap: the
     # reward's verification calls have their own); a time limit with room for full concurrency
-    server = await start_tools(sql_timeout_s=5.0, worker_threads=8)
+    server = await start_tools(worker_threads=8, sql={"timeout_s": 5.0})
     reward = make_reward(server)
     dev = spider_dev
     assert len(dev) == 1026

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from reward_service.registry import REGISTRY, RewardContext, load_plugins
+from reward_service.registry import RewardContext, load_reward
 from reward_service.rewards.tool_call_match import (
     MalformedToolCall,
     ToolCall,
@@ -22,14 +22,9 @@ from reward_service.rewards.tool_call_match import (
     reward_range,
 )
 from reward_service.settings import RewardSettings
-from reward_service.types import (
-    RewardInputError,
-    RewardOutcome,
-    ScoringItem,
-    ToolCallRecord,
-    TrajectoryRecord,
-    TurnRecord,
-)
+from reward_service.types import RewardInputError, RewardOutcome
+from rlyard.domain import ScoringItem, Trajectory, Turn
+from rlyard.domain import ToolCall as RecordedCall
 
 GOLD = {
     "tool_calls": [
@@ -48,8 +43,7 @@ def calls(gt: dict[str, list[dict[str, object]]]) -> list[ToolCall]:
 
 
 async def _score(item: ScoringItem, **params: object) -> RewardOutcome:
-    load_plugins()
-    cls = REGISTRY["tool_call_match"]
+    cls = load_reward("tool_call_match")
     return await cls(RewardContext(RewardSettings())).score(item, cls.Params.model_validate(params))
 
 
@@ -166,21 +160,21 @@ async def test_reward_sources_and_errors() -> None:
     broken = await _score(ScoringItem(prediction="<tool_call>{oops</tool_call>", ground_truth=GOLD))
     assert broken.value == -3.0 and "unreadable" in broken.explanation
     # From a trajectory: its recorded calls, not the text.
-    traj = TrajectoryRecord(
+    traj = Trajectory(
         turns=(
-            TurnRecord(0, "assistant", "calls", tool_calls=(
-                ToolCallRecord("c1", "search", '{"query": "paris", "limit": 5}'),
-                ToolCallRecord("c2", "weather", '{"city": "Paris"}'),
+            Turn(0, "assistant", "calls", tool_calls=(
+                RecordedCall("c1", "search", '{"query": "paris", "limit": 5}'),
+                RecordedCall("c2", "weather", '{"city": "Paris"}'),
             )),
         )
     )
     assert (await _score(ScoringItem(trajectory=traj, ground_truth=GOLD["tool_calls"]))).value == 3.0
-    bad_args = TrajectoryRecord(
-        turns=(TurnRecord(0, "assistant", "", tool_calls=(ToolCallRecord("c1", "search", "{bad"),)),)
+    bad_args = Trajectory(
+        turns=(Turn(0, "assistant", "", tool_calls=(RecordedCall("c1", "search", "{bad"),)),)
     )
     assert (await _score(ScoringItem(trajectory=bad_args, ground_truth=GOLD))).value == -3.0
     # A trajectory with no call at all scores 0 of S_max: r_min.
-    empty = TrajectoryRecord(turns=(TurnRecord(0, "assistant", "<answer>x</answer>"),))
+    empty = Trajectory(turns=(Turn(0, "assistant", "<answer>x</answer>"),))
     assert (await _score(ScoringItem(trajectory=empty, ground_truth=GOLD))).value == -3.0
     # A gold without calls scores 0 (ToolRL).
     assert (await _score(ScoringItem(prediction=_text('{"name": "a"}'), ground_truth={"tool_calls": []}))).value == 0.0

@@ -4,7 +4,6 @@ the ``CallTools`` stream), against real servers."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,11 +15,10 @@ import pytest
 
 from rlyard.client import NO_RETRY, RetryPolicy, ToolClient
 from rlyard.errors import DeadlineExceeded, Unavailable
-from rlyard.interceptors import ConcurrencyLimiter
-from rlyard.server import RunningServer, ServiceDefinition
+from rlyard.server import RunningServer, Runtime, ServiceDefinition
 from rlyard.settings import ServerSettings
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
-from tool_servers.app import SERVICE_NAME, build_executor
+from tool_servers.app import SERVICE_NAME
 from tool_servers.executor import ToolExecutor
 from tool_servers.servicer import ToolServicer
 
@@ -128,8 +126,8 @@ async def test_the_client_default_deadline_applies_to_every_call(
 class RecordingServicer(ToolServicer):
     """The real servicer, noting how many calls each ``CallTools`` message carried."""
 
-    def __init__(self, executor: ToolExecutor, limiter: ConcurrencyLimiter, sizes: list[int]) -> None:
-        super().__init__(executor, limiter)
+    def __init__(self, executor: ToolExecutor, runtime: Runtime, sizes: list[int]) -> None:
+        super().__init__(executor, runtime)
         self.sizes = sizes
 
     def CallTools(self, request_iterator: Any, context: Any) -> Any:
@@ -143,22 +141,22 @@ class RecordingServicer(ToolServicer):
 
 @pytest.fixture
 async def recording(start_tools: Any, tool_settings: Any) -> tuple[RunningServer, list[int]]:
-    executor, pool = build_executor(tool_settings())
+    executor, tool_ctx = tool_settings().executor()
     sizes: list[int] = []
 
-    def register(server: grpc.aio.Server, limiter: ConcurrencyLimiter) -> None:
-        tools_pb2_grpc.add_ToolServiceServicer_to_server(RecordingServicer(executor, limiter, sizes), server)
+    def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        tools_pb2_grpc.add_ToolServiceServicer_to_server(RecordingServicer(executor, runtime, sizes), server)
 
     async def stop() -> None:
         await executor.sessions.stop()
-        pool.shutdown(wait=False, cancel_futures=True)
+        tool_ctx.close()
 
     definition = ServiceDefinition("tools", [SERVICE_NAME], register, [executor.sessions.start], [stop])
     return await start_tools(definition=definition), sizes
 
 
 def rows(result: Any) -> Any:
-    return json.loads(result.structured_json)["rows"]
+    return result.structured["rows"]
 
 
 async def test_stream_batches_the_calls_of_one_tick_into_one_message(
@@ -198,8 +196,8 @@ async def test_stream_reports_an_unknown_session_per_call(client: ToolClient, se
         stream.call("sql_query", {"query": "SELECT 1"}, session_id="ghost"),
         stream.call("list_tables", {}, session_id=session_id),
     )
-    assert rows(ok) == [[9]] and ok.system_error.code == 0
-    assert ghost.system_error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert rows(ok) == [[9]] and ok.system_error_code == 0
+    assert ghost.system_error_code == grpc.StatusCode.NOT_FOUND.value[0]
     assert "'ghost'" in ghost.system_error.message
     assert not also_ok.is_error and also_ok.content[0].text.startswith("concert (6 rows)")
     await stream.close()

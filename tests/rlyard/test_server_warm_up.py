@@ -14,7 +14,6 @@ import pytest
 from rlyard.client import NO_RETRY, ToolClient
 from rlyard.server import WarmUpError, serve
 from rlyard.settings import ServerSettings
-from tool_servers.app import tool_service
 
 TOOL_SERVICE = "rlyard.tools.v1.ToolService"
 
@@ -22,7 +21,7 @@ TOOL_SERVICE = "rlyard.tools.v1.ToolService"
 async def test_health_turns_serving_when_the_warm_ups_finish_in_order(
     start_tools: Any, make_client: Any, tool_settings: Any
 ) -> None:
-    definition = tool_service(tool_settings())
+    definition = tool_settings().service()
     first, second, second_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
     order: list[str] = []
 
@@ -55,7 +54,7 @@ async def test_health_turns_serving_when_the_warm_ups_finish_in_order(
 async def test_a_failed_warm_up_keeps_not_serving_and_is_logged(
     start_tools: Any, make_client: Any, tool_settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    definition = tool_service(tool_settings())
+    definition = tool_settings().service()
 
     async def broken() -> None:
         raise OSError("the index file is unreadable")
@@ -71,7 +70,7 @@ async def test_a_failed_warm_up_keeps_not_serving_and_is_logged(
 
 
 async def test_stopping_cancels_a_pending_warm_up(start_tools: Any, tool_settings: Any) -> None:
-    definition = tool_service(tool_settings())
+    definition = tool_settings().service()
     never = asyncio.Event()
     definition.warm_up.append(never.wait)
     running = await start_tools(definition=definition)
@@ -80,7 +79,7 @@ async def test_stopping_cancels_a_pending_warm_up(start_tools: Any, tool_setting
 
 
 async def test_serve_exits_with_the_error_of_a_failed_warm_up(tool_settings: Any) -> None:
-    definition = tool_service(tool_settings())
+    definition = tool_settings().service()
     stopped: list[bool] = []
 
     async def broken() -> None:

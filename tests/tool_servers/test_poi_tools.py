@@ -4,7 +4,6 @@ mistakes answered with errors it can act on, and the BM25 index cached per corpu
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from envs.local_services.poi_corpus import build_corpus, distance_m
+from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import ToolClient
+from rlyard.geo import distance_m
 from tool_servers.poi.bm25 import Hit, IndexMismatchError, PoiBm25, top_k
 from tool_servers.poi.store import FilterError, PoiFilter, PoiStore, minutes, weekday_index
 
@@ -30,13 +30,13 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def poi_client(start_tools, make_client, corpus_dir: Path, tmp_path: Path) -> ToolClient:
-    server = await start_tools(tools=POI_TOOLS, poi_dir=corpus_dir, poi_index_dir=tmp_path / "index")
+    server = await start_tools(tools=POI_TOOLS, poi={"dir": corpus_dir, "index_dir": tmp_path / "index"})
     return make_client(server)
 
 
 def results(result: Any) -> list[dict[str, Any]]:
     assert not result.is_error, result.content[0].text
-    return json.loads(result.structured_json)["results"]
+    return result.structured["results"]
 
 
 def sql(corpus_dir: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -119,7 +119,7 @@ async def test_poi_detail_returns_the_whole_record(poi_client: ToolClient, corpu
                                                       "ORDER BY rowid LIMIT 1 OFFSET 17")
     result = await poi_client.call_tool("poi_detail", {"poi_id": f"[{poi_id}]"})
     assert not result.is_error
-    record = json.loads(result.structured_json)
+    record = result.structured
     assert (record["poi_id"], record["name"], record["address"], record["business_hours"]) == (
         poi_id, name, address, hours)
     products = sql(corpus_dir, "SELECT name, price FROM poi_product WHERE poi_id = ? ORDER BY product_id", poi_id)

@@ -60,7 +60,7 @@ async def test_server_process_serves_and_stops_on_sigterm(spawn: Any, repo: Any,
         RLYARD_READY_FILE=str(ready_file),
         RLYARD_GRACE_S="2",
         RLYARD_LOG_LEVEL="WARNING",
-        RLYARD_TOOLS_DB_DIR=str(repo.spider_db_dir.resolve()),
+        RLYARD_TOOLS_SQL_DB_DIR=str(repo.spider_db_dir.resolve()),
     )
     ready = await wait_for_file(ready_file, proc, timeout=30)
     assert ready["service"] == "tools" and ready["pid"] == proc.pid
@@ -73,7 +73,7 @@ async def test_server_process_serves_and_stops_on_sigterm(spawn: Any, repo: Any,
         result = await client.call_tool(
             "sql_query", {"query": "SELECT count(*) FROM singer"}, context={"db_id": "concert_singer"}
         )
-        assert json.loads(result.structured_json)["rows"] == [[6]]
+        assert result.structured["rows"] == [[6]]
     finally:
         await client.close()
 
@@ -92,9 +92,9 @@ async def test_server_process_with_an_unknown_tool_fails_at_start_up(
         RLYARD_PORT="0",
         RLYARD_READY_FILE=str(tmp_path / "ready.json"),
         RLYARD_TOOLS_TOOLS="sql_query,web_search",
-        RLYARD_TOOLS_DB_DIR=str(repo.spider_db_dir.resolve()),
+        RLYARD_TOOLS_SQL_DB_DIR=str(repo.spider_db_dir.resolve()),
     )
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode != 0
-    assert "ConfigError: unknown tool(s) web_search" in err.decode()
+    assert "ConfigError: unknown tool 'web_search'" in err.decode()
     assert not (tmp_path / "ready.json").exists()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,18 @@ import pytest
 from pydantic import BaseModel, Field
 
 from rlyard.client import NO_RETRY
+from rlyard.domain import ToolResult
 from rlyard.errors import ConfigError, Unavailable
 from rlyard.tools.v1 import tools_pb2
 from tool_servers import registry
 from tool_servers.app import tool_service
+from tool_servers.catalog import TOOL_MODULES
+from tool_servers.poi.settings import PoiSettings
 from tool_servers.registry import ToolContext, build_tools, register
-from tool_servers.result import ToolResult
 from tool_servers.session import Session
 from tool_servers.settings import ToolServerSettings
-from tool_servers.tools.sql_query import SqlQuery
+from tool_servers.sql.settings import SqlSettings
+from tool_servers.sql.sql_query import SqlQuery
 
 
 class EchoArgs(BaseModel):
@@ -50,20 +54,21 @@ class Echo:
             raise RuntimeError("kaboom")
         if args.text == "down":
             raise Unavailable("the echo backend is down")
-        return ToolResult.text(" ".join([args.text] * args.times), structured={"times": args.times})
+        return ToolResult.of_text(" ".join([args.text] * args.times), structured={"times": args.times})
 
 
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The real registry's entries in a copy, so that test plug-ins do not leak."""
-    registry.load_plugins()
+    for name in ("sql_query", "list_tables", "describe_table"):
+        registry.load_tool(name)
     copy = dict(registry.REGISTRY)
     monkeypatch.setattr(registry, "REGISTRY", copy)
     yield copy
 
 
 def ctx(tmp_path: Path, **overrides: Any) -> ToolContext:
-    return ToolContext(ToolServerSettings(db_dir=tmp_path, **overrides), ThreadPoolExecutor(1))
+    return ToolContext.create(ToolServerSettings(**overrides), [SqlSettings(db_dir=tmp_path)])
 
 
 def test_registry_refuses_a_duplicate_name(scratch_registry: dict[str, Any]) -> None:
@@ -84,22 +89,65 @@ def test_registering_the_same_class_again_is_harmless(scratch_registry: dict[str
 
 
 def test_every_shipped_tool_lives_in_the_file_of_its_name() -> None:
-    registry.load_plugins()
-    for name in ("sql_query", "list_tables", "describe_table"):
-        assert registry.REGISTRY[name].__module__ == f"tool_servers.tools.{name}"
+    for name, module in TOOL_MODULES.items():
+        assert module.rsplit(".", 1)[1] == name
+        assert registry.load_tool(name).__module__ == module
 
 
 def test_build_tools_fails_on_an_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         build_tools(["sql_query", "sql_querry"], ctx(tmp_path))
     message = str(info.value)
-    assert message.startswith("unknown tool(s) sql_querry; available: ")
+    assert message.startswith("unknown tool 'sql_querry'; available: ")
     assert "describe_table, list_tables, nearby, poi_detail, retrieve, search, sql_query" in message
 
 
 def test_an_unknown_tool_fails_at_start_up_not_at_the_first_call(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown tool\\(s\\) web_search"):
-        tool_service(ToolServerSettings(db_dir=tmp_path, tools=("sql_query", "web_search")))
+    with pytest.raises(ConfigError, match="unknown tool 'web_search'"):
+        tool_service(ToolServerSettings(tools=("sql_query", "web_search")), [SqlSettings(db_dir=tmp_path)])
+
+
+def test_a_sql_server_imports_none_of_the_poi_familys_dependencies(repo: Any) -> None:
+    # a fresh interpreter: what building a SQL-only server imports, and nothing else
+    probe = (
+        "import sys\n"
+        "from tool_servers.app import tool_service\n"
+        "from tool_servers.settings import ToolServerSettings\n"
+        "tool_service(ToolServerSettings(tools=('sql_query', 'list_tables', 'describe_table')))\n"
+        "heavy = sorted(m for m in ('numpy', 'faiss', 'bm25s', 'Stemmer', 'torch', 'sentence_transformers',\n"
+        "                           'tool_servers.poi.store', 'reward_service', 'trainer') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo.root)}
+    out = subprocess.run([str(repo.python), "-c", probe], capture_output=True, text=True, env=env, cwd=repo.root,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+    # and the POI family does load them when asked for
+    out = subprocess.run([str(repo.python), "-c", probe.replace("('sql_query', 'list_tables', 'describe_table')",
+                                                                "('sql_query', 'nearby')")],
+                         capture_output=True, text=True, env=env, cwd=repo.root, timeout=120)
+    assert "numpy" in out.stdout.split(","), out.stderr
+
+
+def test_a_family_whose_dependencies_are_missing_names_its_extra(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    package = tmp_path / "fake_family"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs_it.py").write_text("import not_an_installed_package_xyz  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.TOOL_MODULES, "needs_it", "fake_family.needs_it")
+    monkeypatch.setitem(registry.FAMILY_EXTRAS, "fake_family", "fake")
+    with pytest.raises(ConfigError) as info:
+        build_tools(["needs_it"], ctx(tmp_path))
+    assert str(info.value) == ("tool 'needs_it' needs the 'fake' extra (missing module "
+                               "'not_an_installed_package_xyz'): pip install 'rlyard[fake]'")
+
+
+def test_a_variable_of_the_old_flat_settings_is_refused_with_its_new_name() -> None:
+    with pytest.raises(ConfigError, match="RLYARD_TOOLS_DB_DIR \\(now RLYARD_TOOLS_SQL_DB_DIR\\)"):
+        ToolServerSettings.from_env("RLYARD_TOOLS", {"RLYARD_TOOLS_DB_DIR": "/data"})
 
 
 def test_build_tools_builds_the_named_tools_in_order(tmp_path: Path) -> None:
@@ -112,43 +160,53 @@ def test_build_tools_builds_the_named_tools_in_order(tmp_path: Path) -> None:
 
 
 def test_tool_settings_from_env_parse_the_tool_list_and_numbers() -> None:
-    s = ToolServerSettings.from_env(
-        "RLYARD_TOOLS",
-        {
-            "RLYARD_TOOLS_TOOLS": " sql_query, list_tables ,",
-            "RLYARD_TOOLS_DB_DIR": "/srv/dbs",
-            "RLYARD_TOOLS_SQL_TIMEOUT_S": "0.25",
-            "RLYARD_TOOLS_MAX_SESSIONS": "7",
-            "OTHER_TOOLS_MAX_SESSIONS": "8",
-        },
-    )
-    assert s.tools == ("sql_query", "list_tables")
-    assert s.db_dir == Path("/srv/dbs")
-    assert (s.sql_timeout_s, s.max_sessions, s.sql_max_rows) == (0.25, 7, 10_000)
+    env = {
+        "RLYARD_TOOLS_TOOLS": " sql_query, list_tables ,",
+        "RLYARD_TOOLS_SQL_DB_DIR": "/srv/dbs",
+        "RLYARD_TOOLS_SQL_TIMEOUT_S": "0.25",
+        "RLYARD_TOOLS_MAX_SESSIONS": "7",
+        "OTHER_TOOLS_MAX_SESSIONS": "8",
+    }
+    s = ToolServerSettings.from_env("RLYARD_TOOLS", env)
+    assert (s.tools, s.max_sessions) == (("sql_query", "list_tables"), 7)
+    sql = SqlSettings.from_env(SqlSettings.ENV_PREFIX, env)
+    assert (sql.db_dir, sql.timeout_s, sql.max_rows) == (Path("/srv/dbs"), 0.25, 10_000)
 
 
 @pytest.mark.parametrize(
-    ("overrides", "variable"),
+    ("cls", "overrides", "variable"),
     [
-        ({"tools": ()}, "RLYARD_TOOLS_TOOLS"),
-        ({"worker_threads": 0}, "RLYARD_TOOLS_WORKER_THREADS"),
-        ({"sql_max_rows": 0}, "RLYARD_TOOLS_SQL_MAX_ROWS"),
-        ({"max_sessions": -1}, "RLYARD_TOOLS_MAX_SESSIONS"),
-        ({"sql_timeout_s": 0.0}, "RLYARD_TOOLS_SQL_TIMEOUT_S"),
-        ({"sql_max_bytes": 16 * 1024 * 1024}, "RLYARD_TOOLS_SQL_MAX_BYTES must be between 1 and 15728640"),
-        ({"sql_verify_max_bytes": 15 * 1024 * 1024 + 1}, "RLYARD_TOOLS_SQL_VERIFY_MAX_BYTES"),
-        ({"sql_verify_max_rows": 9_999}, "RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS/_BYTES must be at least"),
-        ({"sql_max_bytes": 2_000, "sql_verify_max_bytes": 1_000}, "a reward must see every row the model saw"),
+        (ToolServerSettings, {"tools": ()}, "RLYARD_TOOLS_TOOLS"),
+        (ToolServerSettings, {"worker_threads": 0}, "RLYARD_TOOLS_WORKER_THREADS"),
+        (ToolServerSettings, {"max_sessions": -1}, "RLYARD_TOOLS_MAX_SESSIONS"),
+        (SqlSettings, {"max_rows": 0}, "RLYARD_TOOLS_SQL_MAX_ROWS"),
+        (SqlSettings, {"timeout_s": 0.0}, "RLYARD_TOOLS_SQL_TIMEOUT_S"),
+        (PoiSettings, {"max_results": 0}, "RLYARD_TOOLS_POI_MAX_RESULTS"),
+        (SqlSettings, {"max_bytes": 16 * 1024 * 1024}, "RLYARD_TOOLS_SQL_MAX_BYTES must be between 1 and 15728640"),
+        (SqlSettings, {"verify_max_bytes": 15 * 1024 * 1024 + 1}, "RLYARD_TOOLS_SQL_VERIFY_MAX_BYTES"),
+        (SqlSettings, {"verify_max_rows": 9_999}, "RLYARD_TOOLS_SQL_VERIFY_MAX_ROWS/_BYTES must be at least"),
+        (SqlSettings, {"max_bytes": 2_000, "verify_max_bytes": 1_000}, "a reward must see every row the model saw"),
     ],
 )
-def test_bad_tool_settings_name_the_variable(overrides: dict[str, Any], variable: str) -> None:
+def test_bad_tool_settings_name_the_variable(cls: type, overrides: dict[str, Any], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
-        ToolServerSettings(**overrides)
+        cls(**overrides)
 
 
 def test_bad_tool_setting_in_the_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="RLYARD_TOOLS_SQL_MAX_ROWS='many': expected int"):
-        ToolServerSettings.from_env("RLYARD_TOOLS", {"RLYARD_TOOLS_SQL_MAX_ROWS": "many"})
+        SqlSettings.from_env(SqlSettings.ENV_PREFIX, {"RLYARD_TOOLS_SQL_MAX_ROWS": "many"})
+
+
+def test_family_settings_come_from_the_environment_unless_given(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLYARD_TOOLS_SQL_DISPLAY_ROWS", "7")
+    from_env = ToolContext.create(ToolServerSettings())
+    assert from_env.family(SqlSettings).display_rows == 7
+    given = ctx(tmp_path)
+    assert given.family(SqlSettings).db_dir == tmp_path and given.family(SqlSettings).display_rows == 20
+    from_env.close()
+    given.close()
 
 
 # ---------------------------------------------------------------- a plug-in end to end
@@ -157,7 +215,7 @@ def test_bad_tool_setting_in_the_environment_names_the_variable() -> None:
 @pytest.fixture
 async def echo_client(scratch_registry: dict[str, Any], tmp_path: Path, start_tools: Any, make_client: Any) -> Any:
     register(Echo)
-    definition = tool_service(ToolServerSettings(db_dir=tmp_path, tools=("test_echo",)))
+    definition = tool_service(ToolServerSettings(tools=("test_echo",)))
     return make_client(await start_tools(definition=definition), retry=NO_RETRY)
 
 
@@ -168,7 +226,7 @@ async def test_a_plug_in_is_listed_and_called(echo_client: Any) -> None:
     assert schema["properties"]["times"]["maximum"] == 3
     result = await echo_client.call_tool("test_echo", {"text": "hi", "times": 2})
     assert result.content[0].text == "hi hi"
-    assert json.loads(result.structured_json) == {"times": 2}
+    assert result.structured == {"times": 2}
     bad = await echo_client.call_tool("test_echo", {"text": "hi", "times": 9})
     assert bad.is_error and "field 'times': Input should be less than or equal to 3" in bad.content[0].text
 

@@ -20,10 +20,9 @@ import pytest
 from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import NO_RETRY, ToolClient
 from rlyard.server import WarmUpError
-from tool_servers.app import tool_service
 from tool_servers.poi import dense
+from tool_servers.poi.retrieve import DenseState
 from tool_servers.poi.store import PoiFilter, PoiStore
-from tool_servers.tools.retrieve import DenseState
 
 N = 2_000
 TOOL_SERVICE = "rlyard.tools.v1.ToolService"
@@ -60,7 +59,7 @@ def other_corpus(tmp_path_factory: pytest.TempPathFactory) -> PoiStore:
 
 @pytest.fixture
 def retrieve_settings(corpus: Corpus) -> dict[str, Any]:
-    return {"tools": ("retrieve",), "poi_dir": corpus.poi_dir, "poi_index_dir": corpus.index_dir}
+    return {"tools": ("retrieve",), "poi": {"dir": corpus.poi_dir, "index_dir": corpus.index_dir}}
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ async def retrieve_client(start_tools: Any, make_client: Any, retrieve_settings:
 
 def results(result: Any) -> list[dict[str, Any]]:
     assert not result.is_error, result.content[0].text
-    return json.loads(result.structured_json)["results"]
+    return result.structured["results"]
 
 
 def spa_record(store: PoiStore) -> dict[str, Any]:
@@ -195,9 +194,10 @@ def test_an_index_of_another_corpus_version_is_refused(
         dense.load(folder, other_corpus.version, corpus.index.encoder)
     # Under the other corpus's name (a copied cache): the server refuses to start.
     shutil.copytree(folder, dense.index_folder(tmp_path / "index", other_corpus.version))
-    settings = tool_settings(tools=("retrieve",), poi_dir=other_corpus.db_path.parent, poi_index_dir=tmp_path / "index")
+    setup = tool_settings(tools=("retrieve",),
+                          poi={"dir": other_corpus.db_path.parent, "index_dir": tmp_path / "index"})
     with pytest.raises(dense.DenseIndexError, match="delete the folder to rebuild"):
-        tool_service(settings)
+        setup.service()
 
 
 def test_a_damaged_or_missing_index_file_is_refused(corpus: Corpus, tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ async def test_model_mistakes_are_error_results(
 async def test_not_serving_until_the_index_is_loaded(
     start_tools: Any, make_client: Any, tool_settings: Any, retrieve_settings: dict[str, Any]
 ) -> None:
-    definition = tool_service(tool_settings(**retrieve_settings))
+    definition = tool_settings(**retrieve_settings).service()
     gate = asyncio.Event()
     definition.warm_up.insert(0, gate.wait)          # holds the index load back until the test opens it
     running = await start_tools(definition=definition)
@@ -324,7 +324,7 @@ async def test_a_damaged_index_keeps_the_server_not_serving(
     folder = shutil.copytree(dense.index_folder(corpus.index_dir, corpus.store.version),
                              dense.index_folder(tmp_path / "index", corpus.store.version))
     (folder / "index.faiss").write_bytes(b"not an index")
-    running = await start_tools(tools=("retrieve",), poi_dir=corpus.poi_dir, poi_index_dir=tmp_path / "index")
+    running = await start_tools(tools=("retrieve",), poi={"dir": corpus.poi_dir, "index_dir": tmp_path / "index"})
     with pytest.raises(WarmUpError, match="does not match its manifest"):
         await running.wait_ready(timeout=60)
     client: ToolClient = make_client(running, retry=NO_RETRY)

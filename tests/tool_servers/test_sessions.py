@@ -29,7 +29,7 @@ async def test_open_call_close_session(client: ToolClient) -> None:
     sid = await client.open_session({"db_id": "pets_1"})
     assert len(sid) == 32  # a uuid4 hex made by the server
     result = await client.call_tool("sql_query", {"query": "SELECT count(*) FROM Pets"}, session_id=sid)
-    assert not result.is_error and result.structured_json.startswith('{"columns": ["count(*)"], "rows": [[3]]')
+    assert not result.is_error and result.structured["columns"] == ["count(*)"] and result.structured["rows"] == [[3]]
     assert await client.close_session(sid) is True
     assert await client.close_session(sid) is False
     code, details = await rpc_code(client.call_tool("list_tables", {}, session_id=sid))

@@ -46,7 +46,7 @@ async def test_every_gold_query_matches_sqlite3(repo: Any, start_tools: Any, mak
     items = load_gold(repo.spider_dev_json)
     expected = await asyncio.to_thread(expected_rows, repo.spider_db_dir, items)
     assert sum(len(rows) for rows in expected) > 5_000  # the comparison is not over empty answers
-    running = await start_tools(sql_max_rows=100_000, sql_timeout_s=10.0)
+    running = await start_tools(sql={"max_rows": 100_000, "timeout_s": 10.0})
     client: ToolClient = make_client(running, timeout=30.0)
     sessions = {db_id: await client.open_session({"db_id": db_id}) for db_id in sorted({i["db_id"] for i in items})}
     stream = client.stream()
@@ -64,11 +64,11 @@ async def test_every_gold_query_matches_sqlite3(repo: Any, start_tools: Any, mak
     mismatches = []
     for index, (item, result, want) in enumerate(zip(items, results, expected, strict=True)):
         assert result.call_id == f"gold-{index}"
-        if result.system_error.code or result.is_error or json.loads(result.structured_json)["truncated"]:
+        if result.system_error_code or result.is_error or result.structured["truncated"]:
             mismatches.append((index, item["db_id"], item["query"], result.system_error.message or
                                result.content[0].text))
             continue
-        got = json.loads(result.structured_json)["rows"]
+        got = result.structured["rows"]
         if got != want:
             mismatches.append((index, item["db_id"], item["query"], f"rows differ: {got[:3]} vs {want[:3]}"))
     assert not mismatches, f"{len(mismatches)} gold queries disagree, e.g.:\n" + "\n".join(

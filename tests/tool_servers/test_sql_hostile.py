@@ -55,9 +55,9 @@ class Guarded:
         siblings = sorted(p.name for p in self.db_path.parent.iterdir())
         assert siblings == [self.db_path.name], f"unexpected files beside the database: {siblings}"
         check = await self.call({"query": "SELECT count(*), sum(Age) FROM singer"})
-        assert json.loads(check.structured_json)["rows"] == [[6, 222]]
+        assert check.structured["rows"] == [[6, 222]]
         tables = await self.call({"query": "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"})
-        assert json.loads(tables.structured_json)["rows"] == [
+        assert tables.structured["rows"] == [
             ["concert"], ["singer"], ["singer_in_concert"], ["stadium"]
         ]
 
@@ -66,7 +66,7 @@ class Guarded:
 async def guarded(spider_copy: Any, start_tools: Any, make_client: Any) -> Guarded:
     db_path = spider_copy("concert_singer")
     digest = sha256(db_path)
-    running = await start_tools(db_dir=db_path.parent.parent, sql_timeout_s=TIMEOUT_S)
+    running = await start_tools(sql={"db_dir": db_path.parent.parent, "timeout_s": TIMEOUT_S})
     client = make_client(running)
     session_id = await client.open_session({"db_id": "concert_singer"})
     return Guarded(client, session_id, db_path, digest)
@@ -116,7 +116,7 @@ def text(result: common_pb2.ToolResult) -> str:
 )
 async def test_writes_ddl_and_state_changes_are_refused(guarded: Guarded, query: str, names: str) -> None:
     result = await guarded.call({"query": query})
-    assert result.is_error and result.structured_json == ""
+    assert result.is_error and result.structured is None
     message = text(result)
     assert message.startswith("refused: ") and "read-only" in message
     assert names in message, f"{message!r} does not name {names!r}"
@@ -191,7 +191,7 @@ async def test_endless_recursive_count_hits_the_time_limit(guarded: Guarded) -> 
 async def test_endless_recursive_rows_come_back_truncated(guarded: Guarded) -> None:
     result = await guarded.call({"query": f"{ENDLESS} SELECT x FROM c"})
     assert not result.is_error and result.truncated
-    data = json.loads(result.structured_json)
+    data = result.structured
     assert data["row_count"] == 10_000 and data["more_rows_exact"] is False
     assert text(result).splitlines()[-1].startswith("… more than ")
     await guarded.assert_untouched()
@@ -208,7 +208,7 @@ async def test_a_cross_join_of_a_billion_rows_hits_the_time_limit(guarded: Guard
 async def test_huge_rows_are_capped_by_bytes(guarded: Guarded) -> None:
     result = await guarded.call({"query": f"SELECT printf('%.*c', 500000, 'x') FROM ({ENDLESS} SELECT x FROM c)"})
     assert not result.is_error and result.truncated
-    data = json.loads(result.structured_json)
+    data = result.structured
     assert data["row_count"] == 16  # 8 MiB / 500,000 characters
     assert all(len(row[0]) == 500_000 for row in data["rows"])
     assert len(text(result)) < 4_100  # what the model reads stays small
@@ -276,7 +276,7 @@ async def test_printf_past_the_length_limit_fails_fast(guarded: Guarded, query: 
 async def test_printf_within_the_limit_answers_as_sqlite_does(guarded: Guarded, query: str, value: Any) -> None:
     result = await guarded.call({"query": query})
     assert not result.is_error, text(result)
-    assert json.loads(result.structured_json)["rows"] == [[value]]
+    assert result.structured["rows"] == [[value]]
 
 
 async def test_other_calls_answer_while_a_hostile_query_runs(guarded: Guarded) -> None:
@@ -292,8 +292,8 @@ async def test_other_calls_answer_while_a_hostile_query_runs(guarded: Guarded) -
         timed("SELECT count(*) FROM stadium", delay=0.2),
     )
     assert slow.is_error and "time limit" in text(slow)
-    assert json.loads(fast.structured_json)["rows"] == [["Rose White"], ["John Nizinik"], ["Joe Sharp"]]
-    assert json.loads(tables.structured_json)["rows"] == [[9]]
+    assert fast.structured["rows"] == [["Rose White"], ["John Nizinik"], ["Joe Sharp"]]
+    assert tables.structured["rows"] == [[9]]
     assert max(fast_done, tables_done) - started < 0.8
     assert slow_done - max(fast_done, tables_done) > 0.2  # answered well before the slow one
     await guarded.assert_untouched()
@@ -315,7 +315,7 @@ async def test_several_statements_are_refused(guarded: Guarded, query: str) -> N
 
 async def test_a_trailing_semicolon_and_comment_are_fine(guarded: Guarded) -> None:
     result = await guarded.call({"query": "SELECT count(*) FROM concert; -- all of them"})
-    assert not result.is_error and json.loads(result.structured_json)["rows"] == [[6]]
+    assert not result.is_error and result.structured["rows"] == [[6]]
 
 
 async def test_invalid_utf8_text_is_an_error(guarded: Guarded) -> None:
@@ -362,7 +362,7 @@ async def test_a_query_of_only_comments_is_an_error(guarded: Guarded, query: str
 )
 async def test_comments_before_a_statement_are_fine(guarded: Guarded, query: str, rows: list[list[Any]]) -> None:
     result = await guarded.call({"query": query})
-    assert not result.is_error and json.loads(result.structured_json)["rows"] == rows
+    assert not result.is_error and result.structured["rows"] == rows
 
 
 async def test_a_one_megabyte_string_is_refused(guarded: Guarded) -> None:

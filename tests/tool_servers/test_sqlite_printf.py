@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tool_servers.sqlite_db import connect_readonly
-from tool_servers.sqlite_printf import printf_min_bytes
+from tool_servers.sql.db import connect_readonly
+from tool_servers.sql.printf import printf_min_bytes
 
 FLAGS = ["", "", "-", "+", " ", "#", "!", "0", ",", "-0"]
 WIDTHS = ["", "", "5", "12", "*", "l"]

@@ -12,19 +12,20 @@ import pytest
 
 from rlyard.client import ToolClient
 from rlyard.common.v1 import common_pb2
-from tool_servers.sqlite_db import row_json_bytes, to_jsonable
-from tool_servers.tools.describe_table import DescribeTableArgs
-from tool_servers.tools.list_tables import ListTablesArgs
-from tool_servers.tools.sql_query import SqlQueryArgs
+from rlyard.domain import TextPart
+from tool_servers.sql.db import row_json_bytes, to_jsonable
+from tool_servers.sql.describe_table import DescribeTableArgs
+from tool_servers.sql.list_tables import ListTablesArgs
+from tool_servers.sql.sql_query import SqlQueryArgs
 
 
 def text(result: common_pb2.ToolResult) -> str:
-    assert len(result.content) == 1 and result.content[0].WhichOneof("kind") == "text", result
+    assert len(result.content) == 1 and isinstance(result.content[0], TextPart), result
     return result.content[0].text
 
 
 def structured(result: common_pb2.ToolResult) -> Any:
-    return json.loads(result.structured_json)
+    return result.structured
 
 
 # ---------------------------------------------------------------- list_tables
@@ -101,13 +102,13 @@ async def test_describe_unknown_table_is_an_error_listing_the_tables(
     assert text(result) == (
         "no table named 'singers'; the tables are: concert, singer, singer_in_concert, stadium"
     )
-    assert result.structured_json == ""
+    assert result.structured is None
 
 
 async def test_describe_table_marks_not_null_and_samples_blobs(
     start_tools: Any, make_client: Any, blob_db_dir: Path
 ) -> None:
-    client = make_client(await start_tools(db_dir=blob_db_dir, describe_sample_rows=2))
+    client = make_client(await start_tools(sql={"db_dir": blob_db_dir, "describe_sample_rows": 2}))
     result = await client.call_tool("describe_table", {"table": "item"}, context={"db_id": "blobs"})
     assert not result.is_error
     assert text(result) == (
@@ -163,7 +164,7 @@ async def test_sql_query_shows_display_rows_and_marks_the_rest(
     start_tools: Any, make_client: Any
 ) -> None:
     # The model reads 3 rows and an explicit marker; the reward still gets all 6 rows.
-    client = make_client(await start_tools(display_rows=3))
+    client = make_client(await start_tools(sql={"display_rows": 3}))
     result = await client.call_tool(
         "sql_query", {"query": "SELECT Singer_ID, Name FROM singer ORDER BY Singer_ID"},
         context={"db_id": "concert_singer"},
@@ -177,7 +178,7 @@ async def test_sql_query_shows_display_rows_and_marks_the_rest(
 
 
 async def test_sql_query_row_cap_truncates_and_counts_the_rest(start_tools: Any, make_client: Any) -> None:
-    client = make_client(await start_tools(sql_max_rows=2))
+    client = make_client(await start_tools(sql={"max_rows": 2}))
     result = await client.call_tool(
         "sql_query", {"query": "SELECT Name FROM singer ORDER BY Singer_ID"}, context={"db_id": "concert_singer"}
     )
@@ -191,7 +192,7 @@ async def test_sql_query_row_cap_truncates_and_counts_the_rest(start_tools: Any,
 async def test_verification_calls_get_their_own_caps_and_model_calls_keep_theirs(
     start_tools: Any, make_client: Any
 ) -> None:
-    client = make_client(await start_tools(sql_max_rows=2, sql_verify_max_rows=4))
+    client = make_client(await start_tools(sql={"max_rows": 2, "verify_max_rows": 4}))
     query = {"query": "SELECT Name FROM singer ORDER BY Singer_ID"}
     verify = await client.call_tool("sql_query", query, context={"db_id": "concert_singer", "purpose": "verification"})
     data = structured(verify)
@@ -221,7 +222,7 @@ async def test_the_byte_cap_counts_rows_as_json(start_tools: Any, make_client: A
     assert [row_json_bytes(r) for r in rows] == [len(json.dumps(r, default=to_jsonable)) + 2 for r in rows]
     assert sum(row_json_bytes(r) for r in rows) == len(json.dumps(rows, default=to_jsonable))  # with "[", "]"
     per_row = row_json_bytes(["é" * 100])
-    client = make_client(await start_tools(sql_max_bytes=3 * per_row))
+    client = make_client(await start_tools(sql={"max_bytes": 3 * per_row}))
     query = {"query": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) "
                       "SELECT printf('%!.100c', 'é') FROM c"}
     result = await client.call_tool("sql_query", query, context={"db_id": "concert_singer"})
@@ -246,7 +247,7 @@ async def test_sql_query_count_limit_gives_an_inexact_marker(
 
 
 async def test_sql_query_cuts_cells_and_the_whole_text_to_their_caps(start_tools: Any, make_client: Any) -> None:
-    client = make_client(await start_tools(display_cell_chars=5, display_max_chars=39))
+    client = make_client(await start_tools(sql={"display_cell_chars": 5, "display_max_chars": 39}))
     result = await client.call_tool(
         "sql_query", {"query": "SELECT Name FROM singer ORDER BY Singer_ID"}, context={"db_id": "concert_singer"}
     )
@@ -256,7 +257,7 @@ async def test_sql_query_cuts_cells_and_the_whole_text_to_their_caps(start_tools
 
 
 async def test_sql_query_encodes_blobs_for_rewards(start_tools: Any, make_client: Any, blob_db_dir: Path) -> None:
-    client = make_client(await start_tools(db_dir=blob_db_dir))
+    client = make_client(await start_tools(sql={"db_dir": blob_db_dir}))
     result = await client.call_tool(
         "sql_query", {"query": "SELECT data, score, note FROM item WHERE id <= 2 ORDER BY id"},
         context={"db_id": "blobs"},

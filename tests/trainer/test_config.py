@@ -17,7 +17,7 @@ GOOD: dict[str, Any] = {
     "model": {"path": "runs/policy"},
     "stages": [
         {"kind": "sft", "name": "warm", "data": "data/sft.jsonl", "steps": 100},
-        {"kind": "rl", "steps": 300, "reward": {"sql_execution": 1.0},
+        {"kind": "rl", "steps": 300, "reward": {"sql_execution": 1.0}, "tasks": {"path": "data/tasks.jsonl"},
          "rollout": {"group_size": 8, "prompts_per_step": 8, "max_turns": 6},
          "algorithm": {"kl_coef": 0, "clip_high": 0.28, "filters": {"drop_truncated": True}},
          "optim": {"lr": 1e-4}},
@@ -42,22 +42,25 @@ def test_a_good_config_builds_nested_typed_dataclasses(tmp_path: Path) -> None:
     assert isinstance(rl.algorithm.filters, FilterConfig) and rl.algorithm.filters.uniform_atol == 1e-6
     assert config.seed == 3 and config.checkpoint.every_steps == 50
     assert rl.rollout.max_calls_per_tool_per_turn == 0                      # no limit
-    assert config.services.tool_names == () and config.services.poi_dir == ""  # the default SQL tools
+    assert config.services.embedded.tools == () and config.services.embedded.families == {}  # the default SQL tools
+    assert config.model.backend == "hf"
 
 
 def test_services_name_the_embedded_tools_in_a_yaml_list(tmp_path: Path) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text(
         "name: local-life\n"
-        "services: {tool_names: [search, poi_detail, nearby], poi_dir: data/generated/poi, timeout_s: 60}\n"
+        "services:\n"
+        "  timeout_s: 60\n"
+        "  embedded: {tools: [search, poi_detail, nearby], families: {poi: {dir: data/generated/poi}}}\n"
         "stages:\n"
-        "  - {kind: rl, steps: 1, reward: {sql_execution: 1.0},\n"
+        "  - {kind: rl, steps: 1, reward: {sql_execution: 1.0}, tasks: {path: t.jsonl},\n"
         "     rollout: {group_size: 2, prompts_per_step: 4, max_calls_per_tool_per_turn: 1},\n"
         "     algorithm: {micro_batch_size: 4}}\n"
     )
     config = load_config(path)
-    assert config.services.tool_names == ("search", "poi_detail", "nearby")
-    assert (config.services.poi_dir, config.services.poi_index_dir) == ("data/generated/poi", "")
+    assert config.services.embedded.tools == ("search", "poi_detail", "nearby")
+    assert config.services.embedded.families == {"poi": {"dir": "data/generated/poi"}}
     assert config.stages[0].rollout.max_calls_per_tool_per_turn == 1
 
 
@@ -90,10 +93,14 @@ def _with(path: list[Any], value: Any) -> dict[str, Any]:
         (["stages", 1, "rollout", "max_new_tokens_per_turn"], 5000, "exceeds max_total_tokens"),
         (["stages", 1, "rollout", "grup_size"], 8, "unknown key(s) grup_size; valid keys:"),
         (["stages", 1, "rollout", "max_calls_per_tool_per_turn"], -1, "must be >= 0 (0 = no limit"),
-        (["services"], {"tool_names": "search,nearby"}, "services.tool_names: expected a list"),
-        (["services"], {"tool_names": ["search", "search"]}, "names a tool twice"),
-        (["services"], {"tools": "10.0.0.5:50055", "poi_dir": "data/poi"},
-         "services.poi_dir: configures the embedded tool server"),
+        (["services"], {"embedded": {"tools": "search,nearby"}}, "services.embedded.tools: expected a list"),
+        (["services"], {"embedded": {"tools": ["search", "search"]}}, "names a tool twice"),
+        (["services"], {"embedded": {"families": ["poi"]}}, "services.embedded.families: expected a mapping"),
+        (["services"], {"tools": "10.0.0.5:50055", "embedded": {"families": {"poi": {"dir": "data/poi"}}}},
+         "services.embedded: configures the embedded tool server"),
+        (["services"], {"tool_names": ["search"]}, "unknown key(s) tool_names; valid keys: embedded, reward"),
+        (["stages", 1, "tasks"], {"env": "text_to_sql"}, "unknown key(s) env; valid keys: limit, path"),
+        (["model", "backend"], "vllm2", "is not a sampler backend; known: hf, vllm"),
         (["stages", 1, "steps"], "many", "expected int"),
         (["stages"], [], "list at least one stage"),
         (["name"], "", "give the experiment a name"),

@@ -8,14 +8,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from envs.text_to_sql import demonstrations, load_spider, make_tasks
-from trainer.config import RolloutConfig
-from trainer.evaluate import EvalServices, FixedTemperature, evaluate
+from envs.text_to_sql import REWARD_SPEC, demonstrations, load_spider, make_tasks
+from trainer.compose import Stack, open_stack
+from trainer.config import RolloutConfig, parse_config
+from trainer.evaluate import FixedTemperature, evaluate
 from trainer.model import init_policy
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.hf import HFPolicy
@@ -30,6 +32,13 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("policy")
     init_policy(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """Embedded SQL tools and reward service over the Spider databases."""
+    with open_stack(parse_config({"name": "eval", "stages": [{"kind": "sft", "data": "unused", "steps": 1}]})) as s:
+        yield s
 
 
 class ScriptedPolicy:
@@ -58,15 +67,15 @@ class ScriptedPolicy:
         return out
 
 
-def test_evaluate_tiny_policy_on_spider_dev(policy_dir: Path) -> None:
+def test_evaluate_tiny_policy_on_spider_dev(policy_dir: Path, stack: Stack) -> None:
     items = load_spider()[:3]
-    with EvalServices() as services:
-        tasks = make_tasks(items, services.tools, max_tool_calls=2)
-        report = evaluate(policy_dir, tasks, services=services, rollout_config=ROLLOUT, max_tool_calls=2)
+    tasks = make_tasks(items, stack.tools, max_tool_calls=2)
+    report = evaluate(policy_dir, tasks, stack, reward_spec=REWARD_SPEC, rollout_config=ROLLOUT, max_tool_calls=2)
     assert report.n == 3 and len(report.results) == 3
     assert 0.0 <= report.execution_accuracy <= 1.0
     assert report.infra_failures == 0
     assert report.settings["max_turns"] == 3 and report.settings["temperature"] == 0.0
+    assert report.settings["backend"] == "hf"
     for r in report.results:
         assert 1 <= r.turns <= 3
         assert r.num_tool_calls <= 2 * 3
@@ -77,7 +86,7 @@ def test_evaluate_tiny_policy_on_spider_dev(policy_dir: Path) -> None:
     json.dumps(report.to_json())
 
 
-def test_evaluate_counts_accuracy_tool_calls_and_format(policy_dir: Path) -> None:
+def test_evaluate_counts_accuracy_tool_calls_and_format(policy_dir: Path, stack: Stack) -> None:
     """Hand-computed: one right answer after a query, one wrong answer, one unformatted answer."""
     items = load_spider()[:3]
     policy = HFPolicy(policy_dir)
@@ -89,10 +98,9 @@ def test_evaluate_counts_accuracy_tool_calls_and_format(policy_dir: Path) -> Non
                "<think>ok</think><answer>SELECT 1</answer>"],
         q[2]: [f"<answer>{items[2].query}</answer>"],          # right, but no <think>: a format error
     })
-    with EvalServices() as services:
-        tasks = make_tasks(items, services.tools, max_tool_calls=6, include_schema=False)
-        config = dataclasses.replace(ROLLOUT, max_new_tokens_per_turn=256)
-        report = evaluate(scripted, tasks, services=services, rollout_config=config, max_tool_calls=6)
+    tasks = make_tasks(items, stack.tools, max_tool_calls=6, include_schema=False)
+    config = dataclasses.replace(ROLLOUT, max_new_tokens_per_turn=256)
+    report = evaluate(scripted, tasks, stack, rollout_config=config, max_tool_calls=6)
     by_id = {r.task_id: r for r in report.results}
     assert [by_id[f"spider-{i}"].correct for i in range(3)] == [True, False, True]
     assert report.execution_accuracy == pytest.approx(2 / 3)
@@ -106,8 +114,10 @@ def test_evaluate_counts_accuracy_tool_calls_and_format(policy_dir: Path) -> Non
 
 
 def test_fixed_temperature_rejects_negative(policy_dir: Path) -> None:
+    from trainer.sampler import LocalSampler
+
     with pytest.raises(ValueError, match="temperature"):
-        FixedTemperature(HFPolicy(policy_dir), -1.0)
+        FixedTemperature(LocalSampler(HFPolicy(policy_dir)), -1.0)
 
 
 def test_demonstrations_load_as_sft(policy_dir: Path, tmp_path: Path) -> None:
@@ -128,7 +138,7 @@ def test_rlyard_eval_cli_on_spider_dev(policy_dir: Path, tmp_path: Path) -> None
     }))
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "rlyard.cli.main", "eval", "-c", str(config), "--checkpoint", str(policy_dir),
+        [sys.executable, "-m", "rlyard_app.cli.main", "eval", "-c", str(config), "--checkpoint", str(policy_dir),
          "--spider-dev", "2", "--max-tool-calls", "1", "--output", str(out)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"},
     )
@@ -145,6 +155,6 @@ def test_rlyard_eval_cli_missing_checkpoint(tmp_path: Path) -> None:
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump({"name": "eval", "stages": [{"kind": "sft", "steps": 1, "data": "x.jsonl"}]}))
     result = subprocess.run(
-        [sys.executable, "-m", "rlyard.cli.main", "eval", "-c", str(config), "--checkpoint", str(tmp_path / "nope"),
+        [sys.executable, "-m", "rlyard_app.cli.main", "eval", "-c", str(config), "--checkpoint", str(tmp_path / "nope"),
          "--spider-dev", "1"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "does not exist" in " ".join(result.stderr.split())

@@ -11,6 +11,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from envs.tokenizer_corpus import SQL_TOOLS, build_corpus
+from tool_servers.local import tool_schemas
 from trainer.model import (
     MARKER_TOKENS,
     SIZE_PRESETS,
@@ -23,7 +25,7 @@ from trainer.model import (
     marker_ids,
     train_tokenizer,
 )
-from trainer.model.corpus import DEFAULT_CORPUS_FILE, build_corpus, read_corpus, tool_schemas
+from trainer.model.corpus import DEFAULT_CORPUS_FILE, read_corpus
 
 ROUND_TRIP = [
     "SELECT T1.name ,  count(*) FROM singer AS T1 JOIN concert AS T2 ON T1.id = T2.sid GROUP BY T1.name",
@@ -102,7 +104,7 @@ def test_bpe_learned_sql_and_json(tokenizer) -> None:  # type: ignore[no-untyped
 
 
 def test_chat_template_renders_tools_calls_and_responses(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    tools = tool_schemas()
+    tools = tool_schemas(SQL_TOOLS)
     messages = [
         {"role": "user", "content": "How many singers are there?"},
         {
@@ -226,7 +228,7 @@ def test_checkpoint_loads_with_auto_classes(policy_dir: Path) -> None:
 def test_generate_runs_and_stops_at_im_end(policy_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     model = AutoModelForCausalLM.from_pretrained(policy_dir)
-    tools = tool_schemas()
+    tools = tool_schemas(SQL_TOOLS)
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "How many singers?"}], tools=tools, add_generation_prompt=True,
         return_dict=True, return_tensors="pt",
@@ -262,7 +264,7 @@ def test_cli_model_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "policy"
-    result = subprocess.run([sys.executable, "-m", "rlyard.cli.main", "model", "init", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "rlyard_app.cli.main", "model", "init", "--out", str(out),
                              "--arch", "llama", "--seed", "3"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "llama policy of 1,443,456 parameters" in result.stdout

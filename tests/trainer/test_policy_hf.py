@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.policy import Generation, HFPolicy, PolicyBackend, Sampler, SamplingParams
+from trainer.policy import Generation, HFPolicy, SamplingParams
 
 PROMPTS = ["select name from singer", "how many", "Let me count the concert stadium where age are 3"]
 
@@ -33,9 +33,18 @@ def rescore(policy: HFPolicy, prompt: list[int], gen: Generation, temperature: f
     return logprobs[0, len(prompt) - 1:]
 
 
-def test_satisfies_the_backend_protocols(policy: HFPolicy) -> None:
-    assert isinstance(policy, PolicyBackend)
-    assert isinstance(policy, Sampler)
+def test_one_generation_per_prompt_in_order_with_aligned_logprobs(policy: HFPolicy,
+                                                                   prompts: list[list[int]]) -> None:
+    # the BatchGenerator contract: the batch's rows come back in order, each as if generated alone
+    params = greedy(8)
+    batch = policy.generate(prompts, params)
+    alone = [policy.generate([p], params)[0] for p in reversed(prompts)][::-1]
+    assert len(batch) == len(prompts)
+    for got, want in zip(batch, alone, strict=True):
+        assert got.token_ids == want.token_ids
+        assert len(got.logprobs) == len(got.token_ids) == len(got.raw_logprobs)
+        assert got.finish_reason in ("stop", "length")
+        assert (got.finish_reason == "stop") == (got.stop_reason is not None)
 
 
 def test_sampled_logprobs_match_a_forward_pass(policy: HFPolicy, prompts: list[list[int]]) -> None:

@@ -22,15 +22,16 @@ import pytest
 import torch
 
 from rlyard.client import RetryPolicy, ToolClient
+from rlyard.domain import Task, TrajectoryStatus
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
-from tool_servers.app import tool_service
 from trainer.config import RolloutConfig
 from trainer.parsing import TRUNCATION_MARKER, Region, label_regions
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.hf import HFPolicy
 from trainer.rollout import EngineThread, RolloutEngine, rollout_sync
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.sampler import LocalSampler
+from trainer.types import RolloutTrajectory
 
 COUNT_SINGERS = '<tool_call>{"name": "sql_query", "arguments": {"query": "SELECT count(*) FROM singer"}}</tool_call>'
 LIST_TABLES = '<tool_call>{"name": "list_tables", "arguments": {}}</tool_call>'
@@ -102,6 +103,17 @@ class ScriptedSampler:
                 if predicate():
                     loop.call_soon_threadsafe(event.set)
         return outputs
+
+
+def make_engine(generator: Any, *args: Any, max_batch_size: int | None = None, **kwargs: Any) -> RolloutEngine:
+    """A rollout engine over the local sampler of a synchronous generator."""
+    return RolloutEngine(LocalSampler(generator, max_batch_size=max_batch_size), *args, **kwargs)
+
+
+async def close(engine: RolloutEngine) -> None:
+    """Close the engine's tool stream and its sampler."""
+    await engine.aclose()
+    await engine.sampler.aclose()
 
 
 def sql_call(query: str) -> str:
@@ -187,15 +199,15 @@ async def test_turns_are_aligned_several_calls_and_a_malformed_one(
     scripts = {"multi": [COUNT_SINGERS + "\n" + LIST_TABLES + MALFORMED + END, "<answer>6</answer>" + END]}
     sampler = ScriptedSampler(policy, scripts)
     tok = policy.tokenizer
-    engine = RolloutEngine(sampler, tok, fast_retry_client(tools), config(), seed=1)
+    engine = make_engine(sampler, tok, fast_retry_client(tools), config(), seed=1)
     try:
         trajs = await engine.run([task("multi")], group_size=2)
     finally:
-        await engine.aclose()
+        await close(engine)
 
     assert [(t.group_id, t.sample_index) for t in trajs] == [(0, 0), (0, 1)]
     for traj in trajs:
-        assert traj.status is RolloutStatus.COMPLETED, traj.infra_error
+        assert traj.status is TrajectoryStatus.COMPLETED, traj.infra_error
         assert traj.final_answer == "6"
         assert traj.num_tool_calls == 2 and len(traj.tool_latency_ms) == 2
         check_invariants(traj, policy)
@@ -233,18 +245,18 @@ async def test_calls_past_the_per_tool_limit_are_refused_not_run(
     scripts = {"greedy": [turn, "<answer>6</answer>" + END]}
     tok = policy.tokenizer
     roomy = {"max_observation_tokens": 600, "max_total_tokens": 2000}
-    limited = RolloutEngine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools),
+    limited = make_engine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools),
                             config(max_calls_per_tool_per_turn=1, **roomy), seed=0)
-    unlimited = RolloutEngine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools), config(**roomy), seed=0)
+    unlimited = make_engine(ScriptedSampler(policy, scripts), tok, fast_retry_client(tools), config(**roomy), seed=0)
     try:
         [traj, _] = await limited.run([task("greedy")], group_size=2)
         [free, _] = await unlimited.run([task("greedy")], group_size=2)
     finally:
-        await limited.aclose()
-        await unlimited.aclose()
+        await close(limited)
+        await close(unlimited)
 
-    assert free.status is RolloutStatus.COMPLETED and free.num_tool_calls == 4   # 0 = no limit
-    assert traj.status is RolloutStatus.COMPLETED, traj.infra_error
+    assert free.status is TrajectoryStatus.COMPLETED and free.num_tool_calls == 4   # 0 = no limit
+    assert traj.status is TrajectoryStatus.COMPLETED, traj.infra_error
     check_invariants(traj, policy)
     # Only the first sql_query and the list_tables ran; the model's record keeps all four calls.
     assert traj.num_tool_calls == 2 and len(traj.tool_latency_ms) == 2
@@ -270,12 +282,12 @@ async def test_observation_is_capped_in_tokens(
 ) -> None:
     sampler = ScriptedSampler(policy, {"big": [ALL_SINGERS + END, "<answer>x</answer>" + END]})
     tok = policy.tokenizer
-    engine = RolloutEngine(sampler, tok, fast_retry_client(tools), config(max_observation_tokens=24), seed=0)
+    engine = make_engine(sampler, tok, fast_retry_client(tools), config(max_observation_tokens=24), seed=0)
     try:
         [traj, _] = await engine.run([task("big")], group_size=2)
     finally:
-        await engine.aclose()
-    assert traj.status is RolloutStatus.COMPLETED
+        await close(engine)
+    assert traj.status is TrajectoryStatus.COMPLETED
     check_invariants(traj, policy)
     observation = traj.record.turns[3].text
     assert TRUNCATION_MARKER in observation
@@ -298,24 +310,24 @@ async def test_turn_limits_answers_and_plain_text(
     }
     sampler = ScriptedSampler(policy, scripts)
     tasks = [task(tag) for tag in scripts]
-    engine = RolloutEngine(sampler, policy.tokenizer, fast_retry_client(tools),
+    engine = make_engine(sampler, policy.tokenizer, fast_retry_client(tools),
                            config(max_turns=2, max_new_tokens_per_turn=32), seed=0)
-    strict = RolloutEngine(sampler, policy.tokenizer, fast_retry_client(tools), config(max_turns=2), seed=0,
+    strict = make_engine(sampler, policy.tokenizer, fast_retry_client(tools), config(max_turns=2), seed=0,
                            require_answer=True)
     try:
         loop, direct, plain, rambling = (await engine.run(tasks, group_size=2))[::2]
         [strict_plain, _] = await strict.run([task("plain")], group_size=2)
     finally:
-        await engine.aclose()
-        await strict.aclose()
+        await close(engine)
+        await close(strict)
 
-    assert loop.status is RolloutStatus.TRUNCATED
+    assert loop.status is TrajectoryStatus.TRUNCATED
     assert [t.role for t in loop.record.turns[2:]] == ["assistant", "tool", "assistant"]
     assert loop.num_tool_calls == 1  # the last turn's call is not run: no turn would read it
-    assert (direct.status, direct.final_answer, direct.num_tool_calls) == (RolloutStatus.COMPLETED, "42", 0)
-    assert (plain.status, plain.final_answer) == (RolloutStatus.COMPLETED, "six singers")
-    assert (rambling.status, rambling.num_generated) == (RolloutStatus.TRUNCATED, 32)
-    assert strict_plain.status is RolloutStatus.FORMAT_ERROR
+    assert (direct.status, direct.final_answer, direct.num_tool_calls) == (TrajectoryStatus.COMPLETED, "42", 0)
+    assert (plain.status, plain.final_answer) == (TrajectoryStatus.COMPLETED, "six singers")
+    assert (rambling.status, rambling.num_generated) == (TrajectoryStatus.TRUNCATED, 32)
+    assert strict_plain.status is TrajectoryStatus.FORMAT_ERROR
     for traj in (loop, direct, plain, rambling, strict_plain):
         check_invariants(traj, policy)
 
@@ -324,14 +336,14 @@ async def test_max_total_tokens_truncates(
     policy: HFPolicy, tools: RunningServer, fast_retry_client: Callable[[RunningServer], ToolClient]
 ) -> None:
     sampler = ScriptedSampler(policy, {"loop": [LIST_TABLES + END]})
-    engine = RolloutEngine(sampler, policy.tokenizer, fast_retry_client(tools),
+    engine = make_engine(sampler, policy.tokenizer, fast_retry_client(tools),
                            config(max_turns=50, max_total_tokens=200, max_new_tokens_per_turn=64), seed=0)
     try:
         trajs = await engine.run([task("loop")], group_size=2)
     finally:
-        await engine.aclose()
+        await close(engine)
     for traj in trajs:
-        assert traj.status is RolloutStatus.TRUNCATED
+        assert traj.status is TrajectoryStatus.TRUNCATED
         assert len(traj.prompt_ids) + len(traj.token_ids) <= 200
         check_invariants(traj, policy)
 
@@ -347,7 +359,7 @@ async def test_tool_server_stopped_mid_rollout_fails_only_those_in_flight(
         "slow": [slow_call + END, "<answer>?</answer>" + END],
     }
     sampler = ScriptedSampler(policy, scripts)
-    engine = RolloutEngine(sampler, policy.tokenizer, fast_retry_client(tools), config(), seed=0)
+    engine = make_engine(sampler, policy.tokenizer, fast_retry_client(tools), config(), seed=0)
     try:
         running = asyncio.create_task(engine.run([task(t) for t in scripts], group_size=2))
         # Stop the server once the one-call trajectories are done and the slow queries (which run
@@ -358,13 +370,13 @@ async def test_tool_server_stopped_mid_rollout_fails_only_those_in_flight(
         await tools.stop(0)
         trajs = await asyncio.wait_for(running, timeout=20)
     finally:
-        await engine.aclose()
+        await close(engine)
     by_task = {(t.task.task_id, t.sample_index): t for t in trajs}
     for s in range(2):
-        assert by_task["quick", s].status is RolloutStatus.COMPLETED
-        assert by_task["onecall", s].status is RolloutStatus.COMPLETED
+        assert by_task["quick", s].status is TrajectoryStatus.COMPLETED
+        assert by_task["onecall", s].status is TrajectoryStatus.COMPLETED
         slow = by_task["slow", s]
-        assert slow.status is RolloutStatus.INFRA_FAILED
+        assert slow.status is TrajectoryStatus.INFRA_FAILED
         assert "sql_query" in slow.infra_error and "Unavailable" in slow.infra_error
         assert slow.record.status == "INFRA_FAILED" and slow.num_tool_calls == 1
         check_invariants(slow, policy)
@@ -380,13 +392,13 @@ async def test_a_slow_tool_does_not_hold_back_other_trajectories(
         "busy": [COUNT_SINGERS + END, LIST_TABLES + END, COUNT_SINGERS + END, "<answer>6</answer>" + END],
     }
     sampler = ScriptedSampler(policy, scripts)
-    engine = RolloutEngine(sampler, policy.tokenizer, fast_retry_client(tools), config(), seed=0)
+    engine = make_engine(sampler, policy.tokenizer, fast_retry_client(tools), config(), seed=0)
     started = time.monotonic()
     try:
         trajs = await engine.run([task("slow"), task("busy")], group_size=2)
     finally:
-        await engine.aclose()
-    assert all(t.status is RolloutStatus.COMPLETED for t in trajs), [t.infra_error for t in trajs]
+        await close(engine)
+    assert all(t.status is TrajectoryStatus.COMPLETED for t in trajs), [t.infra_error for t in trajs]
     slow = [t for t in trajs if t.task.task_id == "slow"]
     # The server stopped the query at its time limit: a model-visible error, not a system failure.
     assert all(t.record.turns[3].tool_results[0].is_error for t in slow)
@@ -407,18 +419,18 @@ def test_real_policy_end_to_end_on_the_engine_thread(
     tasks = [task("a"), task("b", db_id="pets_1")]
     with EngineThread() as thread:
         async def start() -> tuple[RunningServer, ToolClient]:
-            server = await start_server(tool_service(tool_settings()), ServerSettings(host="127.0.0.1", port=0))
+            server = await start_server(tool_settings().service(), ServerSettings(host="127.0.0.1", port=0))
             return server, ToolClient(server.address, timeout=5.0)
 
         server, client = thread.run(start())
         try:
-            first = RolloutEngine(policy, policy.tokenizer, client, cfg, seed=7, max_batch_size=1)
-            again = RolloutEngine(policy, policy.tokenizer, client, cfg, seed=7)
+            first = make_engine(policy, policy.tokenizer, client, cfg, seed=7, max_batch_size=1)
+            again = make_engine(policy, policy.tokenizer, client, cfg, seed=7)
             batched = rollout_sync(thread, again, tasks, group_size=2, step=3)
             one = rollout_sync(thread, first, tasks, group_size=2, step=3)
             two = rollout_sync(thread, first, tasks, group_size=2, step=3)
-            thread.run(first.aclose())
-            thread.run(again.aclose())
+            thread.run(close(first))
+            thread.run(close(again))
         finally:
             thread.run(client.close())
             thread.run(server.stop(0))
@@ -426,7 +438,7 @@ def test_real_policy_end_to_end_on_the_engine_thread(
     for trajs in (batched, one):
         assert [(t.group_id, t.sample_index) for t in trajs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
         for traj in trajs:
-            assert traj.status is not RolloutStatus.INFRA_FAILED, traj.infra_error
+            assert traj.status is not TrajectoryStatus.INFRA_FAILED, traj.infra_error
             assert 1 <= traj.num_generated and traj.record.assistant_turns
             assert len(traj.prompt_ids) + len(traj.token_ids) <= 256
             check_invariants(traj, policy)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -10,8 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +17,10 @@ import torch
 
 from rlyard.errors import ConfigError
 from trainer.checkpoint import latest_checkpoint
-from trainer.config import (
-    AlgorithmConfig,
-    CheckpointConfig,
-    ExperimentConfig,
-    ModelConfig,
-    OptimConfig,
-    RolloutConfig,
-    StageConfig,
-    parse_config,
-)
-from trainer.policy.hf import HFPolicy
-from trainer.runner import run_experiment
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.compose import open_stack
+from trainer.config import ExperimentConfig, parse_config
+from trainer.events import CheckpointEvent, MetricsEvent, StateEvent, StopRequest
+from trainer.runner import run_experiment, writes_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +58,7 @@ def sft_data(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def uninterrupted(tiny_model_dir: Path, sft_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted run: its report, events and final parameters."""
     run_dir = tmp_path_factory.mktemp("runs") / "plain"
-    events: list[dict[str, Any]] = []
+    events: list[Any] = []
     report = run_experiment(parse_config(_raw_config(tiny_model_dir, sft_data, every=2)), run_dir,
                             on_event=events.append)
     return {"report": report, "events": events, "run_dir": run_dir, "params": _final_params(run_dir)}
@@ -101,8 +89,9 @@ def test_sft_run_writes_outputs(uninterrupted: dict[str, Any]) -> None:
     assert on_disk["run_id"] == "plain" and on_disk["seed"] == 7 and on_disk["steps"] == 6
     assert [s["steps_done"] for s in on_disk["stages"]] == [3, 3] and on_disk["final_metrics"]["loss"] > 0
     events = uninterrupted["events"]
-    assert events[0]["state"] == "RUNNING" and events[-1]["state"] == "SUCCEEDED"
-    assert sum(e["type"] == "metrics" for e in events) == 6
+    assert isinstance(events[0], StateEvent) and events[0].state == "RUNNING"
+    assert isinstance(events[-1], StateEvent) and events[-1].state == "SUCCEEDED"
+    assert sum(isinstance(e, MetricsEvent) for e in events) == 6
     # warmup: lr ramps over two steps then stays
     assert [x["lr"] for x in lines[:3]] == pytest.approx([5e-4, 1e-3, 1e-3])
 
@@ -116,7 +105,7 @@ _SCRIPT = textwrap.dedent("""
     raw, run_dir, kill_at = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 
     def on_event(event):
-        if event["type"] == "checkpoint" and event["step"] == kill_at:
+        if type(event).__name__ == "CheckpointEvent" and event.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     report = run_experiment(parse_config(raw), run_dir, on_event=on_event)
@@ -153,114 +142,102 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir: Path, sft_da
     assert [x["loss"] for x in lines] == [x["loss"] for x in plain]
 
 
-def test_stop_event_checkpoints_and_resume_continues(
+def _stopped_at(config: ExperimentConfig, run_dir: Path, step: int,
+                checkpoint: bool) -> tuple[dict[str, Any], list[Any]]:
+    """Run ``config`` and ask it to stop (with or without a checkpoint) after global step ``step``."""
+    stop = StopRequest()
+    events: list[Any] = []
+
+    def on_event(event: Any) -> None:
+        events.append(event)
+        if isinstance(event, MetricsEvent) and event.global_step == step:
+            stop.set(checkpoint=checkpoint)
+
+    return run_experiment(config, run_dir, on_event=on_event, stop=stop), events
+
+
+def test_stop_request_checkpoints_and_resume_continues(
     tiny_model_dir: Path, sft_data: Path, uninterrupted: dict[str, Any], tmp_path: Path
 ) -> None:
     config = parse_config(_raw_config(tiny_model_dir, sft_data, every=100))
-    stop = threading.Event()
-    events: list[dict[str, Any]] = []
-
-    def on_event(event: dict[str, Any]) -> None:
-        events.append(event)
-        if event["type"] == "metrics" and event["global_step"] == 4:
-            stop.set()
-
-    report = run_experiment(config, tmp_path / "run", on_event=on_event, stop=stop)
-    assert report["state"] == "STOPPED" and report["steps"] == 4
-    assert events[-1]["state"] == "STOPPED"
+    report, events = _stopped_at(config, tmp_path / "run", 4, checkpoint=True)
+    assert report["state"] == "STOPPED" and report["steps"] == 4 and report["last_checkpoint"] == 4
+    assert isinstance(events[-1], StateEvent) and events[-1].state == "STOPPED"
     # every_steps 100: only the stage end (3) and the stop (4) wrote checkpoints
-    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [3, 4]
+    assert [e.step for e in events if isinstance(e, CheckpointEvent)] == [3, 4]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["state"] == "STOPPED"
     report = run_experiment(config, tmp_path / "run")
     assert report["state"] == "SUCCEEDED" and report["steps"] == 6
     _assert_same(_final_params(tmp_path / "run"), uninterrupted["params"])
 
 
-# ------------------------------------------------------------------ RL
-def _rl_config(model_dir: Path) -> ExperimentConfig:
-    stage = StageConfig(
-        kind="rl", name="grpo", steps=2, reward={"exact_match": 1.0},
-        rollout=RolloutConfig(group_size=3, prompts_per_step=2),
-        algorithm=AlgorithmConfig(micro_batch_size=3, updates_per_batch=1),
-        optim=OptimConfig(lr=1e-3),
-    )
-    return ExperimentConfig(name="rl-test", stages=(stage,), model=ModelConfig(path=str(model_dir)),
-                            checkpoint=CheckpointConfig(every_steps=1))
-
-
-def _injected(model_dir: Path, tok: Any, delay: float = 0.0) -> tuple[Any, Any, Any, list[int]]:
-    """task_source, rollout_fn and score_fn over a frozen copy of the initial policy: 2 tasks x 3
-    answers, one trajectory infra-failed; ``delay`` seconds of waiting in every rollout."""
-    sampler = HFPolicy(model_dir)    # the rollout side's copy of the initial policy
-    seen_steps: list[int] = []
-
-    def task_source(stage: StageConfig, step: int) -> list[Task]:
-        return [Task(f"q{step}-{i}", [{"role": "user", "content": f"how many singer {i}"}], ground_truth=str(i))
-                for i in range(stage.rollout.prompts_per_step)]
-
-    def rollout_fn(tasks: list[Task], step: int) -> list[RolloutTrajectory]:
-        seen_steps.append(step)
-        time.sleep(delay)
-        out = []
-        for g, task in enumerate(tasks):
-            prompt = tok.encode(f"<|im_start|>user\n{task.messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n",
-                                add_special_tokens=False)
-            for s in range(3):
-                tokens = tok.encode(f"<answer>{s}</answer><|im_end|>", add_special_tokens=False)
-                logp, _ = sampler.forward_logprobs(torch.tensor([prompt + tokens]))
-                old = logp[0, len(prompt) - 1:].tolist()
-                out.append(RolloutTrajectory(task=task, group_id=g, sample_index=s, prompt_ids=prompt,
-                                             token_ids=tokens, loss_mask=[1] * len(tokens), old_logprobs=old,
-                                             regions=[6] * len(tokens), final_answer=str(s)))
-        return out
-
-    def score_fn(trajectories: list[RolloutTrajectory]) -> None:
-        for t in trajectories:
-            if t.group_id == 1 and t.sample_index == 2:
-                t.status, t.infra_error = RolloutStatus.INFRA_FAILED, "reward service unavailable"
-            else:
-                t.reward = float(t.final_answer == t.task.ground_truth)
-                t.reward_components = {"accuracy": t.reward}
-
-    return task_source, rollout_fn, score_fn, seen_steps
-
-
-def test_rl_stage_with_injected_rollouts(tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path) -> None:
-    task_source, rollout_fn, score_fn, seen_steps = _injected(tiny_model_dir, tiny_tokenizer)
-    events: list[dict[str, Any]] = []
-    report = run_experiment(_rl_config(tiny_model_dir), tmp_path / "rl", rollout_fn=rollout_fn,
-                            score_fn=score_fn, task_source=task_source, on_event=events.append)
-    assert report["state"] == "SUCCEEDED" and report["steps"] == 2 and seen_steps == [1, 2]
-    values = [e["values"] for e in events if e["type"] == "metrics"]
-    assert len(values) == 2
-    for v in values:
-        assert v["reward_mean"] == pytest.approx(2 / 5) and v["kept"] == 5
-        assert v["dropped/infra_failed"] == 1 and v["updated"] == 1.0
-    samples = (tmp_path / "rl" / "samples.md").read_text()
-    assert "reward **1**" in samples and "**assistant**" in samples and "**user**" in samples
-    assert (tmp_path / "rl" / "curves" / "reward.png").exists()
-    assert (tmp_path / "rl" / "curves" / "accuracy.png").exists()
-
-
-def test_time_limited_rl_stage_writes_samples_of_its_last_step(
-    tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path
+def test_a_stop_without_a_checkpoint_writes_none_and_resumes_from_the_last_one(
+    tiny_model_dir: Path, sft_data: Path, uninterrupted: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A stage that its time limit ends (not its step count) still gets a samples.md section for the
-    step it ended on: each rollout waits 0.5 s and the limit is 0.8 s, so it ends after step 2."""
-    task_source, rollout_fn, score_fn, seen_steps = _injected(tiny_model_dir, tiny_tokenizer, delay=0.5)
-    config = _rl_config(tiny_model_dir)
-    stage = dataclasses.replace(config.stages[0], steps=1000, max_seconds=0.8)
-    config = dataclasses.replace(config, stages=(stage,), checkpoint=CheckpointConfig(every_steps=100))
-    report = run_experiment(config, tmp_path / "rl", rollout_fn=rollout_fn, score_fn=score_fn,
-                            task_source=task_source)
-    assert report["state"] == "SUCCEEDED" and seen_steps == [1, 2]
+    config = parse_config(_raw_config(tiny_model_dir, sft_data, every=100))
+    report, events = _stopped_at(config, tmp_path / "run", 5, checkpoint=False)
+    assert report["state"] == "STOPPED" and report["steps"] == 5 and report["last_checkpoint"] == 3
+    assert [e.step for e in events if isinstance(e, CheckpointEvent)] == [3]      # the first stage's end only
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert ckpt is not None and ckpt.step == 3
+    report = run_experiment(config, tmp_path / "run")         # steps 4 and 5 again, then 6
+    assert report["state"] == "SUCCEEDED" and report["steps"] == 6
+    _assert_same(_final_params(tmp_path / "run"), uninterrupted["params"])
+
+
+# ------------------------------------------------------------------ RL
+def _rl_config(model_dir: Path, tasks: Path, judge_url: str, steps: int = 2) -> ExperimentConfig:
+    """GRPO on the tiny policy through embedded services: exact match, plus a scripted judge so that
+    the untrained policy's samples get different rewards and every step updates."""
+    judge = {"weight": 0.1, "backend": "openai", "endpoint": judge_url, "model": "grader", "require_reference": False}
+    return parse_config({
+        "name": "rl-test", "seed": 3, "model": {"path": str(model_dir)}, "checkpoint": {"every_steps": 1},
+        "stages": [{"kind": "rl", "name": "grpo", "steps": steps, "tasks": {"path": str(tasks)},
+                    "reward": {"qa_em": 1.0, "judge": judge},
+                    "rollout": {"group_size": 2, "prompts_per_step": 2, "max_turns": 1, "max_new_tokens_per_turn": 12,
+                                "max_total_tokens": 256},
+                    "algorithm": {"micro_batch_size": 2, "updates_per_batch": 1}, "optim": {"lr": 1e-3}}],
+    })
+
+
+@pytest.fixture
+def rl_tasks(tmp_path: Path) -> Path:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
+                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
+    return path
+
+
+def test_rl_stage_through_the_composition_root(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path,
+                                               chat_server: Any) -> None:
+    judge = chat_server(*(f"Score: {s}\nReason: scripted." for s in (0, 3, 6, 9) * 2))
+    config = _rl_config(tiny_model_dir, rl_tasks, judge.url)
+    events: list[Any] = []
+    with open_stack(config) as stack:
+        report = run_experiment(config, tmp_path / "rl", stack=stack, on_event=events.append)
+    assert report["state"] == "SUCCEEDED" and report["steps"] == 2
+    values = [e.values for e in events if isinstance(e, MetricsEvent)]
+    assert len(values) == 2 and len(judge.requests) == 8
+    for v in values:
+        assert v["trajectories"] == 4 and v["kept"] == 4 and v["updated"] == 1.0
+        assert v["reward/judge"] == pytest.approx(0.45) and v["infra_failed"] == 0.0
+    # step 1 sampled with the initial weights, step 2 with step 1's update (synced to the sampler)
+    assert [v["sampled_weight_version"] for v in values] == [0.0, 1.0]
+    assert [e.step for e in events if isinstance(e, CheckpointEvent)] == [1, 2]
     samples = (tmp_path / "rl" / "samples.md").read_text()
-    assert "## grpo · step 1" in samples and "## grpo · step 2" in samples
+    assert "## grpo · step 1" in samples and "## grpo · step 2" in samples and "**user**" in samples
+    assert (tmp_path / "rl" / "curves" / "reward.png").exists()
+    assert (tmp_path / "rl" / "models" / "grpo" / "config.json").is_file()
 
 
-def test_rl_stage_without_rollouts_is_a_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="rollout_fn, score_fn, task_source"):
-        run_experiment(_rl_config(tiny_model_dir), tmp_path / "rl")
+def test_samples_are_written_at_the_first_every_nth_and_last_step() -> None:
+    assert [writes_samples(step, False, 3) for step in range(1, 8)] == [True, False, True, False, False, True, False]
+    assert writes_samples(5, True, 100)        # the last step, ended by a time limit
+
+
+def test_rl_stage_without_a_stack_is_a_config_error(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"need the services: open them with trainer\.compose\.open_stack"):
+        run_experiment(_rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1"), tmp_path / "rl")
 
 
 def test_time_limited_stage_ends_early_exports_and_resumes(
@@ -296,10 +273,10 @@ def test_stage_limit_replaces_a_stage_time_limit_and_a_resumed_run_keeps_it(
         asked.append((name, configured))
         return 1000.0 if name == "first" else None
 
-    stop = threading.Event()
+    stop = StopRequest()
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["type"] == "metrics" and event["global_step"] == 1:
+    def on_event(event: Any) -> None:
+        if isinstance(event, MetricsEvent) and event.global_step == 1:
             stop.set()
 
     run_dir = tmp_path / "limited"

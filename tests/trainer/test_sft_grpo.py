@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.agreement import flat_gradient
+from experiments.agreement import flat_gradient
+from rlyard.domain import Task, TrajectoryStatus
 from trainer.algorithms import (
     LOSS_AGG_MODES,
     FilterConfig,
@@ -25,7 +26,7 @@ from trainer.grpo import frozen_reference, grpo_update
 from trainer.parsing import Region
 from trainer.policy.hf import HFPolicy
 from trainer.sft import SftData, SftExample, render_messages, sft_loss, sft_step
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.types import RolloutTrajectory
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_sft_step_changes_parameters(policy: HFPolicy, tiny_tokenizer: Any) -> N
 
 # ------------------------------------------------------------------ GRPO
 def _trajectory(policy: HFPolicy, tok: Any, group: int, sample: int, answer: str,
-                reward: float | None, status: RolloutStatus = RolloutStatus.COMPLETED) -> RolloutTrajectory:
+                reward: float | None, status: TrajectoryStatus = TrajectoryStatus.COMPLETED) -> RolloutTrajectory:
     """prompt, an assistant turn, a tool observation (mask 0), a final answer; old log-probs from the policy."""
     text = tok.apply_chat_template([{"role": "user", "content": f"how many singer {group}"}],
                                    add_generation_prompt=True, tokenize=False)
@@ -161,7 +162,7 @@ def test_uniform_group_and_infra_failure_give_no_gradient(tiny_model_dir: Path, 
 
     def with_noise(policy: HFPolicy, tok: Any) -> list[RolloutTrajectory]:
         uniform = [_trajectory(policy, tok, 1, s, "7", 1.0) for s in range(2)]
-        failed = _trajectory(policy, tok, 0, 2, "9", None, RolloutStatus.INFRA_FAILED)
+        failed = _trajectory(policy, tok, 0, 2, "9", None, TrajectoryStatus.INFRA_FAILED)
         return informative(policy, tok) + uniform + [failed]
 
     stage = _stage()
@@ -323,7 +324,7 @@ def _uneven_batch(policy: HFPolicy, tok: Any) -> list[RolloutTrajectory]:
     multiple of 3), and old log-probs off by ±0.3 on alternate tokens so that some ratios clip."""
     trajs = [_trajectory(policy, tok, g, s, "x" * (7 * s + 3 * g) + str(s), float(s))
              for g in range(2) for s in range(3)]
-    trajs[4].status, trajs[4].reward = RolloutStatus.INFRA_FAILED, None
+    trajs[4].status, trajs[4].reward = TrajectoryStatus.INFRA_FAILED, None
     for t in trajs:
         t.old_logprobs = [lp + (0.3 if j % 2 else -0.3) if m else 0.0
                           for j, (lp, m) in enumerate(zip(t.old_logprobs, t.loss_mask, strict=True))]
@@ -343,7 +344,7 @@ def _perturbed_reference(policy: HFPolicy) -> HFPolicy:
 def _one_pass(policy: HFPolicy, trajs: list[RolloutTrajectory], reference: HFPolicy,
               mode: str) -> tuple[dict[str, float], torch.Tensor]:
     """The batch loss by its definition: one forward over every kept trajectory, one policy_loss."""
-    kept = [t for t in trajs if t.status != RolloutStatus.INFRA_FAILED]
+    kept = [t for t in trajs if t.status != TrajectoryStatus.INFRA_FAILED]
     adv = grpo_advantages(torch.tensor([float(t.reward or 0.0) for t in kept]),
                           torch.tensor([t.group_id for t in kept]))
     batch = collate_trajectories(kept, pad_token_id=policy.pad_token_id)

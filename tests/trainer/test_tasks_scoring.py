@@ -10,24 +10,25 @@ import pytest
 
 from reward_service.app import reward_service
 from reward_service.settings import RewardSettings
-from reward_service.types import TrajectoryRecord, TurnRecord
 from rlyard.client import ToolClient
+from rlyard.domain import Task, Trajectory, TrajectoryStatus, Turn
 from rlyard.errors import ConfigError
 from rlyard.reward_client import RewardClient
 from rlyard.server import start_server
 from rlyard.settings import ServerSettings
 from tool_servers.app import tool_service
 from tool_servers.settings import ToolServerSettings
+from tool_servers.sql.settings import SqlSettings
 from trainer.scoring import score_trajectories
 from trainer.tasks import TaskSampler, load_tasks, openai_tools
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.types import RolloutTrajectory
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_DIR = ROOT / "data" / "spider" / "database"
 
 
 async def test_tasks_get_the_tool_servers_schemas(tmp_path: Path) -> None:
-    server = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings())
+    server = await start_server(tool_service(ToolServerSettings(), [SqlSettings(db_dir=DB_DIR)]), ServerSettings())
     try:
         async with ToolClient(server.address) as client:
             tools = openai_tools(await client.list_tools())
@@ -61,18 +62,18 @@ def test_task_stream_is_a_reproducible_epoch_shuffle() -> None:
 
 def _trajectory(answer: str, group: int, sample: int) -> RolloutTrajectory:
     gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
-    record = TrajectoryRecord("t", "task", (TurnRecord(0, "assistant", f"<answer>{answer}</answer>"),), answer)
+    record = Trajectory("t", "task", (Turn(0, "assistant", f"<answer>{answer}</answer>"),), answer)
     return RolloutTrajectory(Task("task", [], ground_truth=gold), group, sample, [1, 2, 3], record=record,
                              final_answer=answer)
 
 
 async def test_scores_fill_rewards_and_system_errors_drop_trajectories() -> None:
-    tools = await start_server(tool_service(ToolServerSettings(db_dir=DB_DIR)), ServerSettings())
+    tools = await start_server(tool_service(ToolServerSettings(), [SqlSettings(db_dir=DB_DIR)]), ServerSettings())
     reward = await start_server(reward_service(RewardSettings(sql_tools_target=tools.address, tool_timeout_s=2)),
                                 ServerSettings())
     batch = [_trajectory("SELECT count(*) FROM singer", 0, 0), _trajectory("SELECT 1", 0, 1)]
     infra = _trajectory("SELECT count(*) FROM singer", 1, 0)
-    infra.status = RolloutStatus.INFRA_FAILED
+    infra.status = TrajectoryStatus.INFRA_FAILED
     try:
         async with RewardClient(reward.address, timeout=30) as client:
             counts = await score_trajectories(client, [*batch, infra], {"sql_execution": 1.0}, step=3)
@@ -85,5 +86,5 @@ async def test_scores_fill_rewards_and_system_errors_drop_trajectories() -> None
     finally:
         await reward.stop(0)
     assert counts == {"scored": 0, "reward_system_errors": 1}
-    assert late[0].status == RolloutStatus.INFRA_FAILED and late[0].reward is None
+    assert late[0].status == TrajectoryStatus.INFRA_FAILED and late[0].reward is None
     assert late[0].infra_error.startswith("reward: ")

@@ -1,9 +1,10 @@
-"""Build the POI corpus (when missing) and the indexes the local-life tools load, ahead of serving.
+"""Build the indexes the local-life tools load, ahead of serving, for a POI corpus that
+``python -m envs.local_services.poi_corpus`` wrote.
 
     python -m tool_servers.poi --poi-dir data/generated/poi [--index-dir DIR] [--no-dense]
 
 The ``search`` and ``retrieve`` services build a missing index on start and stay NOT_SERVING until
-it is ready; running this first (the Dockerfile does, at image build) makes them ready in seconds.
+it is ready; running this first makes them ready in seconds.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from envs.local_services.poi_corpus import DEFAULT_MERCHANTS, build_corpus
 from tool_servers.poi import dense
 from tool_servers.poi.bm25 import PoiBm25
 from tool_servers.poi.store import DB_NAME, PoiStore
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Corpus, BM25 index, dense index — each only when not already there."""
+    """BM25 index, then dense index, for an existing corpus — each only when not already there."""
     parser = argparse.ArgumentParser(prog="python -m tool_servers.poi", description=__doc__.splitlines()[0])
     parser.add_argument("--poi-dir", type=Path, default=Path("data/generated/poi"))
     parser.add_argument("--index-dir", type=Path, default=None, help="default: POI_DIR/index")
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed, when the corpus is built")
-    parser.add_argument("--merchants", type=int, default=DEFAULT_MERCHANTS)
     parser.add_argument("--no-dense", action="store_true", help="skip the dense index (minutes on a CPU)")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -37,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     index_dir = ns.index_dir or ns.poi_dir / "index"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
+    if not (ns.poi_dir / DB_NAME).is_file():
+        parser.error(f"no POI corpus at {ns.poi_dir / DB_NAME}; build it first with "
+                     f"`python -m envs.local_services.poi_corpus --out {ns.poi_dir}`")
     with Progress(*columns, console=console) as bar:
-        if not (ns.poi_dir / DB_NAME).is_file():
-            task = bar.add_task("POI corpus", total=ns.merchants)
-            build_corpus(ns.poi_dir, ns.seed, ns.merchants, on_progress=lambda d, _t: bar.update(task, completed=d))
         store = PoiStore(ns.poi_dir / DB_NAME)
         tic = time.perf_counter()
         task = bar.add_task("BM25 index (tokenising)", total=None)

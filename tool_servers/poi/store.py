@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -18,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.local_services.database import WEEKDAYS
+from rlyard import geo
 
 DB_NAME = "poi.sqlite"
-_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _EARTH_M = 6_371_000.0
 
 
@@ -30,25 +28,19 @@ class FilterError(ValueError):
 
 
 def minutes(hhmm: str) -> int:
-    """Minutes after midnight of ``'HH:MM'``."""
-    match = _HHMM.match(hhmm.strip())
-    if match is None:
-        raise FilterError(f"time {hhmm!r} is not HH:MM (24-hour clock), e.g. '08:00' or '19:30'")
-    return int(match.group(1)) * 60 + int(match.group(2))
+    """Minutes after midnight of ``'HH:MM'``; FilterError says the form it wants."""
+    try:
+        return geo.minutes(hhmm)
+    except ValueError as exc:
+        raise FilterError(str(exc)) from None
 
 
 def weekday_index(day: str | int) -> int:
-    """0 = Monday ... 6 = Sunday, from a number or an English day name (or its first three letters)."""
-    if isinstance(day, int) or str(day).isdigit():
-        value = int(day)
-        if 0 <= value < 7:
-            return value
-    else:
-        text = str(day).strip().lower()
-        for index, name in enumerate(WEEKDAYS):
-            if text in (name.lower(), name[:3].lower()):
-                return index
-    raise FilterError(f"weekday {day!r} is not a day: use Monday..Sunday or 0 (Monday)..6 (Sunday)")
+    """0 = Monday ... 6 = Sunday from a number or a day name; FilterError says what is valid."""
+    try:
+        return geo.weekday_index(day)
+    except ValueError as exc:
+        raise FilterError(str(exc)) from None
 
 
 @dataclass(frozen=True)

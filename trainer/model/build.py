@@ -145,7 +145,7 @@ def init_policy(
         seed: seeds the weight init (the tokenizer depends on the corpus only).
         corpus: a text file or a folder of ``*.txt``; default ``data/corpus/corpus.txt``.
     """
-    from trainer.model.corpus import read_corpus  # lazily: `python -m trainer.model.corpus` imports this package
+    from trainer.model.corpus import read_corpus
 
     text = read_corpus(corpus)
     tokenizer = train_tokenizer([text], vocab_size=vocab_size, model_max_length=MAX_POSITION_EMBEDDINGS)

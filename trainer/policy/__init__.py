@@ -1,6 +1,14 @@
-"""Policy backends: the contract in ``base``, the Hugging Face backend in ``hf``."""
+"""The in-process policy: the contract in ``base``, the Hugging Face policy in ``hf``."""
 
-from trainer.policy.base import FinishReason, Generation, LogProbScorer, PolicyBackend, Sampler, SamplingParams
+from trainer.policy.base import (
+    BatchGenerator,
+    FinishReason,
+    Generation,
+    LogProbScorer,
+    PolicyBackend,
+    SamplingParams,
+)
 from trainer.policy.hf import HFPolicy
 
-__all__ = ["FinishReason", "Generation", "HFPolicy", "LogProbScorer", "PolicyBackend", "Sampler", "SamplingParams"]
+__all__ = ["BatchGenerator", "FinishReason", "Generation", "HFPolicy", "LogProbScorer", "PolicyBackend",
+           "SamplingParams"]

@@ -1,9 +1,10 @@
-"""The policy-backend contract: token ids in, token ids and their log-probs out.
+"""The in-process policy: token ids in, token ids and their log-probs out.
 
-Two roles, so that a backend can fill only one: a ``Sampler`` generates rollouts (HF on the CPU
-now, vLLM on a GPU later); a ``LogProbScorer`` recomputes log-probs and entropies for the loss,
-with gradients. ``PolicyBackend`` is both. Text produced by the policy is never re-tokenized:
-a ``Generation`` carries the exact sampled ids.
+Two roles: a ``BatchGenerator`` samples a batch of continuations synchronously (what the local
+sampler runs on a worker thread; the rollout engine talks to the async ``trainer.sampler.Sampler``);
+a ``LogProbScorer`` recomputes log-probs and entropies for the loss, with gradients.
+``PolicyBackend`` is both (``HFPolicy``). Text produced by the policy is never re-tokenized: a
+``Generation`` carries the exact sampled ids.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Generation:
     in, so it matches ``forward_logprobs(..., temperature=T)``); for greedy decoding T is taken as 1.
     ``raw_logprobs[i]`` is the same at temperature 1. ``finish_reason`` is "stop" when a stop token
     or string ended it (``stop_reason`` holds which: the token id or the string), "length" when it
-    ran out of ``max_new_tokens``.
+    ran out of ``max_new_tokens``. ``weight_version``: the version of the weights that sampled it
+    (set by the sampler).
     """
 
     token_ids: list[int]
@@ -62,12 +64,13 @@ class Generation:
     raw_logprobs: list[float] = field(default_factory=list)
     finish_reason: FinishReason = "length"
     stop_reason: int | str | None = None
+    weight_version: int = 0
 
 
 @runtime_checkable
-class Sampler(Protocol):
-    """Generates continuations of tokenized prompts. Synchronous: the rollout engine calls it
-    from a worker thread (``asyncio.to_thread``)."""
+class BatchGenerator(Protocol):
+    """Generates continuations of tokenized prompts, one batch at a time. Synchronous: the local
+    sampler calls it from its worker thread."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """One ``Generation`` per prompt, in order."""
@@ -94,5 +97,5 @@ class LogProbScorer(Protocol):
 
 
 @runtime_checkable
-class PolicyBackend(Sampler, LogProbScorer, Protocol):
+class PolicyBackend(BatchGenerator, LogProbScorer, Protocol):
     """A policy that both samples and scores (the HF backend)."""

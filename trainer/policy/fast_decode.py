@@ -1,11 +1,10 @@
 """A KV-cached decoder for Qwen2 and Llama checkpoints: the sampling loop's forward passes on CPU.
 
-``HFPolicy.generate`` spends most of a small model's decoding step outside arithmetic: a tiny
-policy's forward through transformers dispatches ~85 modules and grows its cache by concatenation
-at every token (13 ms a step at batch 64 for the 1.4M-parameter policy; the matrix products are
-under 1 ms). This decoder runs the same computation as plain tensor operations on the model's own
-parameters: fused q/k/v and gate/up projections, a cache preallocated for the whole generation,
-rotary tables computed once, grouped-query attention without repeating keys.
+Why: through transformers, most of a small model's decoding step is spent outside arithmetic
+(dispatching ~85 modules a token, growing the cache by concatenation; bench/README.md,
+``decode.py``). This decoder runs the same computation as plain tensor operations on the model's
+own parameters: fused q/k/v and gate/up projections, a cache preallocated for the whole
+generation, rotary tables computed once, grouped-query attention without repeating keys.
 
 It reads the weights when ``prefill`` is called (so a policy trained between two generations is
 decoded with its new weights) and never writes them. Its logits match the transformers forward

@@ -1,17 +1,8 @@
 """Rollouts of tool-using episodes: ``RolloutEngine`` (async), ``EngineThread`` + ``rollout_sync``
-for the synchronous trainer, ``GenerationBatcher`` for batching the policy across trajectories."""
+for the synchronous trainer."""
 
 from trainer.rollout.engine import RolloutEngine
-from trainer.rollout.generation import GenerationBatcher, batch_seed, derive_seed
 from trainer.rollout.sync import EngineThread, rollout_sync
 from trainer.rollout.template import ToolTurnTemplate
 
-__all__ = [
-    "EngineThread",
-    "GenerationBatcher",
-    "RolloutEngine",
-    "ToolTurnTemplate",
-    "batch_seed",
-    "derive_seed",
-    "rollout_sync",
-]
+__all__ = ["EngineThread", "RolloutEngine", "ToolTurnTemplate", "rollout_sync"]

@@ -37,11 +37,15 @@ One trajectory (``RolloutEngine.rollout``):
    left, and an observation that would leave no room for another token ends the trajectory as
    TRUNCATED (not appended). The session is closed at the end, also on failure.
 
-Reproducibility: each generation's seed is ``derive_seed(seed, step, group, sample, turn)``; a
-batched ``generate`` call is seeded from its rows' seeds in order. The same run is reproduced when
-the same rows meet in the same batches, which depends on the completion order of tool calls; with
-``max_batch_size=1`` every trajectory is reproducible on its own whatever the order (given the same
-weights and device), at the cost of batching.
+Images: a tool result's images stay in the trajectory's record (the reward service reads them);
+a sampler that takes images gets them with every later request of the trajectory, in order
+(``RolloutTrajectory.images``), and a text-only one reads a placeholder in the observation.
+
+Reproducibility: each generation's seed is ``derive_seed(seed, step, group, sample, turn)``; the
+local sampler seeds a batched ``generate`` call from its rows' seeds in order. The same run is
+reproduced when the same rows meet in the same batches, which depends on the completion order of
+tool calls; with ``max_batch_size=1`` every trajectory is reproducible on its own whatever the
+order (given the same weights and device), at the cost of batching.
 """
 
 from __future__ import annotations
@@ -56,16 +60,15 @@ from typing import Any
 
 import grpc
 
-from reward_service.types import ToolCallRecord, ToolResultRecord, TrajectoryRecord, TurnRecord
 from rlyard.client import ToolClient, ToolStream
-from rlyard.common.v1 import common_pb2
+from rlyard.domain import Task, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
 from rlyard.errors import ServiceError
 from trainer.config import RolloutConfig
 from trainer.parsing import ParsedCall, Region, format_observation, label_regions, parse_tool_calls
-from trainer.policy.base import Generation, Sampler, SamplingParams
-from trainer.rollout.generation import GenerationBatcher, derive_seed
+from trainer.policy.base import Generation, SamplingParams
 from trainer.rollout.template import ToolTurnTemplate
-from trainer.types import RolloutStatus, RolloutTrajectory, Task
+from trainer.sampler import Sampler, SampleRequest, derive_seed
+from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
 
@@ -78,41 +81,20 @@ class _CallOutcome:
 
     call: ParsedCall
     call_id: str
-    result: common_pb2.ToolResult | None = None
+    result: ToolResult | None = None
     latency_ms: float = 0.0
     infra_error: str = ""
 
     @property
     def text(self) -> str:
-        if self.result is None:
-            return ""
-        parts: list[str] = []
-        for part in self.result.content:
-            kind = part.WhichOneof("kind")
-            if kind == "text":
-                parts.append(part.text)
-            elif kind == "json":
-                parts.append(part.json)
-            elif kind == "image":
-                parts.append("[image]")
-        return "\n".join(parts)
+        """What the policy reads: the result's content, images as placeholders."""
+        return "" if self.result is None else self.result.observation
 
-    def record(self) -> ToolResultRecord:
-        structured: Any = None
-        if self.result is not None and self.result.structured_json:
-            try:
-                structured = json.loads(self.result.structured_json)
-            except json.JSONDecodeError:
-                structured = None
-        return ToolResultRecord(
-            call_id=self.call_id,
-            name=self.call.name,
-            text=self.text,
-            is_error=bool(self.result.is_error) if self.result is not None else False,
-            structured=structured,
-            system_error_code=self.result.system_error.code if self.result is not None else 0,
-            system_error_message=self.result.system_error.message if self.result is not None else "",
-        )
+    def record(self) -> ToolResult:
+        """The result as the trajectory keeps it (an empty one when the call never answered)."""
+        if self.result is None:
+            return ToolResult(call_id=self.call_id, name=self.call.name)
+        return self.result.answering(self.call_id, self.call.name, self.latency_ms)
 
 
 @dataclass
@@ -120,24 +102,24 @@ class _State:
     """What one trajectory accumulates besides the token lists."""
 
     trajectory_id: str
-    turns: list[TurnRecord] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
 
     def add(self, role: str, text: str, **kwargs: Any) -> None:
-        self.turns.append(TurnRecord(index=len(self.turns), role=role, text=text, **kwargs))
+        self.turns.append(Turn(index=len(self.turns), role=role, text=text, **kwargs))
 
 
 class RolloutEngine:
     """Samples trajectories of tool-using episodes; see the module docstring for the rules.
 
-    ``policy`` is any ``Sampler`` (called from one worker thread); ``tool_client`` a ``ToolClient``
-    made on the event loop the engine runs on. Extra knobs: ``tool_timeout_s`` (deadline of one
-    tool call and of session open/close), ``require_answer`` (a final turn without ``<answer>`` is
-    FORMAT_ERROR), ``max_batch_size`` (rows per ``generate`` call), ``session_idle_timeout_s``.
+    ``sampler`` is any ``Sampler`` (the caller owns it and closes it); ``tool_client`` a
+    ``ToolClient`` made on the event loop the engine runs on. Extra knobs: ``tool_timeout_s``
+    (deadline of one tool call and of session open/close), ``require_answer`` (a final turn
+    without ``<answer>`` is FORMAT_ERROR), ``session_idle_timeout_s``.
     """
 
     def __init__(
         self,
-        policy: Sampler,
+        sampler: Sampler,
         tokenizer: Any,
         tool_client: ToolClient,
         config: RolloutConfig,
@@ -145,12 +127,11 @@ class RolloutEngine:
         seed: int = 0,
         tool_timeout_s: float = 30.0,
         require_answer: bool = False,
-        max_batch_size: int | None = None,
         session_idle_timeout_s: float = 0.0,
     ) -> None:
         if tool_timeout_s <= 0:
             raise ValueError(f"tool_timeout_s={tool_timeout_s}: must be > 0 seconds")
-        self.policy = policy
+        self.sampler = sampler
         self.tokenizer = tokenizer
         self.tool_client = tool_client
         self.config = config
@@ -158,7 +139,6 @@ class RolloutEngine:
         self.tool_timeout_s = tool_timeout_s
         self.require_answer = require_answer
         self.session_idle_timeout_s = session_idle_timeout_s
-        self.batcher = GenerationBatcher(policy, max_batch_size=max_batch_size)
         self.template = ToolTurnTemplate.from_tokenizer(tokenizer)
         self.stop_token_ids = _stop_token_ids(tokenizer)
         self._global_limit = asyncio.Semaphore(config.tool_concurrency)
@@ -202,13 +182,15 @@ class RolloutEngine:
             session_id, _ = await session  # bounded by tool_timeout_s; closed below even if unused
             if session_id:
                 await self._close_session(session_id)
-            traj.record = TrajectoryRecord(
+            traj.record = Trajectory(
                 trajectory_id=state.trajectory_id,
                 task_id=task.task_id,
                 turns=tuple(state.turns),
                 final_answer=traj.final_answer,
-                status=traj.status.value,
-                metadata={"group_id": str(group_id), "sample_index": str(sample_index), "step": str(step)},
+                status=traj.status,
+                infra_error=traj.infra_error,
+                metadata={"group_id": str(group_id), "sample_index": str(sample_index), "step": str(step),
+                          "weight_versions": ",".join(str(v) for v in sorted(traj.weight_versions))},
             )
         traj.check_aligned()
         return traj
@@ -227,11 +209,10 @@ class RolloutEngine:
         return list(cached)
 
     async def aclose(self) -> None:
-        """Close the tool stream and the policy's worker thread (not the tool client)."""
+        """Close the tool stream (not the tool client, not the sampler)."""
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
-        await asyncio.to_thread(self.batcher.close)
 
     # ------------------------------------------------------------------ the loop
     async def _turns(
@@ -241,7 +222,7 @@ class RolloutEngine:
         for turn in range(cfg.max_turns):
             room = cfg.max_total_tokens - len(traj.prompt_ids) - len(traj.token_ids)
             if room <= 0:
-                traj.status = RolloutStatus.TRUNCATED
+                traj.status = TrajectoryStatus.TRUNCATED
                 return
             params = SamplingParams(
                 max_new_tokens=min(cfg.max_new_tokens_per_turn, room),
@@ -250,7 +231,8 @@ class RolloutEngine:
                 stop_token_ids=self.stop_token_ids,
                 seed=derive_seed(self.seed, step, traj.group_id, traj.sample_index, turn),
             )
-            gen = await self.batcher.generate(traj.prompt_ids + traj.token_ids, params)
+            images = tuple(traj.images) if self.sampler.supports_images else ()
+            gen = await self.sampler.sample(SampleRequest(traj.prompt_ids + traj.token_ids, params, images))
             self._append_generated(traj, gen)
             ended = bool(gen.token_ids) and gen.token_ids[-1] in self.stop_token_ids
             text = self._decode(gen.token_ids[:-1] if ended else gen.token_ids)
@@ -258,25 +240,25 @@ class RolloutEngine:
 
             if parsed.answer is not None:
                 state.add("assistant", text)
-                traj.status, traj.final_answer = RolloutStatus.COMPLETED, parsed.answer
+                traj.status, traj.final_answer = TrajectoryStatus.COMPLETED, parsed.answer
                 return
             if not parsed.calls and not parsed.errors:
                 state.add("assistant", text)
                 if not ended:
-                    traj.status = RolloutStatus.TRUNCATED
+                    traj.status = TrajectoryStatus.TRUNCATED
                 elif self.require_answer:
-                    traj.status = RolloutStatus.FORMAT_ERROR
+                    traj.status = TrajectoryStatus.FORMAT_ERROR
                 else:
-                    traj.status, traj.final_answer = RolloutStatus.COMPLETED, text.strip()
+                    traj.status, traj.final_answer = TrajectoryStatus.COMPLETED, text.strip()
                 return
             call_ids = [f"{state.trajectory_id}/t{turn}/c{i}" for i in range(len(parsed.calls))]
             calls = tuple(
-                ToolCallRecord(call_id=cid, name=c.name, arguments_json=json.dumps(c.arguments))
+                ToolCall(call_id=cid, name=c.name, arguments_json=json.dumps(c.arguments))
                 for cid, c in zip(call_ids, parsed.calls, strict=True)
             )
             state.add("assistant", text, tool_calls=calls)
             if turn + 1 == cfg.max_turns:
-                traj.status = RolloutStatus.TRUNCATED
+                traj.status = TrajectoryStatus.TRUNCATED
                 return
 
             session_id, error = await session
@@ -302,19 +284,21 @@ class RolloutEngine:
             head = self._assistant_rest(gen, ended) + self.template.tool_prefix
             obs_ids = self._encode(head) + self._encode(observation) + self._encode(self.template.tool_suffix)
             if len(traj.prompt_ids) + len(traj.token_ids) + len(obs_ids) >= cfg.max_total_tokens:
-                traj.status = RolloutStatus.TRUNCATED
+                traj.status = TrajectoryStatus.TRUNCATED
                 return
             traj.token_ids.extend(obs_ids)
             traj.loss_mask.extend([0] * len(obs_ids))
             traj.old_logprobs.extend([0.0] * len(obs_ids))
             traj.regions.extend([int(Region.OBSERVATION)] * len(obs_ids))
+            traj.images.extend(image for o in outcomes if o.result is not None for image in o.result.images)
             state.add("tool", observation, tool_results=tuple(o.record() for o in outcomes))
-        traj.status = RolloutStatus.TRUNCATED  # not reached: the last turn returns above
+        traj.status = TrajectoryStatus.TRUNCATED  # not reached: the last turn returns above
 
     def _append_generated(self, traj: RolloutTrajectory, gen: Generation) -> None:
         if len(gen.logprobs) != len(gen.token_ids):
             raise RuntimeError(f"the sampler gave {len(gen.logprobs)} log-probs for {len(gen.token_ids)} tokens")
         traj.token_ids.extend(gen.token_ids)
+        traj.weight_versions.add(gen.weight_version)
         traj.loss_mask.extend([1] * len(gen.token_ids))
         traj.old_logprobs.extend(float(lp) for lp in gen.logprobs)
         traj.regions.extend(label_regions(gen.token_ids, self.tokenizer) if gen.token_ids else [])
@@ -357,7 +341,7 @@ class RolloutEngine:
             except ServiceError as exc:  # Unavailable, DeadlineExceeded
                 outcome.infra_error = f"{call.name}: {_describe(exc)}"
             outcome.latency_ms = (time.perf_counter() - start) * 1000.0
-        if outcome.result is not None and outcome.result.system_error.code != 0:
+        if outcome.result is not None and outcome.result.system_error is not None:
             err = outcome.result.system_error
             name = _STATUS_NAMES.get(err.code, str(err.code))
             outcome.infra_error = f"{call.name}: {name}: {err.message}"
@@ -367,7 +351,8 @@ class RolloutEngine:
         """``(session_id, "")``, or ``("", what failed)``."""
         try:
             session_id = await self.tool_client.open_session(
-                task.context, idle_timeout_s=self.session_idle_timeout_s, timeout=self.tool_timeout_s
+                task.context, idle_timeout_s=self.session_idle_timeout_s, attachments=task.attachments,
+                timeout=self.tool_timeout_s,
             )
         except (grpc.aio.AioRpcError, ServiceError) as exc:
             return "", f"open_session: {_describe(exc)}"
@@ -418,7 +403,7 @@ def _apply_call_limit(calls: Sequence[ParsedCall], limit: int) -> tuple[list[int
 
 
 def _fail(traj: RolloutTrajectory, message: str) -> None:
-    traj.status = RolloutStatus.INFRA_FAILED
+    traj.status = TrajectoryStatus.INFRA_FAILED
     traj.infra_error = message
 
 

@@ -2,7 +2,7 @@
 
     with EngineThread() as loop:
         client = loop.run(make_client())          # gRPC aio objects belong to this loop
-        engine = RolloutEngine(policy, tokenizer, client, config, seed=0)
+        engine = RolloutEngine(sampler, tokenizer, client, config, seed=0)
         trajectories = rollout_sync(loop, engine, tasks, group_size=8, step=step)
 
 Everything async (clients, streams, the engine's semaphores) must be created and used on this
@@ -16,8 +16,9 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from rlyard.domain import Task
 from trainer.rollout.engine import RolloutEngine
-from trainer.types import RolloutTrajectory, Task
+from trainer.types import RolloutTrajectory
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlyard.common.v1 import common_pb2 as rlyard_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brlyard/tools/v1/tools.proto\x12\x0frlyard.tools.v1\x1a\x1drlyard/common/v1/common.proto\"M\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"\x12\n\x10ListToolsRequest\"=\n\x11ListToolsResponse\x12(\n\x05tools\x18\x01 \x03(\x0b\x32\x19.rlyard.tools.v1.ToolSpec\"\xbf\x01\n\x0f\x43\x61llToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1a.rlyard.common.v1.ToolCall\x12>\n\x07\x63ontext\x18\x03 \x03(\x0b\x32-.rlyard.tools.v1.CallToolRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x10\x43\x61llToolResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.rlyard.common.v1.ToolResult\"C\n\x10\x43\x61llToolsRequest\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32 .rlyard.tools.v1.CallToolRequest\"B\n\x11\x43\x61llToolsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.rlyard.common.v1.ToolResult\"\xb3\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x41\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x30.rlyard.tools.v1.OpenSessionRequest.ContextEntry\x12\x16\n\x0eidle_timeout_s\x18\x03 \x01(\x01\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eidle_timeout_s\x18\x02 \x01(\x01\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14\x43loseSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xc1\x03\n\x0bToolService\x12R\n\tListTools\x12!.rlyard.tools.v1.ListToolsRequest\x1a\".rlyard.tools.v1.ListToolsResponse\x12O\n\x08\x43\x61llTool\x12 .rlyard.tools.v1.CallToolRequest\x1a!.rlyard.tools.v1.CallToolResponse\x12V\n\tCallTools\x12!.rlyard.tools.v1.CallToolsRequest\x1a\".rlyard.tools.v1.CallToolsResponse(\x01\x30\x01\x12X\n\x0bOpenSession\x12#.rlyard.tools.v1.OpenSessionRequest\x1a$.rlyard.tools.v1.OpenSessionResponse\x12[\n\x0c\x43loseSession\x12$.rlyard.tools.v1.CloseSessionRequest\x1a%.rlyard.tools.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brlyard/tools/v1/tools.proto\x12\x0frlyard.tools.v1\x1a\x1drlyard/common/v1/common.proto\"M\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"\x12\n\x10ListToolsRequest\"=\n\x11ListToolsResponse\x12(\n\x05tools\x18\x01 \x03(\x0b\x32\x19.rlyard.tools.v1.ToolSpec\"\xbf\x01\n\x0f\x43\x61llToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1a.rlyard.common.v1.ToolCall\x12>\n\x07\x63ontext\x18\x03 \x03(\x0b\x32-.rlyard.tools.v1.CallToolRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x10\x43\x61llToolResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.rlyard.common.v1.ToolResult\"C\n\x10\x43\x61llToolsRequest\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32 .rlyard.tools.v1.CallToolRequest\"B\n\x11\x43\x61llToolsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.rlyard.common.v1.ToolResult\"\xe1\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x41\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x30.rlyard.tools.v1.OpenSessionRequest.ContextEntry\x12\x16\n\x0eidle_timeout_s\x18\x03 \x01(\x01\x12,\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x17.rlyard.common.v1.Image\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eidle_timeout_s\x18\x02 \x01(\x01\x12\x11\n\timage_ids\x18\x03 \x03(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14\x43loseSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x32\xc1\x03\n\x0bToolService\x12R\n\tListTools\x12!.rlyard.tools.v1.ListToolsRequest\x1a\".rlyard.tools.v1.ListToolsResponse\x12O\n\x08\x43\x61llTool\x12 .rlyard.tools.v1.CallToolRequest\x1a!.rlyard.tools.v1.CallToolResponse\x12V\n\tCallTools\x12!.rlyard.tools.v1.CallToolsRequest\x1a\".rlyard.tools.v1.CallToolsResponse(\x01\x30\x01\x12X\n\x0bOpenSession\x12#.rlyard.tools.v1.OpenSessionRequest\x1a$.rlyard.tools.v1.OpenSessionResponse\x12[\n\x0c\x43loseSession\x12$.rlyard.tools.v1.CloseSessionRequest\x1a%.rlyard.tools.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,15 +53,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLTOOLSRESPONSE']._serialized_start=570
   _globals['_CALLTOOLSRESPONSE']._serialized_end=636
   _globals['_OPENSESSIONREQUEST']._serialized_start=639
-  _globals['_OPENSESSIONREQUEST']._serialized_end=818
+  _globals['_OPENSESSIONREQUEST']._serialized_end=864
   _globals['_OPENSESSIONREQUEST_CONTEXTENTRY']._serialized_start=387
   _globals['_OPENSESSIONREQUEST_CONTEXTENTRY']._serialized_end=433
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=820
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=885
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=887
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=928
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=930
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=969
-  _globals['_TOOLSERVICE']._serialized_start=972
-  _globals['_TOOLSERVICE']._serialized_end=1421
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=866
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=950
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=952
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=993
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=995
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1034
+  _globals['_TOOLSERVICE']._serialized_start=1037
+  _globals['_TOOLSERVICE']._serialized_end=1486
 # @@protoc_insertion_point(module_scope)

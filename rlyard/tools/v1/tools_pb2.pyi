@@ -63,7 +63,7 @@ class CallToolsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.ToolResult, _Mapping]]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("session_id", "context", "idle_timeout_s")
+    __slots__ = ("session_id", "context", "idle_timeout_s", "attachments")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,18 +74,22 @@ class OpenSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     context: _containers.ScalarMap[str, str]
     idle_timeout_s: float
-    def __init__(self, session_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., idle_timeout_s: _Optional[float] = ...) -> None: ...
+    attachments: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    def __init__(self, session_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., idle_timeout_s: _Optional[float] = ..., attachments: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "idle_timeout_s")
+    __slots__ = ("session_id", "idle_timeout_s", "image_ids")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     idle_timeout_s: float
-    def __init__(self, session_id: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ...) -> None: ...
+    image_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ..., image_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

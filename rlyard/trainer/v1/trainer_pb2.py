@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frlyard/trainer/v1/trainer.proto\x12\x11rlyard.trainer.v1\"\xd8\x02\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.rlyard.trainer.v1.RunState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x12\n\noutput_dir\x18\t \x01(\t\x12\x45\n\x0elatest_metrics\x18\n \x03(\x0b\x32-.rlyard.trainer.v1.RunInfo.LatestMetricsEntry\x12\x17\n\x0flast_checkpoint\x18\x0b \x01(\t\x1a\x34\n\x12LatestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"F\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06resume\x18\x03 \x01(\x08\";\n\x10StartRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x0eGetRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo\"9\n\x14StreamMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tfrom_step\x18\x02 \x01(\x03\"\xe4\x01\n\x0bMetricEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12:\n\x06values\x18\x05 \x03(\x0b\x32*.rlyard.trainer.v1.MetricEvent.ValuesEntry\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.rlyard.trainer.v1.RunState\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\x08\":\n\x0fStopRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05\x32\xe2\x02\n\x0eTrainerService\x12S\n\x08StartRun\x12\".rlyard.trainer.v1.StartRunRequest\x1a#.rlyard.trainer.v1.StartRunResponse\x12M\n\x06GetRun\x12 .rlyard.trainer.v1.GetRunRequest\x1a!.rlyard.trainer.v1.GetRunResponse\x12Z\n\rStreamMetrics\x12\'.rlyard.trainer.v1.StreamMetricsRequest\x1a\x1e.rlyard.trainer.v1.MetricEvent0\x01\x12P\n\x07StopRun\x12!.rlyard.trainer.v1.StopRunRequest\x1a\".rlyard.trainer.v1.StopRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frlyard/trainer/v1/trainer.proto\x12\x11rlyard.trainer.v1\"\xd8\x02\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.rlyard.trainer.v1.RunState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x12\n\nupdated_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x12\n\noutput_dir\x18\t \x01(\t\x12\x45\n\x0elatest_metrics\x18\n \x03(\x0b\x32-.rlyard.trainer.v1.RunInfo.LatestMetricsEntry\x12\x17\n\x0flast_checkpoint\x18\x0b \x01(\t\x1a\x34\n\x12LatestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"F\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06resume\x18\x03 \x01(\x08\";\n\x10StartRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x0eGetRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo\"9\n\x14StreamMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tfrom_step\x18\x02 \x01(\x03\"\xe4\x01\n\x0bMetricEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12:\n\x06values\x18\x05 \x03(\x0b\x32*.rlyard.trainer.v1.MetricEvent.ValuesEntry\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.rlyard.trainer.v1.RunState\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"H\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\ncheckpoint\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_checkpoint\":\n\x0fStopRunResponse\x12\'\n\x03run\x18\x01 \x01(\x0b\x32\x1a.rlyard.trainer.v1.RunInfo*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05\x32\xe2\x02\n\x0eTrainerService\x12S\n\x08StartRun\x12\".rlyard.trainer.v1.StartRunRequest\x1a#.rlyard.trainer.v1.StartRunResponse\x12M\n\x06GetRun\x12 .rlyard.trainer.v1.GetRunRequest\x1a!.rlyard.trainer.v1.GetRunResponse\x12Z\n\rStreamMetrics\x12\'.rlyard.trainer.v1.StreamMetricsRequest\x1a\x1e.rlyard.trainer.v1.MetricEvent0\x01\x12P\n\x07StopRun\x12!.rlyard.trainer.v1.StopRunRequest\x1a\".rlyard.trainer.v1.StopRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNINFO_LATESTMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_METRICEVENT_VALUESENTRY']._loaded_options = None
   _globals['_METRICEVENT_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1031
-  _globals['_RUNSTATE']._serialized_end=1184
+  _globals['_RUNSTATE']._serialized_start=1051
+  _globals['_RUNSTATE']._serialized_end=1204
   _globals['_RUNINFO']._serialized_start=55
   _globals['_RUNINFO']._serialized_end=399
   _globals['_RUNINFO_LATESTMETRICSENTRY']._serialized_start=347
@@ -56,9 +56,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICEVENT_VALUESENTRY']._serialized_start=869
   _globals['_METRICEVENT_VALUESENTRY']._serialized_end=914
   _globals['_STOPRUNREQUEST']._serialized_start=916
-  _globals['_STOPRUNREQUEST']._serialized_end=968
-  _globals['_STOPRUNRESPONSE']._serialized_start=970
-  _globals['_STOPRUNRESPONSE']._serialized_end=1028
-  _globals['_TRAINERSERVICE']._serialized_start=1187
-  _globals['_TRAINERSERVICE']._serialized_end=1541
+  _globals['_STOPRUNREQUEST']._serialized_end=988
+  _globals['_STOPRUNRESPONSE']._serialized_start=990
+  _globals['_STOPRUNRESPONSE']._serialized_end=1048
+  _globals['_TRAINERSERVICE']._serialized_start=1207
+  _globals['_TRAINERSERVICE']._serialized_end=1561
 # @@protoc_insertion_point(module_scope)

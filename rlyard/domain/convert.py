@@ -1,0 +1,262 @@
+"""Protobuf ↔ domain: the one place where ``rlyard.common.v1`` and ``rlyard.reward.v1`` messages
+become plain records and back. Servicers and clients call these; nothing else builds messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from rlyard.common.v1 import common_pb2
+from rlyard.domain.content import ContentPart, ImagePart, JsonPart, TextPart, to_jsonable
+from rlyard.domain.reward import (
+    ComponentScore,
+    RewardSpec,
+    RewardTerm,
+    ScoreResult,
+    ScoreStatus,
+    ScoringItem,
+    StepScore,
+)
+from rlyard.domain.trajectory import (
+    SystemFailure,
+    ToolCall,
+    ToolResult,
+    Trajectory,
+    TrajectoryStatus,
+    Turn,
+)
+from rlyard.errors import InvalidArgument
+from rlyard.reward.v1 import reward_pb2
+
+_ROLES = {
+    common_pb2.ROLE_SYSTEM: "system",
+    common_pb2.ROLE_USER: "user",
+    common_pb2.ROLE_ASSISTANT: "assistant",
+    common_pb2.ROLE_TOOL: "tool",
+}
+_ROLE_PB = {v: k for k, v in _ROLES.items()}
+_SCORE_STATUS_PB = {
+    ScoreStatus.OK: reward_pb2.SCORE_STATUS_OK,
+    ScoreStatus.SYSTEM_ERROR: reward_pb2.SCORE_STATUS_SYSTEM_ERROR,
+    ScoreStatus.INVALID_INPUT: reward_pb2.SCORE_STATUS_INVALID_INPUT,
+}
+_SCORE_STATUS = {v: k for k, v in _SCORE_STATUS_PB.items()}
+
+
+# --- content -------------------------------------------------------------------------------
+def image_to_pb(image: ImagePart) -> common_pb2.Image:
+    """``common.v1.Image`` from an ``ImagePart``."""
+    return common_pb2.Image(data=image.data, mime_type=image.mime_type, width=image.width, height=image.height,
+                            image_id=image.image_id)
+
+
+def image_from_pb(pb: common_pb2.Image) -> ImagePart:
+    """An ``ImagePart``; INVALID_ARGUMENT when it has no bytes, a bad size or an unknown type."""
+    return ImagePart(bytes(pb.data), pb.mime_type, pb.width, pb.height, pb.image_id)
+
+
+def content_to_pb(part: ContentPart) -> common_pb2.Content:
+    """``common.v1.Content`` from a content part."""
+    if isinstance(part, TextPart):
+        return common_pb2.Content(text=part.text)
+    if isinstance(part, JsonPart):
+        return common_pb2.Content(json=part.dumps())
+    return common_pb2.Content(image=image_to_pb(part))
+
+
+def content_from_pb(pb: common_pb2.Content) -> ContentPart:
+    """A content part from ``common.v1.Content`` (JSON that does not parse stays text)."""
+    kind = pb.WhichOneof("kind")
+    if kind == "image":
+        return image_from_pb(pb.image)
+    if kind == "json":
+        try:
+            return JsonPart(json.loads(pb.json))
+        except json.JSONDecodeError:
+            return TextPart(pb.json)
+    return TextPart(pb.text)
+
+
+def contents_from_pb(pbs: Iterable[common_pb2.Content]) -> tuple[ContentPart, ...]:
+    """Content parts in order."""
+    return tuple(content_from_pb(c) for c in pbs)
+
+
+# --- tool calls and results ----------------------------------------------------------------
+def _structured(raw: str) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+
+
+def tool_call_to_pb(call: ToolCall) -> common_pb2.ToolCall:
+    """``common.v1.ToolCall``."""
+    return common_pb2.ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json)
+
+
+def tool_result_to_pb(result: ToolResult) -> common_pb2.ToolResult:
+    """``common.v1.ToolResult``."""
+    pb = common_pb2.ToolResult(
+        call_id=result.call_id,
+        name=result.name,
+        content=[content_to_pb(c) for c in result.content],
+        is_error=result.is_error,
+        latency_ms=result.latency_ms,
+        structured_json="" if result.structured is None else json.dumps(result.structured, default=to_jsonable),
+        truncated=result.truncated,
+    )
+    if result.system_error is not None:
+        pb.system_error.CopyFrom(common_pb2.ErrorStatus(code=result.system_error.code,
+                                                        message=result.system_error.message))
+    return pb
+
+
+def tool_result_from_pb(pb: common_pb2.ToolResult) -> ToolResult:
+    """A ``ToolResult`` from ``common.v1.ToolResult``."""
+    failure = SystemFailure(pb.system_error.code, pb.system_error.message) if pb.system_error.code else None
+    return ToolResult(
+        content=contents_from_pb(pb.content), is_error=pb.is_error, structured=_structured(pb.structured_json),
+        truncated=pb.truncated, call_id=pb.call_id, name=pb.name, latency_ms=pb.latency_ms, system_error=failure,
+    )
+
+
+def system_failure_pb(call_id: str, name: str, code: int, message: str) -> common_pb2.ToolResult:
+    """A result that reports a failure of the system for one call (``code``: a gRPC status number)."""
+    return common_pb2.ToolResult(call_id=call_id, name=name,
+                                 system_error=common_pb2.ErrorStatus(code=code, message=message))
+
+
+# --- trajectories --------------------------------------------------------------------------
+def turn_to_pb(turn: Turn) -> common_pb2.Turn:
+    """``common.v1.Turn``."""
+    return common_pb2.Turn(
+        index=turn.index,
+        role=_ROLE_PB.get(turn.role, common_pb2.ROLE_UNSPECIFIED),
+        text=turn.text,
+        metadata=turn.metadata,
+        tool_calls=[tool_call_to_pb(c) for c in turn.tool_calls],
+        tool_results=[tool_result_to_pb(r) for r in turn.tool_results],
+        content=[content_to_pb(c) for c in turn.content],
+    )
+
+
+def turn_from_pb(pb: common_pb2.Turn) -> Turn:
+    """A ``Turn`` from ``common.v1.Turn``."""
+    return Turn(
+        index=pb.index,
+        role=_ROLES.get(pb.role, "unspecified"),
+        text=pb.text,
+        tool_calls=tuple(ToolCall(c.call_id, c.name, c.arguments_json) for c in pb.tool_calls),
+        tool_results=tuple(tool_result_from_pb(r) for r in pb.tool_results),
+        metadata=dict(pb.metadata),
+        content=contents_from_pb(pb.content),
+    )
+
+
+def trajectory_to_pb(t: Trajectory) -> common_pb2.Trajectory:
+    """``common.v1.Trajectory``."""
+    return common_pb2.Trajectory(
+        trajectory_id=t.trajectory_id,
+        task_id=t.task_id,
+        session_id=t.session_id,
+        final_answer=t.final_answer,
+        status=common_pb2.TrajectoryStatus.Value(f"TRAJECTORY_STATUS_{t.status}"),  # type: ignore[arg-type]
+        metadata=t.metadata,
+        turns=[turn_to_pb(turn) for turn in t.turns],
+        num_tool_calls=len(t.tool_calls),
+        infra_error=t.infra_error,
+    )
+
+
+def trajectory_from_pb(pb: common_pb2.Trajectory) -> Trajectory:
+    """A ``Trajectory`` from ``common.v1.Trajectory``."""
+    status = common_pb2.TrajectoryStatus.Name(pb.status).removeprefix("TRAJECTORY_STATUS_")
+    return Trajectory(pb.trajectory_id, pb.task_id, tuple(turn_from_pb(t) for t in pb.turns), pb.final_answer,
+                      TrajectoryStatus(status), dict(pb.metadata), pb.session_id, pb.infra_error)
+
+
+# --- rewards -------------------------------------------------------------------------------
+def spec_from_pb(pb: reward_pb2.RewardSpec) -> RewardSpec:
+    """A ``RewardSpec`` from ``reward.v1.RewardSpec``; params must be JSON objects."""
+    terms = []
+    for t in pb.terms:
+        try:
+            params = json.loads(t.params_json) if t.params_json else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"reward {t.name!r}: params_json is not JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise InvalidArgument(f"reward {t.name!r}: params_json must be a JSON object")
+        terms.append(RewardTerm(t.name, t.weight, params))
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"the reward spec names a reward twice: {names}")
+    return RewardSpec(tuple(terms))
+
+
+def spec_to_pb(spec: RewardSpec) -> reward_pb2.RewardSpec:
+    """``reward.v1.RewardSpec``."""
+    return reward_pb2.RewardSpec(
+        terms=[reward_pb2.RewardTerm(name=t.name, weight=t.weight, params_json=json.dumps(t.params))
+               for t in spec.terms]
+    )
+
+
+def item_from_pb(pb: reward_pb2.ScoreRequest) -> ScoringItem:
+    """A ``ScoringItem`` from ``ScoreRequest``; ground_truth_json must parse."""
+    try:
+        ground_truth = json.loads(pb.ground_truth_json) if pb.ground_truth_json else None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"item {pb.item_id!r}: ground_truth_json is not JSON: {exc}") from None
+    trajectory = trajectory_from_pb(pb.trajectory) if pb.HasField("trajectory") else None
+    return ScoringItem(pb.item_id, pb.prediction, trajectory, ground_truth, pb.training_step)
+
+
+def item_to_pb(item: ScoringItem, spec: RewardSpec | None = None) -> reward_pb2.ScoreRequest:
+    """``ScoreRequest`` from a ``ScoringItem`` (and optionally its spec)."""
+    req = reward_pb2.ScoreRequest(
+        item_id=item.item_id,
+        prediction=item.prediction,
+        ground_truth_json="" if item.ground_truth is None else json.dumps(item.ground_truth),
+        training_step=item.training_step,
+    )
+    if item.trajectory is not None:
+        req.trajectory.CopyFrom(trajectory_to_pb(item.trajectory))
+    if spec is not None:
+        req.spec.CopyFrom(spec_to_pb(spec))
+    return req
+
+
+def score_to_pb(score: ScoreResult) -> reward_pb2.ScoreResponse:
+    """``ScoreResponse`` from a ``ScoreResult``."""
+    return reward_pb2.ScoreResponse(
+        item_id=score.item_id,
+        total=score.total,
+        components=[
+            reward_pb2.RewardComponent(name=c.name, value=c.value, weight=c.weight, explanation=c.explanation,
+                                       status=_SCORE_STATUS_PB[c.status])
+            for c in score.components
+        ],
+        step_rewards=[reward_pb2.StepReward(turn_index=s.turn_index, value=s.value, component=s.component)
+                      for s in score.step_rewards],
+        explanation=score.explanation,
+        status=_SCORE_STATUS_PB[score.status],
+        error=score.error,
+    )
+
+
+def score_from_pb(pb: reward_pb2.ScoreResponse) -> ScoreResult:
+    """A ``ScoreResult`` from ``ScoreResponse`` (an unset status reads as a system error)."""
+    return ScoreResult(
+        item_id=pb.item_id,
+        total=pb.total,
+        components=[ComponentScore(c.name, c.value, c.weight, c.explanation,
+                                   _SCORE_STATUS.get(c.status, ScoreStatus.SYSTEM_ERROR)) for c in pb.components],
+        step_rewards=[StepScore(s.turn_index, s.value, s.component) for s in pb.step_rewards],
+        explanation=pb.explanation,
+        status=_SCORE_STATUS.get(pb.status, ScoreStatus.SYSTEM_ERROR),
+        error=pb.error,
+    )

@@ -1,0 +1,418 @@
+"""docker-compose.yml and k8s/ rendered from the service table.
+
+``rlyard up``, Compose and Kubernetes start every service the same way: the
+command ``ServiceSpec.command`` (``rlyard serve <kind>``) with the environment
+``ServiceSpec.runtime_env(...)``. Here both deployment formats are rendered from
+``configs/services.yaml``, so they cannot drift from the launcher or from each
+other; ``tests/deploy`` fails when the committed files differ from what
+``render_all`` returns (fix: ``rlyard deploy render``).
+
+Every function is pure except ``write_all`` and ``check_all``; the output is
+deterministic (table order, fixed key order, no timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlyard.errors import ConfigError
+from rlyard.settings import ServerSettings
+from rlyard_app.services import ServiceSpec, ServiceTable
+
+logger = logging.getLogger(__name__)
+
+HEADER = "# generated from configs/services.yaml by `rlyard deploy render`; do not edit\n"
+COMPOSE_FILE = "docker-compose.yml"
+K8S_DIR = "k8s"
+NAMESPACE = "rlyard"
+PROJECT = "rlyard"
+# Containers listen on every interface; Compose publishes the ports on loopback only.
+CONTAINER_HOST = "0.0.0.0"
+PUBLISH_HOST = "127.0.0.1"
+# The non-root user of the Dockerfile (``USER 10001:10001``).
+RUN_AS = 10001
+# Seconds past RLYARD_GRACE_S before SIGKILL: the drain itself, on_stop hooks, closing /metrics.
+KILL_MARGIN_S = 5
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+class _Quoted(str):
+    """A string always written double-quoted (env values, ports, annotations):
+    YAML 1.1 and 1.2 readers (PyYAML, Compose, kubectl) then agree it is a string."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style with sequences indented under their key (kubectl style), no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _represent_quoted(dumper: yaml.SafeDumper, data: _Quoted) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style='"')
+
+
+_Dumper.add_representer(_Quoted, _represent_quoted)
+
+
+def _dump(*docs: Any) -> str:
+    """YAML documents with the generated-file header; several become a multi-doc file."""
+    text = yaml.dump_all(
+        docs,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=10_000,
+        explicit_start=len(docs) > 1,
+    )
+    return HEADER + text
+
+
+def _quoted(mapping: dict[str, str]) -> dict[str, _Quoted]:
+    return {k: _Quoted(v) for k, v in mapping.items()}
+
+
+# --- what every deployment shares ---------------------------------------------------------
+
+
+def container_env(spec: ServiceSpec) -> dict[str, str]:
+    """The complete environment of the service in a container (Compose and Kubernetes)."""
+    return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port)
+
+
+def server_settings(spec: ServiceSpec) -> ServerSettings:
+    """The runtime settings the container will load (a bad value fails the render)."""
+    return ServerSettings.from_env("RLYARD", container_env(spec))
+
+
+def stop_grace_s(spec: ServiceSpec) -> int:
+    """Seconds between SIGTERM and SIGKILL: RLYARD_GRACE_S plus a margin."""
+    return math.ceil(server_settings(spec).grace_s) + KILL_MARGIN_S
+
+
+def health_probe_command(port: int) -> list[str]:
+    """A Docker healthcheck: exit 0 when grpc.health.v1 on ``port`` answers SERVING.
+
+    Uses only the image's Python and grpcio-health-checking (a dependency of rlyard);
+    an unreachable server raises, which also exits non-zero.
+    """
+    script = (
+        "import sys, grpc; "
+        "from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
+        f"r = g.HealthStub(grpc.insecure_channel('127.0.0.1:{port}'))"
+        ".Check(h.HealthCheckRequest(), timeout=2); "
+        "sys.exit(r.status != h.HealthCheckResponse.SERVING)"
+    )
+    return ["CMD", "python", "-c", script]
+
+
+def _check_names(table: ServiceTable) -> None:
+    for spec in table.services:
+        if not _DNS_LABEL.match(spec.name):
+            raise ConfigError(
+                f"service name {spec.name!r} cannot name a Kubernetes Service: use lower-case "
+                "letters, digits and '-', starting with a letter (at most 63 characters)"
+            )
+
+
+# --- Compose ------------------------------------------------------------------------------
+
+
+def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """One Compose service: one replica, ports published on loopback."""
+    grace = stop_grace_s(spec)
+    service: dict[str, Any] = {"image": table.image, "build": "."}
+    if spec.depends_on or spec.wants:
+        # start after the services it calls are healthy, as `rlyard up` does; a wanted service
+        # only when its profile is enabled (required: false, Compose >= 2.20)
+        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in spec.depends_on} | {
+            peer: {"condition": "service_healthy", "required": False} for peer in spec.wants
+        }
+    if "all" not in spec.profiles:
+        # a service of the default profile starts with a plain `docker compose up`,
+        # as it does with a plain `rlyard up`; others wait for `--profile NAME`
+        service["profiles"] = list(spec.profiles)
+    return service | {
+        "command": list(spec.command),
+        "environment": _quoted(container_env(spec)),
+        "ports": [_Quoted(f"{PUBLISH_HOST}:{p}:{p}") for p in (spec.port, spec.metrics_port)],
+        "read_only": True,
+        "tmpfs": ["/tmp"],
+        "healthcheck": {
+            "test": health_probe_command(spec.port),
+            "interval": "10s",
+            "timeout": "5s",
+            "retries": 3,
+            "start_period": f"{spec.startup_s}s",
+        },
+        "restart": "unless-stopped",
+        "stop_grace_period": f"{grace}s",
+    }
+
+
+def render_compose(table: ServiceTable) -> str:
+    """docker-compose.yml for every service of the table."""
+    _check_names(table)
+    doc = {
+        "name": PROJECT,
+        "services": {spec.name: compose_service(table, spec) for spec in table.services},
+    }
+    return _dump(doc)
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+
+
+def _image_version(image: str) -> str | None:
+    """The tag of ``image`` when it is a valid label value (``rlyard:0.1.0`` -> ``0.1.0``)."""
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.rsplit(":", 1)[1]
+    return tag if _LABEL_VALUE.match(tag) else None
+
+
+def selector_labels(spec: ServiceSpec) -> dict[str, str]:
+    """The labels that select the service's pods (immutable in a Deployment)."""
+    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": PROJECT}
+
+
+def _labels(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": spec.name,
+        "app.kubernetes.io/component": spec.kind,
+        "app.kubernetes.io/part-of": PROJECT,
+    }
+    version = _image_version(table.image)
+    if version is not None:
+        labels["app.kubernetes.io/version"] = version
+    labels["app.kubernetes.io/managed-by"] = "rlyard-deploy"
+    return labels
+
+
+def configmap_name(spec: ServiceSpec) -> str:
+    """The ConfigMap holding the service's environment."""
+    return f"{spec.name}-env"
+
+
+def _config_hash(env: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _grpc_probe(port: int, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "grpc": {"port": port},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """The service's whole environment, loaded with envFrom."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(spec),
+            "namespace": NAMESPACE,
+            "labels": _labels(table, spec),
+        },
+        "data": _quoted(container_env(spec)),
+    }
+
+
+def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """The service's pods: same command and environment as ``rlyard up``."""
+    labels = _labels(table, spec)
+    env = container_env(spec)
+    container = {
+        "name": spec.name,
+        "image": table.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(spec.command),
+        "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
+        "ports": [
+            {"name": "grpc", "containerPort": spec.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
+        ],
+        # startup allows the table's startup_s (the launcher waits as long); readiness goes
+        # false as soon as the server drains (health NOT_SERVING), liveness restarts a hung server.
+        "startupProbe": _grpc_probe(spec.port, period_s=2, failures=max(1, math.ceil(spec.startup_s / 2))),
+        "readinessProbe": _grpc_probe(spec.port, period_s=5, failures=2),
+        "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+            "limits": {"memory": spec.resources.memory_limit},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": spec.name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(spec)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": _quoted(
+                        {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(spec.metrics_port),
+                            "prometheus.io/path": "/metrics",
+                            # a changed environment rolls the pods
+                            "rlyard.dev/env-sha256": _config_hash(env),
+                        }
+                    ),
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    # no FOO_SERVICE_HOST/FOO_PORT variables: the environment is exactly the table's
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": stop_grace_s(spec),
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def k8s_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """A ClusterIP Service: a gRPC channel keeps one connection, so it stays on one pod
+    (tool sessions live in that pod)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": spec.name, "namespace": NAMESPACE, "labels": _labels(table, spec)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec),
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": spec.port,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": "metrics",
+                    "port": spec.metrics_port,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                },
+            ],
+        },
+    }
+
+
+def k8s_namespace() -> dict[str, Any]:
+    """The namespace, with the "restricted" Pod Security Standard enforced."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/part-of": PROJECT,
+                "pod-security.kubernetes.io/enforce": "restricted",
+            },
+        },
+    }
+
+
+def render_k8s(table: ServiceTable) -> dict[str, str]:
+    """Manifests by path relative to the repository root (``k8s/...``).
+
+    ``k8s/00-namespace.yaml`` sorts first, so ``kubectl apply -f k8s/`` creates the
+    namespace before anything in it; ``k8s/<service>.yaml`` holds the service's
+    ConfigMap, Deployment and Service.
+    """
+    _check_names(table)
+    files = {f"{K8S_DIR}/00-namespace.yaml": _dump(k8s_namespace())}
+    for spec in table.services:
+        files[f"{K8S_DIR}/{spec.name}.yaml"] = _dump(
+            k8s_configmap(table, spec), k8s_deployment(table, spec), k8s_service(table, spec)
+        )
+    return files
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def render_all(table: ServiceTable, root: Path) -> dict[Path, str]:
+    """Every generated file under ``root`` (the repository root) with its text."""
+    files = {root / COMPOSE_FILE: render_compose(table)}
+    files.update({root / rel: text for rel, text in render_k8s(table).items()})
+    return files
+
+
+def _manifests(root: Path) -> list[Path]:
+    k8s = root / K8S_DIR
+    if not k8s.is_dir():
+        return []
+    return sorted(p for p in k8s.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+
+
+def write_all(table: ServiceTable, root: Path) -> list[Path]:
+    """Write every generated file; returns their paths.
+
+    Generated manifests under k8s/ that the table no longer produces (a removed
+    service) are deleted, since ``kubectl apply -f k8s/`` would still apply them.
+    """
+    files = render_all(table, root)
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for path in _manifests(root):
+        if path not in files and path.read_text().startswith(HEADER):
+            logger.warning("removing %s: no longer in the service table", path)
+            path.unlink()
+    return list(files)
+
+
+def check_all(table: ServiceTable, root: Path) -> list[str]:
+    """Paths (relative to ``root``) of generated files that are missing, differ from
+    the render, or sit in k8s/ without being rendered; empty when all is current."""
+    files = render_all(table, root)
+    stale = []
+    for path, text in files.items():
+        if not path.is_file() or path.read_text() != text:
+            stale.append(path.relative_to(root).as_posix())
+    for path in _manifests(root):
+        if path not in files:
+            stale.append(path.relative_to(root).as_posix())
+    return stale

@@ -1,0 +1,156 @@
+"""The service table (``configs/services.yaml``) as typed records.
+
+The launcher, the Compose file and the Kubernetes manifests all come from this
+table, so they start the same command with the same environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlyard.errors import ConfigError
+from rlyard.paths import ROOT
+
+DEFAULT_TABLE = ROOT / "configs" / "services.yaml"
+_PLACEHOLDER = re.compile(r"\{([a-z0-9][a-z0-9-]*)\}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Kubernetes resource requests and the memory limit."""
+
+    cpu: str = "250m"
+    memory: str = "256Mi"
+    memory_limit: str = "1Gi"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the deployment."""
+
+    name: str
+    kind: str
+    port: int
+    metrics_port: int
+    profiles: tuple[str, ...] = ("all",)
+    replicas: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    resources: Resources = Resources()
+    depends_on: tuple[str, ...] = ()
+    # services this one calls when they are deployed too, but can start without (the reward
+    # service reads the POI tools of the local-life profile only when that profile runs): they
+    # start first when deployed together, and ``{name}`` refers to them as to a dependency
+    wants: tuple[str, ...] = ()
+    # seconds a new instance may take to turn SERVING (a service that loads or builds an index
+    # on start needs more than the default): the launcher's wait, Compose's start_period and
+    # the Kubernetes startupProbe all follow it
+    startup_s: int = 60
+    # name -> port of each service this one depends on or wants (filled from the table)
+    peer_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def command(self) -> list[str]:
+        """The command every deployment runs."""
+        return ["rlyard", "serve", self.kind]
+
+    def runtime_env(
+        self, host: str, port: int, metrics_port: int | None, peers: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The complete environment of one instance.
+
+        ``{name}`` in an env value becomes the address of the service ``name`` (one of
+        ``depends_on`` or ``wants``): ``peers[name]`` when given (the launcher passes the real
+        loopback addresses), else ``name:port`` — the DNS name Compose and Kubernetes give it.
+        """
+        env = {
+            "RLYARD_HOST": host,
+            "RLYARD_PORT": str(port),
+            "RLYARD_METRICS_PORT": "" if metrics_port is None else str(metrics_port),
+        }
+        addresses = {n: f"{n}:{p}" for n, p in self.peer_ports.items()}
+        addresses.update(peers or {})
+        for key, value in self.env.items():
+            env[key] = _PLACEHOLDER.sub(lambda m: addresses[m.group(1)], value)
+        return env
+
+
+@dataclass(frozen=True)
+class ServiceTable:
+    """Every service, and the image that runs them in containers."""
+
+    image: str
+    services: tuple[ServiceSpec, ...]
+
+    def profile(self, name: str) -> list[ServiceSpec]:
+        """The services of a profile; a ConfigError names the known profiles."""
+        chosen = [s for s in self.services if name in s.profiles]
+        if not chosen:
+            known = sorted({p for s in self.services for p in s.profiles})
+            raise ConfigError(f"no services in profile {name!r}; known profiles: {', '.join(known)}")
+        return chosen
+
+    def get(self, name: str) -> ServiceSpec:
+        """A service by name."""
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no service {name!r}; known: {', '.join(s.name for s in self.services)}")
+
+
+def _spec(raw: dict[str, Any]) -> ServiceSpec:
+    try:
+        return ServiceSpec(
+            name=str(raw["name"]),
+            kind=str(raw["kind"]),
+            port=int(raw["port"]),
+            metrics_port=int(raw["metrics_port"]),
+            profiles=tuple(raw.get("profiles", ["all"])),
+            replicas=int(raw.get("replicas", 1)),
+            env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+            resources=Resources(**(raw.get("resources") or {})),
+            depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
+            wants=tuple(str(w) for w in raw.get("wants", [])),
+            startup_s=int(raw.get("startup_s", 60)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad service entry {raw!r} in the service table: {exc}") from None
+
+
+def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
+    """Read and check the service table."""
+    data = yaml.safe_load(path.read_text())
+    services = tuple(_spec(s) for s in data.get("services", []))
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: service names must be unique, got {names}")
+    ports = [p for s in services for p in (s.port, s.metrics_port)]
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{path}: every port and metrics_port must be unique, got {ports}")
+    seen: dict[str, int] = {}
+    resolved = []
+    for s in services:
+        for verb, peers in (("depends on", s.depends_on), ("wants", s.wants)):
+            for dep in peers:
+                if dep not in seen:
+                    raise ConfigError(
+                        f"{path}: {s.name} {verb} {dep!r}, which must be a service listed before it"
+                    )
+        both = sorted(set(s.depends_on) & set(s.wants))
+        if both:
+            raise ConfigError(f"{path}: {s.name} lists {', '.join(both)} in both depends_on and wants; keep one")
+        for key, value in s.env.items():
+            for ref in _PLACEHOLDER.findall(value):
+                if ref not in s.depends_on and ref not in s.wants:
+                    raise ConfigError(
+                        f"{path}: {s.name}.env.{key} refers to {{{ref}}}; add {ref} to depends_on "
+                        "(or to wants, if it may run without it)"
+                    )
+        resolved.append(replace(s, peer_ports={d: seen[d] for d in (*s.depends_on, *s.wants)}))
+        seen[s.name] = s.port
+    return ServiceTable(image=str(data["image"]), services=tuple(resolved))

@@ -1,1 +1,0 @@
-"""Tool plug-ins: one module per tool, named after the tool."""

@@ -1,0 +1,184 @@
+"""The composition root: the one place that builds, from an experiment config, what RL stages
+and evaluations need — the services (embedded or remote) and their clients on one event loop,
+the sampler of a policy (``model.backend``), each RL stage's tasks, rollouts and scores.
+``rlyard train``, the trainer service, ``rlyard eval`` and the demos all go through it.
+
+    with open_stack(config) as stack:
+        run_experiment(config, run_dir, stack=stack)                 # RL stages use stack.stage(...)
+        report = evaluate(checkpoint, stack.tasks(path), stack, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from rlyard.client import ToolClient
+from rlyard.domain import Task
+from rlyard.errors import ConfigError
+from rlyard.reward_client import RewardClient
+from trainer import embedded
+from trainer.config import ExperimentConfig, RolloutConfig, StageConfig
+from trainer.rollout import EngineThread, RolloutEngine
+from trainer.sampler import Sampler, build_sampler
+from trainer.scoring import score_trajectories
+from trainer.tasks import TaskSampler, load_tasks, openai_tools
+from trainer.types import RolloutTrajectory
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Long enough for a reward that runs gold queries or a judge over a whole batch.
+REWARD_TIMEOUT_S = 120.0
+
+
+def check(config: ExperimentConfig) -> None:
+    """What a run of ``config`` would refuse, checked before anything starts: the embedded
+    services' settings and the RL stages' task files (the sampler backend is checked when the
+    config loads)."""
+    embedded.check(config.services)
+    for stage in config.stages:
+        if stage.kind == "rl" and not Path(stage.tasks.path).is_file():
+            raise ConfigError(f"stage {stage.name or stage.kind}: task file {stage.tasks.path} does not exist "
+                              "(an environment's prepare writes it)")
+
+
+class Stack:
+    """The services of a run and their clients, on one event loop in a daemon thread."""
+
+    def __init__(self, config: ExperimentConfig, thread: EngineThread, services: embedded.Services,
+                 tool_client: ToolClient, reward_client: RewardClient, tools: list[dict[str, Any]]) -> None:
+        self.config = config
+        self.thread = thread
+        self.services = services
+        self.tool_client = tool_client
+        self.reward_client = reward_client
+        self.tools = tools                      # ListTools as OpenAI function schemas
+        self._samplers: list[Sampler] = []
+
+    @property
+    def timeout_s(self) -> float:
+        """The deadline of one tool call."""
+        return self.config.services.timeout_s
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the stack's event loop and wait for it."""
+        return self.thread.run(coro, timeout)
+
+    def sampler(self, policy: Any, *, max_batch_size: int | None = None) -> Sampler:
+        """The sampler of ``policy`` (an ``HFPolicy``) of the config's backend; closed with the stack."""
+        options = {} if max_batch_size is None else {"max_batch_size": max_batch_size}
+        sampler: Sampler = build_sampler(self.config.model.backend, policy, **options)
+        self._samplers.append(sampler)
+        return sampler
+
+    def tasks(self, path: Path | str, limit: int = 0) -> list[Task]:
+        """The tasks of a task JSONL, with this tool server's tool schemas."""
+        tasks = load_tasks(Path(path), self.tools)
+        return tasks[:limit] if limit else tasks
+
+    def engine(self, rollout: RolloutConfig, sampler: Sampler, tokenizer: Any, *, seed: int) -> RolloutEngine:
+        """A rollout engine over this stack's tool server."""
+        return RolloutEngine(sampler, tokenizer, self.tool_client, rollout, seed=seed, tool_timeout_s=self.timeout_s)
+
+    def stage(self, stage: StageConfig, sampler: Sampler, tokenizer: Any) -> StageRollouts:
+        """What an RL stage does against the services."""
+        if stage.kind != "rl":
+            raise ValueError(f"stage {stage.name or stage.kind} is not an RL stage")
+        return StageRollouts(self, stage, sampler, tokenizer)
+
+    def close(self) -> None:
+        """Close the samplers, the clients and embedded services, and the event loop."""
+        async def stop() -> None:
+            for sampler in self._samplers:
+                await sampler.aclose()
+            for client in (self.tool_client, self.reward_client):
+                await client.close()
+
+        try:
+            self.thread.run(stop(), timeout=60)
+        finally:
+            self._samplers.clear()
+
+
+class StageRollouts:
+    """One RL stage against the services: its tasks (reproducible from the step), its rollouts,
+    its scores, and the sampler's weights after each update."""
+
+    def __init__(self, stack: Stack, stage: StageConfig, sampler: Sampler, tokenizer: Any) -> None:
+        self.stack = stack
+        self.stage = stage
+        self.sampler = sampler
+        self.source = TaskSampler(stack.tasks(stage.tasks.path, stage.tasks.limit), stack.config.seed)
+        self.engine = stack.engine(stage.rollout, sampler, tokenizer, seed=stack.config.seed)
+        self.last_counts: dict[str, int] = {}
+
+    def tasks(self, step: int) -> list[Task]:
+        """The ``prompts_per_step`` tasks of stage step ``step`` (1-based)."""
+        n = self.stage.rollout.prompts_per_step
+        return self.source.take((step - 1) * n, n)
+
+    def rollout(self, tasks: list[Task], global_step: int) -> list[RolloutTrajectory]:
+        """``group_size`` trajectories per task."""
+        return self.stack.run(self.engine.run(tasks, step=global_step))
+
+    def score(self, trajectories: list[RolloutTrajectory], global_step: int) -> dict[str, int]:
+        """Fill their rewards through the reward service (a system failure marks one INFRA_FAILED)."""
+        self.last_counts = self.stack.run(
+            score_trajectories(self.stack.reward_client, trajectories, self.stage.reward, global_step)
+        )
+        return self.last_counts
+
+    def sync_weights(self, model: torch.nn.Module, version: int) -> None:
+        """The sampler samples with ``model``'s weights as ``version`` from now on."""
+        self.stack.run(self.sampler.sync_weights(model, version))
+
+    def close(self) -> None:
+        """Close the engine's tool stream."""
+        self.stack.run(self.engine.aclose())
+
+
+@contextlib.contextmanager
+def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop") -> Iterator[Stack]:
+    """The services of ``config`` (started embedded where it names no address) and their clients;
+    everything is stopped on exit.
+
+    Raises:
+        ConfigError: an embedded service's settings are wrong.
+        TimeoutError, rlyard.server.WarmUpError: an embedded tool server did not become ready.
+    """
+    embedded.check(config.services)
+    thread = EngineThread(name=loop_name)
+    exits = contextlib.AsyncExitStack()
+    stack: Stack | None = None
+
+    async def start() -> Stack:
+        services = await exits.enter_async_context(embedded.embedded_services(config.services))
+        timeout = config.services.timeout_s
+        tool_client = ToolClient(services.tools, timeout=timeout)
+        reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S))
+        try:
+            tools = openai_tools(await tool_client.list_tools())
+        except BaseException:
+            await tool_client.close()
+            await reward_client.close()
+            raise
+        logger.info("services: tools at %s (%s), reward at %s", services.tools,
+                    ", ".join(t["function"]["name"] for t in tools), services.reward)
+        return Stack(config, thread, services, tool_client, reward_client, tools)
+
+    try:
+        stack = thread.run(start(), timeout=config.services.embedded.ready_timeout_s + 120)
+        yield stack
+    finally:
+        try:
+            if stack is not None:
+                stack.close()
+            thread.run(exits.aclose(), timeout=60)
+        finally:
+            thread.close()

@@ -1,0 +1,101 @@
+"""The tool server and the reward service started in this process when a run names no address:
+what ``rlyard train``, the trainer service, ``rlyard eval`` and the demos start on their own, on
+loopback ports the kernel picks. The only module of the trainer that imports the services, and
+only their public entry points (``tool_servers.app``, ``reward_service.app``).
+
+The embedded tool server takes its settings from the environment (``RLYARD_TOOLS_*``) with what
+``services.embedded`` names replaced; a tool with a warm-up (``search`` loads or builds its BM25
+index) leaves it NOT_SERVING for a while, and the services are yielded only once it is SERVING.
+The embedded reward service reads SQL and POI data through that tool server (or the given one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.config import ServicesConfig
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the tool server and the reward service are, and the settings of those started here."""
+
+    tools: str
+    reward: str
+    tool_settings: Any = None       # ToolServerSettings; None: the tool server was given
+    families: tuple[Any, ...] = ()  # the tool families' settings of an embedded tool server
+    reward_settings: Any = None     # RewardSettings; None: the reward service was given
+
+
+def check(config: ServicesConfig) -> None:
+    """Build the embedded services' settings without starting anything (ConfigError when a tool,
+    a family or a setting is unknown or out of range)."""
+    if not config.tools:
+        _tool_settings(config)
+    if not config.reward:
+        _reward_settings(config, "127.0.0.1:0")
+
+
+def _tool_settings(config: ServicesConfig) -> tuple[Any, list[Any]]:
+    from tool_servers.app import configure
+
+    embedded = config.embedded
+    return configure(embedded.tools, embedded.families)
+
+
+def _reward_settings(config: ServicesConfig, tools: str) -> Any:
+    from reward_service.settings import RewardSettings
+
+    settings = RewardSettings.from_env("RLYARD_REWARD")
+    settings = dataclasses.replace(settings, sql_tools_target=tools, poi_tools_target=tools,
+                                   tool_timeout_s=config.timeout_s)
+    return settings.replaced(config.embedded.reward, "services.embedded.reward") if config.embedded.reward else settings
+
+
+@contextlib.asynccontextmanager
+async def embedded_services(config: ServicesConfig) -> AsyncIterator[Services]:
+    """Yields the tool server and reward service: the given addresses, or services started here
+    (on the running event loop) and stopped on exit.
+
+    Raises:
+        TimeoutError: the embedded tool server was not SERVING within ``embedded.ready_timeout_s``.
+        rlyard.server.WarmUpError: one of its warm-ups failed.
+        rlyard.errors.ConfigError: an unknown tool, family or setting.
+    """
+    from reward_service.app import reward_service
+    from rlyard.server import WarmUpError, start_server
+    from rlyard.settings import ServerSettings
+    from tool_servers.app import tool_service
+
+    tools, reward = config.tools, config.reward
+    tool_settings: Any = None
+    families: list[Any] = []
+    reward_settings: Any = None
+    ready_timeout_s = config.embedded.ready_timeout_s
+    async with contextlib.AsyncExitStack() as stack:
+        if not tools:
+            tool_settings, families = _tool_settings(config)
+            server = await start_server(tool_service(tool_settings, families), ServerSettings())
+            stack.push_async_callback(server.stop, 1.0)
+            served = ", ".join(tool_settings.tools)
+            try:
+                await server.wait_ready(ready_timeout_s)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the embedded tool server ({served}) at {server.address} was not SERVING after "
+                    f"{ready_timeout_s:.0f} s of warm-up; if it was building the POI indexes, build them ahead "
+                    "with `python -m tool_servers.poi --poi-dir DIR` or raise services.embedded.ready_timeout_s"
+                ) from None
+            except WarmUpError as exc:
+                raise WarmUpError(f"the embedded tool server ({served}) did not start: {exc}") from exc
+            tools = server.address
+        if not reward:
+            reward_settings = _reward_settings(config, tools)
+            server = await start_server(reward_service(reward_settings), ServerSettings())
+            stack.push_async_callback(server.stop, 1.0)
+            reward = server.address
+        yield Services(tools, reward, tool_settings, tuple(families), reward_settings)

@@ -1,0 +1,20 @@
+"""Samplers of the rollout engine: the async contract (``base``), the local backend over the
+in-process policy (``local``, batching in ``batching``), and backends by name (``registry``)."""
+
+from trainer.sampler.base import Sampler, SampleRequest
+from trainer.sampler.batching import GenerationBatcher, batch_seed, derive_seed
+from trainer.sampler.local import LocalSampler
+from trainer.sampler.registry import BACKENDS, SamplerBackend, build_sampler, check_backend
+
+__all__ = [
+    "BACKENDS",
+    "GenerationBatcher",
+    "LocalSampler",
+    "SampleRequest",
+    "Sampler",
+    "SamplerBackend",
+    "batch_seed",
+    "build_sampler",
+    "check_backend",
+    "derive_seed",
+]

@@ -1,0 +1,57 @@
+"""The sampler contract: token ids (and images) in, token ids and their log-probs out, async.
+
+The trainer keeps the trainable module; a ``Sampler`` generates rollouts from a copy of (or a view
+on) its weights. After each update the trainer calls ``sync_weights`` with the new version, and
+every ``Generation`` says which version sampled it. Backends come from ``trainer.sampler.registry``
+by name (``model.backend``): the local one runs the trained module itself in this process; a vLLM
+or remote one receives the weights through the same hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from rlyard.domain import ImagePart
+from trainer.policy.base import Generation, SamplingParams
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One continuation to sample: the whole context so far as token ids, the images it shows
+    (in order; only for samplers that take images), and how to sample."""
+
+    prompt_ids: Sequence[int]
+    params: SamplingParams
+    images: tuple[ImagePart, ...] = ()
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Samples continuations for the rollout engine (many concurrent ``sample`` calls; the
+    backend batches them as it sees fit)."""
+
+    @property
+    def weight_version(self) -> int:
+        """The version of the weights it samples with now."""
+        ...
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether requests may carry images."""
+        ...
+
+    async def sample(self, request: SampleRequest) -> Generation:
+        """One continuation; ``Generation.weight_version`` says which weights sampled it."""
+        ...
+
+    async def sync_weights(self, model: torch.nn.Module, version: int) -> None:
+        """Sample with ``model``'s current weights from now on, as ``version``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Free what it holds (threads, engines, connections)."""
+        ...
