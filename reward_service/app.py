@@ -17,7 +17,7 @@ SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 def build_scorer(settings: RewardSettings) -> tuple[Scorer, RewardContext]:
     """The rewards named in ``settings`` (empty: all) behind a scorer, sharing one context."""
     ctx = RewardContext(settings)
-    scorer = Scorer(build_rewards(ctx, settings.rewards or None), settings.batch_concurrency)
+    scorer = Scorer(build_rewards(ctx, settings.rewards or None), settings.batch_concurrency, settings)
     ctx.shared["scorer"] = scorer
     return scorer, ctx
 

@@ -4,6 +4,12 @@ when served (``reward_service.catalog``).
 A reward is a class with ``name``, ``description``, ``kind``, a pydantic ``Params`` model
 (``ListRewards`` publishes its JSON Schema; a spec's ``params`` are validated against it) and
 ``async score(item, params)``. It is built once per service with the shared ``RewardContext``.
+
+Optional, read by the scorer: ``max_text_chars`` (the longest model output the reward reads;
+``None``: no limit of its own), ``floor(params, item)`` (its lowest value: what an over-long
+output scores; default 0), ``check_params(params)`` (raise ``ValueError`` for parameters the
+service refuses, e.g. an address it is not allowed to dial) and ``inner_spec(params)`` (the spec a
+composite scores, bound with the outer one).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from rlyard.plugins import add_plugin, load_plugin
 
 T = TypeVar("T")
 
+# Rule rewards run inline below this many characters of input, in the worker threads from it on.
+INLINE_CPU_CHARS = 20_000
+
 
 @dataclass
 class RewardContext:
@@ -41,6 +50,13 @@ class RewardContext:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="reward")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run_cpu(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """A rule reward's work on ``size`` characters: inline when small (microseconds; a thread hop
+        would cost more), in the worker threads from ``INLINE_CPU_CHARS`` on."""
+        if size < INLINE_CPU_CHARS:
+            return fn(*args)
+        return await self.run_blocking(fn, *args)
 
     def tool_client(self, target: str | None = None) -> ToolClient:
         """One client per tool-server target (default: the SQL tool server)."""
@@ -67,6 +83,14 @@ class RewardContext:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def check_tool_server(target: str | None, settings: RewardSettings) -> None:
+    """Refuse (ValueError) a ``tool_server`` param that is neither configured nor allowed: a caller
+    must not make the service dial an address of its choosing."""
+    if target is not None and target not in settings.tool_targets:
+        raise ValueError(f"tool_server {target[:200]!r} is not a tool server this service may call; allowed: "
+                         f"{', '.join(sorted(settings.tool_targets))} (RLYARD_REWARD_ALLOWED_TOOL_TARGETS adds more)")
 
 
 class Reward(Protocol):

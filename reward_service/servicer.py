@@ -51,10 +51,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     ) -> reward_pb2.ScoreBatchResponse:
         default: RewardSpec | None = spec_from_pb(request.default_spec) if request.default_spec.terms else None
         plan = []
-        for pb in request.items:
+        for i, pb in enumerate(request.items):
             spec = spec_from_pb(pb.spec) if pb.spec.terms else default
             if spec is None:
-                raise InvalidArgument(f"item {pb.item_id!r} has no spec and the batch has no default_spec")
-            plan.append((item_from_pb(pb), spec))
+                raise InvalidArgument(f"items[{i}] (item {pb.item_id[:80]!r}) has no spec and the batch has no "
+                                      "default_spec")
+            plan.append((item_from_pb(pb, f"items[{i}]"), spec))
         results = await self.scorer.score_batch(plan)
         return reward_pb2.ScoreBatchResponse(results=[score_to_pb(r) for r in results])

@@ -1,9 +1,12 @@
 """Typed async clients of rlyard services.
 
 Every call carries a deadline. Unary calls retry UNAVAILABLE with jittered
-exponential backoff, a bounded number of times; any other error is raised at
-once as ``grpc.aio.AioRpcError``. Make one client per target per process and
-reuse it: it owns one channel.
+exponential backoff, a bounded number of times or over a window of time (so a
+service that restarts is waited for); any other error is raised at once as
+``grpc.aio.AioRpcError``. A tool request over the message limit is refused
+before it is sent (``RequestTooLarge``), and a stream splits a batch into
+messages under the limit. Make one client per target per process and reuse it:
+it owns one channel.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rlyard.common.v1 import common_pb2
 from rlyard.domain import ImagePart, ToolResult
 from rlyard.domain.convert import image_to_pb, tool_result_from_pb
-from rlyard.errors import DeadlineExceeded, Unavailable
+from rlyard.errors import DeadlineExceeded, RequestTooLarge, Unavailable
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -34,12 +38,27 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of UNAVAILABLE: attempts in all, and the backoff between them."""
+    """Retries of UNAVAILABLE: attempts in all, and the backoff between them. With ``window_s`` > 0
+    the bound is time instead: retries go on while the next one would start within ``window_s``
+    of the first attempt (``max_attempts`` is then not used)."""
 
     max_attempts: int = 4
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     multiplier: float = 2.0
+    window_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.window_s < 0 or self.initial_backoff_s < 0:
+            raise ValueError(f"{self}: max_attempts must be >= 1, window_s and initial_backoff_s >= 0")
+
+    @classmethod
+    def within(cls, window_s: float) -> RetryPolicy:
+        """Retries of UNAVAILABLE over ``window_s`` seconds (a restart of the service), backing off
+        from 0.1 s to 2 s; 0: one attempt."""
+        if window_s <= 0:
+            return NO_RETRY
+        return cls(initial_backoff_s=0.1, max_backoff_s=2.0, window_s=window_s)
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter backoff before retry number ``attempt`` (1-based)."""
@@ -51,12 +70,16 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    """An insecure aio channel with rlyard's message-size limits."""
+    """An insecure aio channel with rlyard's message-size limits. After a failed connection it
+    tries again within 2 s at most (gRPC's default backoff grows to 120 s, so a service back after
+    a minute's outage would stay unreachable for another minute or two)."""
     return grpc.aio.insecure_channel(
         target,
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )
 
@@ -70,14 +93,19 @@ async def call_with_retry(
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> T:
     """Call a unary stub method, retrying UNAVAILABLE as ``retry`` allows."""
+    started = time.monotonic()
     for attempt in itertools.count(1):
         try:
             return await fn(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retry.max_attempts:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or (not retry.window_s and attempt >= retry.max_attempts):
                 raise
             delay = retry.backoff(attempt)
-            logger.debug("UNAVAILABLE (attempt %d), retrying in %.3fs", attempt, delay)
+            if retry.window_s and time.monotonic() - started + delay > retry.window_s:
+                raise
+            logger.log(logging.INFO if retry.window_s else logging.DEBUG,
+                       "UNAVAILABLE (attempt %d, %.1fs in): %s; retrying in %.2fs", attempt,
+                       time.monotonic() - started, exc.details(), delay)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -132,6 +160,26 @@ def _arguments_json(arguments: Mapping[str, Any] | str) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
+def _as_field(size: int) -> int:
+    """Bytes a message of ``size`` bytes takes as a field of another: tag, length prefix, itself."""
+    return 1 + (max(size.bit_length(), 1) + 6) // 7 + size
+
+
+def split_calls(calls: Sequence[tools_pb2.CallToolRequest], limit: int) -> list[list[tools_pb2.CallToolRequest]]:
+    """``calls`` in order, as consecutive groups whose ``CallToolsRequest`` stays within ``limit``
+    bytes (each call is assumed to fit on its own)."""
+    groups: list[list[tools_pb2.CallToolRequest]] = []
+    size = limit + 1
+    for call in calls:
+        n = _as_field(call.ByteSize())
+        if size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(call)
+        size += n
+    return groups
+
+
 class ToolClient(_BaseClient):
     """Client of ``rlyard.tools.v1.ToolService``."""
 
@@ -139,6 +187,16 @@ class ToolClient(_BaseClient):
         super().__init__(target, **kwargs)
         self.stub = tools_pb2_grpc.ToolServiceStub(self.channel)
         self._ids = itertools.count()
+        self.max_message_bytes: int = kwargs.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+
+    def check_size(self, size: int, what: str) -> None:
+        """``RequestTooLarge`` for a request of ``size`` bytes over this client's message limit."""
+        if size > self.max_message_bytes:
+            raise RequestTooLarge(
+                f"{what} is {size} bytes, over the message limit of {self.max_message_bytes} bytes "
+                "(the client's max_message_bytes; the server's RLYARD_MAX_MESSAGE_BYTES must allow it too): "
+                "not sent; send smaller arguments or attachments"
+            )
 
     async def __aenter__(self) -> ToolClient:
         return self
@@ -168,6 +226,7 @@ class ToolClient(_BaseClient):
             ),
             context=dict(context or {}),
         )
+        self.check_size(request.ByteSize(), f"the request of tool call {name[:64]!r}")
         resp = await self._unary(self.stub.CallTool, request, timeout)
         return tool_result_from_pb(resp.result)
 
@@ -186,6 +245,7 @@ class ToolClient(_BaseClient):
             session_id=session_id, context=dict(context or {}), idle_timeout_s=idle_timeout_s,
             attachments=[image_to_pb(a) for a in attachments],
         )
+        self.check_size(request.ByteSize(), "the OpenSession request")
         resp = await self._unary(self.stub.OpenSession, request, timeout)
         return resp.session_id
 
@@ -206,7 +266,9 @@ class ToolStream:
     """Calls over one long-lived ``CallTools`` stream, answered by ``call_id``.
 
     ``await stream.call(...)`` from many tasks at once: with ``batch=True`` the
-    requests made before the event loop next runs are sent as one message. If
+    requests made before the event loop next runs are sent together, in as few
+    messages as the client's message limit allows; a call that cannot fit one
+    message on its own is refused with ``RequestTooLarge`` and never sent. If
     the stream breaks, the calls waiting on it fail with ``Unavailable`` and
     the next call opens a new stream.
     """
@@ -250,7 +312,9 @@ class ToolStream:
             return
         calls, self._outbox = self._outbox, []
         self._ensure_open()
-        asyncio.get_running_loop().create_task(self._send(calls))
+        # one task per message, created in order: the write lock hands itself over first come, first served
+        for group in split_calls(calls, self.client.max_message_bytes):
+            asyncio.get_running_loop().create_task(self._send(group))
 
     async def _send(self, calls: list[tools_pb2.CallToolRequest]) -> None:
         try:
@@ -272,7 +336,8 @@ class ToolStream:
         call_id: str | None = None,
         timeout: float | None = None,
     ) -> ToolResult:
-        """One call over the stream; raises ``DeadlineExceeded`` past ``timeout``."""
+        """One call over the stream; raises ``DeadlineExceeded`` past ``timeout``, and
+        ``RequestTooLarge`` (before sending) for a call that cannot fit one message."""
         cid = call_id or f"s{next(self._ids)}"
         if cid in self._pending:
             raise ValueError(f"call_id {cid!r} is already waiting on this stream")
@@ -281,6 +346,7 @@ class ToolStream:
             call=common_pb2.ToolCall(call_id=cid, name=name, arguments_json=_arguments_json(arguments)),
             context=dict(context or {}),
         )
+        self.client.check_size(_as_field(request.ByteSize()), f"tool call {name[:64]!r} ({cid[:64]})")
         fut: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         self._outbox.append(request)

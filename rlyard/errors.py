@@ -70,5 +70,22 @@ class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class RequestTooLarge(ResourceExhausted):
+    """A request over the message limit, refused by the client before it is sent (gRPC would fail
+    it, and every call of its stream, with INTERNAL 'Internal error from Core')."""
+
+
 class ConfigError(ValueError):
     """A bad setting or config value; the message says how to fix it."""
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out. Messages that echo what
+    a client sent (a tool name, a db_id) stay small: status details travel in trailers, which
+    gRPC caps at a few kilobytes."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"

@@ -1,28 +1,33 @@
 """The server interceptor every rlyard service runs behind.
 
 For every RPC it: checks the bearer token (when one is configured), admits the
-call under the service's concurrency limit (RESOURCE_EXHAUSTED past it), turns
-a ``ServiceError`` into its status code, logs anything else with its traceback
-(the client sees UNKNOWN), and records method, status code and latency in the
-log and in Prometheus.
+call under the service's concurrency limit (RESOURCE_EXHAUSTED past it), refuses
+a request that does not decode with INVALID_ARGUMENT, turns a ``ServiceError``
+into its status code, logs anything else with its traceback (the client sees
+UNKNOWN with a message that names no exception), and records method, status
+code and latency in the log and in Prometheus. What a client can trigger at
+will is logged rate-limited (``rlyard.logs``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from rlyard import metrics
-from rlyard.errors import ServiceError
+from rlyard.errors import InvalidArgument, ServiceError, clip
+from rlyard.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Health checks and reflection are infrastructure: never limited, never authenticated
 # (Kubernetes probes carry no token).
@@ -55,6 +60,64 @@ def _code_name(code: grpc.StatusCode | None) -> str:
     return (code or grpc.StatusCode.OK).name
 
 
+class Undecodable:
+    """Stands in for a request whose bytes did not decode, so that the handler refuses it with
+    INVALID_ARGUMENT (a deserializer that raises makes gRPC answer UNKNOWN with the exception's
+    class name, and log a traceback). A stream handler marked ``accepts_undecodable`` gets it
+    as a message, with the bytes, to answer what it can."""
+
+    __slots__ = ("data", "reason")
+
+    def __init__(self, data: bytes, reason: str) -> None:
+        self.data = data
+        self.reason = reason
+
+    def error(self, method: str) -> InvalidArgument:
+        """What the client is told."""
+        return InvalidArgument(
+            f"a request message to {method.rsplit('/', 1)[-1]} ({len(self.data)} bytes) did not decode: "
+            f"{clip(self.reason, 200)} (string fields must be valid UTF-8)"
+        )
+
+
+def accepts_undecodable(handler: F) -> F:
+    """Mark a request-streaming handler that takes ``Undecodable`` messages itself (instead of
+    the stream ending with INVALID_ARGUMENT at the first one)."""
+    handler.accepts_undecodable = True  # type: ignore[attr-defined]
+    return handler
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning ``Undecodable`` instead of raising."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:   # DecodeError, or what another deserializer raises on bad bytes
+            return Undecodable(bytes(data or b""), str(exc))
+
+    return deserialize
+
+
+def _decoded(request: Any, method: str) -> Any:
+    if isinstance(request, Undecodable):
+        raise request.error(method)
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request, method)
+
+
+def _checked(request: Any, method: str, behavior: Any, streaming: bool) -> Any:
+    if not streaming:
+        return _decoded(request, method)
+    return request if getattr(behavior, "accepts_undecodable", False) else _decoded_stream(request, method)
+
+
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     """Auth, admission, error mapping, logging and metrics for every RPC."""
 
@@ -62,6 +125,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
         self.limiter = limiter
         self.auth_token = auth_token
+        self.log = RateLimitedLog(logger)   # per server: one server's abuse does not mute another's log
 
     async def intercept_service(
         self,
@@ -73,29 +137,32 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_EXEMPT_PREFIXES):
             return handler
         authorized = self._authorized(handler_call_details)
+        deserializer = tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary, authorized),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.unary_unary, authorized, streaming=False),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.stream_unary, authorized),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.stream_unary, authorized, streaming=True),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream, authorized),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, authorized, streaming=False),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         # A bidirectional stream lives as long as its rollout worker: it is not admitted as a
         # whole (that would use up slots for good); its servicer admits each call it carries.
+        # A message of it that does not decode ends it with INVALID_ARGUMENT once the calls
+        # already read are answered, unless the handler ``accepts_undecodable``.
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(method, handler.stream_stream, authorized, admit=False),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_stream(method, handler.stream_stream, authorized, streaming=True, admit=False),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -131,31 +198,40 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             yield
         except ServiceError as exc:
             code = exc.code
-            await context.abort(exc.code, exc.message)
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                self.log.warning(f"invalid:{method}", "refused a request to %s: %s", method, clip(exc.message, 300))
+            await context.abort(exc.code, clip(exc.message))
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
             raise
-        except BaseException as exc:
-            code = _unexpected(method, exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
             raise
+        except Exception as exc:
+            code = grpc.StatusCode.UNKNOWN
+            self.log.error(f"unexpected:{method}:{type(exc).__name__}", "unexpected error in %s", method,
+                          exc_info=exc)
+            await context.abort(code, f"the server failed on this request to {method.rsplit('/', 1)[-1]} "
+                                      "(an unexpected error; the server logged it)")
         finally:
             if admitted:
                 self.limiter.release()
             self._record(method, code, time.perf_counter() - start)
 
-    def _wrap_unary(self, method: str, behavior: Any, authorized: bool) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, authorized: bool, *, streaming: bool) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._admit(method, authorized, context)
             async with self._observed(method, context, admitted=True):
-                return await behavior(request, context)
+                return await behavior(_checked(request, method, behavior, streaming), context)
 
         return wrapper
 
-    def _wrap_stream(self, method: str, behavior: Any, authorized: bool, admit: bool = True) -> Any:
+    def _wrap_stream(self, method: str, behavior: Any, authorized: bool, *, streaming: bool,
+                     admit: bool = True) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._admit(method, authorized, context, admit)
             async with self._observed(method, context, admitted=admit):
-                result = behavior(request, context)
+                result = behavior(_checked(request, method, behavior, streaming), context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item
@@ -170,11 +246,3 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         metrics.RPC_LATENCY.labels(self.service, method).observe(seconds)
         logger.debug("rpc %s %s %.2fms", method, name, seconds * 1000)
 
-
-def _unexpected(method: str, exc: BaseException) -> grpc.StatusCode:
-    import asyncio
-
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return grpc.StatusCode.CANCELLED
-    logger.error("unexpected error in %s", method, exc_info=exc)
-    return grpc.StatusCode.UNKNOWN

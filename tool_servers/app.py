@@ -24,7 +24,7 @@ from tool_servers.catalog import FAMILY_SETTINGS, TOOL_MODULES
 from tool_servers.executor import ToolExecutor
 from tool_servers.registry import REGISTRY, ToolContext, build_tools
 from tool_servers.servicer import ToolServicer
-from tool_servers.session import SessionStore
+from tool_servers.session import ContextLimits, SessionStore
 from tool_servers.settings import ToolServerSettings
 
 SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
@@ -40,9 +40,12 @@ def build_executor(settings: ToolServerSettings, families: Iterable[Any] = ()) -
     except BaseException:
         ctx.close()
         raise
+    limits = ContextLimits(settings.session_max_context_keys, settings.session_max_context_key_chars,
+                           settings.session_max_context_value_chars)
     sessions = SessionStore(settings.session_idle_s, settings.max_sessions,
                             max_images=settings.session_max_images,
-                            max_image_bytes=settings.session_max_image_bytes)
+                            max_image_bytes=settings.session_max_image_bytes,
+                            max_idle_s=settings.session_max_idle_s, context_limits=limits)
     executor = ToolExecutor(tools, sessions)
     sessions.validate = executor.validate_context
     return executor, ctx

@@ -1,5 +1,6 @@
 """``ToolServicer``: translates ``rlyard.tools.v1`` protobuf to the executor and back.
-No logic lives here beyond that translation, the stream's fan-out, and keeping each response
+No logic lives here beyond that translation, the stream's fan-out (with its call_id rules, and
+the calls of a message that does not decode answered one by one), and keeping each response
 message under the server's size limit."""
 
 from __future__ import annotations
@@ -8,18 +9,41 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from rlyard.common.v1 import common_pb2
 from rlyard.domain.convert import image_from_pb, system_failure_pb, tool_result_to_pb
-from rlyard.errors import ResourceExhausted, ServiceError
+from rlyard.errors import InvalidArgument, ResourceExhausted, ServiceError, clip
+from rlyard.interceptors import Undecodable, accepts_undecodable
+from rlyard.logs import RateLimitedLog
 from rlyard.server import Runtime
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
-from tool_servers.executor import ToolExecutor
+from tool_servers.executor import ToolExecutor, clip_name
+from tool_servers.salvage import salvage
 
 logger = logging.getLogger(__name__)
+
+MAX_CALL_ID_CHARS = 1024
+
+
+def call_id_problem(call_id: str, *, in_stream: bool, repeats: int = 1, in_flight: bool = False) -> str | None:
+    """Why ``call_id`` cannot answer a call, or None: results are matched by it, so in a stream it
+    must be non-empty and not shared with another call of the message or one still running."""
+    if len(call_id) > MAX_CALL_ID_CHARS:
+        return f"the call_id is {len(call_id)} characters; at most {MAX_CALL_ID_CHARS} are allowed"
+    if not in_stream:
+        return None
+    if not call_id:
+        return "a call in a CallTools stream needs a call_id: its result is matched by it"
+    if repeats > 1:
+        return f"call_id {call_id!r} is used by {repeats} calls of one message; each call needs its own"
+    if in_flight:
+        return f"call_id {call_id!r} is still running on this stream; each call needs its own"
+    return None
+
 
 def result_budget(max_message_bytes: int) -> int:
     """The bytes the results of one response may take: the message limit less room for its
@@ -28,7 +52,8 @@ def result_budget(max_message_bytes: int) -> int:
 
 
 def _failure(call: common_pb2.ToolCall, code: grpc.StatusCode, message: str) -> common_pb2.ToolResult:
-    return system_failure_pb(call.call_id, call.name, code.value[0], message)
+    call_id = call.call_id if len(call.call_id) <= MAX_CALL_ID_CHARS else clip_name(call.call_id)
+    return system_failure_pb(call_id, clip_name(call.name), code.value[0], clip(message))
 
 
 def split_by_size(results: list[common_pb2.ToolResult], budget: int) -> list[list[common_pb2.ToolResult]]:
@@ -54,6 +79,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         self.limiter = runtime.limiter
         self.max_message_bytes = runtime.settings.max_message_bytes
         self.budget = result_budget(self.max_message_bytes)
+        self.log = RateLimitedLog(logger)
 
     async def ListTools(self, request: tools_pb2.ListToolsRequest, context: object) -> tools_pb2.ListToolsResponse:
         return tools_pb2.ListToolsResponse(
@@ -69,12 +95,15 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
 
     async def _run(self, req: tools_pb2.CallToolRequest) -> common_pb2.ToolResult:
         c = req.call
+        problem = call_id_problem(c.call_id, in_stream=False)
+        if problem is not None:
+            raise InvalidArgument(problem)
         result = tool_result_to_pb(
             await self.executor.call(req.session_id, req.context, c.call_id, c.name, c.arguments_json)
         )
         if result.ByteSize() > self.budget:
             raise ResourceExhausted(
-                f"the result of {c.name} is {result.ByteSize()} bytes, over this server's message limit of "
+                f"the result of {clip_name(c.name)} is {result.ByteSize()} bytes, over this server's message limit of "
                 f"{self.max_message_bytes} bytes (RLYARD_MAX_MESSAGE_BYTES); ask for less (a smaller region, "
                 "fewer rows) or raise the limit on both ends"
             )
@@ -92,28 +121,61 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         except ServiceError as exc:
             return _failure(req.call, exc.code, exc.message)
         except Exception as exc:  # a bug in a tool must not kill the other calls of the stream
-            logger.exception("tool %s failed", req.call.name)
-            return _failure(req.call, grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            name = req.call.name if req.call.name in self.executor.tools else "(unknown)"
+            self.log.error(f"tool:{name}:{type(exc).__name__}", "tool %s failed", name, exc_info=exc)
+            return _failure(req.call, grpc.StatusCode.INTERNAL,
+                            f"{name} failed (an unexpected error; the server logged it)")
         finally:
             self.limiter.release()
 
+    def _calls_of(
+        self, message: tools_pb2.CallToolsRequest | Undecodable,
+    ) -> tuple[Sequence[tools_pb2.CallToolRequest], list[tuple[str, str]]]:
+        """The calls of a stream message, and ``(call_id, why)`` of those that did not decode."""
+        if not isinstance(message, Undecodable):
+            return message.calls, []
+        salvaged = salvage(message.data)
+        self.log.warning("undecodable", "a CallTools message of %d bytes did not decode: %d of its calls run, "
+                        "%d are refused, %d have no readable call_id and go unanswered",
+                        len(message.data), len(salvaged.calls), len(salvaged.undecodable), salvaged.lost)
+        return salvaged.calls, salvaged.undecodable
+
+    @accepts_undecodable
     async def CallTools(
-        self, request_iterator: AsyncIterator[tools_pb2.CallToolsRequest], context: object
+        self, request_iterator: AsyncIterator[tools_pb2.CallToolsRequest | Undecodable], context: object
     ) -> AsyncIterator[tools_pb2.CallToolsResponse]:
         done: asyncio.Queue[common_pb2.ToolResult | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        running: set[str] = set()   # call_ids of the calls not answered yet
         pending = 0
         reading = True
 
         async def run(req: tools_pb2.CallToolRequest) -> None:
-            done.put_nowait(await self._run_in_stream(req))
+            try:
+                result = await self._run_in_stream(req)
+            finally:
+                running.discard(req.call.call_id)
+            done.put_nowait(result)
 
         async def read() -> None:
             nonlocal pending, reading
             try:
                 async for message in request_iterator:
-                    for req in message.calls:
+                    calls, undecodable = self._calls_of(message)
+                    repeats = Counter([*(req.call.call_id for req in calls), *(cid for cid, _ in undecodable)])
+                    for cid, why in undecodable:
                         pending += 1
+                        done.put_nowait(_failure(common_pb2.ToolCall(call_id=cid), grpc.StatusCode.INVALID_ARGUMENT,
+                                                 f"this call did not decode ({clip(why, 200)}); string fields "
+                                                 "(name, arguments_json, context, session_id) must be valid UTF-8"))
+                    for req in calls:
+                        pending += 1
+                        cid = req.call.call_id
+                        problem = call_id_problem(cid, in_stream=True, repeats=repeats[cid], in_flight=cid in running)
+                        if problem is not None:
+                            done.put_nowait(_failure(req.call, grpc.StatusCode.INVALID_ARGUMENT, problem))
+                            continue
+                        running.add(cid)
                         task = asyncio.get_running_loop().create_task(run(req))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)

@@ -1,11 +1,13 @@
 """Per-trajectory sessions: context (e.g. the database) and tool state, freed on
-``CloseSession`` or after an idle timeout."""
+``CloseSession`` or after an idle timeout. The timeout a client asks for is capped and the
+context bounded, so that no client can pin memory for good."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +22,29 @@ logger = logging.getLogger(__name__)
 # Context keys for one-off calls only: a session serves a model's trajectory, and "purpose"
 # (the SQL tools' "verification": larger caps for a reward's comparison) is not for the model.
 ONE_OFF_CONTEXT_KEYS = frozenset({"purpose"})
+
+
+@dataclass(frozen=True)
+class ContextLimits:
+    """How big a context may be: a few short strings (a db_id), never a payload."""
+
+    max_keys: int = 16
+    max_key_chars: int = 64
+    max_value_chars: int = 1024
+
+    def check(self, context: Mapping[str, str]) -> None:
+        """INVALID_ARGUMENT, naming the limit and its setting, for a context over one."""
+        if len(context) > self.max_keys:
+            raise InvalidArgument(f"the context has {len(context)} keys; at most {self.max_keys} are allowed "
+                                  "(RLYARD_TOOLS_SESSION_MAX_CONTEXT_KEYS)")
+        for key, value in context.items():
+            if len(key) > self.max_key_chars:
+                raise InvalidArgument(f"a context key of {len(key)} characters ({key[:32]!r}…); at most "
+                                      f"{self.max_key_chars} are allowed (RLYARD_TOOLS_SESSION_MAX_CONTEXT_KEY_CHARS)")
+            if len(value) > self.max_value_chars:
+                raise InvalidArgument(f"the context value of {key!r} is {len(value)} characters; at most "
+                                      f"{self.max_value_chars} are allowed "
+                                      "(RLYARD_TOOLS_SESSION_MAX_CONTEXT_VALUE_CHARS)")
 
 
 @dataclass
@@ -70,8 +95,12 @@ class SessionStore:
         *,
         max_images: int = 64,
         max_image_bytes: int = 64 * 1024 * 1024,
+        max_idle_s: float = 3600.0,
+        context_limits: ContextLimits = ContextLimits(),
     ) -> None:
         self.default_idle_s = default_idle_s
+        self.max_idle_s = max(max_idle_s, default_idle_s)
+        self.context_limits = context_limits
         self.max_sessions = max_sessions
         self.max_images = max_images
         self.max_image_bytes = max_image_bytes
@@ -83,14 +112,26 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def idle_timeout(self, asked: float) -> float:
+        """The idle timeout of a session that asks for ``asked`` seconds: 0 is the server's default,
+        more than ``max_idle_s`` is capped to it; INVALID_ARGUMENT if negative, NaN or infinite."""
+        if not math.isfinite(asked) or asked < 0:
+            raise InvalidArgument(
+                f"idle_timeout_s must be a finite number of seconds >= 0 (0: this server's default of "
+                f"{self.default_idle_s:g} s; at most {self.max_idle_s:g} s are kept); got {asked}"
+            )
+        return self.default_idle_s if asked == 0 else min(asked, self.max_idle_s)
+
     def open(self, session_id: str, context: Mapping[str, str], idle_timeout_s: float, *,
              attachments: Sequence[ImagePart] = ()) -> Session:
-        """Open a session holding ``attachments`` by image id; the context is validated against the
-        tools first, and nothing is kept when an attachment is refused."""
-        if session_id and session_id in self._sessions:
-            raise AlreadyExists(f"session {session_id!r} is already open")
+        """Open a session holding ``attachments`` by image id; the timeout and the context's size are
+        checked, then the context against the tools, and nothing is kept when an attachment is refused."""
         if len(session_id) > 256:
             raise InvalidArgument("session_id is longer than 256 characters")
+        if session_id and session_id in self._sessions:
+            raise AlreadyExists(f"session {session_id!r} is already open")
+        idle = self.idle_timeout(idle_timeout_s)
+        self.context_limits.check(context)
         if len(self._sessions) >= self.max_sessions:
             self.expire()
             if len(self._sessions) >= self.max_sessions:
@@ -105,7 +146,6 @@ class SessionStore:
             )
         self.validate(context)
         sid = session_id or uuid.uuid4().hex
-        idle = idle_timeout_s if idle_timeout_s > 0 else self.default_idle_s
         session = Session(sid, dict(context), idle, last_used=self.clock(), max_images=self.max_images,
                           max_image_bytes=self.max_image_bytes)
         for image in attachments:
@@ -116,6 +156,7 @@ class SessionStore:
 
     def ephemeral(self, context: Mapping[str, str]) -> Session:
         """A throwaway session for a one-off call with inline context."""
+        self.context_limits.check(context)
         self.validate(context)
         return Session("", dict(context), 0.0, ephemeral=True, max_images=self.max_images,
                        max_image_bytes=self.max_image_bytes)

@@ -10,16 +10,17 @@ the sampler of a policy (``model.backend``), each RL stage's tasks, rollouts and
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from rlyard.client import ToolClient
-from rlyard.domain import Task
+from rlyard.client import RetryPolicy, ToolClient
+from rlyard.domain import Task, TrajectoryStatus
 from rlyard.errors import ConfigError
 from rlyard.reward_client import RewardClient
 from trainer import embedded
@@ -138,15 +139,36 @@ class StageRollouts:
         """The sampler samples with ``model``'s weights as ``version`` from now on."""
         self.stack.run(self.sampler.sync_weights(model, version))
 
+    def describe_failures(self, trajectories: list[RolloutTrajectory]) -> str:
+        """Which service failed the INFRA_FAILED trajectories, and how: per service its most
+        frequent error and how many trajectories it failed."""
+        failed = [t.infra_error or "(no error given)" for t in trajectories
+                  if t.status == TrajectoryStatus.INFRA_FAILED]
+        reward = [e for e in failed if e.startswith("reward service")]
+        tools = [e for e in failed if not e.startswith("reward service")]
+        parts = []
+        if tools:
+            parts.append(f"tool server at {self.stack.tool_client.target}: {_most_common(tools)} "
+                         f"({len(tools)} of {len(trajectories)} trajectories)")
+        if reward:
+            parts.append(f"{_most_common(reward)} ({len(reward)} of {len(trajectories)} trajectories)")
+        return "; ".join(parts) or "no trajectory failed"
+
     def close(self) -> None:
         """Close the engine's tool stream."""
         self.stack.run(self.engine.aclose())
 
 
+def _most_common(errors: list[str]) -> str:
+    return collections.Counter(errors).most_common(1)[0][0]
+
+
 @contextlib.contextmanager
-def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop") -> Iterator[Stack]:
+def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
+               extra_specs: Sequence[Any] = ()) -> Iterator[Stack]:
     """The services of ``config`` (started embedded where it names no address) and their clients;
-    everything is stopped on exit.
+    everything is stopped on exit. An embedded reward service may call the tool servers and judges
+    that the RL stages' reward specs and ``extra_specs`` (an evaluation's judge) name.
 
     Raises:
         ConfigError: an embedded service's settings are wrong.
@@ -158,10 +180,13 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop") -> 
     stack: Stack | None = None
 
     async def start() -> Stack:
-        services = await exits.enter_async_context(embedded.embedded_services(config.services))
+        specs = [stage.reward for stage in config.stages if stage.kind == "rl"] + list(extra_specs)
+        services = await exits.enter_async_context(embedded.embedded_services(config.services, specs))
         timeout = config.services.timeout_s
-        tool_client = ToolClient(services.tools, timeout=timeout)
-        reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S))
+        # UNAVAILABLE is retried over the window: a service that restarts is waited for
+        retry = RetryPolicy.within(config.services.retry_window_s)
+        tool_client = ToolClient(services.tools, timeout=timeout, retry=retry)
+        reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S), retry=retry)
         try:
             tools = openai_tools(await tool_client.list_tools())
         except BaseException:

@@ -8,7 +8,7 @@ back silently to a default.
     name: sql-grpo
     seed: 0
     model: {path: runs/policy, backend: hf}
-    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052}
+    services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052, retry_window_s: 30, max_failed_steps: 3}
     # or, empty addresses: started embedded, e.g.
     # services: {embedded: {tools: [search, nearby], families: {poi: {dir: data/generated/poi}}}}
     stages:
@@ -99,16 +99,26 @@ class EmbeddedConfig:
 @dataclass(frozen=True)
 class ServicesConfig:
     """Where the services are (``tools``, ``reward``: addresses; empty = start it embedded, as
-    ``embedded`` says) and the deadline of one call to them."""
+    ``embedded`` says), the deadline of one call to them, how long a call retries a service that
+    is UNAVAILABLE (``retry_window_s``: a restart is waited for; after it the step's trajectories
+    are INFRA_FAILED and the run goes on), and how many steps in a row may fail that way before
+    the run does (``max_failed_steps``)."""
 
     tools: str = ""
     reward: str = ""
     timeout_s: float = 30.0
+    retry_window_s: float = 30.0
+    max_failed_steps: int = 3
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             _fail("services.timeout_s", "must be > 0 seconds")
+        if self.retry_window_s < 0:
+            _fail("services.retry_window_s", "must be >= 0 seconds (0: no retries)")
+        if self.max_failed_steps < 1:
+            _fail("services.max_failed_steps", "must be >= 1 (1: the first step whose every trajectory failed "
+                                               "fails the run)")
         if self.tools and self.embedded.configured:
             _fail("services.embedded", f"configures the embedded tool server, but services.tools is {self.tools!r}; "
                                        "set those on that server (RLYARD_TOOLS_*) or leave services.tools empty")

@@ -6,17 +6,19 @@ only their public entry points (``tool_servers.app``, ``reward_service.app``).
 The embedded tool server takes its settings from the environment (``RLYARD_TOOLS_*``) with what
 ``services.embedded`` names replaced; a tool with a warm-up (``search`` loads or builds its BM25
 index) leaves it NOT_SERVING for a while, and the services are yielded only once it is SERVING.
-The embedded reward service reads SQL and POI data through that tool server (or the given one).
+The embedded reward service reads SQL and POI data through that tool server (or the given one),
+and may call the tool servers and judges the run's reward specs name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rlyard.domain import RewardSpec
 from trainer.config import ServicesConfig
 
 
@@ -40,6 +42,26 @@ def check(config: ServicesConfig) -> None:
         _reward_settings(config, "127.0.0.1:0")
 
 
+def named_targets(specs: Iterable[Any]) -> dict[str, tuple[str, ...]]:
+    """The tool servers, judge endpoints and judge models that reward specs name (in any term,
+    composites included), as the reward service's ``allowed_*`` settings: the reward service a run
+    embeds trusts the run's own config."""
+    found: dict[str, set[str]] = {"tool_server": set(), "endpoint": set(), "model": set()}
+    stack = [spec.to_jsonable() if isinstance(spec, RewardSpec) else spec for spec in specs]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, values in found.items():
+                if isinstance(node.get(key), str):
+                    values.add(node[key])
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return {"allowed_tool_targets": tuple(sorted(found["tool_server"])),
+            "allowed_judge_endpoints": tuple(sorted(found["endpoint"])),
+            "allowed_judge_checkpoints": tuple(sorted(found["model"]))}
+
+
 def _tool_settings(config: ServicesConfig) -> tuple[Any, list[Any]]:
     from tool_servers.app import configure
 
@@ -47,19 +69,24 @@ def _tool_settings(config: ServicesConfig) -> tuple[Any, list[Any]]:
     return configure(embedded.tools, embedded.families)
 
 
-def _reward_settings(config: ServicesConfig, tools: str) -> Any:
+def _reward_settings(config: ServicesConfig, tools: str, specs: Iterable[Any] = ()) -> Any:
     from reward_service.settings import RewardSettings
 
     settings = RewardSettings.from_env("RLYARD_REWARD")
     settings = dataclasses.replace(settings, sql_tools_target=tools, poi_tools_target=tools,
                                    tool_timeout_s=config.timeout_s)
-    return settings.replaced(config.embedded.reward, "services.embedded.reward") if config.embedded.reward else settings
+    if config.embedded.reward:
+        settings = settings.replaced(config.embedded.reward, "services.embedded.reward")
+    named = named_targets(specs)
+    return settings.replaced({key: tuple(getattr(settings, key)) + values for key, values in named.items()},
+                             "the run's reward specs")
 
 
 @contextlib.asynccontextmanager
-async def embedded_services(config: ServicesConfig) -> AsyncIterator[Services]:
+async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = ()) -> AsyncIterator[Services]:
     """Yields the tool server and reward service: the given addresses, or services started here
-    (on the running event loop) and stopped on exit.
+    (on the running event loop) and stopped on exit. An embedded reward service may call the tool
+    servers and judges that ``specs`` (the run's reward specs) name.
 
     Raises:
         TimeoutError: the embedded tool server was not SERVING within ``embedded.ready_timeout_s``.
@@ -94,7 +121,7 @@ async def embedded_services(config: ServicesConfig) -> AsyncIterator[Services]:
                 raise WarmUpError(f"the embedded tool server ({served}) did not start: {exc}") from exc
             tools = server.address
         if not reward:
-            reward_settings = _reward_settings(config, tools)
+            reward_settings = _reward_settings(config, tools, specs)
             server = await start_server(reward_service(reward_settings), ServerSettings())
             stack.push_async_callback(server.stop, 1.0)
             reward = server.address

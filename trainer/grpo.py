@@ -208,8 +208,9 @@ def _filter_with_stats(
     )
     metrics: dict[str, float] = {}
     scored = rewards[~infra]
-    metrics["reward_mean"] = float(scored.mean()) if len(scored) else 0.0
-    metrics["reward_std"] = float(scored.std()) if len(scored) > 1 else 0.0
+    if len(scored):  # nothing scored (every trajectory failed): no reward to report, not 0.0
+        metrics["reward_mean"] = float(scored.mean())
+        metrics["reward_std"] = float(scored.std()) if len(scored) > 1 else 0.0
     components: dict[str, list[float]] = defaultdict(list)
     for t in trajectories:
         for name, value in t.reward_components.items():

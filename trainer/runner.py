@@ -11,7 +11,9 @@ result equals an uninterrupted run (same seed, same hardware).
 RL stages work through the composition root's ``Stack`` (``trainer.compose``): its sampler of
 the trained policy, and per stage its tasks, rollouts and scores. With ``kl_coef > 0`` the
 reference is the policy as it was when the RL stage began, kept in
-``checkpoints/reference-<stage>.pt``.
+``checkpoints/reference-<stage>.pt``. An RL step whose every trajectory failed for a reason of the
+services (INFRA_FAILED) learns nothing and the run goes on; ``services.max_failed_steps`` such
+steps in a row fail the run (``ServicesFailed``, naming the service).
 """
 
 from __future__ import annotations
@@ -50,10 +52,14 @@ from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StageLimit", "export_policy", "run_experiment", "writes_samples"]
+__all__ = ["ServicesFailed", "StageLimit", "export_policy", "run_experiment", "writes_samples"]
 
 # ``stage_limit(name, configured_seconds)``: asked when a stage starts; a number replaces its time limit.
 StageLimit = Callable[[str, float], float | None]
+
+
+class ServicesFailed(RuntimeError):
+    """``services.max_failed_steps`` RL steps in a row had every trajectory fail (INFRA_FAILED)."""
 
 SAMPLES_PER_STEP = 2
 
@@ -90,6 +96,7 @@ class _Run:
         self.state = RunState()
         self.started = time.monotonic()
         self.last_saved = -1
+        self.failed_steps = 0      # RL steps in a row whose every trajectory failed
 
     def emit(self, event: Any) -> None:
         if self.on_event is not None:
@@ -355,6 +362,7 @@ class _RlSteps:
             self.policy.model.train()
         rollout_seconds = time.monotonic() - tic
         counts = self.rollouts.score(trajectories, version)
+        self._count_failure(step, trajectories)
         values = grpo_update(self.policy, optimizer, trajectories, self.stage, step - 1, reference=self.reference,
                              total_steps=self.stage.steps)
         self.rollouts.sync_weights(self.policy.model, version)
@@ -370,6 +378,22 @@ class _RlSteps:
         values["sampled_weight_version"] = float(max((v for t in trajectories for v in t.weight_versions), default=0))
         values.update(_task_metrics(self.stage, trajectories))
         return values, _sample_picks(trajectories)
+
+    def _count_failure(self, step: int, trajectories: list[RolloutTrajectory]) -> None:
+        """Count a step whose every trajectory failed; ``services.max_failed_steps`` in a row raise
+        ``ServicesFailed``, naming the service and its error."""
+        if not trajectories or any(t.status != TrajectoryStatus.INFRA_FAILED for t in trajectories):
+            self.run.failed_steps = 0
+            return
+        self.run.failed_steps += 1
+        limit = self.run.config.services.max_failed_steps
+        what = self.rollouts.describe_failures(trajectories)
+        if self.run.failed_steps >= limit:
+            raise ServicesFailed(f"{self.run.failed_steps} RL step(s) in a row had every trajectory fail "
+                                 f"(services.max_failed_steps = {limit}); the last, step {step}: {what}")
+        logger.warning("stage %s step %d: every trajectory failed, nothing to learn (%d in a row, the run fails "
+                       "at services.max_failed_steps = %d): %s", self.stage.name or self.stage.kind, step,
+                       self.run.failed_steps, limit, what)
 
     def close(self) -> None:
         """Close the stage's tool stream."""

@@ -39,7 +39,8 @@ def make_judge(spec: JudgeSpec) -> JudgeBackend:
 
 
 def get_judge(shared: dict[str, Any], spec: JudgeSpec) -> JudgeBackend:
-    """The backend for ``spec`` cached in ``shared`` (built on first use).
+    """The backend for ``spec`` cached in ``shared`` (built on first use): one per checkpoint, one
+    per endpoint (another model name on the same endpoint shares its HTTP connections).
 
     Building is synchronous and loads nothing, so concurrent callers on one event loop
     cannot build two backends for the same spec.
@@ -48,6 +49,8 @@ def get_judge(shared: dict[str, Any], spec: JudgeSpec) -> JudgeBackend:
     if judge is None:
         judge = make_judge(spec)
         shared[spec.cache_key] = judge
+    if isinstance(judge, OpenAIChatJudge) and judge.model != spec.model:
+        return judge.with_model(spec.model)
     return judge
 
 

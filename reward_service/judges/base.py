@@ -43,10 +43,12 @@ class JudgeSpec:
 
     @property
     def cache_key(self) -> str:
-        """The key under which the backend is kept in ``RewardContext.shared``."""
+        """The key under which the backend is kept in ``RewardContext.shared``: a local checkpoint
+        by its directory, an endpoint by its URL alone — the model is a name sent with each
+        request, so a caller naming model after model cannot grow the cache."""
         if self.backend == "hf":
             return f"judge:hf:{self.model}"
-        return f"judge:{self.backend}:{self.endpoint}:{self.model}"
+        return f"judge:{self.backend}:{self.endpoint}"
 
     def describe(self) -> str:
         """A short name for messages: ``openai:<model>@<endpoint>`` or ``hf:<dir>``."""

@@ -3,6 +3,7 @@ llama.cpp server, SGLang, OpenAI itself), over one pooled ``httpx.AsyncClient``.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -48,6 +49,12 @@ class OpenAIChatJudge:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), headers=headers)
 
+    def with_model(self, model: str) -> OpenAIChatJudge:
+        """The same endpoint and connections, asking for another served model."""
+        other = copy.copy(self)
+        other.model = model
+        return other
+
     async def complete(self, messages: ChatMessages, max_new_tokens: int, temperature: float = 0.0) -> str:
         """The content of the first choice of one chat completion."""
         body: dict[str, Any] = {
@@ -63,12 +70,10 @@ class OpenAIChatJudge:
             response = await self._client.post(self.url, json=body)
         except httpx.TimeoutException as exc:
             raise RewardSystemError(
-                f"judge endpoint {self.url} timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+                f"judge endpoint {self.url} timed out after {self.timeout_s:g} s ({_what(exc)})"
             ) from exc
         except httpx.HTTPError as exc:  # connection refused, DNS, reset, protocol error
-            raise RewardSystemError(
-                f"judge endpoint {self.url} is unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise RewardSystemError(f"judge endpoint {self.url} is unreachable ({_what(exc)}): {exc}") from exc
         if response.status_code >= 500:
             raise RewardSystemError(
                 f"judge endpoint {self.url} failed with HTTP {response.status_code}: {_excerpt(response.text)!r}"
@@ -108,3 +113,14 @@ class OpenAIChatJudge:
     async def aclose(self) -> None:
         """Close the pooled HTTP connections."""
         await self._client.aclose()
+
+
+_WHAT = {"ConnectError": "could not connect", "ConnectTimeout": "connecting timed out",
+         "ReadTimeout": "no answer in time", "WriteTimeout": "sending timed out", "PoolTimeout": "no free connection",
+         "ReadError": "the connection broke while reading", "WriteError": "the connection broke while sending",
+         "RemoteProtocolError": "the endpoint broke the HTTP protocol", "UnsupportedProtocol": "not an http(s) URL"}
+
+
+def _what(exc: Exception) -> str:
+    """What went wrong, in words (callers of the reward service see no Python exception names)."""
+    return _WHAT.get(type(exc).__name__, "the HTTP request failed")

@@ -45,7 +45,9 @@ from typing import Any
 from reward_service.local_life.checklist import check_poi
 
 POI_ID = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2}\d{6})(?![0-9])")
-RATING = re.compile(r"(?:\brated|\brating)\s*(?:of|:|=)?\s*(\d(?:\.\d+)?)\b|\b(\d\.\d)\s*(?:stars?|★|/\s*5)",
+# One whitespace run per gap (not ``\s*(?:of|:|=)?\s*``, whose two runs split a long blank run in
+# quadratically many ways when no digit follows).
+RATING = re.compile(r"(?:\brated|\brating)\s*(?:(?:of|:|=)\s*)?(\d(?:\.\d+)?)\b|\b(\d\.\d)\s*(?:stars?|★|/\s*5)",
                     re.IGNORECASE)
 PRICE = re.compile(r"(?:¥|RMB\s*|CNY\s*)(\d+(?:\.\d+)?)", re.IGNORECASE)
 RATING_TOLERANCE = 0.05

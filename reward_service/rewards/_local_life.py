@@ -2,7 +2,8 @@
 context of a trajectory, and POI records through the POI tool server's ``poi_detail``.
 
 The rewards see the corpus exactly as the agent's tools do: records come from ``poi_detail`` on
-``RLYARD_REWARD_POI_TOOLS_TARGET`` (or a spec's ``tool_server``), never from a file of the reward
+``RLYARD_REWARD_POI_TOOLS_TARGET`` (or a spec's ``tool_server``, one the service is configured
+with or allowed: ``RLYARD_REWARD_ALLOWED_TOOL_TARGETS``), never from a file of the reward
 service's own. Records are cached per (server, poi_id) in an LRU (the corpus of a running server
 does not change); an id the server does not know is cached as absent.
 
@@ -23,7 +24,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from reward_service.local_life.metrics import Scores, ids_in, parse_answer, score_answer
-from reward_service.registry import RewardContext
+from reward_service.registry import RewardContext, check_tool_server
 from reward_service.rewards._lru import AsyncLru
 from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, RewardSystemError
 from rlyard.domain import ScoringItem, Trajectory
@@ -152,6 +153,10 @@ class LocalLifeMetric:
 
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
+
+    def check_params(self, params: LocalLifeParams) -> None:
+        """A spec may name only a configured or allowed tool server (the service dials it)."""
+        check_tool_server(params.tool_server, self.ctx.settings)
 
     async def score(self, item: ScoringItem, params: LocalLifeParams) -> RewardOutcome:
         """Score the final answer against the checklist and the trajectory's retrieved context."""

@@ -81,25 +81,49 @@ def gold_answers(ground_truth: Any) -> list[str]:
     return _answer_list(ground_truth)
 
 
-def _block_pattern(tag: str) -> re.Pattern[str]:
-    t = re.escape(tag)
-    return re.compile(rf"<{t}>(.*?)</{t}>", re.DOTALL)
+def _blocks(text: str, tag: str) -> list[tuple[int, int, int, int]]:
+    """``(start, content_start, content_end, end)`` of every closed ``<tag>…</tag>`` block, as
+    ``re.findall(r"<tag>(.*?)</tag>", re.DOTALL)`` finds them (an opening tag pairs with the next
+    closing one; the search goes on after it), in one pass: linear time even on a text of
+    unclosed tags, where that regex is quadratic (it rescans to the end from every ``<tag>``)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    found: list[tuple[int, int, int, int]] = []
+    pos = 0
+    while True:
+        start = text.find(opening, pos)
+        if start < 0:
+            return found
+        content = start + len(opening)
+        close = text.find(closing, content)
+        if close < 0:
+            return found  # no closing tag after this opening one, so none after any later one either
+        pos = close + len(closing)
+        found.append((start, content, close, pos))
 
 
 def strip_blocks(text: str, tag: str) -> str:
     """Remove every closed ``<tag>…</tag>`` block (non-greedy, across lines)."""
-    return _block_pattern(tag).sub("", text)
+    parts = []
+    pos = 0
+    for start, _, _, end in _blocks(text, tag):
+        parts.append(text[pos:start])
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def tag_blocks(text: str, tag: str) -> list[str]:
     """The raw contents of every closed ``<tag>…</tag>`` block, in order."""
-    return _block_pattern(tag).findall(text)
+    return [text[content:close] for _, content, close, _ in _blocks(text, tag)]
 
 
 def last_block(text: str, tag: str) -> str | None:
     """The stripped content of the last ``<tag>…</tag>`` block, or None when there is none."""
-    blocks = tag_blocks(text, tag)
-    return blocks[-1].strip() if blocks else None
+    blocks = _blocks(text, tag)
+    if not blocks:
+        return None
+    _, content, close, _ = blocks[-1]
+    return text[content:close].strip()
 
 
 def tags_alternate(text: str, tag: str) -> bool:

@@ -3,18 +3,19 @@
 The spec of a request is itself a weighted sum; ``composite`` names such a sum
 inside a spec (e.g. a preset ``{"composite": {"weight": 1, "terms": {"qa_f1": 0.5,
 "format": 0.5}}}``) so that it is reported as a single component whose
-explanation lists its parts.
+explanation lists its parts. Composites nest at most ``scorer.MAX_SPEC_DEPTH`` levels.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from reward_service.registry import RewardContext, register
 from reward_service.types import RewardInputError, RewardKindName, RewardOutcome, RewardSystemError, StepReward
-from rlyard.domain import ScoreStatus, ScoringItem, parse_spec
+from rlyard.domain import RewardSpec, ScoreStatus, ScoringItem, parse_spec
+from rlyard.errors import InvalidArgument
 
 
 class CompositeParams(BaseModel):
@@ -25,6 +26,15 @@ class CompositeParams(BaseModel):
         min_length=1,
     )
 
+    @field_validator("terms")
+    @classmethod
+    def _a_spec(cls, terms: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parse_spec(terms)          # weights that are numbers, finite, and sum to a finite number
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return terms
+
 
 @register
 class Composite:
@@ -34,9 +44,15 @@ class Composite:
     description = "Weighted sum of other rewards by name, reported as one component."
     kind = RewardKindName.COMPOSITE
     Params = CompositeParams
+    max_text_chars = None    # no limit of its own: each inner reward applies its own
 
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
+
+    def inner_spec(self, params: CompositeParams) -> RewardSpec:
+        """The spec it sums (the scorer binds it with the outer spec: unknown names and bad
+        params are refused before anything is scored)."""
+        return parse_spec(params.terms)
 
     async def score(self, item: ScoringItem, params: CompositeParams) -> RewardOutcome:
         """Score the inner spec with the service's scorer."""

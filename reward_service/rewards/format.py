@@ -166,7 +166,8 @@ class Format:
             indexed = [(t.index, t.text) for t in turns]
         else:
             indexed = [(0, item.response_text)]
-        checks = check_turns([text for _, text in indexed], params)
+        texts = [text for _, text in indexed]
+        checks = await self.ctx.run_cpu(sum(map(len, texts)), check_turns, texts, params)
         steps = [StepReward(idx, 1.0 if c.ok else 0.0) for (idx, _), c in zip(indexed, checks, strict=True)]
         good = sum(1 for c in checks if c.ok)
         if params.aggregate == "all":

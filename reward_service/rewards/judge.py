@@ -5,7 +5,10 @@ the reward, normalised to [0, 1] by default, with the judge's reason as the expl
 A reply that does not parse is asked for once more, then reported as a ``RewardSystemError``
 (the trajectory is dropped, never scored 0). The judge is a local HF model or any
 OpenAI-compatible endpoint (``RLYARD_REWARD_JUDGE_*``); a spec's params may name another
-backend, endpoint or model, so one service serves several judges, each built once.
+backend, endpoint or model, so one service serves several judges (one backend per checkpoint or
+endpoint, built once; a model name goes with each request) — an endpoint or a local checkpoint
+only among those the service is configured with or allowed (``RLYARD_REWARD_ALLOWED_JUDGE_ENDPOINTS``,
+``…_CHECKPOINTS``).
 
 Template fields: ``{rubric}``, ``{question}`` (ground truth ``question``, else the first user
 turn), ``{reference}`` (ground truth ``answer``/``answers``), ``{response}``, ``{context}`` (the
@@ -16,12 +19,14 @@ metrics of ``envs.local_life.judge.judge_spec``), ``{score_min}``, ``{score_max}
 from __future__ import annotations
 
 import logging
+import math
 import string
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reward_service.judges import JudgeSpec, get_judge
+from reward_service.judges.openai_http import chat_completions_url
 from reward_service.judges.verdict import ask_verdict
 from reward_service.registry import RewardContext, register
 from reward_service.types import RewardInputError, RewardKindName, RewardOutcome
@@ -85,6 +90,8 @@ class JudgeParams(BaseModel):
     def _check(self) -> Self:
         if not self.score_max > self.score_min:
             raise ValueError(f"score_max ({self.score_max:g}) must be greater than score_min ({self.score_min:g})")
+        if not math.isfinite(self.score_max - self.score_min):
+            raise ValueError(f"score_max - score_min ({self.score_max:g} - {self.score_min:g}) is not a finite number")
         try:
             used = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         except ValueError as exc:
@@ -188,9 +195,31 @@ class Judge:
     )
     kind = RewardKindName.MODEL_JUDGE
     Params = JudgeParams
+    # the response goes into the judge's prompt; a judge model reads some thousands of tokens
+    max_text_chars = 200_000
 
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
+
+    def check_params(self, params: JudgeParams) -> None:
+        """A spec may pick only a configured or allowed judge: the service never sends a request to
+        an endpoint, nor loads a checkpoint directory, of a caller's choosing."""
+        settings = self.ctx.settings
+        backend = params.backend or settings.judge_backend
+        if backend == "openai" and params.endpoint is not None:
+            allowed = {chat_completions_url(e) for e in settings.judge_endpoints}
+            if chat_completions_url(params.endpoint) not in allowed:
+                raise ValueError(f"endpoint {params.endpoint[:200]!r} is not a judge this service may call; allowed: "
+                                 f"{', '.join(sorted(settings.judge_endpoints))} "
+                                 "(RLYARD_REWARD_ALLOWED_JUDGE_ENDPOINTS adds more)")
+        if backend == "hf" and params.model is not None and params.model not in settings.judge_checkpoints:
+            raise ValueError(f"model {params.model[:200]!r} is not a judge checkpoint this service may load; allowed: "
+                             f"{', '.join(sorted(settings.judge_checkpoints)) or '(none)'} "
+                             "(RLYARD_REWARD_ALLOWED_JUDGE_CHECKPOINTS adds more)")
+
+    def floor(self, params: JudgeParams, item: ScoringItem) -> float:
+        """The lowest value: 0 normalised, else ``score_min``."""
+        return 0.0 if params.normalize else params.score_min
 
     def judge_spec(self, params: JudgeParams) -> JudgeSpec:
         """Which judge the params select (the service's settings fill what they leave out).

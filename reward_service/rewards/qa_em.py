@@ -41,7 +41,14 @@ def max_exact_match(prediction: str, golds: list[str], squad_version: str = "v2.
     Raises:
         RewardInputError: ``squad_version="v1.1"`` and no gold answer.
     """
-    return max(exact_match(prediction, g) for g in squad_golds(golds, squad_version))
+    return float(bool(matching_golds(prediction, squad_golds(golds, squad_version))))
+
+
+def matching_golds(prediction: str, golds: list[str]) -> list[str]:
+    """The golds equal to the prediction after normalisation (the prediction normalised once:
+    linear in the prediction plus the golds)."""
+    norm = normalize_answer(prediction)
+    return [g for g in golds if normalize_answer(g) == norm]
 
 
 class QaEmParams(BaseModel):
@@ -73,11 +80,11 @@ class QaEm:
         """Score ``item.text`` against ``item.ground_truth``'s answers."""
         golds = squad_golds(gold_answers(item.ground_truth), params.squad_version)
         prediction = item.text
-        value = max(exact_match(prediction, g) for g in golds)
-        shown = normalize_answer(prediction)
-        if value:
-            best = next(g for g in golds if exact_match(prediction, g))
-            explanation = f"exact match: {shown!r} equals gold {best!r} after normalisation"
+        size = len(prediction) + sum(len(g) for g in golds)
+        matches = await self.ctx.run_cpu(size, matching_golds, prediction, golds)
+        shown = normalize_answer(prediction[:2000])  # for the explanation only
+        if matches:
+            explanation = f"exact match: {shown[:200]!r} equals gold {matches[0][:200]!r} after normalisation"
         else:
-            explanation = f"no exact match: {shown!r} (normalised) is none of {len(golds)} gold answer(s)"
-        return RewardOutcome(value=value, explanation=explanation)
+            explanation = f"no exact match: {shown[:200]!r} (normalised) is none of {len(golds)} gold answer(s)"
+        return RewardOutcome(value=float(bool(matches)), explanation=explanation)

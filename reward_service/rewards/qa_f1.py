@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from reward_service.registry import RewardContext, register
-from reward_service.rewards._text import answer_tokens, gold_answers, normalize_answer, squad_golds
+from reward_service.rewards._text import gold_answers, normalize_answer, squad_golds
 from reward_service.types import RewardKindName, RewardOutcome
 from rlyard.domain import ScoringItem
 
@@ -39,21 +39,35 @@ _HOTPOT_SPECIAL = ("yes", "no", "noanswer")
 
 def f1_score(prediction: str, gold: str, squad_version: str = "v2.0", hotpot_yes_no: bool = False) -> float:
     """Token F1 of one prediction against one gold answer."""
-    if hotpot_yes_no:
-        norm_pred, norm_gold = normalize_answer(prediction), normalize_answer(gold)
-        if norm_pred != norm_gold and (norm_pred in _HOTPOT_SPECIAL or norm_gold in _HOTPOT_SPECIAL):
-            return 0.0
-    pred_toks = answer_tokens(prediction)
-    gold_toks = answer_tokens(gold)
-    if squad_version == "v2.0" and (not pred_toks or not gold_toks):
-        # Either side is "no answer": right only when both are.
-        return float(pred_toks == gold_toks)
-    num_same = sum((Counter(pred_toks) & Counter(gold_toks)).values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_toks)
-    recall = num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
+    return f1_scores(prediction, [gold], squad_version, hotpot_yes_no)[0]
+
+
+def f1_scores(prediction: str, golds: list[str], squad_version: str = "v2.0",
+              hotpot_yes_no: bool = False) -> list[float]:
+    """Token F1 of the prediction against each gold. The prediction is normalised and counted
+    once, and each overlap walks the gold's tokens: linear in the prediction plus the golds."""
+    norm_pred = normalize_answer(prediction)
+    pred_toks = norm_pred.split()
+    pred_count = Counter(pred_toks)
+    scores = []
+    for gold in golds:
+        norm_gold = normalize_answer(gold)
+        if hotpot_yes_no and norm_pred != norm_gold and (norm_pred in _HOTPOT_SPECIAL or norm_gold in _HOTPOT_SPECIAL):
+            scores.append(0.0)
+            continue
+        gold_toks = norm_gold.split()
+        if squad_version == "v2.0" and (not pred_toks or not gold_toks):
+            # Either side is "no answer": right only when both are.
+            scores.append(float(pred_toks == gold_toks))
+            continue
+        num_same = sum(min(n, pred_count[t]) for t, n in Counter(gold_toks).items())
+        if num_same == 0:
+            scores.append(0.0)
+            continue
+        precision = num_same / len(pred_toks)
+        recall = num_same / len(gold_toks)
+        scores.append((2 * precision * recall) / (precision + recall))
+    return scores
 
 
 def max_f1(prediction: str, golds: list[str], squad_version: str = "v2.0", hotpot_yes_no: bool = False) -> float:
@@ -62,7 +76,7 @@ def max_f1(prediction: str, golds: list[str], squad_version: str = "v2.0", hotpo
     Raises:
         RewardInputError: ``squad_version="v1.1"`` and no gold answer.
     """
-    return max(f1_score(prediction, g, squad_version, hotpot_yes_no) for g in squad_golds(golds, squad_version))
+    return max(f1_scores(prediction, squad_golds(golds, squad_version), squad_version, hotpot_yes_no))
 
 
 class QaF1Params(BaseModel):
@@ -99,9 +113,12 @@ class QaF1:
         """Score ``item.text`` against ``item.ground_truth``'s answers."""
         golds = squad_golds(gold_answers(item.ground_truth), params.squad_version)
         prediction = item.text
-        scores = [f1_score(prediction, g, params.squad_version, params.hotpot_yes_no) for g in golds]
+        size = len(prediction) + sum(len(g) for g in golds)
+        scores = await self.ctx.run_cpu(size, f1_scores, prediction, golds, params.squad_version,
+                                        params.hotpot_yes_no)
         best = max(range(len(golds)), key=scores.__getitem__)
+        shown = normalize_answer(prediction[:2000])  # for the explanation only
         return RewardOutcome(
             value=scores[best],
-            explanation=f"F1 {scores[best]:.3f} of {normalize_answer(prediction)!r} against gold {golds[best]!r}",
+            explanation=f"F1 {scores[best]:.3f} of {shown[:200]!r} against gold {golds[best][:200]!r}",
         )

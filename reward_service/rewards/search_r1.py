@@ -43,10 +43,13 @@ RL-Factory uses f = 0.1 in training and f = 0 in validation (``if_val``). Its
 JSON-validity score of the tool calls is computed but no longer added to the total
 in the current version, so it is left out here. No step rewards (RL-Factory's
 per-step tool rewards belong to its environment's ``step``, not to this score).
+A response over the reward's text limit (``RLYARD_REWARD_MAX_TEXT_CHARS``) is not read and scores
+the lowest value, −2f. The tags are found in one linear pass (``_text``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -148,20 +151,20 @@ class SearchR1:
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
 
+    def floor(self, params: SearchR1Params, item: ScoringItem) -> float:
+        """The lowest value (no answer, or a wrong one with broken tags, and too many calls): −2f."""
+        return -2.0 * params.format_score
+
     async def score(self, item: ScoringItem, params: SearchR1Params) -> RewardOutcome:
         """Score the item's whole generated response."""
         golds = gold_answers(item.ground_truth)
         if not golds:
             raise RewardInputError('the ground truth lists no gold answer; give {"answers": ["..."]}')
-        s = compute_search_r1(
-            item.response_text,
-            golds,
-            params.format_score,
-            params.max_tool_calls,
-            answer_tag=params.answer_tag,
-            tool_call_tag=params.tool_call_tag,
-            think_tag=params.think_tag,
-        )
+        response = item.response_text
+        compute = functools.partial(compute_search_r1, answer_tag=params.answer_tag,
+                                    tool_call_tag=params.tool_call_tag, think_tag=params.think_tag)
+        s = await self.ctx.run_cpu(len(response), compute, response, golds, params.format_score,
+                                   params.max_tool_calls)
         if s.answer is None:
             verdict = f"no <{params.answer_tag}> block"
         else:

@@ -45,6 +45,10 @@ Gold results are cached per service in an LRU (``RLYARD_REWARD_GOLD_CACHE_SIZE``
 entries, 0 disables it) keyed by (tool-server target, db_id, the gold SQL as
 executed); concurrent misses of one key share one tool call.
 
+Limits: a prediction over ``max_text_chars`` (100,000; ``RLYARD_REWARD_TEXT_LIMITS``) is not
+parsed and scores 0; a spec's ``tool_server`` must be one the service is configured with or allowed
+(``RLYARD_REWARD_ALLOWED_TOOL_TARGETS``).
+
 Per-step rewards (execution feedback): every assistant turn that called
 ``sql_query`` gets one step reward, 1.0 when all of its ``sql_query`` calls came
 back without ``is_error``, else 0.0 (a call with no observation counts as failed).
@@ -66,7 +70,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 from sqlparse.exceptions import SQLParseError
 
-from reward_service.registry import RewardContext, register
+from reward_service.registry import RewardContext, check_tool_server, register
 from reward_service.rewards import _sql_compare as cmp
 from reward_service.rewards._lru import AsyncLru
 from reward_service.types import (
@@ -225,9 +229,15 @@ class SqlExecution:
     )
     kind = RewardKindName.TOOL_VERIFICATION
     Params = SqlExecutionParams
+    # sqlparse takes about a second for 100,000 characters (and gives up on longer statements)
+    max_text_chars = 100_000
 
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
+
+    def check_params(self, params: SqlExecutionParams) -> None:
+        """A spec may name only a configured or allowed tool server (the service dials it)."""
+        check_tool_server(params.tool_server, self.ctx.settings)
 
     async def _run(self, target: str | None, db_id: str, sql: str, role: str) -> SqlRows | SqlFailure:
         """Run ``sql`` on the tool server; system failures raise RewardSystemError."""
@@ -317,7 +327,7 @@ def _prepare(text: str, gold_sql: str, spider: bool, keep_distinct: bool) -> _Qu
     try:
         gold_checked, gold_exec = _prepare_gold(gold_sql, keep_distinct) if spider else (gold_sql, gold_sql)
     except (IndexError, SQLParseError) as exc:
-        raise RewardInputError(f"the gold query could not be tokenised by sqlparse: {exc!r}") from None
+        raise RewardInputError(f"the gold query could not be tokenised by sqlparse: {exc}") from None
     pred_sql = cmp.extract_sql(text)
     if not pred_sql:
         return _Queries(gold_checked, gold_exec, None, "no SQL in the prediction")
@@ -376,6 +386,6 @@ def _rows_of(result: ToolResult, target: str, role: str) -> SqlRows | SqlFailure
         exact = bool(structured.get("more_rows_exact", True))
     except (ValueError, KeyError, TypeError) as exc:
         raise RewardSystemError(
-            f"the {role} result from {target} has no readable structured rows ({exc!r}); is it the SQL tool server?"
+            f"the {role} result from {target} has no readable structured rows ({exc}); is it the SQL tool server?"
         ) from None
     return SqlRows(rows, truncated, len(rows) + counted, exact)

@@ -37,7 +37,7 @@ block, or one object per line as in ToolRL). No step rewards.
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,10 +46,12 @@ from typing import Any, Self
 from pydantic import BaseModel, Field, model_validator
 
 from reward_service.registry import RewardContext, register
-from reward_service.rewards._text import TAG_NAME_PATTERN
+from reward_service.rewards._text import TAG_NAME_PATTERN, tag_blocks
 from reward_service.types import RewardInputError, RewardKindName, RewardOutcome
 from rlyard.domain import ScoringItem
 from rlyard.domain import ToolCall as RecordedCall
+from rlyard.domain.safejson import loads_json
+from rlyard.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,7 @@ def _short(obj: Any) -> str:
 def _arguments(call: Mapping[str, Any], error: type[Exception]) -> dict[str, Any]:
     args: Any = call.get("arguments", call.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
-            raise error(f"the arguments of {call.get('name')!r} are not valid JSON: {e}") from None
+        args = _loads(args, error, f"the arguments of {_short(call.get('name'))}") if args.strip() else {}
     if not isinstance(args, dict):
         raise error(f"the arguments of {call.get('name')!r} are not a JSON object")
     return args
@@ -164,16 +163,22 @@ def gold_tool_calls(ground_truth: Any) -> list[ToolCall]:
     return [_call_from_json(c, RewardInputError) for c in calls]
 
 
+def _loads(text: str, error: type[Exception], what: str) -> Any:
+    """JSON of a tool call; ``error`` (never RecursionError/ValueError) when it cannot be read."""
+    try:
+        return loads_json(text, what)
+    except InvalidArgument as e:
+        raise error(e.message) from None
+
+
 def _block_calls(content: str) -> list[ToolCall]:
     content = content.strip()
     try:
-        parsed: Any = json.loads(content)
-    except json.JSONDecodeError:
+        parsed: Any = _loads(content, MalformedToolCall, "a tool-call block")
+    except MalformedToolCall:
         # ToolRL's layout: one JSON object per line inside one block.
-        try:
-            parsed = [json.loads(line) for line in content.split("\n") if line.strip()]
-        except json.JSONDecodeError as e:
-            raise MalformedToolCall(f"a tool-call block is not valid JSON: {e}") from None
+        parsed = [_loads(line, MalformedToolCall, "a tool-call block") for line in content.split("\n")
+                  if line.strip()]
         if not parsed:
             raise MalformedToolCall("a tool-call block is empty") from None
     items = parsed if isinstance(parsed, list) else [parsed]
@@ -186,8 +191,7 @@ def parse_text_tool_calls(text: str, tag: str = "tool_call") -> list[ToolCall]:
     Raises:
         MalformedToolCall: there is no block, or a block is not valid JSON of calls.
     """
-    t = re.escape(tag)
-    blocks = re.findall(rf"<{t}>(.*?)</{t}>", text, re.DOTALL)
+    blocks = tag_blocks(text, tag)
     if not blocks:
         raise MalformedToolCall(f"no <{tag}> block in the text")
     return [call for block in blocks for call in _block_calls(block)]
@@ -236,6 +240,8 @@ class ToolCallMatchParams(BaseModel):
     def _ordered(self) -> Self:
         if self.r_max <= self.r_min:
             raise ValueError(f"r_max ({self.r_max}) must exceed r_min ({self.r_min})")
+        if not math.isfinite(self.r_max - self.r_min):
+            raise ValueError(f"r_max - r_min ({self.r_max:g} - {self.r_min:g}) is not a finite number")
         return self
 
 
@@ -266,6 +272,10 @@ class ToolCallMatch:
     def __init__(self, ctx: RewardContext) -> None:
         self.ctx = ctx
 
+    def floor(self, params: ToolCallMatchParams, item: ScoringItem) -> float:
+        """The lowest value at the item's step: r_min (what an unreadable call scores)."""
+        return reward_range(params, item.training_step)[0]
+
     async def score(self, item: ScoringItem, params: ToolCallMatchParams) -> RewardOutcome:
         """Score the predicted calls against ``item.ground_truth``'s calls."""
         gold = gold_tool_calls(item.ground_truth)
@@ -277,10 +287,10 @@ class ToolCallMatch:
             if item.trajectory is not None:
                 pred = record_tool_calls(item.trajectory.tool_calls)
             else:
-                pred = parse_text_tool_calls(item.text, params.tool_call_tag)
+                pred = await self.ctx.run_cpu(len(item.text), parse_text_tool_calls, item.text, params.tool_call_tag)
         except MalformedToolCall as e:
             return RewardOutcome(value=r_min, explanation=f"unreadable tool call ({e}): r_min; {where}")
-        m = compute_tool_call_match(gold, pred, r_max, r_min)
+        m = await self.ctx.run_cpu(len(gold) * len(pred), compute_tool_call_match, gold, pred, r_max, r_min)
         if m.exact:
             explanation = f"exact match of {len(gold)} call(s): r_max; {where}"
         else:

@@ -1,5 +1,9 @@
 """Protobuf ↔ domain: the one place where ``rlyard.common.v1`` and ``rlyard.reward.v1`` messages
-become plain records and back. Servicers and clients call these; nothing else builds messages."""
+become plain records and back. Servicers and clients call these; nothing else builds messages.
+
+What a request carries is untrusted: a field that cannot become a record (an enum number the
+contract does not define, JSON that does not parse, nests too deep or holds NaN) is an
+``InvalidArgument`` that names the field, never a Python exception."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from rlyard.domain.reward import (
     ScoringItem,
     StepScore,
 )
+from rlyard.domain.safejson import loads_json
 from rlyard.domain.trajectory import (
     SystemFailure,
     ToolCall,
@@ -42,6 +47,15 @@ _SCORE_STATUS_PB = {
     ScoreStatus.INVALID_INPUT: reward_pb2.SCORE_STATUS_INVALID_INPUT,
 }
 _SCORE_STATUS = {v: k for k, v in _SCORE_STATUS_PB.items()}
+
+
+def _enum_name(enum: Any, number: int, field: str) -> str:
+    """The name of enum value ``number``; InvalidArgument naming ``field`` when it is undefined."""
+    try:
+        return str(enum.Name(number))
+    except ValueError:
+        valid = ", ".join(f"{n} ({v})" for n, v in enum.items())
+        raise InvalidArgument(f"{field}: {number} is not a defined value; valid: {valid}") from None
 
 
 # --- content -------------------------------------------------------------------------------
@@ -72,8 +86,8 @@ def content_from_pb(pb: common_pb2.Content) -> ContentPart:
         return image_from_pb(pb.image)
     if kind == "json":
         try:
-            return JsonPart(json.loads(pb.json))
-        except json.JSONDecodeError:
+            return JsonPart(loads_json(pb.json, "content.json"))
+        except InvalidArgument:
             return TextPart(pb.json)
     return TextPart(pb.text)
 
@@ -88,8 +102,8 @@ def _structured(raw: str) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
+        return loads_json(raw, "structured_json")
+    except InvalidArgument:
         return None
 
 
@@ -144,8 +158,10 @@ def turn_to_pb(turn: Turn) -> common_pb2.Turn:
     )
 
 
-def turn_from_pb(pb: common_pb2.Turn) -> Turn:
-    """A ``Turn`` from ``common.v1.Turn``."""
+def turn_from_pb(pb: common_pb2.Turn, field: str = "turn") -> Turn:
+    """A ``Turn`` from ``common.v1.Turn``; InvalidArgument naming ``field`` for an undefined role."""
+    if pb.role != common_pb2.ROLE_UNSPECIFIED and pb.role not in _ROLES:
+        _enum_name(common_pb2.Role, pb.role, f"{field}.role")
     return Turn(
         index=pb.index,
         role=_ROLES.get(pb.role, "unspecified"),
@@ -172,28 +188,24 @@ def trajectory_to_pb(t: Trajectory) -> common_pb2.Trajectory:
     )
 
 
-def trajectory_from_pb(pb: common_pb2.Trajectory) -> Trajectory:
-    """A ``Trajectory`` from ``common.v1.Trajectory``."""
-    status = common_pb2.TrajectoryStatus.Name(pb.status).removeprefix("TRAJECTORY_STATUS_")
-    return Trajectory(pb.trajectory_id, pb.task_id, tuple(turn_from_pb(t) for t in pb.turns), pb.final_answer,
+def trajectory_from_pb(pb: common_pb2.Trajectory, field: str = "trajectory") -> Trajectory:
+    """A ``Trajectory`` from ``common.v1.Trajectory``; InvalidArgument names a field that is not valid."""
+    status = _enum_name(common_pb2.TrajectoryStatus, pb.status, f"{field}.status").removeprefix("TRAJECTORY_STATUS_")
+    turns = tuple(turn_from_pb(t, f"{field}.turns[{i}]") for i, t in enumerate(pb.turns))
+    return Trajectory(pb.trajectory_id, pb.task_id, turns, pb.final_answer,
                       TrajectoryStatus(status), dict(pb.metadata), pb.session_id, pb.infra_error)
 
 
 # --- rewards -------------------------------------------------------------------------------
 def spec_from_pb(pb: reward_pb2.RewardSpec) -> RewardSpec:
-    """A ``RewardSpec`` from ``reward.v1.RewardSpec``; params must be JSON objects."""
+    """A ``RewardSpec`` from ``reward.v1.RewardSpec``: params must be JSON objects, weights finite
+    (``rlyard.domain.reward.check_terms``)."""
     terms = []
     for t in pb.terms:
-        try:
-            params = json.loads(t.params_json) if t.params_json else {}
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"reward {t.name!r}: params_json is not JSON: {exc}") from None
+        params = loads_json(t.params_json, f"reward {t.name!r}: params_json") if t.params_json else {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"reward {t.name!r}: params_json must be a JSON object")
         terms.append(RewardTerm(t.name, t.weight, params))
-    names = [t.name for t in terms]
-    if len(set(names)) != len(names):
-        raise InvalidArgument(f"the reward spec names a reward twice: {names}")
     return RewardSpec(tuple(terms))
 
 
@@ -205,14 +217,22 @@ def spec_to_pb(spec: RewardSpec) -> reward_pb2.RewardSpec:
     )
 
 
-def item_from_pb(pb: reward_pb2.ScoreRequest) -> ScoringItem:
-    """A ``ScoringItem`` from ``ScoreRequest``; ground_truth_json must parse."""
+def item_from_pb(pb: reward_pb2.ScoreRequest, where: str = "") -> ScoringItem:
+    """A ``ScoringItem`` from ``ScoreRequest``; InvalidArgument names the item (``where``, e.g.
+    ``items[3]``) and the field when ground_truth_json does not parse or the trajectory holds an
+    undefined enum value or a bad image."""
+    prefix = f"{where} (item {_short(pb.item_id)})" if where else f"item {_short(pb.item_id)}"
     try:
-        ground_truth = json.loads(pb.ground_truth_json) if pb.ground_truth_json else None
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"item {pb.item_id!r}: ground_truth_json is not JSON: {exc}") from None
-    trajectory = trajectory_from_pb(pb.trajectory) if pb.HasField("trajectory") else None
+        ground_truth = loads_json(pb.ground_truth_json, "ground_truth_json") if pb.ground_truth_json else None
+        trajectory = trajectory_from_pb(pb.trajectory) if pb.HasField("trajectory") else None
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{prefix}: {exc.message}") from None
     return ScoringItem(pb.item_id, pb.prediction, trajectory, ground_truth, pb.training_step)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``repr`` of an id for a message, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def item_to_pb(item: ScoringItem, spec: RewardSpec | None = None) -> reward_pb2.ScoreRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -36,21 +37,64 @@ class RewardSpec:
 
     terms: tuple[RewardTerm, ...]
 
+    def __post_init__(self) -> None:
+        check_terms(self.terms)
+
     def to_jsonable(self) -> list[dict[str, Any]]:
         """The list form (round-trips through ``parse_spec``)."""
         return [{"name": t.name, "weight": t.weight, "params": t.params} for t in self.terms]
 
 
+def check_terms(terms: tuple[RewardTerm, ...]) -> None:
+    """Refuse a reward named twice, NaN or infinite numbers in weights and params, and weights
+    whose magnitudes add up past the largest float: a non-finite total would poison the
+    advantages of every trajectory it touches.
+
+    Raises:
+        InvalidArgument: naming the reward and the weight.
+    """
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"the reward spec names a reward twice: {names}")
+    for t in terms:
+        if not math.isfinite(t.weight):
+            raise InvalidArgument(f"reward {t.name!r}: weight {t.weight} is not a finite number")
+        bad = _non_finite(t.params)
+        if bad is not None:
+            raise InvalidArgument(f"reward {t.name!r}: params.{bad} is not a finite number")
+    if not math.isfinite(sum(abs(t.weight) for t in terms)):
+        raise InvalidArgument(f"the reward spec's weights {[t.weight for t in terms]} add up past the largest float; "
+                              "use weights of a sensible size")
+
+
+def _non_finite(params: Any) -> str | None:
+    """The path of the first NaN or infinite float in ``params`` (YAML can hold them), or None."""
+    stack: list[tuple[Any, str]] = [(params, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return where or "(value)"
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+    return None
+
+
 def _term(name: str, value: Any) -> RewardTerm:
     if isinstance(value, bool) or not isinstance(value, int | float | dict):
         raise InvalidArgument(f"reward {name!r}: give a weight (number) or {{\"weight\": w, ...params}}")
+    params: dict[str, Any] = {}
+    weight: Any = value
     if isinstance(value, dict):
         params = dict(value)
         weight = params.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise InvalidArgument(f"reward {name!r}: weight must be a number")
+    try:
         return RewardTerm(name, float(weight), params)
-    return RewardTerm(name, float(value))
+    except OverflowError:  # an integer past the largest float
+        raise InvalidArgument(f"reward {name!r}: weight is not a finite number") from None
 
 
 def parse_spec(obj: Any) -> RewardSpec:
@@ -72,9 +116,6 @@ def parse_spec(obj: Any) -> RewardSpec:
         raise InvalidArgument("a reward spec is a mapping {name: weight} or a list of {name, weight, params}")
     if not terms:
         raise InvalidArgument("the reward spec names no reward")
-    names = [t.name for t in terms]
-    if len(set(names)) != len(names):
-        raise InvalidArgument(f"the reward spec names a reward twice: {names}")
     return RewardSpec(tuple(terms))
 
 

@@ -4,12 +4,13 @@ reward and memory services consume, as plain records (protobuf forms in ``rlyard
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from rlyard.domain.content import ContentPart, ImagePart, JsonPart, TextPart, text_of
+from rlyard.domain.safejson import loads_json
+from rlyard.errors import InvalidArgument
 
 
 class TrajectoryStatus(StrEnum):
@@ -35,10 +36,11 @@ class ToolCall:
 
     @property
     def arguments(self) -> Any:
-        """The parsed arguments, or None if they are not valid JSON."""
+        """The parsed arguments, or None if they are not valid JSON (or nest too deep, hold NaN or
+        an integer past Python's digit limit: ``rlyard.domain.safejson``)."""
         try:
-            return json.loads(self.arguments_json) if self.arguments_json else {}
-        except json.JSONDecodeError:
+            return loads_json(self.arguments_json, "arguments_json") if self.arguments_json else {}
+        except InvalidArgument:
             return None
 
 

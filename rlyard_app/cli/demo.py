@@ -53,7 +53,8 @@ class DemoView:
                 if self.rl_started is None:
                     self.rl_started = time.monotonic() - float(values.get("step_seconds", 0.0))
                 done = time.monotonic() - self.rl_started
-                text = (f"GRPO step {event.step} · reward {values.get('reward_mean', 0.0):.2f} · "
+                reward = values.get("reward_mean")       # missing when every trajectory failed
+                text = (f"GRPO step {event.step} · reward {'n/a' if reward is None else f'{reward:.2f}'} · "
                         f"kept {values.get('kept', 0):.0f}")
                 self.progress.update(self.bars["grpo"], description=text,
                                      completed=min(done, self.rl_seconds) if self.rl_seconds else event.step)

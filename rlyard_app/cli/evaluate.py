@@ -114,7 +114,10 @@ def run(ns: Any, console: Console) -> int:
     if (ns.max_tool_calls is not None and ns.max_tool_calls < 0) or (ns.spider_dev is not None and ns.spider_dev < 1):
         raise ConfigError("--max-tool-calls must be >= 0 and --spider-dev >= 1")
 
-    with open_stack(config, loop_name="eval-loop") as stack:
+    judge_overrides = {k: v for k, v in (("backend", ns.judge_backend), ("endpoint", ns.judge_endpoint),
+                                         ("model", ns.judge_model)) if v}
+    # an embedded reward service may call the judge the command line names
+    with open_stack(config, loop_name="eval-loop", extra_specs=[judge_overrides] if ns.judge else []) as stack:
         if ns.spider_dev is not None:
             items = load_spider()[: ns.spider_dev]
             budget = 6 if ns.max_tool_calls is None else ns.max_tool_calls
@@ -136,9 +139,7 @@ def run(ns: Any, console: Console) -> int:
         if ns.judge:
             if not local_life:
                 raise ConfigError("--judge scores the local-life metrics; these tasks are not local-life tasks")
-            overrides = {k: v for k, v in (("backend", ns.judge_backend), ("endpoint", ns.judge_endpoint),
-                                           ("model", ns.judge_model)) if v}
-            judge = {metric: judge_spec(metric, **overrides) for metric in METRICS}
+            judge = {metric: judge_spec(metric, **judge_overrides) for metric in METRICS}
         with console.status(f"evaluating {len(tasks)} task(s) from {source}…"):
             report = evaluate(checkpoint, tasks, stack, reward_spec=LOCAL_LIFE_SPEC if local_life else REWARD_SPEC,
                               rollout_config=rollout, temperature=ns.temperature, max_tool_calls=max_tool_calls,

@@ -73,7 +73,7 @@ async def score_file(
             address = target
         else:
             config = ServicesConfig(embedded=EmbeddedConfig(families={"sql": {"db_dir": str(sql_db_dir)}}))
-            address = (await stack.enter_async_context(embedded_services(config))).reward
+            address = (await stack.enter_async_context(embedded_services(config, [spec]))).reward
         client = await stack.enter_async_context(RewardClient(address, timeout=600.0))
         output_path.parent.mkdir(parents=True, exist_ok=True)
         with output_path.open("w", encoding="utf-8") as out, Progress(

@@ -211,7 +211,7 @@ async def test_endpoint_failures_are_system_errors_without_retry(
 
 
 async def test_a_closed_port_is_a_system_error(refused_endpoint: str, make_ctx: MakeContext) -> None:
-    with pytest.raises(RewardSystemError, match="unreachable: ConnectError"):
+    with pytest.raises(RewardSystemError, match=r"unreachable \(could not connect\)"):
         await Judge(make_ctx(judge_endpoint=refused_endpoint)).score(ITEM, JudgeParams())
 
 
@@ -260,6 +260,20 @@ async def test_params_pick_another_judge_and_backends_are_shared(
     assert len(backends) == 2 and all(isinstance(b, OpenAIChatJudge) for b in backends)
     await ctx.close()
     assert all(b.closed for b in backends)  # type: ignore[attr-defined]
+
+
+async def test_model_names_share_their_endpoints_backend(chat_server: StartChatServer, make_ctx: MakeContext) -> None:
+    """A judge backend was cached per (endpoint, model): a caller naming a new model with every
+    request grew the service's memory without bound (bench/fuzz_reward.py). Backends are per
+    endpoint now; the model is a name sent with the request."""
+    server = chat_server(*["Score: 5\nReason: ok"] * 20)
+    ctx = make_ctx(judge_endpoint=server.url, judge_model="base")
+    judge = Judge(ctx)
+    for i in range(20):
+        await judge.score(ITEM, JudgeParams(model=f"m{i}"))
+    assert [r["json"]["model"] for r in server.requests] == [f"m{i}" for i in range(20)]
+    assert [k for k in ctx.shared if k.startswith("judge:")] == [f"judge:openai:{server.url}"]
+    await ctx.close()
 
 
 # --- local HF model ----------------------------------------------------------------------

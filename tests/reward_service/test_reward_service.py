@@ -194,10 +194,22 @@ async def test_sql_execution_compares_results_past_the_models_row_cap(reward: Re
     assert "12303 rows" in results[0].components[0].explanation
 
 
-async def test_sql_scoring_cpu_work_does_not_hold_up_other_requests(reward: RewardClient) -> None:
+async def test_sql_scoring_cpu_work_does_not_hold_up_other_requests(sql_tools: RunningServer) -> None:
     """sql_execution's CPU work runs off the service's event loop: while it tokenises a prediction
-    that takes sqlparse seconds, a stream of qa_em requests (one after the other) keeps being
-    answered. On the loop, the stream stalled for the whole tokenisation."""
+    that takes sqlparse seconds (past the reward's default text limit, raised here), a stream of
+    qa_em requests (one after the other) keeps being answered. On the loop, the stream stalled for
+    the whole tokenisation."""
+    settings = RewardSettings(sql_tools_target=sql_tools.address, tool_timeout_s=5.0,
+                              text_limits=("sql_execution=1000000",))
+    running = await start_server(reward_service(settings), ServerSettings())
+    try:
+        async with RewardClient(running.address, timeout=30.0, retry=RetryPolicy(max_attempts=1)) as reward:
+            await _slow_sql_beside_fast_qa(reward)
+    finally:
+        await running.stop(0)
+
+
+async def _slow_sql_beside_fast_qa(reward: RewardClient) -> None:
     gold = {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}
     slow_item = ScoringItem("slow", "SELECT " + "1+" * 100_000 + "1", ground_truth=gold)
     fast_item = ScoringItem("fast", "Paris", ground_truth={"answers": ["paris"]})

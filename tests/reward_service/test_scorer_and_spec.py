@@ -113,7 +113,12 @@ def test_spec_forms_parse_to_the_same_terms() -> None:
     "bad, message",
     [({}, "names no reward"), ({"length": "heavy"}, "weight"), ({"length": True}, "weight"),
      ([{"weight": 1}], "needs a 'name'"), ("length", "mapping"),
-     ([{"name": "length"}, {"name": "length"}], "twice")],
+     ([{"name": "length"}, {"name": "length"}], "twice"),
+     # a spec from YAML or a config can hold what JSON cannot: refused all the same
+     ({"length": float("nan")}, "'length': weight nan is not a finite number"),
+     ({"length": 10**400}, "'length': weight is not a finite number"),
+     ({"length": {"weight": 1, "scale": float("-inf")}}, r"'length': params\.scale is not a finite number"),
+     ({"length": 1e308, "failing": -1e308}, "add up past the largest float")],
 )
 def test_bad_specs_say_what_is_wrong(bad: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):

@@ -97,6 +97,52 @@ async def test_a_server_that_comes_up_after_the_first_attempt_is_reached(
     assert retry.retried and retry.retried[0] == 1
 
 
+async def test_a_retry_window_bounds_the_retries_by_time(
+    make_client: Any, refused_port: tuple[socket.socket, int]
+) -> None:
+    _, port = refused_port
+    retry = CountingRetry(initial_backoff_s=0.02, max_backoff_s=0.05, window_s=0.5)
+    client: ToolClient = make_client(f"127.0.0.1:{port}", retry=retry, timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.list_tools()
+    elapsed = time.monotonic() - started
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(retry.retried) > retry.max_attempts       # the window, not the attempts, bounded it
+    assert 0.3 < elapsed < 2.0, elapsed
+
+
+async def test_a_retry_window_waits_for_a_service_that_restarts(
+    start_tools: Any, make_client: Any, refused_port: tuple[socket.socket, int]
+) -> None:
+    """Issue 19: a service back on its port a second later failed the call, because the default
+    policy gives up after 4 attempts (~0.4 s). Within a window the call waits for it."""
+    sock, port = refused_port
+    retry = CountingRetry(initial_backoff_s=0.05, max_backoff_s=0.2, window_s=30.0)
+    client: ToolClient = make_client(f"127.0.0.1:{port}", retry=retry, timeout=2.0)
+    pending = asyncio.create_task(client.list_tools())
+
+    async def past_the_default_attempts() -> None:
+        while True:
+            if len(retry.retried) > RetryPolicy().max_attempts:
+                return
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(past_the_default_attempts(), timeout=10)
+    assert not pending.done()
+    sock.close()
+    await start_tools(server=ServerSettings(port=port))
+    specs = await asyncio.wait_for(pending, timeout=15)
+    assert [s.name for s in specs] == ["sql_query", "list_tables", "describe_table"]
+
+
+def test_a_retry_window_policy() -> None:
+    assert RetryPolicy.within(0) == NO_RETRY
+    assert RetryPolicy.within(30) == RetryPolicy(initial_backoff_s=0.1, max_backoff_s=2.0, window_s=30)
+    with pytest.raises(ValueError):
+        RetryPolicy(window_s=-1)
+
+
 async def test_a_deadline_passed_is_deadline_exceeded_and_not_retried(
     tool_server: RunningServer, make_client: Any, endless_count_sql: str
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 
 import grpc
+import pytest
 
 from rlyard.client import ToolClient
 from rlyard.common.v1 import common_pb2
@@ -105,3 +106,54 @@ async def test_a_fast_call_is_answered_before_a_slow_one_of_the_same_message(
     assert [cid for cid, _ in arrivals] == ["fast", "slow"]
     fast_at, slow_at = arrivals[0][1], arrivals[1][1]
     assert slow_at > 1.0 and slow_at - fast_at > 0.5  # the slow one ran into the 1.5 s time limit
+
+
+async def test_duplicate_and_empty_call_ids_are_refused_and_the_others_go_through(
+    client: ToolClient, session_id: str, endless_count_sql: str
+) -> None:
+    """Results are matched by call_id: a message whose calls share one, or a call without one, would be
+    answered ambiguously. Each such call gets system_error INVALID_ARGUMENT; so does a call that reuses
+    the id of one still running on the stream; the rest run."""
+    stub = tools_pb2_grpc.ToolServiceStub(client.channel)
+    call = stub.CallTools(timeout=10)
+    await call.write(tools_pb2.CallToolsRequest(calls=[
+        req("twice", "sql_query", {"query": "SELECT 1"}, session_id=session_id),
+        req("ok-1", "sql_query", {"query": "SELECT 2"}, session_id=session_id),
+        req("twice", "sql_query", {"query": "SELECT 3"}, session_id=session_id),
+        req("", "sql_query", {"query": "SELECT 4"}, session_id=session_id),
+        req("slow", "sql_query", {"query": endless_count_sql}, session_id=session_id),
+        req("x" * 2000, "sql_query", {"query": "SELECT 5"}, session_id=session_id),
+    ]))
+    answered: list[common_pb2.ToolResult] = []
+    while len(answered) < 5:   # all but "slow"
+        answered.extend((await asyncio.wait_for(call.read(), timeout=5)).results)
+    await call.write(tools_pb2.CallToolsRequest(calls=[
+        req("slow", "sql_query", {"query": "SELECT 6"}, session_id=session_id),   # the first is still running
+        req("ok-2", "sql_query", {"query": "SELECT 7"}, session_id=session_id),
+    ]))
+    await call.done_writing()
+    while (response := await asyncio.wait_for(call.read(), timeout=5)) is not grpc.aio.EOF:
+        answered.extend(response.results)
+    assert await call.code() == grpc.StatusCode.OK
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    refused = [r for r in answered if r.system_error.code == invalid]
+    ran = [r for r in answered if r.system_error.code == 0]
+    assert sorted(r.call_id for r in ran) == ["ok-1", "ok-2", "slow"]
+    assert {r.call_id: json.loads(r.structured_json)["rows"] for r in ran if r.call_id != "slow"} == {
+        "ok-1": [[2]], "ok-2": [[7]]}
+    assert next(r for r in ran if r.call_id == "slow").is_error   # stopped by the time limit
+    messages = sorted((r.call_id[:6], r.system_error.message) for r in refused)
+    assert [m[0] for m in messages] == ["", "slow", "twice", "twice", "xxxxxx"]
+    assert "needs a call_id" in messages[0][1]
+    assert "'slow' is still running on this stream" in messages[1][1]
+    assert "'twice' is used by 2 calls of one message" in messages[2][1] == messages[3][1]
+    assert "the call_id is 2000 characters; at most 1024" in messages[4][1]
+    assert max(len(r.call_id) for r in refused) < 100   # an overlong id is not echoed whole
+
+
+async def test_an_overlong_call_id_is_invalid_argument_on_the_unary_call(client: ToolClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.call_tool("list_tables", {}, context={"db_id": "singer"}, call_id="c" * 1025)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the call_id is 1025 characters; at most 1024" in (info.value.details() or "")

@@ -4,6 +4,7 @@ our own code built wrongly, against a real server; plus ``SessionStore`` on a fa
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -11,9 +12,10 @@ import grpc
 import pytest
 
 from rlyard.client import ToolClient
-from rlyard.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from rlyard.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound, ResourceExhausted
 from rlyard.tools.v1 import tools_pb2
 from tool_servers.session import SessionStore
+from tool_servers.settings import ToolServerSettings
 
 
 async def rpc_code(awaitable: Any) -> tuple[grpc.StatusCode, str]:
@@ -72,7 +74,8 @@ async def test_unknown_db_id_is_not_found(client: ToolClient) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("db_id", ["../concert_singer", "concert_singer/../singer", "", "a b", "x" * 200])
+@pytest.mark.parametrize("db_id", ["../concert_singer", "concert_singer/../singer", "", "a b", "x" * 200,
+                                   "concert_singer\n"])
 async def test_invalid_db_id_is_invalid_argument(client: ToolClient, db_id: str) -> None:
     code, details = await rpc_code(client.open_session({"db_id": db_id}))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -228,3 +231,46 @@ def test_store_validates_context_before_opening() -> None:
     with pytest.raises(NotFound):
         store.ephemeral({"db_id": "bad"})
     assert store.ephemeral({"db_id": "ok"}).ephemeral is True
+
+
+# ---------------------------------------------------------------- what a session may pin (issue 19, 7)
+
+
+@pytest.mark.parametrize("asked", [math.inf, -math.inf, math.nan, -5.0])
+async def test_a_non_finite_or_negative_idle_timeout_is_invalid_argument(client: ToolClient, asked: float) -> None:
+    code, details = await rpc_code(client.open_session({"db_id": "singer"}, idle_timeout_s=asked))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "idle_timeout_s must be a finite number of seconds >= 0" in details and "600 s" in details
+
+
+async def test_an_idle_timeout_over_the_maximum_is_capped_and_reported(start_tools: Any, make_client: Any) -> None:
+    client = make_client(await start_tools(session_idle_s=60.0, session_max_idle_s=120.0))
+    for asked, kept in ((1e308, 120.0), (121.0, 120.0), (90.0, 90.0), (0.0, 60.0)):
+        resp = await client.stub.OpenSession(
+            tools_pb2.OpenSessionRequest(context={"db_id": "singer"}, idle_timeout_s=asked), timeout=5)
+        assert resp.idle_timeout_s == kept, asked
+
+
+@pytest.mark.parametrize(("context", "says"), [
+    ({"db_id": "singer", "k" * 10_000_000: "v"}, "a context key of 10000000 characters ('kkkk"),
+    ({"db_id": "singer", "note": "v" * 1025}, "the context value of 'note' is 1025 characters; at most 1024"),
+    ({"db_id": "singer", **{f"k{i}": "v" for i in range(16)}}, "the context has 17 keys; at most 16"),
+], ids=["10MB-key", "long-value", "many-keys"])
+async def test_a_context_over_its_limits_is_invalid_argument(
+    client: ToolClient, context: dict[str, str], says: str
+) -> None:
+    code, details = await rpc_code(client.open_session(context))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and says in details and len(details) < 1_000
+    code, details = await rpc_code(client.call_tool("list_tables", {}, context=context))   # one-off calls too
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and says in details
+
+
+def test_session_limits_are_checked_when_settings_load() -> None:
+    with pytest.raises(ConfigError, match="SESSION_MAX_IDLE_S must be finite and at least"):
+        ToolServerSettings(session_idle_s=600.0, session_max_idle_s=60.0)
+    with pytest.raises(ConfigError, match="SESSION_MAX_IDLE_S"):
+        ToolServerSettings(session_max_idle_s=math.inf)
+    with pytest.raises(ConfigError, match="SESSION_IDLE_S must be a finite"):
+        ToolServerSettings(session_idle_s=math.nan)
+    with pytest.raises(ConfigError, match="SESSION_MAX_CONTEXT_KEYS must be >= 1"):
+        ToolServerSettings(session_max_context_keys=0)

@@ -119,3 +119,21 @@ def test_an_unknown_or_unavailable_sampler_backend_is_refused_when_the_config_lo
     else:                                           # a GPU machine: not silently replaced by hf either
         assert "is not available in this version" in str(info.value)
     assert check_backend("hf") is BACKENDS["hf"]
+
+
+def test_an_embedded_reward_service_may_call_what_the_runs_specs_name() -> None:
+    """The reward service refuses tool servers and judges it is not configured with (issue 19); the
+    one a run embeds allows those the run's own reward specs name, composites included."""
+    from rlyard.domain import parse_spec
+    from trainer import embedded
+
+    specs = [{"qa_em": 1.0, "judge": {"weight": 0.1, "endpoint": "http://127.0.0.1:9/v1", "model": "grader"}},
+             parse_spec({"composite": {"terms": {"sql_execution": {"weight": 1, "tool_server": "db-tools:50051"}}}})]
+    assert embedded.named_targets(specs) == {"allowed_tool_targets": ("db-tools:50051",),
+                                             "allowed_judge_endpoints": ("http://127.0.0.1:9/v1",),
+                                             "allowed_judge_checkpoints": ("grader",)}
+    from trainer.config import ServicesConfig
+
+    settings = embedded._reward_settings(ServicesConfig(), "127.0.0.1:5", specs)
+    assert "db-tools:50051" in settings.tool_targets and "127.0.0.1:5" in settings.tool_targets
+    assert "http://127.0.0.1:9/v1" in settings.judge_endpoints

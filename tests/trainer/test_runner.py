@@ -20,7 +20,7 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.compose import open_stack
 from trainer.config import ExperimentConfig, parse_config
 from trainer.events import CheckpointEvent, MetricsEvent, StateEvent, StopRequest
-from trainer.runner import run_experiment, writes_samples
+from trainer.runner import ServicesFailed, run_experiment, writes_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,12 +186,14 @@ def test_a_stop_without_a_checkpoint_writes_none_and_resumes_from_the_last_one(
 
 
 # ------------------------------------------------------------------ RL
-def _rl_config(model_dir: Path, tasks: Path, judge_url: str, steps: int = 2) -> ExperimentConfig:
+def _rl_config(model_dir: Path, tasks: Path, judge_url: str, steps: int = 2,
+               services: dict[str, Any] | None = None) -> ExperimentConfig:
     """GRPO on the tiny policy through embedded services: exact match, plus a scripted judge so that
     the untrained policy's samples get different rewards and every step updates."""
     judge = {"weight": 0.1, "backend": "openai", "endpoint": judge_url, "model": "grader", "require_reference": False}
     return parse_config({
         "name": "rl-test", "seed": 3, "model": {"path": str(model_dir)}, "checkpoint": {"every_steps": 1},
+        "services": services or {},
         "stages": [{"kind": "rl", "name": "grpo", "steps": steps, "tasks": {"path": str(tasks)},
                     "reward": {"qa_em": 1.0, "judge": judge},
                     "rollout": {"group_size": 2, "prompts_per_step": 2, "max_turns": 1, "max_new_tokens_per_turn": 12,
@@ -228,6 +230,38 @@ def test_rl_stage_through_the_composition_root(tiny_model_dir: Path, rl_tasks: P
     assert "## grpo · step 1" in samples and "## grpo · step 2" in samples and "**user**" in samples
     assert (tmp_path / "rl" / "curves" / "reward.png").exists()
     assert (tmp_path / "rl" / "models" / "grpo" / "config.json").is_file()
+
+
+def test_a_run_fails_only_after_max_failed_steps_in_a_row_naming_the_service(
+    tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path
+) -> None:
+    """The reward service is down (a port that refuses connections): each step's ScoreBatch fails
+    after the retry window, the step's trajectories are INFRA_FAILED and the run goes on; with
+    ``max_failed_steps: 2`` the second such step in a row fails the run, naming the reward service.
+    A step with no scored trajectory logs no reward_mean (it was 0.0)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))             # bound, never listening: connections are refused
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    config = _rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", steps=4,
+                        services={"reward": address, "retry_window_s": 0.3, "max_failed_steps": 2})
+    events: list[Any] = []
+    try:
+        with open_stack(config) as stack, pytest.raises(ServicesFailed) as err:
+            run_experiment(config, tmp_path / "rl", stack=stack, on_event=events.append)
+    finally:
+        sock.close()
+    message = str(err.value)
+    assert "2 RL step(s) in a row" in message and "services.max_failed_steps = 2" in message
+    assert f"reward service at {address}: UNAVAILABLE" in message and "(4 of 4 trajectories)" in message
+    report = json.loads((tmp_path / "rl" / "report.json").read_text())
+    assert report["state"] == "FAILED" and report["steps"] == 1 and f"reward service at {address}" in report["error"]
+    (step1,) = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert step1["infra_failed"] == 4.0 and step1["reward_system_errors"] == 4.0 and step1["updated"] == 0.0
+    assert "reward_mean" not in step1 and "reward_std" not in step1      # missing, not 0.0
+    (metrics,) = [e.values for e in events if isinstance(e, MetricsEvent)]
+    assert "reward_mean" not in metrics
 
 
 def test_samples_are_written_at_the_first_every_nth_and_last_step() -> None:

@@ -146,6 +146,17 @@ def test_grpo_step_changes_parameters_with_ratio_one(policy: HFPolicy, tiny_toke
     assert "entropy/answer" in metrics and "entropy/observation" not in metrics
 
 
+def test_a_step_whose_every_trajectory_failed_reports_no_reward(policy: HFPolicy, tiny_tokenizer: Any) -> None:
+    """Nothing was scored: reward_mean and reward_std are missing (they were 0.0, a reward no
+    trajectory earned, drawn into the curves); nothing is updated."""
+    failed = TrajectoryStatus.INFRA_FAILED
+    trajs = [_trajectory(policy, tiny_tokenizer, g, s, str(s), None, failed) for g in range(2) for s in range(2)]
+    before = _params(policy)
+    metrics = grpo_update(policy, torch.optim.AdamW(policy.model.parameters(), lr=1e-3), trajs, _stage(), step=0)
+    assert "reward_mean" not in metrics and "reward_std" not in metrics
+    assert metrics["kept"] == 0 and metrics["updated"] == 0.0 and not _changed(before, policy)
+
+
 def _update_result(
     tiny_model_dir: Path, tok: Any, build: Any, stage: StageConfig
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

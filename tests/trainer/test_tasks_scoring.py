@@ -87,4 +87,34 @@ async def test_scores_fill_rewards_and_system_errors_drop_trajectories() -> None
         await reward.stop(0)
     assert counts == {"scored": 0, "reward_system_errors": 1}
     assert late[0].status == TrajectoryStatus.INFRA_FAILED and late[0].reward is None
-    assert late[0].infra_error.startswith("reward: ")
+    assert late[0].infra_error.startswith(f"reward service at {reward.address}: sql_execution: ")
+
+
+async def test_a_reward_service_that_fails_the_call_fails_the_steps_trajectories(tmp_path: Path) -> None:
+    """Past the client's retries the failed ScoreBatch marks every trajectory INFRA_FAILED with the
+    service's address and code (it raised UNAVAILABLE out of the step); a call the service refuses
+    (a bad spec) is the config's error and raises."""
+    import socket
+
+    from rlyard.client import NO_RETRY
+    from trainer.scoring import RewardRequestError
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    batch = [_trajectory("SELECT 1", 0, 0), _trajectory("SELECT 2", 0, 1)]
+    try:
+        async with RewardClient(address, timeout=5, retry=NO_RETRY) as client:
+            counts = await score_trajectories(client, batch, {"sql_execution": 1.0}, step=2)
+    finally:
+        sock.close()
+    assert counts == {"scored": 0, "reward_system_errors": 2}
+    assert all(t.status == TrajectoryStatus.INFRA_FAILED and t.reward is None for t in batch)
+    assert all(t.infra_error.startswith(f"reward service at {address}: UNAVAILABLE: ") for t in batch)
+    reward = await start_server(reward_service(RewardSettings(rewards=("qa_em",))), ServerSettings())
+    try:
+        async with RewardClient(reward.address, timeout=30) as client:
+            with pytest.raises(RewardRequestError, match="INVALID_ARGUMENT: unknown reward 'sql_execution'"):
+                await score_trajectories(client, [_trajectory("SELECT 1", 0, 0)], {"sql_execution": 1.0}, step=2)
+    finally:
+        await reward.stop(0)

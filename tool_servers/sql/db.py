@@ -42,7 +42,8 @@ from sqlalchemy.pool import QueuePool
 from rlyard.errors import InvalidArgument, NotFound
 from tool_servers.sql.printf import GuardedPrintf
 
-DB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
+# Matched whole (fullmatch): with ``$``, "concert_singer\n" passed, since ``$`` matches before a final newline.
+DB_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
 
 # PRAGMAs that only read the schema; every other PRAGMA is denied.
 READ_PRAGMAS = frozenset(
@@ -235,7 +236,7 @@ class SqliteDatabases:
 
     def resolve(self, db_id: str) -> Path:
         """The file of ``db_id``; NOT_FOUND if there is none."""
-        if not DB_ID_RE.match(db_id):
+        if not DB_ID_RE.fullmatch(db_id):
             raise InvalidArgument(f"db_id {db_id!r} is not a valid database name")
         for candidate in (self.db_dir / db_id / f"{db_id}.sqlite", self.db_dir / f"{db_id}.sqlite"):
             if candidate.is_file():

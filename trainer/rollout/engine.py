@@ -359,10 +359,17 @@ class RolloutEngine:
         return session_id, ""
 
     async def _close_session(self, session_id: str) -> None:
-        try:
-            await self.tool_client.close_session(session_id, timeout=self.tool_timeout_s)
-        except (grpc.aio.AioRpcError, ServiceError) as exc:
-            logger.warning("could not close tool session %s: %s", session_id, _describe(exc))
+        # A close that hits its deadline (a stalled tool server) is tried again, up to 3 times:
+        # given up, the session would hold the server's memory until its idle expiry.
+        for attempt in (1, 2, 3):
+            try:
+                await self.tool_client.close_session(session_id, timeout=self.tool_timeout_s)
+                return
+            except (grpc.aio.AioRpcError, ServiceError) as exc:
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc.code
+                if code != grpc.StatusCode.DEADLINE_EXCEEDED or attempt == 3:
+                    logger.warning("could not close tool session %s: %s", session_id, _describe(exc))
+                    return
 
     # ------------------------------------------------------------------ tokens
     def _encode(self, text: str) -> list[int]:

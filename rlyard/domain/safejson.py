@@ -1,0 +1,54 @@
+"""JSON from untrusted text (requests, the model's tool calls): every way it can fail is an
+``InvalidArgument`` that names the field, never a ``RecursionError`` or ``ValueError``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rlyard.errors import InvalidArgument
+
+# Deeper JSON is refused: nothing we score nests this far, and rewards compare values recursively.
+MAX_JSON_DEPTH = 64
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_json(text: str | bytes, field: str) -> Any:
+    """``json.loads`` that refuses, naming ``field``: text that does not parse, nesting deeper than
+    ``MAX_JSON_DEPTH``, NaN/Infinity, and integers past Python's digit limit."""
+    import json
+
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{field} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # the C decoder recurses once per level of nesting
+        raise InvalidArgument(f"{field} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # NaN/Infinity (above), an integer of more than 4300 digits, bad UTF-8 bytes
+        what = str(exc) if "JSON number" in str(exc) else "an integer has too many digits"
+        if isinstance(exc, UnicodeDecodeError):
+            what = "it is not UTF-8"
+        raise InvalidArgument(f"{field} is not valid JSON: {what}") from None
+    if depth_exceeds(value, MAX_JSON_DEPTH):
+        raise InvalidArgument(f"{field} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest deeper than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
