@@ -5,8 +5,11 @@ Each child runs ``python -m rlyard_app.cli.main serve <kind>`` with the service'
 environment from the service table. The launcher waits for each child's ready
 file and for its health check to say SERVING, reports where each listens,
 watches them, and stops them all (SIGTERM, then SIGKILL after a grace period)
-on Ctrl-C or when one dies. Children also get PR_SET_PDEATHSIG, so a launcher
-killed with SIGKILL leaves no orphans.
+on Ctrl-C or when one dies. Children set PR_SET_PDEATHSIG themselves when they
+start (``RLYARD_PARENT_PID``), so a launcher killed with SIGKILL leaves no orphans.
+No Python runs between fork and exec: gRPC's fork handlers in a child forked from
+this gRPC-using process could abort it before exec (its poller thread restarted,
+then its epoll fd closed by close_fds).
 """
 
 from __future__ import annotations
@@ -34,13 +37,19 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launcher dies (Linux)."""
+def die_with_parent() -> None:
+    """In a started service: get SIGTERM when the launcher named by ``RLYARD_PARENT_PID`` dies
+    (Linux). A launcher already gone before this ran means SIGTERM now."""
+    parent = os.environ.get("RLYARD_PARENT_PID", "")
+    if not parent.isdigit():
+        return
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # not Linux: the launcher's own cleanup still applies
-        pass
+        return
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -126,6 +135,7 @@ class Launcher:
                 env[key] = str(ROOT / value)
         env["RLYARD_READY_FILE"] = str(ready)
         env["RLYARD_GRACE_S"] = str(self.grace_s)
+        env["RLYARD_PARENT_PID"] = str(os.getpid())
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.extra_env)
         return env
@@ -156,7 +166,6 @@ class Launcher:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
-                        preexec_fn=_die_with_parent,
                     )
                 endpoint = self._wait_ready(spec, ready, log_file)
                 self.endpoints[spec.name] = endpoint

@@ -35,7 +35,9 @@ err_console = Console(stderr=True)
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from rlyard_app.cli.serve import run_service
+    from rlyard_app.launcher import die_with_parent
 
+    die_with_parent()
     run_service(ns.kind)
     return 0
 
