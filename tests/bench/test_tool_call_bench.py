@@ -15,13 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 MODES = ("in_process", "grpc_unary", "grpc_stream", "grpc_stream_batched", "http", "http_batched")
 
 
-@pytest.mark.timeout(60)  # about 10 s: 6 modes x 2 levels x 0.4 s, plus starting two servers
+# about 20 s: 6 modes x 2 levels x 1.3 s, plus starting two servers; at 0.3 s a stream sometimes
+# completed no call on a loaded machine (its set-up took the whole window)
+@pytest.mark.timeout(120)
 def test_smoke_run_reports_every_mode_with_sane_numbers(tmp_path: Path) -> None:
     out = tmp_path / "tool_call.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.tool_call", "--duration", "0.3", "--warmup", "0.1",
+        [sys.executable, "-m", "bench.tool_call", "--duration", "1.0", "--warmup", "0.3",
          "--concurrency", "1,2", "--output", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=50,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=110,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -34,7 +36,7 @@ def test_smoke_run_reports_every_mode_with_sane_numbers(tmp_path: Path) -> None:
             r = report["results"][mode][level]
             assert r["calls"] > 0, (mode, level, r)
             assert r["errors"] == 0, (mode, level, r)  # every call answered the expected rows
-            assert r["throughput"] == pytest.approx(r["calls"] / r["seconds"])
+            assert r["throughput"] == pytest.approx(r["calls"] / r["seconds"], rel=1e-3)  # both rounded to 4 places
             assert 0 < r["p50_ms"] <= r["p99_ms"] < 5_000, (mode, level, r)
             assert math.isfinite(r["mean_ms"])
             if mode.endswith("_batched"):
