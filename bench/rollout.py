@@ -204,12 +204,12 @@ class LockStepBatcher(GenerationBatcher):
             self.rounds += 1
             gate.set()   # the waiters resume before the batch's kick, which the last one schedules
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
+    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None) -> Generation:
         gate = self._gate
         self._waiting += 1
         self._release_if_full()
         await gate.wait()
-        return await super().generate(prompt, params)
+        return await super().generate(prompt, params, cache_key)
 
     def leave(self) -> None:
         """A trajectory ended: the barrier stops waiting for it."""
@@ -223,7 +223,8 @@ class LockStepSampler(LocalSampler):
     def __init__(self, generator: Any, parties: int, **kwargs: Any) -> None:
         super().__init__(generator, **kwargs)
         self.batcher.close()
-        self.lockstep = LockStepBatcher(generator, parties, max_batch_size=self.batcher.max_batch_size)
+        self.lockstep = LockStepBatcher(generator, parties, max_batch_size=self.batcher.max_batch_size,
+                                        cache=self.cache)
         self.batcher = self.lockstep
 
 

@@ -8,13 +8,15 @@ database, train and held-out tasks, demonstrations with real tool calls and a fr
 the SQL tool server and the reward service start embedded (real gRPC on loopback ports); the
 runner trains an SFT stage on the demonstrations and a GRPO stage on the train questions with the
 execution reward (multi-turn: the policy runs queries, reads rows or errors, answers); the SFT
-and the GRPO checkpoints are evaluated on the held-out questions (greedy, one trajectory each).
+and the GRPO checkpoints are evaluated on the held-out questions (greedy, one trajectory each),
+reported overall and per slice (a in-distribution, b unseen values, c unseen templates).
 
 ``control=True`` replaces GRPO with more SFT on the same demonstrations for the same wall time
 (the benchmark's control arm: it says whether a gain comes from RL or just from training longer).
 
 Everything lands in the run directory: ``report.json`` (``sft_accuracy``, ``rl_accuracy``,
-``seed``, ``wall_seconds``, per-template accuracy, the eval tables, the config), ``curves/*.png``
+``slices``, ``slice_gain``, ``seed``, ``wall_seconds``, per-template accuracy, the eval tables, the
+config), ``curves/*.png``
 (loss, reward, accuracy; ``curves/heldout_accuracy.png``), ``samples.md`` (RL trajectories),
 ``eval_<stage>.json`` (every held-out trajectory's answer and reward), ``models/<stage>``.
 """
@@ -24,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.local_services.questions import SLICES, sql_literals
 from experiments.sql_learning import REWARD_SPEC, Prepared, load_prepared, prepare
 from trainer.compose import Stack, open_stack
 from trainer.config import RolloutConfig, parse_config
@@ -77,8 +80,8 @@ class EvalEvent:
 
 # What a budgeted run keeps back from GRPO for what follows it: the last step past the limit (the
 # limit is checked after a step; ~20 s here), exporting the model, two greedy held-out evaluations
-# (~20 s each on 2 cores) and the report.
-EVAL_RESERVE_SECONDS = 60.0
+# (~0.2 s a question on 2 cores: ~32 s each for the 160 of the three slices) and the report.
+EVAL_RESERVE_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,9 @@ class LearningConfig:
 
     seed: int = 0
     n_train: int = 1000           # train questions (train templates and cities); RL gets those not demonstrated
-    n_heldout: int = 100          # evaluation questions (some templates and cities never in train)
+    n_heldout_a: int = 100        # held-out slice a: train templates and values, new questions (the bar's slice)
+    n_heldout_b: int = 40         # held-out slice b: train templates, a city or district never in training
+    n_heldout_c: int = 20         # held-out slice c: templates never in training
     n_demos: int = 300            # SFT demonstrations, drawn from the train questions
     demo_city_share: float = 1.0  # demonstrations name only this share of the train cities (RL sees the rest)
     renamed_worlds: int = 0       # > 0: RL questions move into this many copies of the database with invented places
@@ -105,6 +110,9 @@ class LearningConfig:
     rl_lr: float = 1e-4
     rl_temperature: float = 1.0   # the GRPO rollouts' sampling temperature (evaluation is greedy)
     rl_warmup_steps: int = 0      # GRPO's learning rate rises linearly over these steps (fresh Adam moments)
+    rl_dynamic_rounds: int = 0    # > 0: dynamic sampling, at most this many rounds of rollouts a GRPO step
+    rl_oversample: float = 1.0    # with rl_dynamic_rounds: questions a round draws per group still missing
+    rl_selection: str = "uniform"  # or "pass_rate": revisit questions in (0, 1), pass over most at 0 or 1
     group_size: int = 8
     prompts_per_step: int = 8
     updates_per_batch: int = 2
@@ -113,9 +121,13 @@ class LearningConfig:
     max_observation_tokens: int = 96
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_heldout", "n_demos", "sft_steps", "rl_steps", "group_size", "prompts_per_step"):
+        for name in ("n_train", "n_demos", "sft_steps", "rl_steps", "group_size", "prompts_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("n_heldout_a", "n_heldout_b", "n_heldout_c"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)}): every report gives all three "
+                                 "held-out slices")
         if not self.rl_temperature > 0:
             raise ValueError(f"rl_temperature must be > 0 (got {self.rl_temperature}); evaluation is greedy anyway")
         if self.renamed_worlds < 0:
@@ -125,6 +137,11 @@ class LearningConfig:
             raise ValueError(f"budget_seconds must be >= 0 (0 = none: GRPO gets rl_seconds; got {self.budget_seconds})")
         if self.rl_seconds < 0:
             raise ValueError(f"rl_seconds must be >= 0 (0 = run rl_steps steps; got {self.rl_seconds})")
+        if self.rl_dynamic_rounds < 0:
+            raise ValueError(f"rl_dynamic_rounds must be >= 0 (0 = one round a step, no dynamic sampling; "
+                             f"got {self.rl_dynamic_rounds})")
+        if self.rl_selection not in ("uniform", "pass_rate"):
+            raise ValueError(f"rl_selection must be 'uniform' or 'pass_rate' (got {self.rl_selection!r})")
 
     def rollout(self) -> dict[str, Any]:
         """The RL stage's rollout settings (max_turns: the tool calls, then the answer turn)."""
@@ -134,11 +151,19 @@ class LearningConfig:
                 "max_observation_tokens": self.max_observation_tokens}
 
 
+    def sampling(self) -> dict[str, Any]:
+        """The RL stage's dynamic sampling and question selection (``rollout.dynamic_sampling``,
+        ``rollout.selection``; off and uniform by default)."""
+        dynamic = {"enabled": self.rl_dynamic_rounds > 0, "oversample": self.rl_oversample,
+                   "max_rounds": max(self.rl_dynamic_rounds, 1)}
+        return {"dynamic_sampling": dynamic, "selection": {"mode": self.rl_selection}}
+
+
 def quick(cfg: LearningConfig) -> LearningConfig:
     """A smoke-sized variant of ``cfg`` (a minute; checks the set-up, learns nothing)."""
-    return dataclasses.replace(cfg, n_train=40, n_heldout=10, n_demos=12, copy_steps=2, sft_steps=3, rl_steps=1,
-                               rl_seconds=0.0, group_size=2, prompts_per_step=2, max_new_tokens_per_turn=48,
-                               max_total_tokens=512)
+    return dataclasses.replace(cfg, n_train=40, n_heldout_a=4, n_heldout_b=3, n_heldout_c=3, n_demos=12, copy_steps=2,
+                               sft_steps=3, rl_steps=1, rl_seconds=0.0, group_size=2, prompts_per_step=2,
+                               max_new_tokens_per_turn=48, max_total_tokens=512)
 
 
 def experiment(cfg: LearningConfig, prep: Prepared, *, control_seconds: float | None = None,
@@ -154,7 +179,8 @@ def experiment(cfg: LearningConfig, prep: Prepared, *, control_seconds: float | 
         return {"name": "sql-learning-control", "seed": cfg.seed, "model": {"path": str(model or prep.policy)},
                 "services": services(prep), "checkpoint": {"every_steps": 100, "keep": 1}, "stages": [more]}
     rl = {"kind": "rl", "name": "grpo", "steps": cfg.rl_steps, "max_seconds": cfg.rl_seconds,
-          "tasks": {"path": str(prep.train_tasks)}, "reward": dict(REWARD_SPEC), "rollout": cfg.rollout(),
+          "tasks": {"path": str(prep.train_tasks)}, "reward": dict(REWARD_SPEC),
+          "rollout": {**cfg.rollout(), **cfg.sampling()},
           "algorithm": {"kl_coef": 0.0, "clip_low": 0.2, "clip_high": 0.2, "updates_per_batch": cfg.updates_per_batch,
                         "micro_batch_size": cfg.group_size, "loss_agg": "seq-mean-token-mean"},
           "optim": {"lr": cfg.rl_lr, "warmup_steps": cfg.rl_warmup_steps}}
@@ -190,40 +216,40 @@ def by_template(report: EvalReport, prep: Prepared) -> dict[str, dict[str, Any]]
             for name, (c, n) in sorted(counts.items())}
 
 
-_LITERAL = re.compile(r"'((?:[^']|'')*)'")
+def heldout_slices(prep: Prepared) -> dict[str, str]:
+    """Each held-out task's slice (``a``, ``b`` or ``c``), as its task line records it."""
+    lines = prep.heldout_tasks.read_text(encoding="utf-8").splitlines()
+    return {obj["task_id"]: obj["slice"] for obj in map(json.loads, lines)}
 
 
-def heldout_groups(prep: Prepared) -> dict[str, str]:
-    """Each held-out task's group: ``unseen_template`` (a held-out-only template), ``new_value`` (its
-    gold SQL has a string literal that no train question or demonstration has: copying needed), or
-    ``familiar`` (template and values seen in training)."""
-    seen: set[str] = set()
-    for path in (prep.demos, prep.train_tasks):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            obj = json.loads(line)
-            for text in (obj.get("ground_truth", {}).get("query", ""),
-                         *(m.get("content") or "" for m in obj.get("messages", []))):
-                seen.update(_LITERAL.findall(text))
-    heldout_only = set(prep.split_info.get("heldout_only_templates", []))
-    groups = {}
-    for line in prep.heldout_tasks.read_text(encoding="utf-8").splitlines():
-        obj = json.loads(line)
-        if obj.get("template", "") in heldout_only:
-            groups[obj["task_id"]] = "unseen_template"
-        elif any(v not in seen for v in _LITERAL.findall(obj["ground_truth"]["query"])):
-            groups[obj["task_id"]] = "new_value"
-        else:
-            groups[obj["task_id"]] = "familiar"
-    return groups
+def slice_accuracy(correct: int, n: int) -> dict[str, Any]:
+    """``{n, correct, accuracy, stderr}``, the standard error of a proportion: sqrt(p (1 - p) / n)
+    (accuracy and stderr None when the slice is empty)."""
+    if n == 0:
+        return {"n": 0, "correct": 0, "accuracy": None, "stderr": None}
+    p = correct / n
+    return {"n": n, "correct": correct, "accuracy": round(p, 4), "stderr": round(math.sqrt(p * (1 - p) / n), 4)}
 
 
-def by_group(report: EvalReport, groups: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Accuracy per ``heldout_groups`` group."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def by_slice(report: EvalReport, slices: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Accuracy per held-out slice (``slice_accuracy``), every slice listed.
+
+    Raises:
+        ValueError: a result's task has no slice (the report is not of this world's held-out set).
+    """
+    counts = {name: [0, 0] for name in SLICES}
     for result in report.results:
-        counts[groups.get(result.task_id, "")][0] += int(result.correct)
-        counts[groups.get(result.task_id, "")][1] += 1
-    return {name: {"correct": c, "n": n, "accuracy": round(c / n, 4)} for name, (c, n) in sorted(counts.items())}
+        if result.task_id not in slices:
+            raise ValueError(f"task {result.task_id} is not a held-out task of this world")
+        counts[slices[result.task_id]][0] += int(result.correct)
+        counts[slices[result.task_id]][1] += 1
+    return {name: slice_accuracy(c, n) for name, (c, n) in counts.items()}
+
+
+def slice_gain(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Per slice, ``after``'s accuracy minus ``before``'s (a fraction, as ``gain``; None for an empty slice)."""
+    return {name: None if before[name]["accuracy"] is None or after[name]["accuracy"] is None
+            else round(after[name]["accuracy"] - before[name]["accuracy"], 4) for name in SLICES}
 
 
 ERROR_KINDS = ("correct", "unseen_template", "infra_failure", "no_answer", "value_miscopied", "other")
@@ -242,27 +268,26 @@ def error_kind(answer: str, gold: str, *, correct: bool, unseen_template: bool, 
         return "infra_failure"
     if not answer.strip():
         return "no_answer"
-    if any(f"'{value}'" not in answer for value in _LITERAL.findall(gold)):
+    if any(f"'{value}'" not in answer for value in sql_literals(gold)):
         return "value_miscopied"
     return "other"
 
 
 def error_kinds(report: EvalReport, prep: Prepared) -> dict[str, int]:
     """How many held-out answers of each ``ERROR_KINDS`` kind (every kind listed, zeros included)."""
-    gold, template = {}, {}
+    gold, slices = {}, {}
     for line in prep.heldout_tasks.read_text(encoding="utf-8").splitlines():
         obj = json.loads(line)
-        gold[obj["task_id"]], template[obj["task_id"]] = obj["ground_truth"]["query"], obj.get("template", "")
-    heldout_only = set(prep.split_info.get("heldout_only_templates", []))
+        gold[obj["task_id"]], slices[obj["task_id"]] = obj["ground_truth"]["query"], obj["slice"]
     counts = dict.fromkeys(ERROR_KINDS, 0)
     for r in report.results:
         counts[error_kind(r.final_answer, gold.get(r.task_id, ""), correct=r.correct,
-                          unseen_template=template.get(r.task_id, "") in heldout_only,
-                          infra_error=r.infra_error)] += 1
+                          unseen_template=slices.get(r.task_id) == "c", infra_error=r.infra_error)] += 1
     return counts
 
 
-def _plot_accuracy(run_dir: Path, values: dict[str, float]) -> Path:
+def _plot_accuracy(run_dir: Path, values: dict[str, float], slices: dict[str, dict[str, dict[str, Any]]]) -> Path:
+    """Bars per slice (with its count) and overall, one colour per checkpoint."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,12 +295,18 @@ def _plot_accuracy(run_dir: Path, values: dict[str, float]) -> Path:
 
     out = run_dir / "curves" / "heldout_accuracy.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    names = list(values)
-    bars = ax.bar(names, [100 * values[n] for n in names], color=["#8c8c8c", "#2f6db5", "#b5652f"][: len(names)])
-    ax.bar_label(bars, fmt="%.1f")
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    first = next(iter(slices.values()))
+    groups = [f"{name} ({first[name]['n']})" for name in SLICES] + ["all"]
+    width = 0.8 / len(values)
+    for i, (key, color) in enumerate(zip(values, ("#8c8c8c", "#2f6db5", "#b5652f"), strict=False)):
+        heights = [100 * (slices[key][name]["accuracy"] or 0.0) for name in SLICES] + [100 * values[key]]
+        bars = ax.bar([g + i * width for g in range(len(groups))], heights, width, label=key, color=color)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([g + width * (len(values) - 1) / 2 for g in range(len(groups))], groups)
     ax.set_ylabel("held-out execution accuracy (%)")
     ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -287,7 +318,8 @@ def prepare_for(cfg: LearningConfig, root: Path, on_event: EventFn | None = None
     emit = on_event or (lambda _e: None)
     emit(PhaseEvent("prepare"))
     args: dict[str, Any] = {
-        "seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n_demos": cfg.n_demos,
+        "seed": cfg.seed, "n_train": cfg.n_train, "n_heldout_a": cfg.n_heldout_a, "n_heldout_b": cfg.n_heldout_b,
+        "n_heldout_c": cfg.n_heldout_c, "n_demos": cfg.n_demos,
         "max_tool_calls": cfg.max_tool_calls, "error_every": cfg.error_every, "size": cfg.size,
         "copy_steps": cfg.copy_steps, "demo_city_share": cfg.demo_city_share, "renamed_worlds": cfg.renamed_worlds,
     }
@@ -354,20 +386,25 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
             (run_dir / f"eval_{key}.json").write_text(json.dumps(evals[key].to_json(), indent=1) + "\n",
                                                       encoding="utf-8")
     accuracy = {key: round(r.execution_accuracy, 4) for key, r in evals.items()}
+    slice_of = heldout_slices(prep)
+    slices = {key: by_slice(r, slice_of) for key, r in evals.items()}
+    after = "rl" if "rl" in evals else "control"
     stage_seconds = {s["name"]: s.get("seconds", 0.0) for s in report["stages"]}
     report.update({
         "seed": cfg.seed,
         "wall_seconds": round(time.monotonic() - started, 1),
         "heldout_tasks": prep.n_heldout,
+        "heldout_slices": prep.slices,
         "rl_tasks": prep.n_train,
         "demonstrations": prep.n_demos,
         **{f"{key}_accuracy": value for key, value in accuracy.items()},
-        "gain": round(accuracy.get("rl", accuracy.get("control", 0.0)) - accuracy["sft"], 4),
+        "gain": round(accuracy[after] - accuracy["sft"], 4),
+        "slices": slices,                                  # per checkpoint: {a, b, c: {n, correct, accuracy, stderr}}
+        "slice_gain": slice_gain(slices["sft"], slices[after]),
         "stage_seconds": stage_seconds,
         "rl_seconds_given": given.get("grpo"),     # with budget_seconds: GRPO's limit out of what was left
         "eval": {key: r.summary() for key, r in evals.items()},
         "by_template": {key: by_template(r, prep) for key, r in evals.items()},
-        "by_group": {key: by_group(r, heldout_groups(prep)) for key, r in evals.items()},
         "errors": {key: error_kinds(r, prep) for key, r in evals.items()},
         "learning_config": dataclasses.asdict(cfg),
         "split": prep.split_info,
@@ -376,6 +413,6 @@ def run_learning(run_dir: Path, cfg: LearningConfig = LearningConfig(), *, on_ev
                         "last_loss": round(prep.copy_losses[-1], 4) if prep.copy_losses else None},
         "samples": str(run_dir / "samples.md") if (run_dir / "samples.md").exists() else "",
     })
-    report["curves"] = [*report.get("curves", []), str(_plot_accuracy(run_dir, accuracy))]
+    report["curves"] = [*report.get("curves", []), str(_plot_accuracy(run_dir, accuracy, slices))]
     write_report(run_dir, report)
     return report

@@ -4,8 +4,9 @@ policy can learn on two CPU cores.
 What it writes under a work directory (``prepare``), all from one seed:
 
 - ``db/local_services/local_services.sqlite``: the local-services database (Spider layout);
-- ``train_tasks.jsonl`` / ``heldout_tasks.jsonl``: RL and evaluation tasks (held-out questions use
-  templates and cities that train never shows, see ``envs.local_services.questions``); the RL
+- ``train_tasks.jsonl`` / ``heldout_tasks.jsonl``: RL and evaluation tasks; each held-out line
+  carries its slice (``a`` in-distribution, ``b`` unseen values, ``c`` unseen templates; decided by
+  the seed before any training, ``envs.local_services.questions``); the RL
   tasks are the train questions that were *not* demonstrated (``n_train - n_demos`` of them):
   demonstrations are the scarce resource, questions with a gold answer the plentiful one; with
   ``renamed_worlds`` they are moved into renamed copies of the database under ``db/`` (invented
@@ -15,7 +16,8 @@ What it writes under a work directory (``prepare``), all from one seed:
   ``sql_query``, its rows, then the final ``<answer>``; every ``error_every``-th one first runs a
   query with a misnamed table, reads the error and fixes it (MTIR-SQL's execution feedback);
 - ``policy/``: the tiny policy, its tokenizer trained on the project corpus plus the schema and the
-  demonstrations with every place name cut out (``place_neutral``; never on held-out text).
+  demonstrations with every place name cut out (``place_neutral``; never on held-out text);
+- ``prepared.json``: the arguments and what was written, the slices' counts among it.
 
 Compact prompt: the database is fixed, so the prompt leaves out the schema and the JSON tool
 schemas (CPU generation is prefill-bound; docs/envs.md); the system message names the one tool
@@ -46,7 +48,7 @@ from envs.local_services.database import (
     load_pool,
     place_neutral,
 )
-from envs.local_services.questions import generate_split, q
+from envs.local_services.questions import SLICES, HeldoutSizes, generate_split, q
 from envs.text_to_sql import SqlToolbox, _broken
 from experiments.renamed import build_worlds, rewrite_task
 
@@ -58,7 +60,13 @@ PREPARED_FILE = "prepared.json"
 # Bumped when ``prepare`` writes something different for the same arguments, so that
 # ``load_prepared`` does not hand back a work directory of the older kind.
 # 2: the tokenizer learns no place names (``place_neutral``).
-PREPARE_VERSION = 2
+# 3: held-out questions in three slices decided up front; no train question or tokenizer text
+#    names a held-out place.
+PREPARE_VERSION = 3
+
+
+class StaleWorldError(RuntimeError):
+    """A work directory prepared by another version of ``prepare``: not reused, not overwritten."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,16 @@ class Prepared:
     demos: Path
     policy: Path
     n_train: int
-    n_heldout: int
+    n_heldout: int                # all slices
     n_demos: int
     split_info: dict[str, Any]
     copy_losses: list[float] = field(default_factory=list)
+
+    @property
+    def slices(self) -> dict[str, int]:
+        """Held-out questions per slice (``SLICES`` order)."""
+        counts = self.split_info.get("slices", {})
+        return {name: int(counts.get(name, 0)) for name in SLICES}
 
 
 def system_prompt(max_tool_calls: int) -> str:
@@ -108,7 +122,8 @@ def task_line(task: dict[str, Any], max_tool_calls: int) -> dict[str, Any]:
             "tools": [],
             "context": {"db_id": task["db_id"]},
             "ground_truth": {"db_id": task["db_id"], "query": task["query"]},
-            "template": task["template"]}
+            "template": task["template"],
+            **({"slice": task["slice"]} if "slice" in task else {})}
 
 
 def _call(query: str) -> dict[str, Any]:
@@ -192,11 +207,14 @@ def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
 
 
-def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 100, n_demos: int = 300,
+def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout_a: int = 100, n_heldout_b: int = 40,
+            n_heldout_c: int = 20, n_demos: int = 300,
             max_tool_calls: int = 3, error_every: int = 4, size: str = "tiny", copy_steps: int = 600,
             demo_city_share: float = 1.0, renamed_worlds: int = 0,
             on_copy_step: Callable[[int, float], None] | None = None) -> Prepared:
-    """Write the database, tasks, demonstrations and a fresh tiny policy under ``root``; the policy
+    """Write the database, tasks, demonstrations and a fresh tiny policy under ``root``; held-out
+    questions are ``n_heldout_a`` in-distribution, ``n_heldout_b`` with unseen values and
+    ``n_heldout_c`` with unseen templates (``envs.local_services.questions``). The policy
     gets at most ``copy_steps`` of copying warm-up (``experiments.copy_warmup``; 0 = none).
     Demonstrations are drawn from the questions of ``demo_city_share`` of the train cities (1.0:
     all): RL questions about the other train cities then name places no demonstration showed, as
@@ -209,8 +227,9 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
         raise ValueError(f"demo_city_share={demo_city_share}: must be in (0, 1]")
     if renamed_worlds < 0:
         raise ValueError(f"renamed_worlds={renamed_worlds}: must be >= 0 (0 = the RL questions stay in the database)")
-    args = {"version": PREPARE_VERSION, "seed": seed, "n_train": n_train, "n_heldout": n_heldout,
-            "n_demos": n_demos,
+    sizes = HeldoutSizes(n_heldout_a, n_heldout_b, n_heldout_c)
+    args = {"version": PREPARE_VERSION, "seed": seed, "n_train": n_train, "n_heldout_a": n_heldout_a,
+            "n_heldout_b": n_heldout_b, "n_heldout_c": n_heldout_c, "n_demos": n_demos,
             "max_tool_calls": max_tool_calls, "error_every": error_every, "size": size, "copy_steps": copy_steps,
             "demo_city_share": demo_city_share, "renamed_worlds": renamed_worlds}
     from trainer.model.build import init_policy
@@ -219,7 +238,7 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     root.mkdir(parents=True, exist_ok=True)
     db_dir = root / "db"
     info = build_database(database_path(db_dir), seed)
-    split = generate_split(info.path, seed, n_train, n_heldout)
+    split = generate_split(info.path, seed, n_train, sizes)
     candidates, demo_cities = split.train, list(split.info["train_cities"])
     if demo_city_share < 1:
         conn = sqlite3.connect(f"file:{info.path}?mode=ro", uri=True)
@@ -242,11 +261,12 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
     demos_path = root / "demos.jsonl"
     _write_jsonl(demos_path, demos)
     # The tokenizer learns the project corpus plus this world's schema and demonstrations (train
-    # only), with the place names cut out so that train and held-out places tokenize alike.
+    # only), with the place names cut out so that train and held-out places tokenize alike (the
+    # project corpus names two cities of the world itself).
     corpus = root / "corpus.txt"
     parts = [DEFAULT_CORPUS_FILE.read_text(encoding="utf-8"), SCHEMA]
-    parts += [place_neutral(render_chat(demo["messages"])) for demo in demos]
-    corpus.write_text("\n".join(parts), encoding="utf-8")
+    parts += [render_chat(demo["messages"]) for demo in demos]
+    corpus.write_text(place_neutral("\n".join(parts)), encoding="utf-8")
     init_policy(root / "policy", size=size, seed=seed, corpus=corpus)
     copy_losses: list[float] = []
     if copy_steps:
@@ -266,13 +286,23 @@ def prepare(root: Path, *, seed: int = 0, n_train: int = 1000, n_heldout: int = 
 
 
 def load_prepared(root: Path, **args: Any) -> Prepared | None:
-    """What ``prepare(root, **args)`` wrote earlier with exactly these arguments, or None."""
+    """What ``prepare(root, **args)`` wrote earlier with exactly these arguments, or None.
+
+    Raises:
+        StaleWorldError: ``root`` was prepared by another ``PREPARE_VERSION``: its held-out questions
+            are not the ones this version's reports read (a resumed run would mix two worlds).
+    """
     path = root / PREPARED_FILE
     if not path.is_file():
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
-    saved_args = {"renamed_worlds": 0, **saved.get("args", {})}   # written before the option existed: none
-    if saved_args != {"version": PREPARE_VERSION, "renamed_worlds": 0, **args}:
+    version = saved.get("args", {}).get("version")
+    if version != PREPARE_VERSION:
+        raise StaleWorldError(
+            f"{root} was prepared by version {version} of the learning world, this code writes version "
+            f"{PREPARE_VERSION} (held-out questions in slices a/b/c since version 3); it is neither reused nor "
+            "overwritten: start a new run (another --run-id or --runs-dir) or delete that directory")
+    if saved["args"] != {"version": PREPARE_VERSION, **args}:
         return None
     record: dict[str, Any] = dict(saved["prepared"])
     paths = {f.name for f in dataclasses.fields(Prepared) if f.type in ("Path", Path)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from rlyard.reward_client import RewardClient
 from trainer import embedded
 from trainer.config import ExperimentConfig, RolloutConfig, StageConfig
 from trainer.rollout import EngineThread, RolloutEngine
-from trainer.sampler import Sampler, build_sampler
+from trainer.sampler import Sampler, build_sampler, derive_seed
 from trainer.scoring import score_trajectories
 from trainer.tasks import TaskSampler, load_tasks, openai_tools
 from trainer.types import RolloutTrajectory
@@ -124,9 +125,19 @@ class StageRollouts:
         n = self.stage.rollout.prompts_per_step
         return self.source.take((step - 1) * n, n)
 
-    def rollout(self, tasks: list[Task], global_step: int) -> list[RolloutTrajectory]:
-        """``group_size`` trajectories per task."""
-        return self.stack.run(self.engine.run(tasks, step=global_step))
+    def rollout(self, tasks: list[Task], global_step: int, *, round_index: int = 0,
+                first_group: int = 0) -> list[RolloutTrajectory]:
+        """``group_size`` trajectories per task, group ids from ``first_group`` on. A step's later
+        rounds (``round_index`` > 0, dynamic sampling) sample with seeds of their own: the engine's
+        seeds depend on the group's index within the call, which starts at 0 again each round."""
+        seed = self.stack.config.seed
+        self.engine.seed = seed if round_index == 0 else derive_seed(seed, round_index)
+        trajectories = self.stack.run(self.engine.run(tasks, step=global_step))
+        if first_group:
+            for t in trajectories:
+                t.group_id += first_group
+                t.record = dataclasses.replace(t.record, metadata={**t.record.metadata, "group_id": str(t.group_id)})
+        return trajectories
 
     def score(self, trajectories: list[RolloutTrajectory], global_step: int) -> dict[str, int]:
         """Fill their rewards through the reward service (a system failure marks one INFRA_FAILED)."""

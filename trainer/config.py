@@ -19,7 +19,8 @@ back silently to a default.
         tasks: {path: data/generated/train_tasks.jsonl}
         reward: {sql_execution: 1.0}
         steps: 300
-        rollout: {group_size: 8, prompts_per_step: 8, max_turns: 6}
+        rollout: {group_size: 8, prompts_per_step: 8, max_turns: 6,
+                  dynamic_sampling: {enabled: true, max_rounds: 4}, selection: {mode: pass_rate}}
         algorithm: {kl_coef: 0.0, clip_low: 0.2, clip_high: 0.2}
 """
 
@@ -146,6 +147,65 @@ class OptimConfig:
             _fail("optim.max_grad_norm", "must be > 0 (use a large value to effectively disable clipping)")
 
 
+SelectionMode = Literal["uniform", "pass_rate"]
+
+
+@dataclass(frozen=True)
+class DynamicSamplingConfig:
+    """DAPO's dynamic sampling (``rollout.dynamic_sampling``; ``trainer/dynamic.py``): a step rolls out
+    questions in rounds until its batch holds ``prompts_per_step`` groups with signal (groups the
+    trajectory filter keeps: rewards not all equal), in at most ``max_rounds`` rounds; a round draws
+    ``ceil(oversample × groups still missing)`` questions. Groups with signal beyond the target are
+    dropped; a step that ends its last round short of it trains on what it has (``dynamic/cap_hit``)."""
+
+    enabled: bool = False
+    max_rounds: int = 4
+    oversample: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            _fail("rollout.dynamic_sampling.max_rounds",
+                  f"must be >= 1 (rounds of rollouts a step may take; got {self.max_rounds})")
+        if not 1.0 <= self.oversample <= 64.0:
+            _fail("rollout.dynamic_sampling.oversample",
+                  f"must be in [1, 64] (a round draws this many questions per missing group; got {self.oversample})")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which questions a step draws (``rollout.selection``; ``trainer/selection.py``).
+
+    Every question keeps a pass-rate estimate: an exponential moving average of its groups' pass
+    rates (the mean of the reward spec's first component), weight ``ema`` for the newest group; an
+    estimate <= ``zero_at`` counts as 0, >= ``one_at`` as 1. ``mode: uniform`` draws the task
+    file's epoch shuffle in order; ``mode: pass_rate`` takes ``revisit`` of each draw from the
+    questions estimated in (0, 1), least recently drawn first, and the rest from the shuffle,
+    passing over a question estimated at 0 or 1 with probability ``skip`` (never always: it comes
+    up again every epoch)."""
+
+    mode: SelectionMode = "uniform"
+    ema: float = 0.5
+    zero_at: float = 0.05
+    one_at: float = 0.95
+    skip: float = 0.75
+    revisit: float = 0.5
+
+    def __post_init__(self) -> None:
+        where = "rollout.selection"
+        if not 0 < self.ema <= 1:
+            _fail(f"{where}.ema", f"must be in (0, 1] (the newest group's weight; 1 = the last group alone; "
+                                  f"got {self.ema})")
+        if not 0 <= self.zero_at < self.one_at <= 1:
+            _fail(where, f"zero_at {self.zero_at} and one_at {self.one_at} need 0 <= zero_at < one_at <= 1 "
+                         "(e.g. 0.05 and 0.95)")
+        if not 0 <= self.skip < 1:
+            _fail(f"{where}.skip", f"must be in [0, 1) (1 would never draw a question at 0 or 1 again; "
+                                   f"got {self.skip})")
+        if not 0 <= self.revisit < 1:
+            _fail(f"{where}.revisit", f"must be in [0, 1) (1 would draw no unseen question once some are in (0, 1); "
+                                      f"got {self.revisit})")
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     """How trajectories are generated."""
@@ -161,6 +221,9 @@ class RolloutConfig:
     tool_concurrency: int = 64
     per_tool_concurrency: int = 32
     max_calls_per_tool_per_turn: int = 0  # > 0: later calls of a tool in one turn are refused, not run
+    kv_cache: bool = True                  # a trajectory's turn prefills only its new tokens (same samples)
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    selection: SelectionConfig = SelectionConfig()
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -202,6 +265,7 @@ class AlgorithmConfig:
     micro_batch_size: int = 8
     token_weighting: TokenWeighting = "none"
     filters: FilterConfig = field(default_factory=FilterConfig)
+    shared_prefix: bool = True            # a group's prompt computed once per forward (trainer/policy/shared_prefix.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.clip_low < 1:
@@ -259,6 +323,10 @@ class StageConfig:
             if not self.reward:
                 _fail(where, 'an rl stage needs `reward:`, a spec such as {sql_execution: 1.0}')
 
+            if self.rollout.dynamic_sampling.enabled and not self.algorithm.filters.drop_equal_reward_groups:
+                _fail(where, "rollout.dynamic_sampling fills the batch with groups the filter keeps, and with "
+                             "algorithm.filters.drop_equal_reward_groups false it keeps every group: turn the "
+                             "filter on or dynamic sampling off")
             if self.rollout.batch_size % self.algorithm.micro_batch_size:
                 _fail(where, f"rollout batch {self.rollout.batch_size} (group_size × prompts_per_step) is not "
                              f"divisible by algorithm.micro_batch_size {self.algorithm.micro_batch_size}")

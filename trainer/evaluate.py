@@ -37,7 +37,7 @@ from trainer.compose import Stack
 from trainer.config import RolloutConfig
 from trainer.policy.base import Generation
 from trainer.rollout import RolloutEngine
-from trainer.sampler import Sampler, SampleRequest
+from trainer.sampler import PrefixCaching, Sampler, SampleRequest
 from trainer.scoring import judge_scores, score_trajectories
 from trainer.types import RolloutTrajectory
 
@@ -76,6 +76,11 @@ class FixedTemperature:
     async def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         """Delegate."""
         await self.sampler.sync_weights(model, version)
+
+    def release(self, cache_key: str) -> None:
+        """Delegate, to a sampler that keeps anything by key."""
+        if isinstance(self.sampler, PrefixCaching):
+            self.sampler.release(cache_key)
 
     async def aclose(self) -> None:
         """Nothing of its own to close (the stack closes the wrapped sampler)."""

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.selection import TaskDraws
+
 
 @dataclass(frozen=True)
 class StateEvent:
@@ -79,11 +81,13 @@ class RunState:
     final_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_steps: dict[int, int] = field(default_factory=dict)      # steps of finished stages
     stage_secs: dict[int, float] = field(default_factory=dict)     # their training seconds
+    draws: TaskDraws | None = None       # an RL stage's task draws (cursor, pass-rate estimates)
 
     def to_json(self, wall_seconds: float) -> dict[str, Any]:
         """The checkpoint's ``trainer_state`` (JSON keys are strings)."""
         out = dataclasses.asdict(self)
         out["wall_seconds"] = wall_seconds
+        out["draws"] = None if self.draws is None else self.draws.to_json()
         out["stage_steps"] = {str(k): v for k, v in self.stage_steps.items()}
         out["stage_secs"] = {str(k): v for k, v in self.stage_secs.items()}
         return out
@@ -93,7 +97,8 @@ class RunState:
         """The state a checkpoint saved; ``configured_limit(stage_index)`` fills the time limit of a
         checkpoint written before limits were saved."""
         state = cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)
-                       if f.name in saved and f.name not in ("stage_steps", "stage_secs")})
+                       if f.name in saved and f.name not in ("stage_steps", "stage_secs", "draws")})
+        state.draws = None if saved.get("draws") is None else TaskDraws.from_json(saved["draws"])
         state.stage_steps = {int(k): int(v) for k, v in saved.get("stage_steps", {}).items()}
         state.stage_secs = {int(k): float(v) for k, v in saved.get("stage_secs", {}).items()}
         if "stage_limit" not in saved:

@@ -7,6 +7,11 @@ the kept trajectories (``micro_batch_size`` bounds memory, not the update size: 
 loss is divided by the loss aggregation's denominator over the whole kept batch, so the summed
 loss, its gradient and the reported metrics are the batch's for any micro-batch size).
 
+With ``algorithm.shared_prefix`` (the default) every forward — the update's, the entropy pass, the
+reference's — computes the tokens that rows share before their first trained token (a group's
+prompt) once per micro-batch (``trainer.policy.shared_prefix``), and a group's rows share a
+micro-batch wherever they fit in one; the same log-probs and gradients to float rounding.
+
 Dropped trajectories never enter a forward pass, so they cannot contribute a gradient. A generated
 token whose region label is PROMPT (a rollout engine that does not label regions) is treated as
 OTHER, so an unlabelled trajectory still trains on every generated token.
@@ -109,6 +114,7 @@ class _KeptBatch:
     regions: torch.Tensor          # [K, T-1] Region labels, unlabelled generated tokens as OTHER
     micro: list[list[int]]         # the rows of each micro-batch
     subs: list[TokenBatch]         # each micro-batch cut to its own width
+    shared_prefix: bool            # forwards compute a prefix that rows share once
 
 
 @dataclass(frozen=True)
@@ -235,13 +241,37 @@ def _kept_batch(policy: HFPolicy, kept: list[RolloutTrajectory], rewards: torch.
     batch = collate_trajectories(kept, pad_token_id=policy.pad_token_id)
     regions = _labelled_regions(batch)
     mask = two_level_mask(action_mask(regions, valid=batch.loss_mask), torch.ones(len(kept), dtype=torch.bool))
-    size = algo.micro_batch_size
-    micro = [list(range(i, min(i + size, len(kept)))) for i in range(0, len(kept), size)]
+    micro = _micro_batches(group_ids.tolist(), algo.micro_batch_size, whole_groups=algo.shared_prefix)
     # each micro-batch without the padding columns its rows share (a group's trajectories are
     # usually much shorter than the batch's longest); per-token tensors of the whole batch are cut
     # to the same width, entropies padded back (the cut columns are padding: mask 0 everywhere)
     subs = [batch.select(rows).trimmed() for rows in micro]
-    return _KeptBatch(adv=adv, mask=mask, regions=regions, micro=micro, subs=subs)
+    return _KeptBatch(adv=adv, mask=mask, regions=regions, micro=micro, subs=subs, shared_prefix=algo.shared_prefix)
+
+
+def _micro_batches(group_ids: list[int], size: int, *, whole_groups: bool) -> list[list[int]]:
+    """Row indices in micro-batches of at most ``size`` rows: consecutive rows or, with
+    ``whole_groups``, each group's rows together where they fit (groups in order of first
+    appearance; a group larger than ``size`` is cut into chunks of ``size``), so that a shared-prefix
+    forward computes a group's prompt once. Any split gives the batch's loss and gradient."""
+    if not whole_groups:
+        return [list(range(i, min(i + size, len(group_ids)))) for i in range(0, len(group_ids), size)]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for row, group in enumerate(group_ids):
+        groups[group].append(row)
+    micro: list[list[int]] = []
+    current: list[int] = []
+    for rows in groups.values():
+        if len(current) + len(rows) > size and current:
+            micro.append(current)
+            current = []
+        while len(rows) > size:
+            micro.append(rows[:size])
+            rows = rows[size:]
+        current = current + rows
+    if current:
+        micro.append(current)
+    return micro
 
 
 def _entropy_pass(policy: HFPolicy, kb: _KeptBatch, temperature: float) -> list[torch.Tensor]:
@@ -250,7 +280,7 @@ def _entropy_pass(policy: HFPolicy, kb: _KeptBatch, temperature: float) -> list[
     with torch.no_grad():
         for sub in kb.subs:
             _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
-                                              positions=sub.loss_mask)
+                                              positions=sub.loss_mask, shared_prefix=kb.shared_prefix)
             assert ent is not None
             entropies.append(_widen(ent, kb.mask.shape[1]))
     return entropies
@@ -265,7 +295,8 @@ def _reference_logprobs(reference: HFPolicy | None, kb: _KeptBatch, temperature:
     with torch.no_grad():
         for sub in kb.subs:
             logp, _ = reference.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
-                                                 compute_entropy=False, positions=sub.loss_mask)
+                                                 compute_entropy=False, positions=sub.loss_mask,
+                                                 shared_prefix=kb.shared_prefix)
             ref_logp.append(logp)
     return ref_logp
 
@@ -319,7 +350,7 @@ def _update_loop(
             measure = measure_entropy and update == 0
             logp, ent = policy.forward_logprobs(
                 sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure,
-                positions=sub.loss_mask,
+                positions=sub.loss_mask, shared_prefix=kb.shared_prefix,
             )
             if measure:
                 assert ent is not None

@@ -42,11 +42,13 @@ from trainer.checkpoint import (
 )
 from trainer.compose import Stack, StageRollouts
 from trainer.config import ExperimentConfig, StageConfig
+from trainer.dynamic import roll_step
 from trainer.events import CheckpointEvent, EventFn, MetricsEvent, RunState, StateEvent, StopRequest
 from trainer.grpo import frozen_reference, grpo_update
 from trainer.outputs import MetricsLog, plot_curves, write_report, write_samples
 from trainer.policy.hf import HFPolicy
 from trainer.sampler import Sampler
+from trainer.selection import TaskDraws
 from trainer.sft import SftData, load_sft_examples, sft_step
 from trainer.types import RolloutTrajectory
 
@@ -246,6 +248,7 @@ def _enter_stage(run: _Run, stage: StageConfig, index: int, name: str, ckpt: Che
         raise ValueError(f"stage {name}: stage_limit gave {limit} s; a time limit is >= 0 (0 = none)")
     s = run.state
     s.stage_index, s.stage_step, s.cursor, s.stage_seconds, s.stage_done = index, 0, 0, 0.0, False
+    s.draws = None
     s.stage_limit = stage.max_seconds if limit is None else float(limit)
     if limit is not None and limit != stage.max_seconds:
         logger.info("stage %s: time limit %.0f s (configured: %.0f s)", name, limit, stage.max_seconds)
@@ -341,28 +344,29 @@ class _SftSteps:
 
 
 class _RlSteps:
-    """An RL stage's steps: tasks → rollouts → scores → one GRPO update → the sampler's weights."""
+    """An RL stage's steps: tasks → rollouts → scores (in rounds with dynamic sampling:
+    ``trainer.dynamic``) → one GRPO update → the sampler's weights."""
 
     def __init__(self, run: _Run, policy: HFPolicy, stage: StageConfig, index: int, start: int,
                  rollouts: StageRollouts) -> None:
         self.run, self.policy, self.stage = run, policy, stage
         self.rollouts = rollouts
+        if run.state.draws is None:   # a fresh stage, or a checkpoint from before draws were saved (n a step)
+            run.state.draws = TaskDraws(cursor=start * stage.rollout.prompts_per_step)
+        self.draws = run.state.draws
         self.reference = _reference(run, policy, stage, index, start)
         # the weights so far (earlier stages, a resumed checkpoint) are version global_step
         rollouts.sync_weights(policy.model, run.state.global_step)
 
     def step(self, step: int, optimizer: Any, scheduler: Any) -> tuple[dict[str, float], list[RolloutTrajectory]]:
         version = self.run.state.global_step + 1
-        tasks = self.rollouts.tasks(step)
-        tic = time.monotonic()
         self.policy.model.eval()
         try:
-            trajectories = self.rollouts.rollout(tasks, version)
+            rolled = roll_step(self.rollouts, self.draws, version)
         finally:
             self.policy.model.train()
-        rollout_seconds = time.monotonic() - tic
-        counts = self.rollouts.score(trajectories, version)
-        self._count_failure(step, trajectories)
+        trajectories = rolled.batch
+        self._count_failure(step, rolled.rolled)
         values = grpo_update(self.policy, optimizer, trajectories, self.stage, step - 1, reference=self.reference,
                              total_steps=self.stage.steps)
         self.rollouts.sync_weights(self.policy.model, version)
@@ -372,12 +376,13 @@ class _RlSteps:
             # optimizer step ran; torch warns about exactly that order
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             scheduler.step()
-        values["rollout_seconds"] = rollout_seconds
-        values["reward_system_errors"] = float(counts.get("reward_system_errors", 0))
+        values["rollout_seconds"] = rolled.rollout_seconds
+        values["reward_system_errors"] = float(rolled.reward_system_errors)
         # the weights the step's rollouts were sampled with (the previous step's update)
-        values["sampled_weight_version"] = float(max((v for t in trajectories for v in t.weight_versions), default=0))
+        values["sampled_weight_version"] = float(max((v for t in rolled.rolled for v in t.weight_versions), default=0))
         values.update(_task_metrics(self.stage, trajectories))
-        return values, _sample_picks(trajectories)
+        values.update(rolled.metrics)
+        return values, _sample_picks(rolled.rolled)
 
     def _count_failure(self, step: int, trajectories: list[RolloutTrajectory]) -> None:
         """Count a step whose every trajectory failed; ``services.max_failed_steps`` in a row raise

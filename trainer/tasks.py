@@ -69,14 +69,17 @@ class TaskSampler:
     def __init__(self, tasks: list[Task], seed: int) -> None:
         self.tasks = tasks
         self.seed = seed
+        self._epoch: tuple[int, list[int]] = (-1, [])
+
+    def at(self, pos: int) -> Task:
+        """The task at position ``pos`` of the endless shuffled stream."""
+        epoch, index = divmod(pos, len(self.tasks))
+        if self._epoch[0] != epoch:  # one shuffle per epoch, not per position
+            order = list(range(len(self.tasks)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._epoch = (epoch, order)
+        return self.tasks[self._epoch[1][index]]
 
     def take(self, cursor: int, n: int) -> list[Task]:
         """The tasks at positions cursor … cursor + n − 1 of the endless shuffled stream."""
-        out = []
-        size = len(self.tasks)
-        for pos in range(cursor, cursor + n):
-            epoch, index = divmod(pos, size)
-            order = list(range(size))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.tasks[order[index]])
-        return out
+        return [self.at(pos) for pos in range(cursor, cursor + n)]

@@ -450,7 +450,13 @@ def place_names() -> list[str]:
     return sorted({name for city, _province, _pop, _area, districts in CITIES for name in (city, *districts)})
 
 
-_PLACES = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(place_names(), key=len, reverse=True)) + r")\b")
+def place_pattern(names: list[str]) -> re.Pattern[str]:
+    """Whole-word matches of ``names``, each also as written inside an SQL literal (``Xi''an``)."""
+    forms = {form for n in names for form in (n, n.replace("'", "''"))}
+    return re.compile(r"\b(?:" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + r")\b")
+
+
+_PLACES = place_pattern(place_names())
 
 
 def place_neutral(text: str) -> str:

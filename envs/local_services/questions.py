@@ -2,26 +2,32 @@
 
 Each template draws its slot values from the rows of the database, and a draw is kept
 only if its gold query runs and returns a non-empty, non-trivial result. The split is
-built so that train and held-out do not fully overlap:
+decided up front, from the seed, and held-out questions carry their slice:
 
-- some templates (:data:`HELDOUT_ONLY`) appear only in held-out;
-- a third of the cities are held out: train questions never name them (nor their
-  districts or merchants), while held-out questions of shared templates alternate between
-  the held-out cities and all cities, so their values overlap with train only in part;
-- no question text appears in both splits.
+- **train**: the shared templates over the train cities (two thirds of them); no train
+  question names a held-out place, in its text, its SQL or its gold rows;
+- **a, in-distribution**: drawn with the train questions as one set, then held out of it at
+  random: the train templates and cities, each question a template-value tuple that no train
+  question has, every string literal of its gold SQL one that some train question's SQL has;
+- **b, unseen values**: shared templates over the held-out cities: every question names a
+  city or district that no train question shows;
+- **c, unseen templates**: the held-out-only templates (:data:`HELDOUT_ONLY`) over the train
+  cities, so that the template is the only new thing;
+- no question text appears twice.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.local_services.database import DB_ID, Merchant, Pool, load_pool
+from envs.local_services.database import DB_ID, Merchant, Pool, load_pool, place_pattern
 from rlyard.geo import WEEKDAYS
 
 DIFFICULTIES = ("single_table", "join", "aggregate", "nested")
@@ -31,6 +37,13 @@ MAX_RESULT_ROWS = 100
 # A draw: question, gold SQL, slot values (by slot name)
 Draft = tuple[str, str, dict[str, str]]
 Sampler = Callable[[random.Random, Pool], Draft | None]
+# Whether to keep a draw of a template (by name), given its gold rows
+Accept = Callable[[str, Draft, list[tuple[Any, ...]]], bool]
+
+# The held-out slices, in report order, and what each holds out.
+SLICES = ("a", "b", "c")
+SLICE_NAMES = {"a": "in-distribution", "b": "unseen values", "c": "unseen templates"}
+_LITERAL = re.compile(r"'((?:[^']|'')*)'")
 
 
 @dataclass(frozen=True)
@@ -358,24 +371,60 @@ TEMPLATES = (
 HELDOUT_ONLY = tuple(t.name for t in TEMPLATES if t.heldout_only)
 
 
+@dataclass(frozen=True)
+class HeldoutSizes:
+    """How many held-out questions each slice gets (``SLICES``)."""
+
+    a: int = 100
+    b: int = 40
+    c: int = 20
+
+    def __post_init__(self) -> None:
+        for name in SLICES:
+            if getattr(self, name) < 0:
+                raise ValueError(f"held-out slice {name} needs a count >= 0 (got {getattr(self, name)})")
+
+    @property
+    def total(self) -> int:
+        """All held-out questions."""
+        return self.a + self.b + self.c
+
+    def counts(self) -> dict[str, int]:
+        """``{slice: count}`` in ``SLICES`` order."""
+        return {name: getattr(self, name) for name in SLICES}
+
+
+DEFAULT_HELDOUT = HeldoutSizes()
+
+
 @dataclass
 class TaskSplit:
-    """Train and held-out tasks, and how they were split."""
+    """Train and held-out tasks, and how they were split (local-services held-out tasks carry their ``slice``)."""
 
     train: list[dict[str, Any]]
     heldout: list[dict[str, Any]]
     info: dict[str, Any]
 
 
+def sql_literals(query: str) -> list[str]:
+    """The string literals of an SQL query, as written between the quotes (``Xi''an`` stays doubled)."""
+    return _LITERAL.findall(query)
+
+
 def generate_tasks(db_path: Path, seed: int = 0, n_train: int = 200,
-                   n_heldout: int = 50) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train and held-out tasks ``{task_id, db_id, question, query, template, difficulty, slots}``."""
-    split = generate_split(db_path, seed, n_train, n_heldout)
+                   heldout: HeldoutSizes = DEFAULT_HELDOUT) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and held-out tasks ``{task_id, db_id, question, query, template, difficulty, slots}``
+    (held-out ones with ``slice`` too)."""
+    split = generate_split(db_path, seed, n_train, heldout)
     return split.train, split.heldout
 
 
-def generate_split(db_path: Path, seed: int = 0, n_train: int = 200, n_heldout: int = 50) -> TaskSplit:
-    """Like :func:`generate_tasks`, with ``info``: held-out-only templates, cities, overlap.
+def generate_split(db_path: Path, seed: int = 0, n_train: int = 200,
+                   heldout: HeldoutSizes = DEFAULT_HELDOUT) -> TaskSplit:
+    """Like :func:`generate_tasks`, with ``info``: templates, cities, places and slice counts.
+
+    Train with slice a, then b, then c, all from one ``random.Random(seed)``: the same seed and
+    sizes give the same questions and labels.
 
     Raises:
         RuntimeError: the database cannot supply that many distinct valid questions.
@@ -387,40 +436,92 @@ def generate_split(db_path: Path, seed: int = 0, n_train: int = 200, n_heldout: 
         heldout_cities = sorted(rng.sample(full.cities, max(1, len(full.cities) // 3)))
         train_cities = [c for c in full.cities if c not in heldout_cities]
         train_pool, heldout_pool = load_pool(conn, train_cities), load_pool(conn, heldout_cities)
+        heldout_places = sorted({*heldout_cities, *(d for d, c in full.districts.items() if c in heldout_cities)})
+        names_heldout_place = place_pattern(heldout_places).search
+
+        def clean(_template: str, draft: Draft, rows: list[tuple[Any, ...]]) -> bool:
+            """No held-out place in the question, the SQL or the rows (a demonstration shows them)."""
+            return not any(names_heldout_place(text) for text in (draft[0], draft[1], repr(rows)))
+
         shared = [t for t in TEMPLATES if not t.heldout_only]
+        only = [t for t in TEMPLATES if t.heldout_only]
         seen: set[str] = set()
-        train = _fill("train", n_train, shared, lambda _i: train_pool, rng, conn, seen)
-        heldout = _fill("heldout", n_heldout, list(TEMPLATES),
-                        lambda i: heldout_pool if i % 2 == 0 else full, rng, conn, seen)
+        # Train and slice a are drawn alike, as one set; a is then held out of it at random.
+        drawn = _fill("train", n_train + heldout.a, shared, train_pool, rng, conn, seen, clean)
+        train, in_distribution = _hold_out(drawn, heldout.a, rng)
+
+        def unseen_place(_template: str, draft: Draft, _rows: list[tuple[Any, ...]]) -> bool:
+            return bool(names_heldout_place(draft[0]))
+
+        slices = {
+            "a": in_distribution,
+            "b": _fill("heldout_b", heldout.b, shared, heldout_pool, rng, conn, seen, unseen_place),
+            "c": _fill("heldout_c", heldout.c, only, train_pool, rng, conn, seen, clean),
+        }
     finally:
         conn.close()
-    train_values = {(k, v) for task in train for k, v in task["slots"].items()}
-    novel = sum(1 for t in heldout if any(kv not in train_values for kv in t["slots"].items()))
+    tasks = [{**task, "task_id": f"{DB_ID}_heldout_{name}_{i:05d}", "slice": name}
+             for name in SLICES for i, task in enumerate(slices[name])]
     info = {
         "seed": seed,
         "heldout_only_templates": list(HELDOUT_ONLY),
         "shared_templates": [t.name for t in shared],
         "train_cities": train_cities,
         "heldout_cities": heldout_cities,
-        "heldout_with_unseen_values": novel,
+        "heldout_places": heldout_places,
+        "slices": {name: len(slices[name]) for name in SLICES},
+        "slice_names": dict(SLICE_NAMES),
         "n_train": len(train),
-        "n_heldout": len(heldout),
+        "n_heldout": len(tasks),
     }
-    return TaskSplit(train, heldout, info)
+    return TaskSplit(train, tasks, info)
 
 
-def _fill(split: str, n: int, templates: list[Template], pool_for: Callable[[int], Pool], rng: random.Random,
-          conn: sqlite3.Connection, seen: set[str]) -> list[dict[str, Any]]:
-    """``n`` tasks, cycling through ``templates``; ``pool_for(k)`` gives the pool of a shared template's k-th draw."""
+def template_values(task: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A question's template-value tuple: its template and its slot values."""
+    return task["template"], tuple(sorted(task["slots"].items()))
+
+
+def _hold_out(tasks: list[dict[str, Any]], n: int,
+              rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``tasks`` split into the rest and ``n`` of them picked at random, each with a template-value
+    tuple that no other task has and only string literals that some task of the rest has.
+
+    Raises:
+        RuntimeError: fewer than ``n`` tasks qualify.
+    """
+    literals = Counter(v for t in tasks for v in set(sql_literals(t["query"])))
+    keys = Counter(template_values(t) for t in tasks)
+    order = list(range(len(tasks)))
+    rng.shuffle(order)
+    picked: set[int] = set()
+    for i in order:
+        if len(picked) == n:
+            break
+        own = set(sql_literals(tasks[i]["query"]))
+        if keys[template_values(tasks[i])] > 1 or any(literals[v] < 2 for v in own):
+            continue                # held out, it would take a value (or its tuple) out of training
+        literals.subtract(own)
+        picked.add(i)
+    if len(picked) < n:
+        raise RuntimeError(f"only {len(picked)} of {n} in-distribution questions have values seen in training; "
+                           "ask for fewer or for more train questions")
+    rest = [t for i, t in enumerate(tasks) if i not in picked]
+    return ([{**t, "task_id": f"{DB_ID}_train_{i:05d}"} for i, t in enumerate(rest)],
+            [tasks[i] for i in sorted(picked)])
+
+
+def _fill(split: str, n: int, templates: list[Template], pool: Pool, rng: random.Random, conn: sqlite3.Connection,
+          seen: set[str], accept: Accept) -> list[dict[str, Any]]:
+    """``n`` tasks over ``pool``, cycling through ``templates`` (a template that has no new question
+    left is skipped), each draw kept only if ``accept`` takes it."""
     tasks: list[dict[str, Any]] = []
-    uses: dict[str, int] = defaultdict(int)
     failures = 0
     i = 0
     while len(tasks) < n:
         template = templates[i % len(templates)]
         i += 1
-        pool = pool_for(uses[template.name]) if not template.heldout_only else pool_for(1)
-        draft = _draw(template, pool, rng, conn, seen)
+        draft = _draw(template, pool, rng, conn, seen, accept)
         if draft is None:
             failures += 1  # consecutive: every template came up empty several times over
             if failures > 3 * len(templates):
@@ -428,7 +529,6 @@ def _fill(split: str, n: int, templates: list[Template], pool_for: Callable[[int
                                    "ask for fewer or build a larger scale")
             continue
         failures = 0
-        uses[template.name] += 1
         question, query, slots = draft
         seen.add(question)
         tasks.append({"task_id": f"{DB_ID}_{split}_{len(tasks):05d}", "db_id": DB_ID, "question": question,
@@ -437,14 +537,14 @@ def _fill(split: str, n: int, templates: list[Template], pool_for: Callable[[int
     return tasks
 
 
-def _draw(template: Template, pool: Pool, rng: random.Random, conn: sqlite3.Connection,
-          seen: set[str], attempts: int = 30) -> Draft | None:
-    """A new question whose gold query returns a useful result, or None."""
+def _draw(template: Template, pool: Pool, rng: random.Random, conn: sqlite3.Connection, seen: set[str],
+          accept: Accept, attempts: int = 30) -> Draft | None:
+    """A new question whose gold query returns a useful result and that ``accept`` takes, or None."""
     for _ in range(attempts):
         draft = template.sample(rng, pool)
         if draft is None or draft[0] in seen:
             continue
         rows = conn.execute(draft[1]).fetchmany(MAX_RESULT_ROWS + 1)
-        if rows and len(rows) <= MAX_RESULT_ROWS and rows[0][0] not in (None, 0):
+        if rows and len(rows) <= MAX_RESULT_ROWS and rows[0][0] not in (None, 0) and accept(template.name, draft, rows):
             return draft
     return None

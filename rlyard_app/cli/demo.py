@@ -1,7 +1,8 @@
 """``rlyard demo``: the learning demo with a live view (see ``experiments.learning``).
 
 Prepare the world and the tiny policy, SFT on demonstrations, GRPO on the train questions with
-the SQL tool and the reward service embedded, evaluate held-out accuracy before and after RL.
+the SQL tool and the reward service embedded, evaluate held-out accuracy before and after RL on
+each of the three held-out slices.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class DemoView:
 def run(ns: Any, console: Console) -> int:
     """Entry of ``rlyard demo``."""
     from experiments.learning import LearningConfig, quick, run_learning
+    from experiments.sql_learning import StaleWorldError
 
     if ns.budget_minutes < 0:
         console.print(f"[red]--budget-minutes must be >= 0 (0 = none); got {ns.budget_minutes}[/]")
@@ -94,21 +96,73 @@ def run(ns: Any, console: Console) -> int:
                   f"steps, SFT {cfg.sft_steps} steps, then GRPO; {length})")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, refresh_per_second=4) as progress:
-        view = DemoView(progress, cfg.sft_steps, cfg.copy_steps, cfg.rl_seconds, cfg.rl_steps)
-        report = run_learning(run_dir, cfg, on_event=view)
+    try:
+        with Progress(*columns, console=console, refresh_per_second=4) as progress:
+            view = DemoView(progress, cfg.sft_steps, cfg.copy_steps, cfg.rl_seconds, cfg.rl_steps)
+            report = run_learning(run_dir, cfg, on_event=view)
+    except StaleWorldError as err:
+        console.print(f"[red]{err}[/]")
+        return 2
     if report.get("state") != "SUCCEEDED":
         console.print(f"[red]{report.get('state')}[/]: {report.get('error', '')} (rerun with --run-id {run_id} "
                       "to resume from the last checkpoint)")
         return 1
-    table = Table(title=f"held-out execution accuracy ({report['heldout_tasks']} questions, greedy)")
-    for col in ("checkpoint", "accuracy", "tool calls/task", "format errors", "truncated"):
-        table.add_column(col)
-    for key, label in (("sft", "after SFT"), ("rl", "after GRPO")):
-        summary = report["eval"][key]
-        table.add_row(label, f"{100 * summary['execution_accuracy']:.1f}%", f"{summary['mean_tool_calls']:.2f}",
-                      str(summary["format_errors"]), str(summary["truncated"]))
-    console.print(table)
-    console.print(f"gain from RL: {100 * report['gain']:+.1f} points · wall {report['wall_seconds']:.0f} s · "
+    console.print(results_table(report))
+    console.print(eval_line(report))
+    console.print(f"{gain_line(report)} · wall {report['wall_seconds']:.0f} s · "
                   f"{run_dir}/report.json, curves/, samples.md, eval_*.json")
     return 0
+
+
+SLICE_NAMES = {"a": "in-distribution", "b": "unseen values", "c": "unseen templates"}
+CHECKPOINTS = {"sft": "after SFT", "rl": "after GRPO", "control": "after more SFT"}
+
+
+def results_table(report: dict[str, Any]) -> Table:
+    """A row per evaluated checkpoint, a column per held-out slice (its count in the header): accuracy
+    ± its standard error; then all slices together."""
+    table = Table(title=f"held-out execution accuracy ({report['heldout_tasks']} questions, greedy; "
+                        "± standard error)")
+    counts = report["heldout_slices"]
+    table.add_column("checkpoint")
+    for name, label in SLICE_NAMES.items():
+        table.add_column(f"{name} ({counts[name]})\n{label}", justify="right")
+    table.add_column(f"all ({report['heldout_tasks']})", justify="right")
+    for key in _checkpoints(report):
+        slices = report["slices"][key]
+        table.add_row(CHECKPOINTS[key], *(_percent(slices[name]) for name in SLICE_NAMES),
+                      f"{100 * report['eval'][key]['execution_accuracy']:.1f}%")
+    return table
+
+
+def eval_line(report: dict[str, Any]) -> str:
+    """Tool calls per task, format errors and truncations of each checkpoint, in the table's order."""
+    keys = _checkpoints(report)
+
+    def each(field: str, fmt: str) -> str:
+        return " / ".join(format(report["eval"][key][field], fmt) for key in keys)
+
+    return (f"tool calls per task {each('mean_tool_calls', '.2f')} · format errors {each('format_errors', 'd')} · "
+            f"truncated {each('truncated', 'd')} ({' / '.join(CHECKPOINTS[key] for key in keys)})")
+
+
+def gain_line(report: dict[str, Any]) -> str:
+    """The run's verdict: the gain on slice a (what the bench's bar counts), then b, c and all."""
+    gains = report["slice_gain"]
+    rest = " · ".join(f"{name} {_points(gains[name])}" for name in ("b", "c"))
+    return (f"gain from RL on slice a (in-distribution): {_points(gains['a'])} points · {rest} · "
+            f"all {_points(report['gain'])}")
+
+
+def _checkpoints(report: dict[str, Any]) -> list[str]:
+    return [key for key in CHECKPOINTS if key in report["slices"]]
+
+
+def _percent(entry: dict[str, Any]) -> str:
+    if entry["accuracy"] is None:
+        return "-"
+    return f"{100 * entry['accuracy']:.1f}% ±{100 * entry['stderr']:.1f}"
+
+
+def _points(gain: float | None) -> str:
+    return "-" if gain is None else f"{100 * gain:+.1f}"

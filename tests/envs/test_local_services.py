@@ -12,11 +12,20 @@ from typing import Any
 import pytest
 
 from envs.local_services import build_database, content_hash, database_path, generate_split, generate_tasks
-from envs.local_services.database import TABLES
-from envs.local_services.questions import DIFFICULTIES, HELDOUT_ONLY, TEMPLATES
+from envs.local_services.database import TABLES, place_pattern
+from envs.local_services.questions import (
+    DIFFICULTIES,
+    HELDOUT_ONLY,
+    SLICES,
+    TEMPLATES,
+    HeldoutSizes,
+    sql_literals,
+    template_values,
+)
 from tool_servers.sql.db import SqliteDatabases, SqlLimits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SIZES = HeldoutSizes(a=40, b=24, c=16)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +42,7 @@ def db_path(db_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def split(db_path: Path) -> Any:
-    return generate_split(db_path, seed=0, n_train=300, n_heldout=80)
+    return generate_split(db_path, seed=0, n_train=300, heldout=SIZES)
 
 
 def _rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -116,39 +125,86 @@ def test_every_gold_query_returns_rows(db_path: Path, split: Any) -> None:
 def test_counts_and_fields(split: Any, db_path: Path) -> None:
     assert len(split.train) == 300 and len(split.heldout) == 80
     keys = {"task_id", "db_id", "question", "query", "template", "difficulty", "slots"}
-    for task in split.train + split.heldout:
+    for task in split.train:
         assert set(task) == keys and task["db_id"] == "local_services"
+    for task in split.heldout:
+        assert set(task) == keys | {"slice"} and task["db_id"] == "local_services"
+        assert task["task_id"].startswith(f"local_services_heldout_{task['slice']}_")
     ids = [t["task_id"] for t in split.train + split.heldout]
     assert len(set(ids)) == len(ids)
-    train, heldout = generate_tasks(db_path, seed=3, n_train=7, n_heldout=4)
+    train, heldout = generate_tasks(db_path, seed=1, n_train=7, heldout=HeldoutSizes(2, 1, 1))
     assert (len(train), len(heldout)) == (7, 4)
 
 
 def test_generation_is_deterministic(db_path: Path, split: Any) -> None:
-    again = generate_split(db_path, seed=0, n_train=300, n_heldout=80)
-    assert again.train == split.train and again.heldout == split.heldout
-    other = generate_split(db_path, seed=1, n_train=300, n_heldout=80)
+    again = generate_split(db_path, seed=0, n_train=300, heldout=SIZES)
+    assert again.train == split.train and again.heldout == split.heldout     # slice labels included
+    assert again.info == split.info
+    other = generate_split(db_path, seed=1, n_train=300, heldout=SIZES)
     assert [t["question"] for t in other.train] != [t["question"] for t in split.train]
 
 
-def test_split_templates_and_values_overlap_only_in_part(split: Any) -> None:
-    train_templates = {t["template"] for t in split.train}
-    heldout_templates = {t["template"] for t in split.heldout}
-    assert set(HELDOUT_ONLY) and set(HELDOUT_ONLY) <= heldout_templates
-    assert not set(HELDOUT_ONLY) & train_templates
-    assert train_templates & heldout_templates  # shared templates exist
-    assert len(TEMPLATES) >= 25 and 0.1 <= len(HELDOUT_ONLY) / len(TEMPLATES) <= 0.3
-    # held-out cities never appear in train questions
-    held_cities = set(split.info["heldout_cities"])
-    assert held_cities and not held_cities & set(split.info["train_cities"])
-    assert all(t["slots"].get("city") not in held_cities for t in split.train)
-    # shared templates in held-out: some values unseen in train, some seen (partial overlap)
-    train_values = {(k, v) for t in split.train for k, v in t["slots"].items()}
-    shared = [t for t in split.heldout if t["template"] not in HELDOUT_ONLY]
-    unseen = [t for t in shared if any(kv not in train_values for kv in t["slots"].items())]
-    assert 0 < len(unseen) < len(shared)
-    assert {t["slots"].get("city") for t in shared} & set(split.info["train_cities"])
+def test_slices_are_labelled_counted_and_recorded(split: Any) -> None:
+    assert [t["slice"] for t in split.heldout] == ["a"] * 40 + ["b"] * 24 + ["c"] * 16
+    assert split.info["slices"] == SIZES.counts() == {"a": 40, "b": 24, "c": 16}
+    assert split.info["n_heldout"] == SIZES.total == 80 and split.info["n_train"] == 300
+    assert list(split.info["slice_names"]) == list(SLICES)
     assert not {t["question"] for t in split.train} & {t["question"] for t in split.heldout}
+    questions = [t["question"] for t in split.train + split.heldout]
+    assert len(set(questions)) == len(questions)
+
+
+def test_slice_a_is_new_template_value_tuples_of_train_templates_and_values(split: Any) -> None:
+    a = [t for t in split.heldout if t["slice"] == "a"]
+    train_templates = {t["template"] for t in split.train}
+    train_tuples = {template_values(t) for t in split.train}
+    train_literals = {v for t in split.train for v in sql_literals(t["query"])}
+    heldout_place = place_pattern(split.info["heldout_places"]).search
+    assert len({t["template"] for t in a}) >= 8                       # spread like train, not one template
+    for task in a:
+        assert task["template"] in train_templates and task["template"] not in HELDOUT_ONLY
+        assert template_values(task) not in train_tuples, task
+        assert sql_literals(task["query"]) and set(sql_literals(task["query"])) <= train_literals, task
+        assert not heldout_place(task["question"]) and not heldout_place(task["query"])
+
+
+def test_slice_b_names_places_that_no_train_question_shows(split: Any, db_path: Path) -> None:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        held_cities = split.info["heldout_cities"]
+        districts = [r[0] for r in conn.execute(
+            "SELECT d.name FROM district AS d JOIN city AS ci ON d.city_id = ci.city_id "
+            f"WHERE ci.name IN ({','.join('?' * len(held_cities))})", held_cities)]
+        assert held_cities and sorted([*held_cities, *districts]) == split.info["heldout_places"]
+        assert not set(held_cities) & set(split.info["train_cities"])
+        heldout_place = place_pattern(split.info["heldout_places"]).search
+        b = [t for t in split.heldout if t["slice"] == "b"]
+        train_templates = {t["template"] for t in split.train}
+        for task in b:
+            assert heldout_place(task["question"]), task
+            assert task["template"] in train_templates
+        # nowhere in training: not in a train question, its gold SQL, nor the rows a demonstration shows
+        for task in split.train:
+            rows = conn.execute(task["query"]).fetchall()
+            assert not any(heldout_place(text) for text in (task["question"], task["query"], repr(rows))), task
+    assert place_pattern(["Xi'an"]).search("WHERE ci.name = 'Xi''an'")      # the SQL form is caught as well
+
+
+def test_slice_c_templates_are_never_in_train(split: Any) -> None:
+    c = [t for t in split.heldout if t["slice"] == "c"]
+    assert {t["template"] for t in c} == set(HELDOUT_ONLY)
+    assert not {t["template"] for t in split.train} & set(HELDOUT_ONLY)
+    assert {t["template"] for t in split.heldout if t["slice"] != "c"}.isdisjoint(HELDOUT_ONLY)
+    heldout_place = place_pattern(split.info["heldout_places"]).search
+    assert not any(heldout_place(t["question"]) for t in c)              # the template is the only new thing
+    assert len(TEMPLATES) >= 25 and 0.1 <= len(HELDOUT_ONLY) / len(TEMPLATES) <= 0.3
+
+
+def test_heldout_sizes_refuse_negative_counts_and_too_many_in_distribution(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slice b"):
+        HeldoutSizes(b=-1)
+    info = build_database(tmp_path / "tiny.sqlite", seed=0, scale="tiny")
+    with pytest.raises(RuntimeError, match="in-distribution questions have values seen in training"):
+        generate_split(info.path, seed=0, n_train=5, heldout=HeldoutSizes(50, 1, 1))
 
 
 def test_difficulty_spread(split: Any) -> None:
@@ -165,7 +221,7 @@ def test_difficulty_spread(split: Any) -> None:
 def test_asking_for_too_many_fails_clearly(tmp_path: Path) -> None:
     info = build_database(tmp_path / "tiny.sqlite", seed=0, scale="tiny")
     with pytest.raises(RuntimeError, match="distinct"):
-        generate_tasks(info.path, seed=0, n_train=100_000, n_heldout=1)
+        generate_tasks(info.path, seed=0, n_train=100_000, heldout=HeldoutSizes(1, 0, 0))
 
 
 def test_unknown_scale_is_refused(tmp_path: Path) -> None:
@@ -176,10 +232,10 @@ def test_unknown_scale_is_refused(tmp_path: Path) -> None:
 def test_cli_writes_db_and_spider_files(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "envs.local_services", "--out", str(tmp_path), "--seed", "0",
-         "--n-train", "40", "--n-heldout", "12"],
+         "--n-train", "40", "--n-heldout-a", "6", "--n-heldout-b", "4", "--n-heldout-c", "2"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
     ).stdout
-    assert "40 train, 12 held-out" in out
+    assert "40 train, 12 held-out (a in-distribution 6, b unseen values 4, c unseen templates 2;" in out
     folder = tmp_path / "local_services"
     assert (folder / "local_services.sqlite").is_file()
     train = json.loads((folder / "train.json").read_text())
@@ -187,4 +243,6 @@ def test_cli_writes_db_and_spider_files(tmp_path: Path) -> None:
     assert (len(train), len(heldout)) == (40, 12)
     assert set(train[0]) == {"db_id", "question", "query"}
     info = json.loads((folder / "split_info.json").read_text())
-    assert info["heldout_only_templates"] == list(HELDOUT_ONLY)
+    assert info["heldout_only_templates"] == list(HELDOUT_ONLY) and info["slices"] == {"a": 6, "b": 4, "c": 2}
+    tasks = json.loads((folder / "heldout_tasks.json").read_text())
+    assert [t["slice"] for t in tasks] == ["a"] * 6 + ["b"] * 4 + ["c"] * 2

@@ -29,6 +29,19 @@ def test_sft_then_grpo_at_the_rollout_temperature(tmp_path: Path) -> None:
     assert rl.algorithm.kl_coef == 0.0 and rl.optim.lr == cfg.rl_lr and rl.optim.warmup_steps == 10
 
 
+def test_dynamic_sampling_and_selection_are_off_unless_asked_for(tmp_path: Path) -> None:
+    rollout = parse_config(experiment(LearningConfig(), _prep(tmp_path))).stages[1].rollout
+    assert not rollout.dynamic_sampling.enabled and rollout.selection.mode == "uniform"
+    cfg = LearningConfig(rl_dynamic_rounds=3, rl_oversample=2.0, rl_selection="pass_rate")
+    rollout = parse_config(experiment(cfg, _prep(tmp_path))).stages[1].rollout
+    assert rollout.dynamic_sampling.enabled and rollout.dynamic_sampling.max_rounds == 3
+    assert rollout.dynamic_sampling.oversample == 2.0 and rollout.selection.mode == "pass_rate"
+    with pytest.raises(ValueError, match="rl_selection must be 'uniform' or 'pass_rate'"):
+        LearningConfig(rl_selection="greedy")
+    with pytest.raises(ValueError, match="rl_dynamic_rounds must be >= 0"):
+        LearningConfig(rl_dynamic_rounds=-1)
+
+
 def test_grpo_only_from_a_given_sft_checkpoint(tmp_path: Path) -> None:
     config = parse_config(experiment(LearningConfig(), _prep(tmp_path), model=tmp_path / "sft"))
     assert [(s.kind, s.name) for s in config.stages] == [("rl", "grpo")]
@@ -51,13 +64,19 @@ def test_rollout_temperature_must_be_positive() -> None:
 def test_grpo_time_limit_is_what_is_left_of_the_budget() -> None:
     """A 840 s budget, 600 s spent on preparation and SFT: GRPO gets 840 - 600 - the reserve, capped
     by its own limit, never less than one step's worth (1 s); 0 configured means no cap."""
-    assert EVAL_RESERVE_SECONDS == 60.0
-    assert grpo_time_limit(840.0, 600.0, 240.0) == 180.0
+    assert EVAL_RESERVE_SECONDS == 90.0
+    assert grpo_time_limit(840.0, 600.0, 240.0) == 150.0
     assert grpo_time_limit(840.0, 300.0, 240.0) == 240.0
-    assert grpo_time_limit(840.0, 300.0, 0.0) == 480.0
+    assert grpo_time_limit(840.0, 300.0, 0.0) == 450.0
     assert grpo_time_limit(840.0, 900.0, 240.0) == 1.0
 
 
 def test_budget_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="budget_seconds"):
         LearningConfig(budget_seconds=-1.0)
+
+
+def test_every_heldout_slice_needs_questions() -> None:
+    for name in ("n_heldout_a", "n_heldout_b", "n_heldout_c"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1.*all three"):
+            LearningConfig(**{name: 0})

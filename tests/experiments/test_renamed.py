@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from envs.local_services.database import STREETS, build_database, database_path, place_names
-from envs.local_services.questions import generate_split
+from envs.local_services.questions import HeldoutSizes, generate_split
 from experiments.renamed import build_worlds, invent_names, rename, rewrite_task
 from experiments.sql_learning import prepare, task_line
 
@@ -82,7 +82,7 @@ def test_worlds_rename_every_place_and_keep_every_other_row(world_db: Path, tmp_
 def test_rewritten_questions_name_only_invented_places_and_their_gold_rows_match(world_db: Path,
                                                                                tmp_path: Path) -> None:
     worlds = build_worlds(world_db, tmp_path, 2, seed=7)
-    tasks = generate_split(world_db, seed=5, n_train=80, n_heldout=10).train
+    tasks = generate_split(world_db, seed=5, n_train=80, heldout=HeldoutSizes(4, 3, 3)).train
     for i, task in enumerate(tasks):
         line = task_line(task, 3)
         world = worlds[i % 2]
@@ -103,7 +103,8 @@ def test_rewritten_questions_name_only_invented_places_and_their_gold_rows_match
 
 
 def test_prepare_moves_rl_questions_into_renamed_worlds(tmp_path: Path) -> None:
-    prep = prepare(tmp_path / "w", seed=3, n_train=40, n_heldout=10, n_demos=8, copy_steps=0, renamed_worlds=3)
+    prep = prepare(tmp_path / "w", seed=3, n_train=40, n_heldout_a=4, n_heldout_b=3, n_heldout_c=3, n_demos=8,
+                   copy_steps=0, renamed_worlds=3)
     lines = [json.loads(x) for x in prep.train_tasks.read_text().splitlines()]
     assert len(lines) == 32 and prep.split_info["rl_worlds"] == [f"local_services_r{k:02d}" for k in range(3)]
     assert [x["context"]["db_id"] for x in lines[:4]] == [*prep.split_info["rl_worlds"], "local_services_r00"]

@@ -13,11 +13,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from envs.local_services.database import database_path, load_pool, place_names, place_neutral
-from envs.local_services.questions import generate_split
+from envs.local_services.database import database_path, load_pool, place_names, place_neutral, place_pattern
+from envs.local_services.questions import HELDOUT_ONLY, HeldoutSizes, generate_split, sql_literals
 from experiments.copy_warmup import copy_batch
 from experiments.sql_learning import (
+    PREPARE_VERSION,
     Prepared,
+    StaleWorldError,
     demo_candidates,
     pick_demos,
     prepare,
@@ -69,8 +71,8 @@ def test_pick_demos_round_robin_over_templates() -> None:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    return prepare(tmp_path_factory.mktemp("learn"), seed=3, n_train=60, n_heldout=20, n_demos=12, error_every=4,
-                   copy_steps=2)
+    return prepare(tmp_path_factory.mktemp("learn"), seed=3, n_train=60, n_heldout_a=10, n_heldout_b=6, n_heldout_c=4,
+                   n_demos=12, error_every=4, copy_steps=2)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -127,20 +129,25 @@ def test_copy_batch_masks_exactly_the_repeated_span() -> None:
 def test_prepared_record_is_reused_only_for_the_same_arguments(prepared: Prepared) -> None:
     from experiments.sql_learning import load_prepared
 
-    args = {"seed": 3, "n_train": 60, "n_heldout": 20, "n_demos": 12, "max_tool_calls": 3, "error_every": 4,
-            "size": "tiny", "copy_steps": 2, "demo_city_share": 1.0}
-    assert load_prepared(prepared.root, **args) == prepared
+    args = {"seed": 3, "n_train": 60, "n_heldout_a": 10, "n_heldout_b": 6, "n_heldout_c": 4, "n_demos": 12,
+            "max_tool_calls": 3, "error_every": 4, "size": "tiny", "copy_steps": 2, "demo_city_share": 1.0,
+            "renamed_worlds": 0}
+    loaded = load_prepared(prepared.root, **args)
+    assert loaded == prepared and loaded is not None
+    assert loaded.slices == prepared.slices == {"a": 10, "b": 6, "c": 4} and loaded.n_heldout == 20
     assert load_prepared(prepared.root, **{**args, "seed": 4}) is None
-    assert load_prepared(prepared.root, **{**args, "renamed_worlds": 0}) == prepared
+    assert load_prepared(prepared.root, **{**args, "n_heldout_b": 7}) is None
     assert load_prepared(prepared.root, **{**args, "renamed_worlds": 2}) is None
-    # a record written before the option existed has no renamed_worlds: it was prepared with none
+    assert load_prepared(prepared.root / "nowhere", **args) is None
+    # a world of an older version (its held-out set has no slices) is refused, not silently re-prepared
     saved = json.loads((prepared.root / "prepared.json").read_text())
-    del saved["args"]["renamed_worlds"]
+    assert saved["args"]["version"] == PREPARE_VERSION == 3
+    assert saved["prepared"]["split_info"]["slices"] == {"a": 10, "b": 6, "c": 4}
+    saved["args"] = {**saved["args"], "version": 2, "n_heldout": 20}
     (prepared.root / "older").mkdir(exist_ok=True)
     (prepared.root / "older" / "prepared.json").write_text(json.dumps(saved))
-    assert load_prepared(prepared.root / "older", **args) == prepared
-    assert load_prepared(prepared.root / "older", **{**args, "renamed_worlds": 2}) is None
-    assert load_prepared(prepared.root / "nowhere", **args) is None
+    with pytest.raises(StaleWorldError, match=r"version 2 .* version 3 .*slices.*new run"):
+        load_prepared(prepared.root / "older", **args)
 
 
 def test_copy_warmup_corpus_chunks_cover_the_text_at_line_ends() -> None:
@@ -205,24 +212,63 @@ def test_copy_warmup_loss_is_the_masked_nll_of_the_repeated_span(prepared: Prepa
     assert first == pytest.approx(expected, rel=1e-5)
 
 
-def test_heldout_groups_by_template_and_by_values_seen_in_training(prepared: Prepared) -> None:
-    from experiments.learning import heldout_groups
+def test_heldout_lines_carry_their_slice_as_the_world_decided_it(prepared: Prepared) -> None:
+    from experiments.learning import heldout_slices
 
-    groups = heldout_groups(prepared)
-    heldout = {t["task_id"]: t for t in _lines(prepared.heldout_tasks)}
-    assert set(groups) == set(heldout)
-    train_text = prepared.train_tasks.read_text() + prepared.demos.read_text()
-    only = set(prepared.split_info["heldout_only_templates"])
-    for task_id, group in groups.items():
-        task = heldout[task_id]
-        literals = re.findall(r"'((?:[^']|'')*)'", task["ground_truth"]["query"])   # as written in SQL
-        if group == "unseen_template":
-            assert task["template"] in only
-            continue
-        assert task["template"] not in only
-        unseen = [v for v in literals if json.dumps(f"'{v}'")[1:-1] not in train_text]   # JSON-escaped, quoted
-        assert (group == "new_value") == bool(unseen), (task_id, group, literals)
-    assert {"new_value", "familiar"} <= set(groups.values())
+    heldout = _lines(prepared.heldout_tasks)
+    again = generate_split(database_path(prepared.db_dir), seed=3, n_train=60, heldout=HeldoutSizes(10, 6, 4))
+    assert [(t["task_id"], t["slice"]) for t in heldout] == [(t["task_id"], t["slice"]) for t in again.heldout]
+    assert heldout_slices(prepared) == {t["task_id"]: t["slice"] for t in heldout}
+    assert [t["slice"] for t in heldout] == ["a"] * 10 + ["b"] * 6 + ["c"] * 4
+    assert all("slice" not in t for t in _lines(prepared.train_tasks))
+
+
+def test_no_training_text_shows_a_heldout_slice_its_novelty(prepared: Prepared) -> None:
+    """(a) tuples and gold queries are not trained on, its values are; (b)'s places appear in no
+    demonstration, RL task or tokenizer text; (c)'s templates in no demonstration or RL task."""
+    heldout, rl, demos = _lines(prepared.heldout_tasks), _lines(prepared.train_tasks), _lines(prepared.demos)
+    train = generate_split(database_path(prepared.db_dir), seed=3, n_train=60, heldout=HeldoutSizes(10, 6, 4)).train
+    by_id = {t["task_id"]: t for t in train}
+    assert {d["task_id"] for d in demos} | {t["task_id"] for t in rl} == set(by_id)       # training is train
+    trained_sql = [d["messages"][-1]["content"].removeprefix("<answer>").removesuffix("</answer>") for d in demos]
+    trained_sql += [t["ground_truth"]["query"] for t in rl]
+    trained_questions = {d["messages"][1]["content"] for d in demos} | {t["messages"][1]["content"] for t in rl}
+    literals = {v for sql in trained_sql for v in sql_literals(sql)}
+    for task in (t for t in heldout if t["slice"] == "a"):
+        assert task["ground_truth"]["query"] not in trained_sql
+        assert task["messages"][1]["content"] not in trained_questions
+        assert set(sql_literals(task["ground_truth"]["query"])) <= literals, task
+    places = place_pattern(prepared.split_info["heldout_places"])
+    assert all(places.search(t["messages"][1]["content"]) for t in heldout if t["slice"] == "b")
+    for path in (prepared.demos, prepared.train_tasks, prepared.root / "corpus.txt"):
+        found = places.search(path.read_text())
+        assert found is None, (path.name, found)
+    assert {t["template"] for t in heldout if t["slice"] == "c"} <= set(HELDOUT_ONLY)
+    assert not {t["template"] for t in rl} & set(HELDOUT_ONLY)
+    assert not {by_id[d["task_id"]]["template"] for d in demos} & set(HELDOUT_ONLY)
+
+
+def test_by_slice_counts_each_slice_with_its_standard_error() -> None:
+    from experiments.learning import by_slice, slice_gain
+    from trainer.evaluate import EvalReport, TaskResult
+
+    slices = {"a1": "a", "a2": "a", "a3": "a", "a4": "a", "b1": "b", "b2": "b", "c1": "c"}
+    right = {"a1", "a2", "a3", "b1"}
+    results = [TaskResult(t, "local_services", "COMPLETED", t in right, float(t in right), {}, 1, 2, False, "")
+               for t in slices]
+    report = EvalReport(n=7, execution_accuracy=4 / 7, scored_accuracy=4 / 7, mean_tool_calls=1, mean_turns=2,
+                        format_errors=0, infra_failures=0, truncated=0, seconds=1.0, results=results)
+    got = by_slice(report, slices)
+    assert got == {"a": {"n": 4, "correct": 3, "accuracy": 0.75, "stderr": 0.2165},     # sqrt(.75 * .25 / 4)
+                   "b": {"n": 2, "correct": 1, "accuracy": 0.5, "stderr": 0.3536},      # sqrt(.5 * .5 / 2)
+                   "c": {"n": 1, "correct": 0, "accuracy": 0.0, "stderr": 0.0}}
+    assert sum(v["n"] for v in got.values()) == report.n and sum(v["correct"] for v in got.values()) == 4
+    before = by_slice(EvalReport(**{**vars(report), "results": results[:4]}), slices)  # a only: b and c empty
+    assert before["b"] == {"n": 0, "correct": 0, "accuracy": None, "stderr": None}
+    assert slice_gain(got, got) == {"a": 0.0, "b": 0.0, "c": 0.0}
+    assert slice_gain(before, got) == {"a": 0.0, "b": None, "c": None}
+    with pytest.raises(ValueError, match="not a held-out task"):
+        by_slice(report, {"a1": "a"})
 
 
 def test_error_kind_tells_miscopied_values_from_other_mistakes() -> None:
@@ -251,9 +297,8 @@ def test_error_kinds_count_every_heldout_answer(prepared: Prepared) -> None:
     from trainer.evaluate import EvalReport, TaskResult
 
     heldout = _lines(prepared.heldout_tasks)
-    only = set(prepared.split_info["heldout_only_templates"])
-    seen = next(t for t in heldout if t["template"] not in only and "'" in t["ground_truth"]["query"])
-    unseen = next(t for t in heldout if t["template"] in only)
+    seen = next(t for t in heldout if t["slice"] != "c" and "'" in t["ground_truth"]["query"])
+    unseen = next(t for t in heldout if t["slice"] == "c")
     gold = seen["ground_truth"]["query"]
 
     def result(task: dict[str, Any], answer: str, correct: bool = False) -> TaskResult:
@@ -283,7 +328,7 @@ def test_demo_candidates_name_only_the_demonstration_cities(prepared: Prepared) 
     assert task_cities({"slots": {"a": district, "b": "Hotpot"}}, pool) == {city}
     assert task_cities({"slots": {"m": merchant.name}}, pool) >= {merchant.city}
     assert task_cities({"slots": {"c": "Hotpot"}}, pool) == set()
-    train = generate_split(db, seed=3, n_train=60, n_heldout=20).train        # the fixture's questions, with slots
+    train = generate_split(db, seed=3, n_train=60, heldout=HeldoutSizes(10, 6, 4)).train   # the fixture's, with slots
     candidates, demo_cities = demo_candidates(train, pool, train_cities, 0.5, seed=0)
     assert len(demo_cities) == max(1, round(len(train_cities) / 2)) and set(demo_cities) <= set(train_cities)
     assert candidates and len(candidates) < len(train)
@@ -303,13 +348,14 @@ def test_tokenizer_learns_no_place_name_so_train_and_heldout_places_tokenize_ali
     from trainer.model.corpus import DEFAULT_CORPUS_FILE
 
     corpus = (prepared.root / "corpus.txt").read_text()
-    project = DEFAULT_CORPUS_FILE.read_text()          # general text (it names Wuhan once), then this world's
-    assert corpus.startswith(project)
+    project = place_neutral(DEFAULT_CORPUS_FILE.read_text())   # general text (with Wuhan cut), then this world's
+    assert corpus.startswith(project) and "Wuhan" in DEFAULT_CORPUS_FILE.read_text()
+    assert not re.search(r"\bWuhan\b", corpus)
     corpus = corpus[len(project):]
     demos = prepared.demos.read_text()
     named = [n for n in place_names() if re.search(rf"\b{re.escape(n)}\b", demos)]
     assert named, "the demonstrations name places"
-    assert not [n for n in place_names() if re.search(rf"\b{re.escape(n)}\b", corpus)]
+    assert not place_pattern(place_names()).search(corpus)           # nor in SQL form ('Xi''an')
     tok = AutoTokenizer.from_pretrained(prepared.policy)
     pieces = {n: len(tok.encode(n, add_special_tokens=False)) for n in place_names()}
     assert min(pieces.values()) >= 2, pieces          # no place is one familiar token, train or held-out

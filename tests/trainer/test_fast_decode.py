@@ -103,3 +103,78 @@ def test_other_models_keep_the_transformers_path() -> None:
     assert FastDecoder.unsupported(SimpleNamespace(config=windowed)) == "sliding-window attention"
     with pytest.raises(ValueError, match="cannot run this model"):
         FastDecoder(gpt2)
+
+
+def _full(model: Any, tokens: torch.Tensor, room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's last logits and keys/values from a prefill of all of ``tokens``."""
+    decoder = FastDecoder(model)
+    logits = decoder.prefill(tokens[None], torch.ones(1, len(tokens), dtype=torch.long), len(tokens) + room)
+    return logits[0], decoder.export(0)
+
+
+def _continued(model: Any, past: torch.Tensor | None, new: torch.Tensor) -> tuple[torch.Tensor, FastDecoder]:
+    decoder = FastDecoder(model)
+    logits = decoder.prefill_after([past], new[None], torch.ones(1, len(new), dtype=torch.long), room=4)
+    return logits[0], decoder
+
+
+# In float64, so that rounding (~1e-14 here; ~1e-5 on logits of ~10 in float32) is far below the tolerance
+# and anything wrong in the cache (a position, a slot, a mask) is far above it.
+EXACT = {"atol": 1e-5, "rtol": 0.0}
+
+
+def _model64(arch: str) -> Any:
+    return _model(arch).double()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_a_continued_prefill_equals_a_full_prefill_at_every_position(arch: str) -> None:
+    model = _model64(arch)
+    tokens = torch.randint(3, VOCAB, (11,), generator=torch.Generator().manual_seed(3))
+    full = [_full(model, tokens[:end]) for end in range(1, len(tokens) + 1)]     # full[e - 1]: tokens[:e]
+    for split in range(1, len(tokens)):
+        _, past = full[split - 1]
+        assert past.shape == (6, 2, 2, split, 32)                 # layers, k/v, kv heads, tokens, head dim
+        # one new token (the logits of every position) and all the rest (every position's keys and values)
+        for end in sorted({split + 1, len(tokens)}):
+            logits, decoder = _continued(model, past, tokens[split:end])
+            torch.testing.assert_close(logits, full[end - 1][0], **EXACT)
+            torch.testing.assert_close(decoder.export(0), full[end - 1][1], **EXACT)
+            assert int(decoder.position[0]) == end                # the next token's rotary position continues
+
+
+def test_rows_with_different_cached_lengths_decode_as_one_full_batch() -> None:
+    model = _model64("qwen2")
+    gen = torch.Generator().manual_seed(4)
+    shape = [(0, 5), (3, 4), (7, 9), (12, 1)]                       # (cached tokens, new tokens) per row
+    seqs = [torch.randint(3, VOCAB, (a + b,), generator=gen) for a, b in shape]
+    past = [_full(model, s[:a])[1] if a else None for (a, _), s in zip(shape, seqs, strict=True)]
+    n = max(b for _, b in shape)
+    ids, mask = torch.zeros(4, n, dtype=torch.long), torch.zeros(4, n, dtype=torch.long)
+    for row, ((a, b), s) in enumerate(zip(shape, seqs, strict=True)):
+        ids[row, n - b:], mask[row, n - b:] = s[a:], 1
+    width = max(len(s) for s in seqs)                               # the reference: a full left-padded prefill
+    full_ids, full_mask = torch.zeros(4, width, dtype=torch.long), torch.zeros(4, width, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        full_ids[row, width - len(s):], full_mask[row, width - len(s):] = s, 1
+    decoder, reference = FastDecoder(model), FastDecoder(model)
+    torch.testing.assert_close(decoder.prefill_after(past, ids, mask, room=8),
+                               reference.prefill(full_ids, full_mask, capacity=width + 8), **EXACT)
+    for step in range(8):
+        tokens = torch.randint(3, VOCAB, (decoder.position.shape[0],), generator=gen)
+        if step == 3:                                               # rows 1 and 3 finished: they leave the batch
+            rows = torch.tensor([0, 2])
+            decoder.select(rows)
+            reference.select(rows)
+            tokens = tokens[rows]
+        torch.testing.assert_close(decoder.step(tokens), reference.step(tokens), **EXACT)
+    torch.testing.assert_close(decoder.export(1), reference.export(1), **EXACT)
+    assert decoder.export(1).shape[3] == len(seqs[2]) + 8          # the prompt and every token fed since
+
+
+def test_a_continued_prefill_refuses_rows_without_new_tokens() -> None:
+    model = _model("qwen2")
+    _, past = _full(model, torch.tensor([5, 6, 7]))
+    with pytest.raises(ValueError, match="at least one new token"):
+        FastDecoder(model).prefill_after([past, None], torch.tensor([[0, 9], [0, 0]]),
+                                         torch.tensor([[0, 1], [0, 0]]), room=2)

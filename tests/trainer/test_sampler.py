@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlyard.domain import ImagePart
-from trainer.policy import HFPolicy, SamplingParams
+from trainer.policy import HFPolicy, PrefixCache, SamplingParams
 from trainer.sampler import LocalSampler, Sampler, SampleRequest, build_sampler
 
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0.0)
@@ -71,3 +71,47 @@ async def test_a_text_sampler_refuses_images(policy: HFPolicy) -> None:
             await sampler.sample(SampleRequest(_prompts(policy)[0], GREEDY, (image,)))
     finally:
         await sampler.aclose()
+
+
+async def test_a_weight_sync_drops_the_kept_keys_and_values(policy: HFPolicy) -> None:
+    sampler = LocalSampler(policy)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3)
+    prompt = _prompts(policy)[0]
+    try:
+        first = await sampler.sample(SampleRequest(prompt, params, cache_key="t"))
+        assert sampler.cache is not None and "t" in sampler.cache
+        unsynced = PrefixCache()                 # what a sampler would keep if nothing dropped it
+        policy.generate([prompt], params, cache=unsynced, cache_keys=["t"])
+        context = prompt + first.token_ids + _prompts(policy)[1]          # the trajectory's next turn
+        with torch.no_grad():                    # an optimizer step changes the weights in place
+            for p in policy.model.parameters():
+                p.mul_(1.5)
+        fresh = policy.generate([context], params)[0]
+        # without a sync the kept keys and values are the old weights': the log-probs differ
+        stale = policy.generate([context], params, cache=unsynced, cache_keys=["t"])[0]
+        assert max(abs(a - b) for a, b in zip(stale.logprobs, fresh.logprobs, strict=False)) > 1e-3
+        await sampler.sync_weights(policy.model, 1)
+        assert len(sampler.cache) == 0
+        after = await sampler.sample(SampleRequest(context, params, cache_key="t"))
+        assert after.token_ids == fresh.token_ids and after.weight_version == 1
+        torch.testing.assert_close(torch.tensor(after.logprobs), torch.tensor(fresh.logprobs), atol=1e-4, rtol=0)
+        sampler.release("t")
+        assert len(sampler.cache) == 0 and sampler.cache.tokens == 0
+        assert sampler.prefill_stats.prompt_tokens == len(prompt) + len(context)
+    finally:
+        await sampler.aclose()
+
+
+async def test_without_a_key_or_with_caching_off_nothing_is_kept(policy: HFPolicy) -> None:
+    on, off = LocalSampler(policy), LocalSampler(policy, cache_max_tokens=0)
+    try:
+        await on.sample(SampleRequest(_prompts(policy)[0], GREEDY))
+        assert on.cache is not None and len(on.cache) == 0
+        await off.sample(SampleRequest(_prompts(policy)[0], GREEDY, cache_key="t"))
+        assert off.cache is None
+        off.release("t")
+        with pytest.raises(ValueError, match="cache_max_tokens=-1"):
+            LocalSampler(policy, cache_max_tokens=-1)
+    finally:
+        await on.aclose()
+        await off.aclose()

@@ -22,7 +22,7 @@ from trainer.algorithms import (
 )
 from trainer.batching import TokenBatch, collate, collate_trajectories, length_chunks
 from trainer.config import AlgorithmConfig, OptimConfig, RolloutConfig, StageConfig
-from trainer.grpo import frozen_reference, grpo_update
+from trainer.grpo import _micro_batches, frozen_reference, grpo_update
 from trainer.parsing import Region
 from trainer.policy.hf import HFPolicy
 from trainer.sft import SftData, SftExample, render_messages, sft_loss, sft_step
@@ -402,3 +402,83 @@ def test_every_micro_batch_size_gives_the_batch_loss_gradient_and_metrics(
             if metrics[key] != pytest.approx(value, rel=1e-5, abs=1e-6):
                 wrong[f"micro {size}: {key} (got, batch)"] = (metrics[key], value)
     assert not wrong, "\n".join(f"{what}: {value}" for what, value in wrong.items())
+
+
+# ------------------------------------------------------------------ shared-prefix forward
+def test_micro_batches_keep_a_group_together_where_it_fits() -> None:
+    groups = [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    assert _micro_batches(groups, 4, whole_groups=False) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert _micro_batches(groups, 4, whole_groups=True) == [[0, 1, 2], [3, 4], [5, 6, 7, 8], [9]]
+    assert _micro_batches([0, 1, 0, 1, 2], 2, whole_groups=True) == [[0, 2], [1, 3], [4]]
+    assert _micro_batches([0, 0, 0], 8, whole_groups=True) == [[0, 1, 2]]
+
+
+def _with_stray_prompt(policy: HFPolicy, tok: Any) -> list[RolloutTrajectory]:
+    """``_uneven_batch`` whose group 1 has a sample that was asked another question: its prompt
+    differs from its group's (the engine never does this; the forward must not assume it)."""
+    trajs = _uneven_batch(policy, tok)
+    trajs[5] = dataclasses.replace(_trajectory(policy, tok, 12345, 2, "y" * 9 + "2", 2.0), group_id=1)
+    return trajs
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_shared_prefix_update_gives_the_batch_loss_gradient_and_metrics(
+    tiny_model_dir: Path, tiny_tokenizer: Any, mode: str
+) -> None:
+    """``shared_prefix: true`` against the batch loss by its definition (one plain forward over the
+    kept batch): continuations of different lengths, an infra failure dropped from a group, a
+    sample whose prompt differs from its group's, a KL reference (its log-probs through the shared
+    forward too), ResT weights with weighted-token-mean, and micro-batches of 1, 2 (a group of
+    three split), 3 and 6. The gradient within 1e-5 of its norm, the metrics within 1e-5."""
+    policy = HFPolicy(tiny_model_dir)
+    trajs = _with_stray_prompt(policy, tiny_tokenizer)
+    reference = _perturbed_reference(policy)
+    expected, expected_grad = _one_pass(policy, trajs, reference, mode)
+    assert expected["clip_frac"] > 0 and expected["kl"] > 0
+    weighting = "rest-schedule" if mode == "weighted-token-mean" else "none"
+    frozen = torch.optim.SGD(policy.model.parameters(), lr=0.0)
+    wrong: dict[str, object] = {}
+    grads: list[torch.Tensor] = []
+    for size in (1, 2, 3, 6):
+        grads.clear()
+        stage = StageConfig(kind="rl", steps=10, reward={"exact_match": 1.0},
+                            rollout=RolloutConfig(group_size=3, prompts_per_step=2),
+                            algorithm=AlgorithmConfig(updates_per_batch=1, micro_batch_size=size, kl_coef=0.1,
+                                                      loss_agg=mode, token_weighting=weighting,  # type: ignore[arg-type]
+                                                      shared_prefix=True))
+        metrics = grpo_update(policy, frozen, trajs, stage, step=AGG_STEP, reference=reference,
+                              on_gradient=lambda _u: grads.append(flat_gradient(policy.model).clone()))
+        assert metrics["kept"] == 5 and metrics["updated"] == 1 and len(grads) == 1
+        # float rounding only: 3e-7 to 2e-6 of the norm measured
+        gap = float((grads[0] - expected_grad).norm() / expected_grad.norm())
+        if gap > 1e-5:
+            wrong[f"micro {size}: gradient, relative error"] = gap
+        for key, value in expected.items():
+            if metrics[key] != pytest.approx(value, rel=1e-5, abs=1e-6):
+                wrong[f"micro {size}: {key} (got, batch)"] = (metrics[key], value)
+    assert not wrong, "\n".join(f"{what}: {value}" for what, value in wrong.items())
+
+
+def test_shared_prefix_entropy_pass_gives_the_plain_entropies_weights_and_gradient(
+    tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    """ResT's entropy weights read the no-grad entropy pass: through the shared-prefix forward, the
+    same per-region entropies, weights, metrics and gradient as through the plain one."""
+    def run(shared: bool) -> tuple[dict[str, float], torch.Tensor]:
+        policy = HFPolicy(tiny_model_dir)
+        trajs = _with_stray_prompt(policy, tiny_tokenizer)
+        grads: list[torch.Tensor] = []
+        stage = StageConfig(kind="rl", steps=10, reward={"exact_match": 1.0},
+                            rollout=RolloutConfig(group_size=3, prompts_per_step=2),
+                            algorithm=AlgorithmConfig(updates_per_batch=1, micro_batch_size=2,
+                                                      loss_agg="weighted-token-mean", token_weighting="rest-entropy",
+                                                      shared_prefix=shared))
+        metrics = grpo_update(policy, torch.optim.SGD(policy.model.parameters(), lr=0.0), trajs, stage, step=3,
+                              on_gradient=lambda _u: grads.append(flat_gradient(policy.model).clone()))
+        return metrics, grads[0]
+
+    (plain, plain_grad), (shared, shared_grad) = run(False), run(True)
+    assert plain.keys() == shared.keys() and "rest/entropy/answer" in plain and "entropy/tool_name" in plain
+    for key, value in plain.items():
+        assert shared[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert float((shared_grad - plain_grad).norm() / plain_grad.norm()) < 1e-5

@@ -15,6 +15,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from trainer.policy.prefix_cache import PrefixCache
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -74,6 +76,22 @@ class BatchGenerator(Protocol):
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """One ``Generation`` per prompt, in order."""
+        ...
+
+
+@runtime_checkable
+class CachingBatchGenerator(BatchGenerator, Protocol):
+    """A ``BatchGenerator`` that can keep each row's keys and values in a ``PrefixCache`` under the
+    row's key and reuse them for a later prompt that starts with the same tokens."""
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether ``cache=`` is used (False: ``generate`` ignores it)."""
+        ...
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *, cache: PrefixCache | None = None,
+                 cache_keys: Sequence[str | None] | None = None) -> list[Generation]:
+        """One ``Generation`` per prompt, in order; the same as without a cache, to float rounding."""
         ...
 
 

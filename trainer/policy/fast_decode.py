@@ -9,12 +9,15 @@ generation, rotary tables computed once, grouped-query attention without repeati
 It reads the weights when ``prefill`` is called (so a policy trained between two generations is
 decoded with its new weights) and never writes them. Its logits match the transformers forward
 to float rounding (tests compare them at every step, with left padding and rows leaving the batch).
+``prefill_after`` continues rows whose earlier tokens' keys and values were kept (``export``): it
+runs only their new tokens, so a multi-turn rollout need not prefill its whole context each turn.
 ``FastDecoder.unsupported(model)`` says why a model cannot use it (another architecture, sliding
 windows, scaled rotary embeddings, ...); ``HFPolicy`` then keeps the transformers path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +60,10 @@ class FastDecoder:
 
     ``prefill(input_ids, attention_mask, capacity)`` returns the last position's logits [B, V];
     ``step(tokens)`` appends one token per row and returns the next logits; ``select(rows)`` keeps
-    only those rows (finished rows leave the batch). Positions start at each row's first real token.
+    only those rows, in that order (finished rows leave the batch; a repeated row is copied).
+    Positions start at each row's first real token. Each row's tokens fill a contiguous run of
+    cache slots that ends at ``length`` (left padding before it): ``export(row)`` copies its keys
+    and values, ``prefill_after(past, ...)`` starts a batch from such copies.
     """
 
     def __init__(self, model: Any) -> None:
@@ -73,10 +79,14 @@ class FastDecoder:
         theta = float(cfg.rope_parameters["rope_theta"])
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
         self.layers: list[_Layer] = []
-        self.keys: list[torch.Tensor] = []
+        # the cache of every layer in one tensor [layers, 2 (keys, values), B, kv heads, capacity, head_dim],
+        # so that one row's keys and values are copied out (``export``) or in (``prefill_after``) at once
+        self.kv = torch.zeros(0)
+        self.keys: list[torch.Tensor] = []                  # views of self.kv: [B, kv heads, capacity, head_dim]
         self.values: list[torch.Tensor] = []
         self.valid = torch.zeros(0, 0, dtype=torch.bool)    # [B, capacity]: which cache slots hold real tokens
         self.position = torch.zeros(0, dtype=torch.long)    # [B]: the next token's position per row
+        self.start = torch.zeros(0, dtype=torch.long)       # [B]: the slot of each row's first real token
         self.length = 0                                      # cache slots filled (the same for every row)
 
     @staticmethod
@@ -136,10 +146,9 @@ class FastDecoder:
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.valid[:, :width] = real
         self.position = positions[:, -1] + 1
+        self.start = width - attention_mask.long().sum(-1)
         self.length = width
-        shape = (batch, self.n_kv, capacity, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self._allocate(batch, capacity, dtype, device)
         cos, sin = self._rope(positions, dtype)                        # [B, W, D]
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         # a padding query attends to itself only (its output is never read), so no row is all -inf
@@ -159,6 +168,82 @@ class FastDecoder:
             x = x + F.linear(out.transpose(1, 2).reshape(batch, width, -1), w.wo, w.bo)
             x = x + self._mlp(_rms(x, w.ln2, self.eps), w)
         return F.linear(_rms(x[:, -1], self.norm, self.eps), self.lm_head)
+
+    @torch.no_grad()
+    def prefill_after(self, past: Sequence[torch.Tensor | None], input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, room: int) -> torch.Tensor:
+        """Like ``prefill``, for rows that continue tokens already run: ``past[r]`` holds row r's
+        earlier keys and values as ``export`` gives them ([layers, 2, kv heads, P_r, head_dim];
+        None: no earlier tokens), ``input_ids`` [B, N] (left-padded) its new tokens, at least one a
+        row. The new tokens attend to their row's earlier tokens and causally among themselves, at
+        positions P_r, P_r + 1, ...; the cache keeps ``room`` free slots. Returns the last logits."""
+        self._read_weights()
+        batch, width_new = input_ids.shape
+        if len(past) != batch:
+            raise ValueError(f"{len(past)} past entries for {batch} rows")
+        device, dtype = input_ids.device, self.embed.dtype
+        real = attention_mask.bool()
+        new = attention_mask.long().sum(-1)
+        if int(new.min()) < 1:
+            raise ValueError("every row needs at least one new token (its logits come from the last one)")
+        before = torch.tensor([0 if p is None else p.shape[3] for p in past], dtype=torch.long, device=device)
+        total = before + new
+        width = int(total.max())
+        capacity = width + room
+        self.start = width - total
+        slots = torch.arange(capacity, device=device)
+        self.valid = (slots[None] >= self.start[:, None]) & (slots[None] < width)
+        self.position = total
+        self.length = width
+        self._allocate(batch, capacity, dtype, device, zeroed=width)   # padding slots are read (masked out)
+        for row, kv in enumerate(past):
+            if kv is not None and kv.shape[3]:
+                first = int(self.start[row])
+                self.kv[:, :, row, :, first: first + kv.shape[3]] = kv
+        # the new tokens sit in the slots [width - N, width); a row's earlier tokens end where its new ones start
+        positions = (before[:, None] + attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self._rope(positions, dtype)                           # [B, N, D]
+        query_slot = torch.arange(width - width_new, width, device=device)
+        key_slot = slots[:width]
+        causal = key_slot[None, :] <= query_slot[:, None]                 # [N, W]
+        # a padding query also attends to its own slot, so that no row of the mask is all False
+        mask = (self.valid[:, None, :width] & causal[None]) | (key_slot[None, :] == query_slot[:, None])[None]
+        fresh = real[:, None, :, None]                                    # [B, 1, N, 1]: slots to write
+        rep = self.n_heads // self.n_kv
+        x = F.embedding(input_ids, self.embed)
+        for i, w in enumerate(self.layers):
+            h = _rms(x, w.ln1, self.eps)
+            q, k, v = self._qkv(h, w, batch, width_new)
+            q, k = _rotate(q, cos[:, None], sin[:, None]), _rotate(k, cos[:, None], sin[:, None])
+            # padding columns may lie on a row's earlier slots: only real new tokens are written
+            written = slice(width - width_new, width)
+            new_keys, new_values = self.keys[i][:, :, written], self.values[i][:, :, written]
+            new_keys.copy_(torch.where(fresh, k, new_keys))
+            new_values.copy_(torch.where(fresh, v, new_values))
+            grouped = (batch, self.n_kv, rep, width, self.head_dim)
+            keys = self.keys[i][:, :, None, :width].expand(grouped).reshape(batch, self.n_heads, width, -1)
+            values = self.values[i][:, :, None, :width].expand(grouped).reshape(batch, self.n_heads, width, -1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+            x = x + F.linear(out.transpose(1, 2).reshape(batch, width_new, -1), w.wo, w.bo)
+            x = x + self._mlp(_rms(x, w.ln2, self.eps), w)
+        return F.linear(_rms(x[:, -1], self.norm, self.eps), self.lm_head)
+
+    def export(self, row: int) -> torch.Tensor:
+        """A copy of ``row``'s keys and values, [layers, 2, kv heads, tokens, head_dim]: one per token
+        whose keys are in the cache (every token fed so far; not the last sampled one, which has not
+        been fed), in order."""
+        return self.kv[:, :, row, :, int(self.start[row]): self.length].clone()
+
+    def _allocate(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device, zeroed: int = 0) -> None:
+        # slots at or past ``length`` are written before they are read: only the first ``zeroed`` need a value
+        self.kv = torch.empty((len(self.layers), 2, batch, self.n_kv, capacity, self.head_dim), dtype=dtype,
+                              device=device)
+        self.kv[:, :, :, :, :zeroed].zero_()
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = [self.kv[i, 0] for i in range(len(self.layers))]
+        self.values = [self.kv[i, 1] for i in range(len(self.layers))]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -192,10 +277,20 @@ class FastDecoder:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (indices into the current batch), in that order."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        keep = rows.tolist()
+        if keep == sorted(set(keep)):
+            # rows leaving: move the others down in place, their filled slots only (each layer's keys
+            # and values stay one contiguous block, so the arithmetic is the same as on a fresh copy)
+            for to, row in enumerate(keep):
+                if to != row:
+                    self.kv[:, :, to, :, : self.length] = self.kv[:, :, row, :, : self.length]
+            self.kv = self.kv[:, :, : len(keep)]
+        else:
+            self.kv = self.kv.index_select(2, rows)
+        self._views()
         self.valid = self.valid.index_select(0, rows)
         self.position = self.position.index_select(0, rows)
+        self.start = self.start.index_select(0, rows)
 
     def _qkv(self, h: torch.Tensor, w: _Layer, batch: int, width: int) -> tuple[torch.Tensor, ...]:
         qkv = F.linear(h, w.wqkv, w.bqkv)

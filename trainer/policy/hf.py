@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.fast_decode import FastDecoder
+from trainer.policy.prefix_cache import PrefixCache
+from trainer.policy.shared_prefix import shared_prefix_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +70,34 @@ class HFPolicy:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether ``generate`` can keep and reuse keys and values (``cache=``): FastDecoder models."""
+        return self.fast_decode
+
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        """Sample one continuation per prompt; rows are left-padded into one batch."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *, cache: PrefixCache | None = None,
+                 cache_keys: Sequence[str | None] | None = None) -> list[Generation]:
+        """Sample one continuation per prompt; rows are left-padded into one batch.
+
+        With a ``cache`` and ``cache_keys`` (one per row; None: that row keeps nothing) on a model that
+        ``supports_prefix_cache``: a row reuses its key's entry for the common prefix of its prompt,
+        identical prompts of the batch are run once, and each keyed row stores its tokens' keys and
+        values when it ends. The same logits as without, to float rounding.
+        """
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (start it with the chat template)")
+        if cache_keys is not None and len(cache_keys) != len(prompts):
+            raise ValueError(f"{len(cache_keys)} cache keys for {len(prompts)} prompts")
+        keys = list(cache_keys) if cache is not None and cache_keys is not None and self.fast_decode else []
+        if any(k is not None for k in keys):
+            assert cache is not None
+            return self._generate(prompts, params, _Keep(cache, keys, cache.epoch))
+        return self._generate(prompts, params, None)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams, kept: _Keep | None) -> list[Generation]:
         batch = len(prompts)
         width = max(len(p) for p in prompts)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -102,7 +126,9 @@ class HFPolicy:
         decoder = FastDecoder(self.model) if self.fast_decode else None
         try:
             out: Any = None
-            if decoder is not None:
+            if decoder is not None and kept is not None:
+                last = kept.prefill(decoder, prompts, params.max_new_tokens, self.device)
+            elif decoder is not None:
                 last = decoder.prefill(input_ids, attention_mask, capacity=width + params.max_new_tokens)
             else:
                 out = self.model(
@@ -129,6 +155,9 @@ class HFPolicy:
                 keep = [pos for pos, row in enumerate(active) if not done[row]]
                 if len(keep) < len(active):
                     index = torch.tensor(keep, device=self.device)
+                    if decoder is not None and kept is not None:
+                        kept.store(decoder, [(pos, row) for pos, row in enumerate(active) if done[row]],
+                                   prompts, outputs)
                     if decoder is not None:
                         decoder.select(index)
                     else:
@@ -149,6 +178,8 @@ class HFPolicy:
                 )
                 last = out.logits[:, -1, :]
                 next_position = next_position + 1
+            if decoder is not None and kept is not None:
+                kept.store(decoder, list(enumerate(active)), prompts, outputs)
         finally:
             self.model.train(was_training)
         return outputs
@@ -178,6 +209,7 @@ class HFPolicy:
         with_grad: bool = False,
         compute_entropy: bool = True,
         positions: torch.Tensor | None = None,
+        shared_prefix: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs of the next tokens and the policy's entropy at each position, [B, T-1] each.
 
@@ -200,6 +232,8 @@ class HFPolicy:
                 raise ValueError(f"positions has shape {tuple(positions.shape)}; expected {tuple(valid.shape)} "
                                  "(one per predicted position: [B, T-1])")
             valid = valid & positions.to(self.device).bool()
+        elif shared_prefix:
+            raise ValueError("shared_prefix needs positions: the prefix is what precedes a row's first wanted one")
         grad_mode: AbstractContextManager[Any] = torch.enable_grad() if with_grad else torch.no_grad()
         with grad_mode:
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
@@ -208,8 +242,11 @@ class HFPolicy:
             if positions is None:
                 logits = self.model(**kwargs).logits[:, :-1].float()
             else:   # the decoder's hidden states, then the output layer on the wanted positions only
-                hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, :-1]
-                logits = self.model.get_output_embeddings()(hidden[valid]).float()
+                if shared_prefix:
+                    hidden = shared_prefix_hidden(self.model.get_decoder(), input_ids, attention_mask, valid)
+                else:
+                    hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, :-1][valid]
+                logits = self.model.get_output_embeddings()(hidden).float()
                 targets = targets[valid]
             if temperature != 1.0:
                 logits = logits / temperature
@@ -230,6 +267,61 @@ class HFPolicy:
                     entropy = torch.zeros(valid.shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(
                         valid, entropy)
         return logprobs, entropy
+
+
+@dataclass
+class _Keep:
+    """One cached ``generate`` call: the cache, each row's key, the cache epoch it started in."""
+
+    cache: PrefixCache
+    keys: list[str | None]
+    epoch: int
+
+    def prefill(self, decoder: FastDecoder, prompts: list[list[int]], room: int, device: torch.device) -> torch.Tensor:
+        """Each distinct prompt once, after the longest entry of its rows; then one cache row per prompt."""
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]   # row -> distinct prompt
+        firsts = {u: row for row, u in reversed(list(enumerate(source)))}
+        unique = [prompts[firsts[u]] for u in range(len(distinct))]
+        past: list[torch.Tensor | None] = [None] * len(unique)
+        for row, key in enumerate(self.keys):
+            if key is None:
+                continue
+            kv = self.cache.take(key, prompts[row])       # taken out: the row stores its new entry at its end
+            best = past[source[row]]
+            if kv is not None and (best is None or kv.shape[3] > best.shape[3]):
+                past[source[row]] = kv
+        reused = [0 if kv is None else kv.shape[3] for kv in past]
+        new = [p[n:] for p, n in zip(unique, reused, strict=True)]
+        width = max(len(t) for t in new)
+        input_ids = torch.zeros((len(new), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(new), width), dtype=torch.long)
+        for u, tokens in enumerate(new):
+            input_ids[u, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[u, width - len(tokens):] = 1
+        last = decoder.prefill_after(past, input_ids.to(device), attention_mask.to(device), room)
+        stats = self.cache.stats
+        stats.prompt_tokens += sum(len(p) for p in prompts)
+        stats.reused += sum(reused)
+        stats.shared += sum(len(p) for p in prompts) - sum(len(p) for p in unique)
+        if len(unique) < len(prompts):                    # copy each shared prompt's cache to its rows
+            index = torch.tensor(source, device=last.device)
+            decoder.select(index)
+            last = last.index_select(0, index)
+        return last
+
+    def store(self, decoder: FastDecoder, rows: list[tuple[int, int]], prompts: list[list[int]],
+              outputs: list[Generation]) -> None:
+        """Store the entries of ``rows`` ((position in the decoder's batch, prompt index) pairs)."""
+        for pos, row in rows:
+            key = self.keys[row]
+            if key is None:
+                continue
+            kv = decoder.export(pos)
+            tokens = prompts[row] + outputs[row].token_ids
+            if kv.shape[3] > len(tokens):
+                raise RuntimeError(f"the decoder holds {kv.shape[3]} positions for a row of {len(tokens)} tokens")
+            self.cache.put(key, tokens[: kv.shape[3]], kv, self.epoch)
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,12 @@ One trajectory (``RolloutEngine.rollout``):
    left, and an observation that would leave no room for another token ends the trajectory as
    TRUNCATED (not appended). The session is closed at the end, also on failure.
 
+KV cache (``kv_cache``, default on): every request of a trajectory carries its id as
+``cache_key``, and the trajectory releases it when it ends, so a sampler that keeps keys and values
+(``PrefixCaching``: the local one) runs only a turn's new tokens — the last sampled token, the
+observation and the template around it — and the group's identical first prompts once. The
+samples are the same as without, to float rounding.
+
 Images: a tool result's images stay in the trajectory's record (the reward service reads them);
 a sampler that takes images gets them with every later request of the trajectory, in order
 (``RolloutTrajectory.images``), and a text-only one reads a placeholder in the observation.
@@ -67,7 +73,7 @@ from trainer.config import RolloutConfig
 from trainer.parsing import ParsedCall, Region, format_observation, label_regions, parse_tool_calls
 from trainer.policy.base import Generation, SamplingParams
 from trainer.rollout.template import ToolTurnTemplate
-from trainer.sampler import Sampler, SampleRequest, derive_seed
+from trainer.sampler import PrefixCaching, Sampler, SampleRequest, derive_seed
 from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
@@ -179,6 +185,8 @@ class RolloutEngine:
         try:
             await self._turns(traj, state, session, step)
         finally:
+            if self.config.kv_cache and isinstance(self.sampler, PrefixCaching):
+                self.sampler.release(state.trajectory_id)
             session_id, _ = await session  # bounded by tool_timeout_s; closed below even if unused
             if session_id:
                 await self._close_session(session_id)
@@ -232,7 +240,8 @@ class RolloutEngine:
                 seed=derive_seed(self.seed, step, traj.group_id, traj.sample_index, turn),
             )
             images = tuple(traj.images) if self.sampler.supports_images else ()
-            gen = await self.sampler.sample(SampleRequest(traj.prompt_ids + traj.token_ids, params, images))
+            key = state.trajectory_id if cfg.kv_cache else None
+            gen = await self.sampler.sample(SampleRequest(traj.prompt_ids + traj.token_ids, params, images, key))
             self._append_generated(traj, gen)
             ended = bool(gen.token_ids) and gen.token_ids[-1] in self.stop_token_ids
             text = self._decode(gen.token_ids[:-1] if ended else gen.token_ids)

@@ -1,7 +1,7 @@
 """Samplers of the rollout engine: the async contract (``base``), the local backend over the
 in-process policy (``local``, batching in ``batching``), and backends by name (``registry``)."""
 
-from trainer.sampler.base import Sampler, SampleRequest
+from trainer.sampler.base import PrefixCaching, Sampler, SampleRequest
 from trainer.sampler.batching import GenerationBatcher, batch_seed, derive_seed
 from trainer.sampler.local import LocalSampler
 from trainer.sampler.registry import BACKENDS, SamplerBackend, build_sampler, check_backend
@@ -10,6 +10,7 @@ __all__ = [
     "BACKENDS",
     "GenerationBatcher",
     "LocalSampler",
+    "PrefixCaching",
     "SampleRequest",
     "Sampler",
     "SamplerBackend",

@@ -22,11 +22,18 @@ from trainer.policy.base import Generation, SamplingParams
 @dataclass(frozen=True)
 class SampleRequest:
     """One continuation to sample: the whole context so far as token ids, the images it shows
-    (in order; only for samplers that take images), and how to sample."""
+    (in order; only for samplers that take images), and how to sample.
+
+    ``cache_key``: the same for every request of one trajectory (None: none). A sampler that keeps
+    keys and values between requests (``PrefixCaching``) may reuse those of the key's last request
+    for the part of ``prompt_ids`` it shares with it; one that does not ignores the key. Either
+    way the generation is the same, to float rounding.
+    """
 
     prompt_ids: Sequence[int]
     params: SamplingParams
     images: tuple[ImagePart, ...] = ()
+    cache_key: str | None = None
 
 
 @runtime_checkable
@@ -54,4 +61,13 @@ class Sampler(Protocol):
 
     async def aclose(self) -> None:
         """Free what it holds (threads, engines, connections)."""
+        ...
+
+
+@runtime_checkable
+class PrefixCaching(Protocol):
+    """A sampler that keeps what it computed for a ``cache_key`` until told the key is done."""
+
+    def release(self, cache_key: str) -> None:
+        """Free what is kept for ``cache_key`` (its trajectory ended)."""
         ...

@@ -11,18 +11,25 @@ generates up to the largest ``max_new_tokens`` and each row is cut back to its o
 autoregressive sample at n tokens is exactly a sample with a limit of n). The call's seed is
 derived from the seeds of its rows, in order (see ``batch_seed``): a batch is reproducible when the
 same rows meet in the same order, which the completion order of tool calls decides.
+
+Given a ``PrefixCache`` and a generator that supports it, a call passes each row's cache key (a
+request's ``cache_key``; rows without one keep nothing), so that a trajectory's turn runs only
+what is new since its last turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from trainer.policy.base import BatchGenerator, Generation, SamplingParams
+from trainer.policy.base import BatchGenerator, CachingBatchGenerator, Generation, SamplingParams
+from trainer.policy.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class _Request:
     prompt: list[int]
     params: SamplingParams
     future: asyncio.Future[Generation]
+    cache_key: str | None = None
 
 
 def _group_key(params: SamplingParams) -> SamplingParams:
@@ -74,14 +82,18 @@ class GenerationBatcher:
     """Collects concurrent ``generate`` requests into batched calls of a synchronous ``BatchGenerator``.
 
     Use it from one event loop. ``max_batch_size`` caps the rows of one call (``None``: no cap).
-    ``stats`` counts calls and rows (the mean batch size is rows / calls).
+    ``cache``: the keys and values kept between a trajectory's requests (used when the generator
+    ``supports_prefix_cache``). ``calls``, ``rows``, ``prompt_tokens`` and ``generated_tokens`` count
+    what went through (the mean batch size is rows / calls).
     """
 
-    def __init__(self, sampler: BatchGenerator, *, max_batch_size: int | None = None) -> None:
+    def __init__(self, sampler: BatchGenerator, *, max_batch_size: int | None = None,
+                 cache: PrefixCache | None = None) -> None:
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}: use >= 1, or None for no cap")
         self.sampler = sampler
         self.max_batch_size = max_batch_size
+        self.cache = cache if isinstance(sampler, CachingBatchGenerator) and sampler.supports_prefix_cache else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-policy")
         self._pending: list[_Request] = []
         self._busy = False
@@ -89,12 +101,14 @@ class GenerationBatcher:
         self._task: asyncio.Task[None] | None = None
         self.calls = 0
         self.rows = 0
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
+    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None) -> Generation:
         """One continuation of ``prompt``; batched with the other requests of this tick."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
-        self._pending.append(_Request(list(prompt), params, future))
+        self._pending.append(_Request(list(prompt), params, future, cache_key))
         if not self._busy and not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
@@ -123,9 +137,14 @@ class GenerationBatcher:
                 seed=batch_seed([r.params.seed for r in batch]),
             )
             prompts = [r.prompt for r in batch]
+            keys = [r.cache_key for r in batch]
+            call: Callable[[], list[Generation]] = functools.partial(self.sampler.generate, prompts, params)
+            if self.cache is not None and any(k is not None for k in keys):
+                assert isinstance(self.sampler, CachingBatchGenerator)
+                call = functools.partial(self.sampler.generate, prompts, params, cache=self.cache, cache_keys=keys)
             loop = asyncio.get_running_loop()
             try:
-                outputs = await loop.run_in_executor(self._executor, self.sampler.generate, prompts, params)
+                outputs = await loop.run_in_executor(self._executor, call)
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"the sampler returned {len(outputs)} generations for {len(batch)} prompts")
             except Exception as exc:  # a bug in the policy: every waiting trajectory sees it
@@ -135,9 +154,12 @@ class GenerationBatcher:
                 return
             self.calls += 1
             self.rows += len(batch)
+            self.prompt_tokens += sum(len(p) for p in prompts)
             for r, gen in zip(batch, outputs, strict=True):
+                cut = _cut(gen, r.params.max_new_tokens)
+                self.generated_tokens += len(cut.token_ids)
                 if not r.future.done():
-                    r.future.set_result(_cut(gen, r.params.max_new_tokens))
+                    r.future.set_result(cut)
         finally:
             self._busy = False
             if self._pending and not self._kick_scheduled:
