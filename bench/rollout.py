@@ -58,7 +58,7 @@ from rich.table import Table
 
 from bench.latency_tool import MEDIAN_S, P99_S, SIGMA, WaitArgs, latency_s
 from rlyard.client import ToolClient
-from rlyard.domain import Task, TrajectoryStatus
+from rlyard.domain import ImagePart, Task, TrajectoryStatus
 from trainer.batching import collate_trajectories
 from trainer.config import AlgorithmConfig, OptimConfig, RolloutConfig, StageConfig
 from trainer.grpo import grpo_update
@@ -67,6 +67,7 @@ from trainer.parsing import DEFAULT_MARKERS, parse_tool_calls
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.hf import HFPolicy
 from trainer.rollout import RolloutEngine
+from trainer.rollout.engine import chat_prompt_ids
 from trainer.sampler import GenerationBatcher, LocalSampler
 from trainer.sft import sft_step
 from trainer.types import RolloutTrajectory
@@ -204,12 +205,13 @@ class LockStepBatcher(GenerationBatcher):
             self.rounds += 1
             gate.set()   # the waiters resume before the batch's kick, which the last one schedules
 
-    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None) -> Generation:
+    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None,
+                       images: Sequence[ImagePart] = ()) -> Generation:
         gate = self._gate
         self._waiting += 1
         self._release_if_full()
         await gate.wait()
-        return await super().generate(prompt, params, cache_key)
+        return await super().generate(prompt, params, cache_key, images)
 
     def leave(self) -> None:
         """A trajectory ended: the barrier stops waiting for it."""
@@ -441,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler = ForcedToolSampler(policy, turns=ns.turns, think_tokens=ns.think_tokens)
         tasks = make_tasks(ns.trajectories, ns.seed, ns.latency_scale)
         cfg = rollout_config(ns.trajectories, ns.turns, ns.think_tokens)
-        prompt = RolloutEngine.prompt_ids.__get__(  # the prompt the engine will build
-            dataclasses.replace(_PromptOnly(), tokenizer=policy.tokenizer))(tasks[0])
+        prompt = chat_prompt_ids(policy.tokenizer, tasks[0])  # the prompt the engine will build
         warm_up(sampler, prompt, ns.trajectories)
         with tool_server(tmp) as address:
             results, trajs = asyncio.run(run_rollouts(sampler, address, tasks, cfg, ns.seed, console))
@@ -495,14 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     ns.output.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {ns.output}")
     return 0
-
-
-@dataclasses.dataclass
-class _PromptOnly:
-    """Just enough of an engine for ``RolloutEngine.prompt_ids``."""
-
-    tokenizer: Any = None
-    _prompt_cache: dict[int, list[int]] = dataclasses.field(default_factory=dict)
 
 
 if __name__ == "__main__":

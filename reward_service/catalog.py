@@ -11,6 +11,14 @@ REWARD_MODULES: dict[str, str] = {
     "format": "reward_service.rewards.format",
     "tool_call_match": "reward_service.rewards.tool_call_match",
     "composite": "reward_service.rewards.composite",
+    # SSL4RL: self-supervised vision tasks as verifiable rewards (envs.vision.ssl_tasks)
+    "ssl_rotation": "reward_service.rewards.ssl_rotation",
+    "ssl_jigsaw": "reward_service.rewards.ssl_jigsaw",
+    "ssl_position": "reward_service.rewards.ssl_position",
+    "ssl_masked_patch": "reward_service.rewards.ssl_masked_patch",
+    # ViPER: coarse-to-fine perception by render-and-compare (envs.vision.viper_tasks; the image extra)
+    "viper_image": "reward_service.rewards.viper_image",
+    "viper_instance": "reward_service.rewards.viper_instance",
     # tool verification
     "sql_execution": "reward_service.rewards.sql_execution",
     "poi_correctness": "reward_service.rewards.poi_correctness",
@@ -20,5 +28,10 @@ REWARD_MODULES: dict[str, str] = {
     "judge": "reward_service.rewards.judge",
 }
 
-# The pip extra a reward module's optional dependencies come in, for the message when one is missing.
-REWARD_EXTRAS: dict[str, str] = {"reward_service.rewards": "reward"}
+# The pip extra a reward module's optional dependencies come in (a module's own entry first, else its
+# package's), for the message when one is missing.
+REWARD_EXTRAS: dict[str, str] = {
+    "reward_service.rewards": "reward",
+    "reward_service.rewards.viper_image": "image",      # numpy and OpenCV render the descriptions
+    "reward_service.rewards.viper_instance": "image",
+}

@@ -26,7 +26,7 @@ def load_plugin(registry: dict[str, Any], kind: str, name: str, modules: Mapping
 
     Raises:
         ConfigError: an unknown name, or a module whose optional dependencies are not installed
-            (``extras`` maps a module's package to the pip extra that brings them).
+            (``extras`` maps a module, else its package, to the pip extra that brings them).
     """
     if name in registry:
         return registry[name]
@@ -38,7 +38,7 @@ def load_plugin(registry: dict[str, Any], kind: str, name: str, modules: Mapping
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
         package = module.rsplit(".", 1)[0]
-        extra = extras.get(package, extras.get(module, "all"))
+        extra = extras.get(module, extras.get(package, "all"))
         raise ConfigError(f"{kind} {name!r} needs the {extra!r} extra (missing module {exc.name!r}): "
                           f"pip install 'rlyard[{extra}]'") from None
     if name not in registry:

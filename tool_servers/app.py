@@ -48,6 +48,7 @@ def build_executor(settings: ToolServerSettings, families: Iterable[Any] = ()) -
                             max_idle_s=settings.session_max_idle_s, context_limits=limits)
     executor = ToolExecutor(tools, sessions)
     sessions.validate = executor.validate_context
+    sessions.validate_images = executor.validate_images
     return executor, ctx
 
 

@@ -9,14 +9,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import accumulate
 from typing import Any
 
 from pydantic import ValidationError
 
 from rlyard import metrics
-from rlyard.domain import ToolResult
+from rlyard.domain import ImagePart, ToolResult
 from tool_servers.registry import Tool
 from tool_servers.session import SessionStore
 
@@ -87,6 +87,15 @@ class ToolExecutor:
         """Every tool that declares context needs checks it (e.g. the db_id exists)."""
         for tool in self.tools.values():
             tool.validate_context(context)
+
+    def validate_images(self, images: Sequence[ImagePart]) -> None:
+        """Every tool that reads images checks a session's attachments (those with ``validate_images``)."""
+        if not images:
+            return
+        checks = {getattr(type(tool), "validate_images", None): tool for tool in self.tools.values()}
+        for check, tool in checks.items():
+            if check is not None:
+                check(tool, images)
 
     async def call(
         self, session_id: str, context: Mapping[str, str], call_id: str, name: str, arguments_json: str

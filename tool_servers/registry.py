@@ -74,6 +74,10 @@ class Tool(Protocol):
     def validate_context(self, context: Mapping[str, str]) -> None:
         """Raise a ``ServiceError`` if a session's context cannot serve this tool."""
 
+    # Optional: ``def validate_images(self, images: Sequence[ImagePart]) -> None`` raises a
+    # ``ServiceError`` for a session's attachments this tool cannot read (the image tools check
+    # each image's header: format, size, pixel limit), before the session opens.
+
     async def call(self, args: Any, session: Session) -> ToolResult: ...
 
 

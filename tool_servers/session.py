@@ -60,6 +60,7 @@ class Session:
     images: dict[str, ImagePart] = field(default_factory=dict)   # attachments and tool-made images, by id
     max_images: int = 64
     max_image_bytes: int = 64 * 1024 * 1024
+    image_bytes: int = 0                                   # of the images held (kept by add_image)
 
     def touch(self) -> None:
         """Mark as used now (postpones idle expiry)."""
@@ -74,13 +75,13 @@ class Session:
             raise InvalidArgument(f"image_id {image.image_id!r} is already used in session {self.session_id!r}")
         if len(self.images) >= self.max_images:
             raise ResourceExhausted(f"session {self.session_id!r} holds {self.max_images} images, its limit")
-        held = sum(len(i.data) for i in self.images.values())
-        if held + len(image.data) > self.max_image_bytes:
+        if self.image_bytes + len(image.data) > self.max_image_bytes:
             raise ResourceExhausted(
                 f"session {self.session_id!r}: image {image.image_id!r} ({len(image.data)} bytes) would take the "
                 f"session past {self.max_image_bytes} bytes of images"
             )
         self.images[image.image_id] = image
+        self.image_bytes += len(image.data)
 
 
 class SessionStore:
@@ -97,6 +98,7 @@ class SessionStore:
         max_image_bytes: int = 64 * 1024 * 1024,
         max_idle_s: float = 3600.0,
         context_limits: ContextLimits = ContextLimits(),
+        validate_images: Callable[[Sequence[ImagePart]], None] = lambda images: None,
     ) -> None:
         self.default_idle_s = default_idle_s
         self.max_idle_s = max(max_idle_s, default_idle_s)
@@ -105,6 +107,7 @@ class SessionStore:
         self.max_images = max_images
         self.max_image_bytes = max_image_bytes
         self.validate = validate
+        self.validate_images = validate_images
         self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -125,7 +128,8 @@ class SessionStore:
     def open(self, session_id: str, context: Mapping[str, str], idle_timeout_s: float, *,
              attachments: Sequence[ImagePart] = ()) -> Session:
         """Open a session holding ``attachments`` by image id; the timeout and the context's size are
-        checked, then the context against the tools, and nothing is kept when an attachment is refused."""
+        checked, then the context and the attachments against the tools, and nothing is kept when an
+        attachment is refused."""
         if len(session_id) > 256:
             raise InvalidArgument("session_id is longer than 256 characters")
         if session_id and session_id in self._sessions:
@@ -145,6 +149,7 @@ class SessionStore:
                 "not for sessions"
             )
         self.validate(context)
+        self.validate_images(attachments)
         sid = session_id or uuid.uuid4().hex
         session = Session(sid, dict(context), idle, last_used=self.clock(), max_images=self.max_images,
                           max_image_bytes=self.max_image_bytes)

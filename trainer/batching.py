@@ -4,7 +4,9 @@ A row is ``prompt_ids + token_ids``, right-padded to the longest row. ``forward_
 [B, T-1] next-token log-probs where position t scores ``input_ids[:, t+1]``, so token j of
 ``token_ids`` (at input position P + j, P = len(prompt_ids)) is scored at position P + j − 1.
 Every per-token list of a trajectory (loss mask, old log-probs, regions) is shifted the same way;
-prompt and padding positions get mask 0, old log-prob 0 and region PROMPT.
+prompt and padding positions get mask 0, old log-prob 0 and region PROMPT. A row may carry images
+(a vision policy's trajectory: the images whose pad runs its tokens hold); ``batch_logprobs`` gives
+them to the policy's forward.
 """
 
 from __future__ import annotations
@@ -15,10 +17,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rlyard.domain import ImagePart
 from trainer.parsing import Region
+from trainer.policy.hf import HFPolicy
+from trainer.policy.vlm import VLMPolicy
 from trainer.types import RolloutTrajectory
 
-__all__ = ["TokenBatch", "collate", "collate_trajectories", "length_chunks"]
+__all__ = ["TokenBatch", "batch_logprobs", "collate", "collate_trajectories", "length_chunks"]
+
+ImageRows = tuple[tuple[ImagePart, ...], ...]
+
+
+def _rows_of(images: ImageRows | None, rows: Tensor | slice | list[int]) -> ImageRows | None:
+    """The images of ``rows`` (as ``select`` indexes the tensors)."""
+    if images is None:
+        return None
+    if isinstance(rows, slice):
+        return images[rows]
+    if isinstance(rows, Tensor):
+        rows = torch.nonzero(rows).flatten().tolist() if rows.dtype == torch.bool else rows.flatten().tolist()
+    return tuple(images[int(r)] for r in rows)
 
 
 @dataclass(frozen=True)
@@ -30,6 +48,7 @@ class TokenBatch:
     loss_mask: Tensor
     old_logprobs: Tensor
     regions: Tensor
+    images: ImageRows | None = None     # per row, the images its tokens show; None: no row shows any
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -47,6 +66,7 @@ class TokenBatch:
             loss_mask=self.loss_mask[rows],
             old_logprobs=self.old_logprobs[rows],
             regions=self.regions[rows],
+            images=_rows_of(self.images, rows),
         )
 
     @property
@@ -67,6 +87,7 @@ class TokenBatch:
             loss_mask=self.loss_mask[:, : width - 1],
             old_logprobs=self.old_logprobs[:, : width - 1],
             regions=self.regions[:, : width - 1],
+            images=self.images,
         )
 
 
@@ -78,8 +99,9 @@ def collate(
     pad_token_id: int,
     old_logprobs: Sequence[Sequence[float]] | None = None,
     regions: Sequence[Sequence[int]] | None = None,
+    images: Sequence[Sequence[ImagePart]] | None = None,
 ) -> TokenBatch:
-    """Pad rows of (prompt, tokens, per-token lists) into a ``TokenBatch``.
+    """Pad rows of (prompt, tokens, per-token lists, and the images each row shows) into a ``TokenBatch``.
 
     With an empty prompt the first token has no predicting position, so it cannot carry loss.
 
@@ -89,6 +111,8 @@ def collate(
     n = len(prompts)
     if not (len(tokens) == len(loss_masks) == n):
         raise ValueError(f"{n} prompts, {len(tokens)} token lists, {len(loss_masks)} masks")
+    if images is not None and len(images) != n:
+        raise ValueError(f"{n} rows but {len(images)} rows of images")
     if n == 0:
         raise ValueError("cannot collate an empty batch")
     width = max(len(p) + len(t) for p, t in zip(prompts, tokens, strict=True))
@@ -115,7 +139,9 @@ def collate(
                 old[row, lo:hi] = torch.tensor(list(old_logprobs[row])[start:], dtype=old.dtype)
             if regions is not None:
                 reg[row, lo:hi] = torch.tensor([int(r) for r in regions[row]][start:], dtype=torch.long)
-    return TokenBatch(input_ids=input_ids, attention_mask=attention, loss_mask=mask, old_logprobs=old, regions=reg)
+    shown = None if images is None or not any(images) else tuple(tuple(row) for row in images)
+    return TokenBatch(input_ids=input_ids, attention_mask=attention, loss_mask=mask, old_logprobs=old, regions=reg,
+                      images=shown)
 
 
 def length_chunks(lengths: Tensor | Sequence[int], size: int) -> list[list[int]]:
@@ -138,4 +164,32 @@ def collate_trajectories(trajectories: Sequence[RolloutTrajectory], *, pad_token
         pad_token_id=pad_token_id,
         old_logprobs=[t.old_logprobs for t in trajectories],
         regions=[t.regions for t in trajectories],
+        images=[t.context_images for t in trajectories],
     )
+
+
+def batch_logprobs(
+    policy: HFPolicy,
+    batch: TokenBatch,
+    *,
+    temperature: float = 1.0,
+    with_grad: bool = False,
+    compute_entropy: bool = True,
+    positions: Tensor | None = None,
+    shared_prefix: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``policy.forward_logprobs`` of the batch's rows, with their images when they show any.
+
+    Raises:
+        ValueError: the batch shows images and the policy is not a ``VLMPolicy``.
+    """
+    if batch.images is None:
+        return policy.forward_logprobs(batch.input_ids, batch.attention_mask, temperature=temperature,
+                                       with_grad=with_grad, compute_entropy=compute_entropy, positions=positions,
+                                       shared_prefix=shared_prefix)
+    if not isinstance(policy, VLMPolicy):
+        raise ValueError(f"the batch shows {sum(map(len, batch.images))} image(s) to a text policy "
+                         f"({type(policy).__name__}); train image trajectories with a vision policy")
+    return policy.forward_logprobs(batch.input_ids, batch.attention_mask, temperature=temperature,
+                                   with_grad=with_grad, compute_entropy=compute_entropy, positions=positions,
+                                   shared_prefix=shared_prefix, images=batch.images)

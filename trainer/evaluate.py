@@ -15,7 +15,10 @@ environment's prompt shows, then the answer turn). A turn holding several calls 
 so the budget bounds tool *turns*; the report counts actual calls.
 
 The reward spec is the caller's (the environment's); its first reward is the one whose 1.0 counts
-as correct. Local-life tasks (their ground truth holds a ``checklist``) are reported as such:
+as correct. For every environment the report counts the tasks answered after a look at a region
+(``answered_after_zoom``: a ``zoom``, ``crop``, ``revisit`` or ``confirm`` call that returned
+without error came before the final answer; IMAgent's measure of visual reflection).
+Local-life tasks (their ground truth holds a ``checklist``) are reported as such:
 ``accuracy`` is then correctness and ``metrics`` holds the mean of each component.
 ``judge={metric: spec}`` also asks a judge model for each metric; a judge failure leaves that
 task's judge score out of the mean and is counted.
@@ -32,10 +35,10 @@ from typing import Any
 
 import torch
 
-from rlyard.domain import Task, TrajectoryStatus, parse_spec
+from rlyard.domain import ImagePart, Task, TrajectoryStatus, parse_spec
 from trainer.compose import Stack
 from trainer.config import RolloutConfig
-from trainer.policy.base import Generation
+from trainer.policy.base import Generation, ImageTokenizer
 from trainer.rollout import RolloutEngine
 from trainer.sampler import PrefixCaching, Sampler, SampleRequest
 from trainer.scoring import judge_scores, score_trajectories
@@ -45,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 # The text-to-SQL environment's spec (envs.text_to_sql.REWARD_SPEC): execution match and format.
 DEFAULT_SPEC: dict[str, Any] = {"sql_execution": 1.0, "format": 0.1}
+# The image tools that show the model a region again (tool_servers/image): a call of one of them
+# before the answer makes the answer one given "after a zoom".
+ZOOM_TOOLS = frozenset({"zoom", "crop", "revisit", "confirm"})
 EVAL_ROLLOUT = RolloutConfig(group_size=2, prompts_per_step=1, max_turns=7, max_new_tokens_per_turn=256,
                              max_total_tokens=4096, max_observation_tokens=256)
 
@@ -67,6 +73,25 @@ class FixedTemperature:
     def supports_images(self) -> bool:
         """The wrapped sampler's."""
         return self.sampler.supports_images
+
+    def _images(self) -> ImageTokenizer:
+        if not isinstance(self.sampler, ImageTokenizer):
+            raise TypeError(f"{type(self.sampler).__name__} takes no images")
+        return self.sampler
+
+    @property
+    def image_placeholder(self) -> str:
+        """The wrapped sampler's (``ImageTokenizer``)."""
+        return self._images().image_placeholder
+
+    @property
+    def image_pad_id(self) -> int:
+        """The wrapped sampler's."""
+        return self._images().image_pad_id
+
+    def image_tokens(self, image: ImagePart) -> int:
+        """The wrapped sampler's."""
+        return self._images().image_tokens(image)
 
     async def sample(self, request: SampleRequest) -> Generation:
         """Delegate with the temperature replaced."""
@@ -102,6 +127,7 @@ class TaskResult:
     final_answer: str
     infra_error: str = ""
     judge: dict[str, float | None] = field(default_factory=dict)
+    answered_after_zoom: bool = False
 
 
 @dataclass
@@ -124,6 +150,7 @@ class EvalReport:
     metrics: dict[str, float] = field(default_factory=dict)          # mean of each reward component
     judge: dict[str, float] = field(default_factory=dict)            # mean judge score per metric (0–1)
     judge_failures: dict[str, int] = field(default_factory=dict)
+    answered_after_zoom: float = 0.0      # the share of tasks answered after a zoom/crop/revisit/confirm
 
     def summary(self) -> dict[str, Any]:
         """The aggregates (no per-task results)."""
@@ -137,6 +164,21 @@ class EvalReport:
 def is_local_life(tasks: Sequence[Task]) -> bool:
     """Whether the tasks are local-life tasks (their ground truth holds a checklist)."""
     return any(isinstance(t.ground_truth, dict) and "checklist" in t.ground_truth for t in tasks)
+
+
+def answered_after_zoom(t: RolloutTrajectory) -> bool:
+    """Whether the trajectory ended with an answer (COMPLETED) after a call of ``ZOOM_TOOLS`` that
+    returned without error."""
+    if t.status != TrajectoryStatus.COMPLETED:
+        return False
+    return any(r.name in ZOOM_TOOLS and not r.is_error and r.system_error is None
+               for turn in t.record.turns if turn.role == "tool" for r in turn.tool_results)
+
+
+def is_imagent(tasks: Sequence[Task]) -> bool:
+    """Whether the tasks are IMAgent multi-image tasks (``envs.vision.imagent``: ground truth
+    ``{"task": "imagent", ...}``)."""
+    return any(isinstance(t.ground_truth, dict) and t.ground_truth.get("task") == "imagent" for t in tasks)
 
 
 def _result(t: RolloutTrajectory, check_format: bool, primary: str = "sql_execution") -> TaskResult:
@@ -154,6 +196,7 @@ def _result(t: RolloutTrajectory, check_format: bool, primary: str = "sql_execut
         format_error=format_error,
         final_answer=t.final_answer,
         infra_error=t.infra_error,
+        answered_after_zoom=answered_after_zoom(t),
     )
 
 
@@ -181,6 +224,7 @@ def aggregate(trajectories: Sequence[RolloutTrajectory], *, check_format: bool =
         env=env,
         metrics={name: sum(r.components.get(name, 0.0) for r in results) / n
                  for name in sorted({c for r in results for c in r.components})} if n else {},
+        answered_after_zoom=sum(r.answered_after_zoom for r in results) / n if n else 0.0,
     )
 
 
@@ -208,9 +252,9 @@ def evaluate(
     if max_tool_calls < 0:
         raise ValueError(f"max_tool_calls={max_tool_calls}: must be >= 0")
     if isinstance(policy, str | Path):
-        from trainer.policy.hf import HFPolicy
+        from trainer.policy.loading import load_policy
 
-        loaded: Any = HFPolicy(policy, device=device)
+        loaded: Any = load_policy(policy, device=device)
     else:
         loaded = policy
     if getattr(loaded, "model", None) is not None:
@@ -242,13 +286,14 @@ def evaluate(
     seconds = time.perf_counter() - start
     local_life = is_local_life(tasks)
     report = aggregate(trajectories, check_format=any(t.name == "format" for t in terms), seconds=seconds,
-                       settings=settings, primary=terms[0].name, env="local_life" if local_life else "text_to_sql")
+                       settings=settings, primary=terms[0].name,
+                       env="local_life" if local_life else "imagent" if is_imagent(tasks) else "text_to_sql")
     for name, values in judged.items():
         for result, value in zip(report.results, values, strict=True):
             result.judge[name] = value
         got = [v for v in values if v is not None]
         report.judge[name] = sum(got) / len(got) if got else 0.0
         report.judge_failures[name] = len(values) - len(got)
-    logger.info("eval: n=%d accuracy=%.3f tool_calls=%.2f in %.1fs", report.n, report.execution_accuracy,
-                report.mean_tool_calls, seconds)
+    logger.info("eval: n=%d accuracy=%.3f tool_calls=%.2f after_zoom=%.2f in %.1fs", report.n,
+                report.execution_accuracy, report.mean_tool_calls, report.answered_after_zoom, seconds)
     return report

@@ -44,7 +44,7 @@ from trainer.algorithms import (
     rest_token_weights,
     two_level_mask,
 )
-from trainer.batching import TokenBatch, collate_trajectories
+from trainer.batching import TokenBatch, batch_logprobs, collate_trajectories
 from trainer.config import StageConfig
 from trainer.policy.hf import HFPolicy
 from trainer.types import RolloutTrajectory
@@ -62,7 +62,7 @@ def frozen_reference(policy: HFPolicy) -> HFPolicy:
     model = copy.deepcopy(policy.model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return HFPolicy(model=model, tokenizer=policy.tokenizer, device=policy.device)
+    return policy.with_model(model)
 
 
 def _labelled_regions(batch: TokenBatch) -> torch.Tensor:
@@ -241,12 +241,14 @@ def _kept_batch(policy: HFPolicy, kept: list[RolloutTrajectory], rewards: torch.
     batch = collate_trajectories(kept, pad_token_id=policy.pad_token_id)
     regions = _labelled_regions(batch)
     mask = two_level_mask(action_mask(regions, valid=batch.loss_mask), torch.ones(len(kept), dtype=torch.bool))
-    micro = _micro_batches(group_ids.tolist(), algo.micro_batch_size, whole_groups=algo.shared_prefix)
+    # a policy without a shared-prefix forward (the vision policy) runs each row whole: same values
+    shared_prefix = algo.shared_prefix and policy.supports_shared_prefix
+    micro = _micro_batches(group_ids.tolist(), algo.micro_batch_size, whole_groups=shared_prefix)
     # each micro-batch without the padding columns its rows share (a group's trajectories are
     # usually much shorter than the batch's longest); per-token tensors of the whole batch are cut
     # to the same width, entropies padded back (the cut columns are padding: mask 0 everywhere)
     subs = [batch.select(rows).trimmed() for rows in micro]
-    return _KeptBatch(adv=adv, mask=mask, regions=regions, micro=micro, subs=subs, shared_prefix=algo.shared_prefix)
+    return _KeptBatch(adv=adv, mask=mask, regions=regions, micro=micro, subs=subs, shared_prefix=shared_prefix)
 
 
 def _micro_batches(group_ids: list[int], size: int, *, whole_groups: bool) -> list[list[int]]:
@@ -279,8 +281,8 @@ def _entropy_pass(policy: HFPolicy, kb: _KeptBatch, temperature: float) -> list[
     entropies: list[torch.Tensor] = []
     with torch.no_grad():
         for sub in kb.subs:
-            _, ent = policy.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
-                                              positions=sub.loss_mask, shared_prefix=kb.shared_prefix)
+            _, ent = batch_logprobs(policy, sub, temperature=temperature, positions=sub.loss_mask,
+                                    shared_prefix=kb.shared_prefix)
             assert ent is not None
             entropies.append(_widen(ent, kb.mask.shape[1]))
     return entropies
@@ -294,9 +296,8 @@ def _reference_logprobs(reference: HFPolicy | None, kb: _KeptBatch, temperature:
     ref_logp: list[torch.Tensor | None] = []
     with torch.no_grad():
         for sub in kb.subs:
-            logp, _ = reference.forward_logprobs(sub.input_ids, sub.attention_mask, temperature=temperature,
-                                                 compute_entropy=False, positions=sub.loss_mask,
-                                                 shared_prefix=kb.shared_prefix)
+            logp, _ = batch_logprobs(reference, sub, temperature=temperature, compute_entropy=False,
+                                     positions=sub.loss_mask, shared_prefix=kb.shared_prefix)
             ref_logp.append(logp)
     return ref_logp
 
@@ -348,10 +349,8 @@ def _update_loop(
         for k, (rows, sub) in enumerate(zip(kb.micro, kb.subs, strict=True)):
             width = sub.loss_mask.shape[1]
             measure = measure_entropy and update == 0
-            logp, ent = policy.forward_logprobs(
-                sub.input_ids, sub.attention_mask, temperature=temperature, with_grad=True, compute_entropy=measure,
-                positions=sub.loss_mask, shared_prefix=kb.shared_prefix,
-            )
+            logp, ent = batch_logprobs(policy, sub, temperature=temperature, with_grad=True, compute_entropy=measure,
+                                       positions=sub.loss_mask, shared_prefix=kb.shared_prefix)
             if measure:
                 assert ent is not None
                 entropies.append(_widen(ent, kb.mask.shape[1]))

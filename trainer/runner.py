@@ -46,7 +46,7 @@ from trainer.dynamic import roll_step
 from trainer.events import CheckpointEvent, EventFn, MetricsEvent, RunState, StateEvent, StopRequest
 from trainer.grpo import frozen_reference, grpo_update
 from trainer.outputs import MetricsLog, plot_curves, write_report, write_samples
-from trainer.policy.hf import HFPolicy
+from trainer.policy import HFPolicy, VLMPolicy, load_policy
 from trainer.sampler import Sampler
 from trainer.selection import TaskDraws
 from trainer.sft import SftData, load_sft_examples, sft_step
@@ -213,7 +213,7 @@ def _train(run: _Run, stack: Stack | None, stop: StopRequest, signals: StopReque
     config = run.config
     seed_everything(config.seed)
     dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-    policy = HFPolicy(config.model.path, dtype=dtype)
+    policy = load_policy(config.model.path, dtype=dtype)   # a VLMPolicy for a vision checkpoint
     policy.model.train()
     ckpt = _restore(run, resume)
     run.emit(StateEvent(run.run_dir.name, "RUNNING", run.state.global_step,
@@ -329,7 +329,9 @@ class _SftSteps:
 
     def __init__(self, run: _Run, policy: HFPolicy, stage: StageConfig, index: int) -> None:
         self.run, self.policy, self.stage = run, policy, stage
-        examples = load_sft_examples(stage.data, policy.tokenizer)
+        # a vision policy reads the demonstrations' images as image tokens, a text policy as its rollouts show them
+        vision = policy if isinstance(policy, VLMPolicy) else None
+        examples = load_sft_examples(stage.data, policy.tokenizer, vision=vision)
         self.data = SftData(examples, seed=run.config.seed + index, pad_token_id=policy.pad_token_id,
                             cursor=run.state.cursor)
 
@@ -411,8 +413,7 @@ def export_policy(policy: HFPolicy, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.model.save_pretrained(tmp)
-    policy.tokenizer.save_pretrained(tmp)
+    policy.save_pretrained(tmp)      # a vision policy writes its image processor's config too
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -1,6 +1,9 @@
 """Task sources for RL stages: a JSONL of tasks, with the tools of the tool server.
 
-Each line: ``{"task_id", "question" | "messages", "context"?, "ground_truth"?, "system"?}``.
+Each line: ``{"task_id", "question" | "messages", "context"?, "ground_truth"?, "system"?,
+"attachments"?}``; ``attachments`` are images put into the tool session, ``[{"image_id", "path"}]``
+(relative to the task file), which a message shows to a vision policy with
+``{"type": "image", "image_id": ...}`` in its content.
 A ``question`` becomes a user message after an optional system message; the tool
 schemas (OpenAI function-calling form) come from the tool server's ``ListTools``,
 restricted to ``tools`` when the line names them (``"tools": []`` renders none: the prompt
@@ -14,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rlyard.domain import Task
+from rlyard.domain import ImagePart, Task
 from rlyard.errors import ConfigError
 from rlyard.tools.v1 import tools_pb2
 
@@ -56,10 +59,46 @@ def load_tasks(path: Path, tools: list[dict[str, Any]], system: str = DEFAULT_SY
         names = obj.get("tools")
         task_tools = tools if names is None else [by_name[n] for n in names if n in by_name]
         tasks.append(Task(str(obj.get("task_id", no)), messages, task_tools,
-                          {str(k): str(v) for k, v in (obj.get("context") or {}).items()}, obj.get("ground_truth")))
+                          {str(k): str(v) for k, v in (obj.get("context") or {}).items()}, obj.get("ground_truth"),
+                          read_attachments(obj.get("attachments") or [], path.parent, f"{path}:{no}")))
     if not tasks:
         raise ConfigError(f"{path} holds no tasks")
     return tasks
+
+
+_MIME_OF_FORMAT = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+def read_attachments(entries: list[Any], base: Path, where: str) -> tuple[ImagePart, ...]:
+    """A line's ``attachments`` (a task's, or an SFT demonstration's):
+    ``[{"image_id": "photo", "path": "photo.png"}, ...]``, each path relative to ``base`` (the file's
+    folder); messages show one with ``{"type": "image", "image_id": ...}``.
+
+    Raises:
+        ConfigError: a malformed entry, a repeated ``image_id``, or an image that cannot be read;
+            the message starts with ``where``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: `attachments` is a list of {{\"image_id\": ..., \"path\": ...}}, got {entries!r}")
+    out: list[ImagePart] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get("image_id") or not entry.get("path"):
+            raise ConfigError(f"{where}: an attachment is {{\"image_id\": ..., \"path\": ...}}, got {entry!r}")
+        if any(image.image_id == str(entry["image_id"]) for image in out):
+            raise ConfigError(f"{where}: two attachments are named {entry['image_id']!r}; give each its own image_id")
+        file = base / str(entry["path"])
+        try:
+            data = file.read_bytes()
+            with Image.open(file) as image:
+                width, height, fmt = image.width, image.height, str(image.format)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ConfigError(f"{where}: attachment {entry['image_id']!r}: cannot read {file}: {exc}") from None
+        if fmt not in _MIME_OF_FORMAT:
+            raise ConfigError(f"{where}: attachment {entry['image_id']!r} is {fmt}; use PNG, JPEG, WebP or GIF")
+        out.append(ImagePart(data, _MIME_OF_FORMAT[fmt], width, height, str(entry["image_id"])))
+    return tuple(out)
 
 
 class TaskSampler:

@@ -35,6 +35,15 @@ class RolloutTrajectory:
     reward_components: dict[str, float] = field(default_factory=dict)
     images: list[ImagePart] = field(default_factory=list)     # images in the context, in order of appearance
     weight_versions: set[int] = field(default_factory=set)    # the weight versions that sampled it
+    # True: a vision policy read ``images`` as image tokens, and ``prompt_ids + token_ids`` hold
+    # exactly their pad runs, in order (the training forward needs them). False: a text policy read
+    # placeholders; ``images`` is only the record of what tools returned.
+    vision: bool = False
+
+    @property
+    def context_images(self) -> tuple[ImagePart, ...]:
+        """The images the policy's forward needs with this trajectory's tokens (none for a text policy)."""
+        return tuple(self.images) if self.vision else ()
 
     @property
     def num_generated(self) -> int:

@@ -17,6 +17,11 @@ then serves the config's ``services.embedded`` tools; the round budget is the RL
 ``rollout.max_turns`` unless ``--max-tool-calls`` is given. ``--judge`` adds a row scored by a judge
 model with the benchmark's rubrics (``RLYARD_REWARD_JUDGE_*`` of the reward service, or
 ``--judge-endpoint`` / ``--judge-model`` / ``--judge-backend``).
+
+IMAgent multi-image tasks (``envs.vision.imagent``) are scored with that environment's
+``REWARD_SPEC`` (``qa_em``); the budget of tool calls is the stage's ``rollout.max_turns`` - 1
+unless ``--max-tool-calls``. Every table shows tool calls per task and the share of tasks answered
+after a zoom (a ``zoom``/``crop``/``revisit``/``confirm`` call before the answer).
 """
 
 from __future__ import annotations
@@ -60,9 +65,11 @@ def render(report: Any, title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("tasks", str(report.n))
-    table.add_row("execution accuracy", f"{report.execution_accuracy:.3f}")
+    name = "execution accuracy" if report.env == "text_to_sql" else "accuracy"
+    table.add_row(name, f"{report.execution_accuracy:.3f}")
     table.add_row("accuracy (scored only)", f"{report.scored_accuracy:.3f}")
     table.add_row("tool calls / task", f"{report.mean_tool_calls:.2f}")
+    table.add_row("answered after a zoom", f"{report.answered_after_zoom:.3f}")
     table.add_row("turns / task", f"{report.mean_turns:.2f}")
     table.add_row("format errors", str(report.format_errors))
     table.add_row("truncated", str(report.truncated))
@@ -84,7 +91,8 @@ def render_local_life(report: Any, title: str) -> Table:
         table.add_row("judge", f"{j.get('correctness', 0.0):.3f}", f"{10 * j.get('completeness', 0.0):.2f}",
                       f"{10 * j.get('faithfulness', 0.0):.2f}", calls, rounds)
     failed = sum(report.judge_failures.values())
-    table.caption = (f"{report.n} tasks · format errors {report.format_errors} · truncated {report.truncated} · "
+    table.caption = (f"{report.n} tasks · answered after a zoom {report.answered_after_zoom:.3f} · "
+                     f"format errors {report.format_errors} · truncated {report.truncated} · "
                      f"infra failures {report.infra_failures}" + (f" · judge failures {failed}" if failed else "")
                      + f" · {report.seconds:.1f} s")
     return table
@@ -97,7 +105,7 @@ def run(ns: Any, console: Console) -> int:
     from envs.text_to_sql import REWARD_SPEC, load_spider, make_tasks
     from trainer.compose import open_stack
     from trainer.config import load_config
-    from trainer.evaluate import EVAL_ROLLOUT, evaluate, is_local_life
+    from trainer.evaluate import EVAL_ROLLOUT, evaluate, is_imagent, is_local_life
 
     config = load_config(ns.config)
     checkpoint = ns.checkpoint or config.model.path
@@ -131,17 +139,22 @@ def run(ns: Any, console: Console) -> int:
             source = str(path)
         if ns.limit:
             tasks = tasks[: ns.limit]
-        local_life = is_local_life(tasks)
+        local_life, imagent = is_local_life(tasks), is_imagent(tasks)
         max_tool_calls = ns.max_tool_calls
         if max_tool_calls is None:
-            max_tool_calls = rollout.max_turns - 1 if local_life else 6
+            max_tool_calls = rollout.max_turns - 1 if local_life or imagent else 6
         judge = None
         if ns.judge:
             if not local_life:
                 raise ConfigError("--judge scores the local-life metrics; these tasks are not local-life tasks")
             judge = {metric: judge_spec(metric, **judge_overrides) for metric in METRICS}
         with console.status(f"evaluating {len(tasks)} task(s) from {source}…"):
-            report = evaluate(checkpoint, tasks, stack, reward_spec=LOCAL_LIFE_SPEC if local_life else REWARD_SPEC,
+            spec: dict[str, Any] = LOCAL_LIFE_SPEC if local_life else REWARD_SPEC
+            if imagent:     # imported only here: the environment needs the image extra (OpenCV)
+                from envs.vision import imagent as imagent_env
+
+                spec = imagent_env.REWARD_SPEC
+            report = evaluate(checkpoint, tasks, stack, reward_spec=spec,
                               rollout_config=rollout, temperature=ns.temperature, max_tool_calls=max_tool_calls,
                               seed=config.seed, device=ns.device, judge=judge)
     report.settings["tasks"] = source

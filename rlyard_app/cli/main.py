@@ -8,7 +8,8 @@
     rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
     rlyard train -c CONFIG             run an experiment (SFT, RL stages) with a live progress view
     rlyard eval -c CONFIG --checkpoint DIR [--spider-dev N]   evaluate a policy (accuracy, tool calls, errors)
-    rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config)
+    rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config;
+                                       --vision: a Qwen2-VL)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard demo                        the learning demo: services embedded, SFT + GRPO, held-out accuracy, a report
     rlyard tour                        services up, a scripted session of real calls and rewards, a report
@@ -184,7 +185,7 @@ def _cmd_model(ns: argparse.Namespace) -> int:
     from trainer.model import init_policy
 
     info = init_policy(Path(ns.out), arch=ns.arch, size=ns.size, vocab_size=ns.vocab_size, seed=ns.seed,
-                       corpus=Path(ns.corpus) if ns.corpus else None)
+                       corpus=Path(ns.corpus) if ns.corpus else None, vision=ns.vision)
     console.print(f"wrote a {info.arch} policy of {info.n_params:,} parameters (vocab {info.vocab_size}) "
                   f"to {info.out_dir}")
     return 0
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--vocab-size", type=int, default=2048)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--corpus", help="text file or folder of .txt for the tokenizer (default: data/corpus)")
+    m.add_argument("--vision", action="store_true",
+                   help="a Qwen2-VL instead (the size's decoder + a 2-layer vision tower, ≈1.7M params for tiny; "
+                        "vision tokens added to the tokenizer; Qwen2-VL's image processor)")
     p.set_defaults(fn=_cmd_model)
 
     p = sub.add_parser("demo", help="the learning demo: a tiny policy learns text-to-SQL (SFT, then GRPO), "

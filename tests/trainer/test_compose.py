@@ -78,7 +78,7 @@ def test_warm_up_failure_and_timeout_are_clear_errors(corpus_dir: Path, tmp_path
 
 @pytest.mark.parametrize(("services", "message"), [
     ({"embedded": {"tools": ["sql_querry"]}}, "unknown tool(s) sql_querry; available: "),
-    ({"embedded": {"families": {"vision": {}}}}, "unknown tool family 'vision'; families: poi, sql"),
+    ({"embedded": {"families": {"vision": {}}}}, "unknown tool family 'vision'; families: image, poi, sql"),
     ({"embedded": {"families": {"sql": {"db_dri": "x"}}}}, "tool family sql: unknown setting(s) db_dri; valid: "),
     ({"embedded": {"families": {"sql": {"max_rows": 0}}}}, "RLYARD_TOOLS_SQL_MAX_ROWS must be >= 1"),
     ({"embedded": {"reward": {"batch_concurrency": "many"}}}, "batch_concurrency='many': expected int"),

@@ -134,6 +134,7 @@ def init_policy(
     vocab_size: int = 2048,
     seed: int = 0,
     corpus: Path | None = None,
+    vision: bool = False,
 ) -> PolicyInfo:
     """Train the tokenizer on the corpus, build the model and save both to ``out_dir``.
 
@@ -144,23 +145,43 @@ def init_policy(
         vocab_size: tokens in the tokenizer, special tokens and markers included.
         seed: seeds the weight init (the tokenizer depends on the corpus only).
         corpus: a text file or a folder of ``*.txt``; default ``data/corpus/corpus.txt``.
+        vision: a Qwen2-VL instead (``trainer.model.vision``: the ``size`` preset's decoder, a
+            2-layer vision tower, the vision tokens added after ``vocab_size``, the image processor's
+            ``preprocessor_config.json``); ``arch`` must be ``qwen2``.
     """
     from trainer.model.corpus import read_corpus
 
+    if vision and arch != "qwen2":
+        raise ValueError(f"a vision policy is a Qwen2-VL: use arch qwen2, not {arch!r}")
     text = read_corpus(corpus)
     tokenizer = train_tokenizer([text], vocab_size=vocab_size, model_max_length=MAX_POSITION_EMBEDDINGS)
     gen = generation_config(tokenizer)
+    if vision:
+        from trainer.model.vision import (
+            add_vision_tokens,
+            build_image_processor,
+            build_vision_config,
+            build_vision_model,
+        )
+
+        add_vision_tokens(tokenizer)
     config = build_config(arch, size, len(tokenizer), pad_token_id=gen.pad_token_id, eos_token_id=gen.eos_token_id)
-    model = build_model(config, seed)
+    if vision:
+        model = build_vision_model(build_vision_config(config, tokenizer), seed)
+    else:
+        model = build_model(config, seed)
     model.generation_config = gen
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _portable_tokenizer_class(out_dir)
-    info = PolicyInfo(out_dir=out_dir, n_params=count_params(model), vocab_size=len(tokenizer), arch=arch)
+    if vision:
+        build_image_processor().save_pretrained(out_dir)
+    info = PolicyInfo(out_dir=out_dir, n_params=count_params(model), vocab_size=len(tokenizer),
+                      arch="qwen2_vl" if vision else arch)
     provenance = {
-        "arch": arch,
+        "arch": info.arch,
         "size": size,
         "seed": seed,
         "n_params": info.n_params,

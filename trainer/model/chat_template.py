@@ -12,14 +12,22 @@ tiny policy see prompts of the same shape:
   ``<tool_response>\\n..\\n</tool_response>``;
 - ``add_generation_prompt`` opens an assistant turn.
 
-Content may be a string or a list of OpenAI-style parts; text parts are concatenated.
+Content may be a string or a list of OpenAI-style parts; text parts are concatenated. Image parts
+(``{"type": "image", ...}``) render as nothing, or as the vision policy's placeholder
+(``chat_template(image_placeholder)``, as Qwen2-VL renders them).
 """
 
 from __future__ import annotations
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-CHAT_TEMPLATE = (
+def chat_template(image_placeholder: str = "") -> str:
+    """The template; with ``image_placeholder`` each ``{"type": "image"}`` content part renders as it
+    (the vision policy's ``<|vision_start|><|image_pad|><|vision_end|>``), without one as nothing."""
+    image_branch = ("""
+            {%- elif part.type == 'image' -%}
+                {{- '""" + image_placeholder + """' -}}""") if image_placeholder else ""
+    return (
     """{%- macro render_content(content) -%}
     {%- if content is none -%}
     {%- elif content is string -%}
@@ -29,7 +37,9 @@ CHAT_TEMPLATE = (
             {%- if part is string -%}
                 {{- part -}}
             {%- elif part.type == 'text' -%}
-                {{- part.text -}}
+                {{- part.text -}}"""
+    + image_branch
+    + """
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
@@ -100,3 +110,6 @@ CHAT_TEMPLATE = (
 {%- endif %}
 """
 )
+
+
+CHAT_TEMPLATE = chat_template()

@@ -15,6 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from rlyard.domain import ImagePart
 from trainer.policy.prefix_cache import PrefixCache
 
 FinishReason = Literal["stop", "length"]
@@ -92,6 +93,47 @@ class CachingBatchGenerator(BatchGenerator, Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams, *, cache: PrefixCache | None = None,
                  cache_keys: Sequence[str | None] | None = None) -> list[Generation]:
         """One ``Generation`` per prompt, in order; the same as without a cache, to float rounding."""
+        ...
+
+
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    """How images become tokens for a vision-language policy.
+
+    A context shows an image as a run of ``image_tokens(image)`` copies of ``image_pad_id``. The chat
+    template renders one image as ``image_placeholder`` (which holds one ``image_pad_id``); whoever
+    builds the context expands that one pad to the image's run.
+    """
+
+    @property
+    def image_placeholder(self) -> str:
+        """The text that stands for one image before expansion (Qwen2-VL:
+        ``<|vision_start|><|image_pad|><|vision_end|>``)."""
+        ...
+
+    @property
+    def image_pad_id(self) -> int:
+        """The token whose run stands for an image."""
+        ...
+
+    def image_tokens(self, image: ImagePart) -> int:
+        """How many ``image_pad_id`` tokens ``image`` becomes."""
+        ...
+
+
+@runtime_checkable
+class ImageBatchGenerator(BatchGenerator, ImageTokenizer, Protocol):
+    """A ``BatchGenerator`` whose prompts may show images: ``images`` gives each prompt's images in
+    the order of their pad runs."""
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether ``images=`` is taken."""
+        ...
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *,
+                 images: Sequence[Sequence[ImagePart]] | None = None) -> list[Generation]:
+        """One ``Generation`` per prompt, in order."""
         ...
 
 

@@ -64,6 +64,18 @@ class HFPolicy:
         # Qwen2/Llama decode through FastDecoder (one per generate call: its cache is that call's state)
         self.fast_decode: bool = fast_decode and not FastDecoder.unsupported(self.model)
 
+    # the GRPO update may compute rows' shared prompt once (``forward_logprobs(shared_prefix=True)``)
+    supports_shared_prefix = True
+
+    def with_model(self, model: Any) -> HFPolicy:
+        """A policy of the same kind over ``model`` (e.g. a frozen copy), with this one's tokenizer."""
+        return HFPolicy(model=model, tokenizer=self.tokenizer, device=self.device)
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """Write a checkpoint folder that loads like any (``save_pretrained`` of the model and tokenizer)."""
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+
     @property
     def vocab_size(self) -> int:
         """Width of the output layer (may exceed ``len(tokenizer)``)."""
@@ -248,24 +260,8 @@ class HFPolicy:
                     hidden = self.model.get_decoder()(**kwargs).last_hidden_state[:, :-1][valid]
                 logits = self.model.get_output_embeddings()(hidden).float()
                 targets = targets[valid]
-            if temperature != 1.0:
-                logits = logits / temperature
-            logp_all = F.log_softmax(logits, dim=-1)
-            picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            entropy = None
-            if compute_entropy:      # a measurement: no gradient flows through it
-                lp = logp_all.detach()
-                entropy = -(lp.exp() * lp).sum(-1)
-            if positions is None:
-                logprobs = picked.masked_fill(~valid, 0.0)
-                if entropy is not None:
-                    entropy = entropy.masked_fill(~valid, 0.0)
-            else:
-                logprobs = torch.zeros(valid.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
-                    valid, picked)
-                if entropy is not None:
-                    entropy = torch.zeros(valid.shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(
-                        valid, entropy)
+            logprobs, entropy = scored_logprobs(logits, targets, valid, temperature=temperature,
+                                                compute_entropy=compute_entropy, picked_only=positions is not None)
         return logprobs, entropy
 
 
@@ -322,6 +318,29 @@ class _Keep:
             if kv.shape[3] > len(tokens):
                 raise RuntimeError(f"the decoder holds {kv.shape[3]} positions for a row of {len(tokens)} tokens")
             self.cache.put(key, tokens[: kv.shape[3]], kv, self.epoch)
+
+
+def scored_logprobs(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, *, temperature: float,
+                    compute_entropy: bool, picked_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets`` and the entropy under ``logits / temperature``, [B, T-1] with 0 where
+    not ``valid``. ``picked_only``: ``logits`` and ``targets`` hold the valid positions only ([N, V], [N])."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if compute_entropy:      # a measurement: no gradient flows through it
+        lp = logp_all.detach()
+        entropy = -(lp.exp() * lp).sum(-1)
+    if not picked_only:
+        logprobs = picked.masked_fill(~valid, 0.0)
+        if entropy is not None:
+            entropy = entropy.masked_fill(~valid, 0.0)
+        return logprobs, entropy
+    logprobs = torch.zeros(valid.shape, dtype=picked.dtype, device=picked.device).masked_scatter(valid, picked)
+    if entropy is not None:
+        entropy = torch.zeros(valid.shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(valid, entropy)
+    return logprobs, entropy
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

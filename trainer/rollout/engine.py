@@ -43,9 +43,15 @@ KV cache (``kv_cache``, default on): every request of a trajectory carries its i
 observation and the template around it — and the group's identical first prompts once. The
 samples are the same as without, to float rounding.
 
-Images: a tool result's images stay in the trajectory's record (the reward service reads them);
-a sampler that takes images gets them with every later request of the trajectory, in order
-(``RolloutTrajectory.images``), and a text-only one reads a placeholder in the observation.
+Images: a tool result's images stay in the trajectory's record (the reward service reads them).
+A text-only policy reads a placeholder in the observation (``[image photo: 8x6 image/png, …]``).
+A sampler that ``supports_images`` (an ``ImageTokenizer``: a vision-language policy) reads them as
+image tokens: the prompt's image parts (``{"type": "image", "image_id": …}`` naming one of the task's
+``attachments``) and each tool result's images become the policy's placeholder in the rendered text,
+whose one pad token is expanded to the image's run of ``image_tokens(image)`` pads; a pad that a
+tool's text spells out is removed first. The trajectory is then ``vision`` and its ``images`` are
+exactly the images whose runs its tokens hold, in order (an image whose placeholder the observation
+cap cut off is not among them); every request carries them, and so does the training batch.
 
 Reproducibility: each generation's seed is ``derive_seed(seed, step, group, sample, turn)``; the
 local sampler seeds a batched ``generate`` call from its rows' seeds in order. The same run is
@@ -67,11 +73,11 @@ from typing import Any
 import grpc
 
 from rlyard.client import ToolClient, ToolStream
-from rlyard.domain import Task, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
+from rlyard.domain import ImagePart, JsonPart, Task, TextPart, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
 from rlyard.errors import ServiceError
 from trainer.config import RolloutConfig
 from trainer.parsing import ParsedCall, Region, format_observation, label_regions, parse_tool_calls
-from trainer.policy.base import Generation, SamplingParams
+from trainer.policy.base import Generation, ImageTokenizer, SamplingParams
 from trainer.rollout.template import ToolTurnTemplate
 from trainer.sampler import PrefixCaching, Sampler, SampleRequest, derive_seed
 from trainer.types import RolloutTrajectory
@@ -93,8 +99,23 @@ class _CallOutcome:
 
     @property
     def text(self) -> str:
-        """What the policy reads: the result's content, images as placeholders."""
+        """What a text policy reads: the result's content, images as placeholders."""
         return "" if self.result is None else self.result.observation
+
+    def vision_text(self, placeholder: str, pad_text: str) -> str:
+        """What a vision policy reads: the content with each image as ``placeholder``, and any
+        ``pad_text`` the tool wrote removed (it would stand for an image that is not there)."""
+        if self.result is None:
+            return ""
+        out: list[str] = []
+        for part in self.result.content:
+            if isinstance(part, TextPart):
+                out.append(part.text.replace(pad_text, ""))
+            elif isinstance(part, JsonPart):
+                out.append(part.dumps().replace(pad_text, ""))
+            elif isinstance(part, ImagePart):
+                out.append(placeholder)
+        return "\n".join(out)
 
     def record(self) -> ToolResult:
         """The result as the trajectory keeps it (an empty one when the call never answered)."""
@@ -112,6 +133,16 @@ class _State:
 
     def add(self, role: str, text: str, **kwargs: Any) -> None:
         self.turns.append(Turn(index=len(self.turns), role=role, text=text, **kwargs))
+
+
+def chat_prompt_ids(tokenizer: Any, task: Task) -> list[int]:
+    """``task``'s chat-template prompt as token ids, before a vision policy's image pads are expanded."""
+    rendered = tokenizer.apply_chat_template(
+        task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=True
+    )
+    if not isinstance(rendered, list):  # a BatchEncoding (transformers >= 5 returns a dict)
+        rendered = rendered["input_ids"]
+    return [int(t) for t in rendered]
 
 
 class RolloutEngine:
@@ -151,7 +182,14 @@ class RolloutEngine:
         self._tool_limits: dict[str, asyncio.Semaphore] = {}
         self._stream: ToolStream | None = None
         self._stream_loop: asyncio.AbstractEventLoop | None = None
-        self._prompt_cache: dict[int, list[int]] = {}
+        self._prompt_cache: dict[int, tuple[list[int], tuple[ImagePart, ...]]] = {}
+        self.vision: ImageTokenizer | None = None
+        if sampler.supports_images:
+            if not isinstance(sampler, ImageTokenizer):
+                raise TypeError(f"{type(sampler).__name__} supports images but is no ImageTokenizer: the engine "
+                                "cannot tell how many tokens an image takes")
+            self.vision = sampler
+            self._pad_text = self._decode([sampler.image_pad_id])
 
     # ------------------------------------------------------------------ public
     async def run(
@@ -173,12 +211,18 @@ class RolloutEngine:
 
     async def rollout(self, task: Task, group_id: int, sample_index: int, *, step: int = 0) -> RolloutTrajectory:
         """One trajectory of ``task``; never raises for a failure of the tool service."""
-        traj = RolloutTrajectory(
-            task=task, group_id=group_id, sample_index=sample_index, prompt_ids=self.prompt_ids(task)
-        )
+        prompt_ids, images = self._prompt(task)
+        traj = RolloutTrajectory(task=task, group_id=group_id, sample_index=sample_index, prompt_ids=list(prompt_ids),
+                                 images=list(images), vision=self.vision is not None)
         state = _State(trajectory_id=f"{task.task_id}/step{step}/g{group_id}/s{sample_index}")
         for message in task.messages:
-            state.add(str(message.get("role", "user")), str(message.get("content") or ""))
+            content = message.get("content")
+            if isinstance(content, list):     # parts: the text, and the images the prompt shows
+                text = "".join(str(p.get("text", "")) for p in content
+                               if isinstance(p, dict) and p.get("type") == "text")
+                state.add(str(message.get("role", "user")), text, content=tuple(_message_images(task, [message])))
+            else:
+                state.add(str(message.get("role", "user")), str(content or ""))
         # The session opens while the first turn generates: the first generations of a batch
         # then meet in one ``generate`` call instead of trickling in as sessions open.
         session = asyncio.create_task(self._open_session(task))
@@ -204,17 +248,44 @@ class RolloutEngine:
         return traj
 
     def prompt_ids(self, task: Task) -> list[int]:
-        """The tokenized chat-template prompt of ``task`` (cached for the current run)."""
+        """The tokenized chat-template prompt of ``task`` (cached for the current run); a vision
+        policy's with each image's pad run expanded."""
+        return list(self._prompt(task)[0])
+
+    def _prompt(self, task: Task) -> tuple[list[int], tuple[ImagePart, ...]]:
+        """The prompt's ids and, for a vision policy, the images they show, in order."""
         cached = self._prompt_cache.get(id(task))
         if cached is None:
-            rendered = self.tokenizer.apply_chat_template(
-                task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=True
-            )
-            if not isinstance(rendered, list):  # a BatchEncoding (transformers >= 5 returns a dict)
-                rendered = rendered["input_ids"]
-            cached = [int(t) for t in rendered]
+            ids = chat_prompt_ids(self.tokenizer, task)
+            images: tuple[ImagePart, ...] = ()
+            if self.vision is not None:
+                images = tuple(_message_images(task, task.messages))
+                ids, shown = self._expand_images(ids, images)
+                if len(shown) != len(images):
+                    raise ValueError(f"task {task.task_id}: the chat template rendered {len(shown)} image "
+                                     f"placeholder(s) for {len(images)} image part(s); it must render each "
+                                     f"image part as {self.vision.image_placeholder!r}")
+            cached = (ids, images)
             self._prompt_cache[id(task)] = cached
-        return list(cached)
+        return list(cached[0]), cached[1]
+
+    def _expand_images(self, ids: list[int], images: Sequence[ImagePart]) -> tuple[list[int], list[ImagePart]]:
+        """``ids`` with the k-th image pad token replaced by the k-th image's pad run, and the images
+        that had a pad (a cut observation may have lost some)."""
+        assert self.vision is not None
+        pad = self.vision.image_pad_id
+        out: list[int] = []
+        shown: list[ImagePart] = []
+        for token in ids:
+            if token != pad:
+                out.append(token)
+                continue
+            if len(shown) == len(images):
+                raise ValueError(f"an image pad token with no image left to show ({len(images)} given)")
+            image = images[len(shown)]
+            out.extend([pad] * self.vision.image_tokens(image))
+            shown.append(image)
+        return out, shown
 
     async def aclose(self) -> None:
         """Close the tool stream (not the tool client, not the sampler)."""
@@ -286,12 +357,19 @@ class RolloutEngine:
                 state.add("tool", "", tool_results=tuple(o.record() for o in outcomes))
                 return
 
-            results = dict(zip(allowed, (o.text for o in outcomes), strict=True))
+            if self.vision is not None:
+                texts_of = [o.vision_text(self.vision.image_placeholder, self._pad_text) for o in outcomes]
+            else:
+                texts_of = [o.text for o in outcomes]
+            results = dict(zip(allowed, texts_of, strict=True))
             texts = [results[i] if i in results else f"Error: {refusals[i]}" for i in range(len(parsed.calls))]
             texts += [f"Error: {e}" for e in parsed.errors]
             observation = format_observation(texts, self.tokenizer, cfg.max_observation_tokens)
             head = self._assistant_rest(gen, ended) + self.template.tool_prefix
             obs_ids = self._encode(head) + self._encode(observation) + self._encode(self.template.tool_suffix)
+            result_images = [image for o in outcomes if o.result is not None for image in o.result.images]
+            if self.vision is not None:
+                obs_ids, result_images = self._expand_images(obs_ids, result_images)
             if len(traj.prompt_ids) + len(traj.token_ids) + len(obs_ids) >= cfg.max_total_tokens:
                 traj.status = TrajectoryStatus.TRUNCATED
                 return
@@ -299,7 +377,7 @@ class RolloutEngine:
             traj.loss_mask.extend([0] * len(obs_ids))
             traj.old_logprobs.extend([0.0] * len(obs_ids))
             traj.regions.extend([int(Region.OBSERVATION)] * len(obs_ids))
-            traj.images.extend(image for o in outcomes if o.result is not None for image in o.result.images)
+            traj.images.extend(result_images)
             state.add("tool", observation, tool_results=tuple(o.record() for o in outcomes))
         traj.status = TrajectoryStatus.TRUNCATED  # not reached: the last turn returns above
 
@@ -386,6 +464,29 @@ class RolloutEngine:
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+
+def _message_images(task: Task, messages: Sequence[dict[str, Any]]) -> list[ImagePart]:
+    """The images that the messages' image parts name (``{"type": "image", "image_id": id}``, an id of
+    ``task.attachments``), in order.
+
+    Raises:
+        ValueError: an image part names no attachment of the task.
+    """
+    attached = {image.image_id: image for image in task.attachments}
+    out: list[ImagePart] = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image":
+                image = attached.get(str(part.get("image_id", "")))
+                if image is None:
+                    raise ValueError(f"task {task.task_id}: an image part names {part.get('image_id')!r}, which is "
+                                     f"not among its attachments ({', '.join(sorted(attached)) or 'none'})")
+                out.append(image)
+    return out
 
 
 def _stop_token_ids(tokenizer: Any) -> tuple[int, ...]:

@@ -22,7 +22,8 @@ from trainer.policy.base import Generation, SamplingParams
 @dataclass(frozen=True)
 class SampleRequest:
     """One continuation to sample: the whole context so far as token ids, the images it shows
-    (in order; only for samplers that take images), and how to sample.
+    (in order; only for samplers that take images: each is a run of pad tokens in ``prompt_ids``,
+    ``trainer.policy.ImageTokenizer``), and how to sample.
 
     ``cache_key``: the same for every request of one trajectory (None: none). A sampler that keeps
     keys and values between requests (``PrefixCaching``) may reuse those of the key's last request
@@ -48,7 +49,8 @@ class Sampler(Protocol):
 
     @property
     def supports_images(self) -> bool:
-        """Whether requests may carry images."""
+        """Whether requests may carry images (such a sampler is also an ``ImageTokenizer``: the
+        rollout engine asks it how many tokens an image takes)."""
         ...
 
     async def sample(self, request: SampleRequest) -> Generation:

@@ -14,7 +14,8 @@ same rows meet in the same order, which the completion order of tool calls decid
 
 Given a ``PrefixCache`` and a generator that supports it, a call passes each row's cache key (a
 request's ``cache_key``; rows without one keep nothing), so that a trajectory's turn runs only
-what is new since its last turn.
+what is new since its last turn. Given an ``ImageBatchGenerator`` that ``supports_images``, a
+call passes each row's images (a request's ``images``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from trainer.policy.base import BatchGenerator, CachingBatchGenerator, Generation, SamplingParams
+from rlyard.domain import ImagePart
+from trainer.policy.base import BatchGenerator, CachingBatchGenerator, Generation, ImageBatchGenerator, SamplingParams
 from trainer.policy.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class _Request:
     params: SamplingParams
     future: asyncio.Future[Generation]
     cache_key: str | None = None
+    images: tuple[ImagePart, ...] = ()
 
 
 def _group_key(params: SamplingParams) -> SamplingParams:
@@ -94,6 +97,7 @@ class GenerationBatcher:
         self.sampler = sampler
         self.max_batch_size = max_batch_size
         self.cache = cache if isinstance(sampler, CachingBatchGenerator) and sampler.supports_prefix_cache else None
+        self.images = isinstance(sampler, ImageBatchGenerator) and sampler.supports_images
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-policy")
         self._pending: list[_Request] = []
         self._busy = False
@@ -104,11 +108,15 @@ class GenerationBatcher:
         self.prompt_tokens = 0
         self.generated_tokens = 0
 
-    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None) -> Generation:
-        """One continuation of ``prompt``; batched with the other requests of this tick."""
+    async def generate(self, prompt: list[int], params: SamplingParams, cache_key: str | None = None,
+                       images: Sequence[ImagePart] = ()) -> Generation:
+        """One continuation of ``prompt`` (showing ``images``, in order); batched with the other
+        requests of this tick."""
+        if images and not self.images:
+            raise ValueError(f"{type(self.sampler).__name__} takes no images; the request carries {len(images)}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
-        self._pending.append(_Request(list(prompt), params, future, cache_key))
+        self._pending.append(_Request(list(prompt), params, future, cache_key, tuple(images)))
         if not self._busy and not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
@@ -139,7 +147,10 @@ class GenerationBatcher:
             prompts = [r.prompt for r in batch]
             keys = [r.cache_key for r in batch]
             call: Callable[[], list[Generation]] = functools.partial(self.sampler.generate, prompts, params)
-            if self.cache is not None and any(k is not None for k in keys):
+            if self.images:
+                assert isinstance(self.sampler, ImageBatchGenerator)
+                call = functools.partial(self.sampler.generate, prompts, params, images=[r.images for r in batch])
+            elif self.cache is not None and any(k is not None for k in keys):
                 assert isinstance(self.sampler, CachingBatchGenerator)
                 call = functools.partial(self.sampler.generate, prompts, params, cache=self.cache, cache_keys=keys)
             loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """The local sampler: a synchronous ``BatchGenerator`` (the HF policy) run on one worker thread,
 with the concurrent requests of the rollout's trajectories batched (``GenerationBatcher``), and
-each trajectory's keys and values kept between its requests (``PrefixCache``, by ``cache_key``)."""
+each trajectory's keys and values kept between its requests (``PrefixCache``, by ``cache_key``), and
+the requests' images passed to a generator that takes them (``VLMPolicy``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import torch
 
-from trainer.policy.base import BatchGenerator, Generation
+from rlyard.domain import ImagePart
+from trainer.policy.base import BatchGenerator, Generation, ImageBatchGenerator
 from trainer.policy.prefix_cache import DEFAULT_MAX_TOKENS, PrefillStats, PrefixCache
 from trainer.sampler.base import SampleRequest
 from trainer.sampler.batching import GenerationBatcher
@@ -43,8 +45,27 @@ class LocalSampler:
 
     @property
     def supports_images(self) -> bool:
-        """A text-only generator: no images."""
-        return False
+        """Whether the generator takes images (an ``ImageBatchGenerator`` that says so)."""
+        return isinstance(self.generator, ImageBatchGenerator) and self.generator.supports_images
+
+    def _vision(self) -> ImageBatchGenerator:
+        if not isinstance(self.generator, ImageBatchGenerator) or not self.generator.supports_images:
+            raise TypeError(f"{type(self.generator).__name__} takes no images")
+        return self.generator
+
+    @property
+    def image_placeholder(self) -> str:
+        """The generator's text for one image (``ImageTokenizer``); only when ``supports_images``."""
+        return self._vision().image_placeholder
+
+    @property
+    def image_pad_id(self) -> int:
+        """The generator's image pad token; only when ``supports_images``."""
+        return self._vision().image_pad_id
+
+    def image_tokens(self, image: ImagePart) -> int:
+        """The pad tokens ``image`` becomes; only when ``supports_images``."""
+        return self._vision().image_tokens(image)
 
     @property
     def stats(self) -> tuple[int, int]:
@@ -60,10 +81,11 @@ class LocalSampler:
 
     async def sample(self, request: SampleRequest) -> Generation:
         """One continuation, batched with the other requests of this event-loop tick."""
-        if request.images:
+        if request.images and not self.supports_images:
             raise ValueError(f"this sampler ({type(self.generator).__name__}) takes no images; the request carries "
                              f"{len(request.images)}: use a vision-language policy or leave images to placeholders")
-        generation = await self.batcher.generate(list(request.prompt_ids), request.params, request.cache_key)
+        generation = await self.batcher.generate(list(request.prompt_ids), request.params, request.cache_key,
+                                                 request.images)
         return dataclasses.replace(generation, weight_version=self._version)
 
     def release(self, cache_key: str) -> None:
