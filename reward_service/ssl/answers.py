@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from reward_service.answers import answer_block, shown
+
 T = TypeVar("T")
 
 TASKS = ("rotation", "jigsaw", "position", "masked_patch")
@@ -70,29 +72,15 @@ class Parsed(Generic[T]):
         return self.value is not None
 
 
-def _shown(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
 def answer_text(text: str, tag: str = "answer") -> tuple[str | None, str]:
     """The answer's text: the content of the last closed ``<tag>…</tag>`` block, else the whole
-    text; ``(None, why)`` for an opening tag that is never closed or an empty answer."""
-    opening, closing = f"<{tag}>", f"</{tag}>"
-    close = text.rfind(closing)
-    if close >= 0:
-        start = text.rfind(opening, 0, close)
-        if start < 0:
-            return None, f"{closing} without {opening}"
-        content = text[start + len(opening) : close]
-    elif opening in text:
-        return None, f"{opening} is never closed"
-    else:
-        content = text
-    content = content.strip(_TRIM).removesuffix(".").strip(_TRIM)
-    if not content:
-        return None, "the answer is empty"
-    return content, ""
+    text, without quotes or a final full stop; ``(None, why)`` for an opening tag that is never
+    closed or an empty answer."""
+    content, why = answer_block(text, tag, _TRIM)
+    if content is None:
+        return None, why
+    content = content.removesuffix(".").strip(_TRIM)
+    return (content, "") if content else (None, "the answer is empty")
 
 
 def _read(text: str, tag: str, what: str) -> tuple[str | None, str]:
@@ -112,7 +100,7 @@ def parse_rotation(text: str, tag: str = "answer") -> Parsed[int]:
     # Bounded before the regex: its two whitespace runs would backtrack quadratically on a long one.
     m = _ROTATION.fullmatch(content) if len(content) <= 40 else None
     if m is None:
-        return Parsed(None, f"malformed: {_shown(content)} is not an angle; expected {what}", content)
+        return Parsed(None, f"malformed: {shown(content)} is not an angle; expected {what}", content)
     angle = int(m.group(1))
     if m.group(2) and m.group(2).lower() not in ("clockwise", "cw"):
         angle = -angle
@@ -134,7 +122,7 @@ def parse_jigsaw(text: str, tiles: int, tag: str = "answer") -> Parsed[tuple[int
     tokens = [t for t in re.split(r"[\s,;]+", body) if t]
     bad = [t for t in tokens if not _INT.fullmatch(t)]
     if bad:
-        return Parsed(None, f"malformed: {_shown(bad[0], 20)} is not a tile number; expected {what}", content)
+        return Parsed(None, f"malformed: {shown(bad[0], 20)} is not a tile number; expected {what}", content)
     numbers = tuple(int(t) for t in tokens)
     if len(numbers) != tiles:
         return Parsed(None, f"malformed: {len(numbers)} numbers given; expected {what}", content)
@@ -155,7 +143,7 @@ def parse_position(text: str, tag: str = "answer") -> Parsed[str]:
     if content is None:
         return Parsed(None, error)
     if len(content) > 40:
-        return Parsed(None, f"malformed: {_shown(content)} is not a position; expected {what}", content)
+        return Parsed(None, f"malformed: {shown(content)} is not a position; expected {what}", content)
     vertical: set[str] = set()
     horizontal: set[str] = set()
     for word in re.split(r"[\s_\-/]+", content.lower()):
@@ -164,9 +152,9 @@ def parse_position(text: str, tag: str = "answer") -> Parsed[str]:
         elif word in _HORIZONTAL:
             horizontal.add(_HORIZONTAL[word])
         elif word and word not in _FILLER:
-            return Parsed(None, f"malformed: {_shown(content)} is not a position; expected {what}", content)
+            return Parsed(None, f"malformed: {shown(content)} is not a position; expected {what}", content)
     if len(vertical) > 1 or len(horizontal) > 1 or not (vertical or horizontal):
-        return Parsed(None, f"malformed: {_shown(content)} is not one position; expected {what}", content)
+        return Parsed(None, f"malformed: {shown(content)} is not one position; expected {what}", content)
     name = "-".join([*vertical, *horizontal])
     return Parsed(name, raw=content)
 
@@ -179,7 +167,7 @@ def parse_candidate(text: str, candidates: int, tag: str = "answer") -> Parsed[i
         return Parsed(None, error)
     m = _CANDIDATE.fullmatch(content) if len(content) <= 40 else None
     if m is None:
-        return Parsed(None, f"malformed: {_shown(content)} is not a candidate number; expected {what}", content)
+        return Parsed(None, f"malformed: {shown(content)} is not a candidate number; expected {what}", content)
     number = int(m.group(1))
     if number >= candidates:
         return Parsed(None, f"malformed: candidate {number} does not exist; expected {what}", content)

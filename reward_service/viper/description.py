@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reward_service.answers import answer_block, shown
 from reward_service.ssl.answers import GoldError, Parsed
 from rlyard.scene_render import COLOURS, SHAPES, Box
 
@@ -135,34 +136,15 @@ def gold_description(scene: GoldScene) -> list[Item]:
 
 
 # ---------------------------------------------------------------------------- reading
-def _shown(text: str, limit: int = 50) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
 def answer_content(text: str, tag: str = "answer") -> tuple[str | None, str]:
     """The content of the last closed ``<tag>…</tag>`` block, else the whole text, stripped;
     ``(None, why)`` for a tag never closed or an empty answer."""
-    opening, closing = f"<{tag}>", f"</{tag}>"
-    close = text.rfind(closing)
-    if close >= 0:
-        start = text.rfind(opening, 0, close)
-        if start < 0:
-            return None, f"{closing} without {opening}"
-        content = text[start + len(opening) : close]
-    elif opening in text:
-        return None, f"{opening} is never closed"
-    else:
-        content = text
-    content = content.strip(" \t\r\n`")
-    if not content:
-        return None, "the answer is empty"
-    return content, ""
+    return answer_block(text, tag, " \t\r\n`")
 
 
 def _parse_line(line: str, where: str, *, position_required: bool) -> Item | str:
     """An item, or the reason (``malformed: …``) the line is not one."""
-    bad = f"malformed: {where} {_shown(line)}"
+    bad = f"malformed: {where} {shown(line, 50)}"
     if len(line) > MAX_LINE_CHARS:
         return f"malformed: {where} is {len(line)} characters long (at most {MAX_LINE_CHARS}); expected {EXPECTED}"
     m = _LINE.fullmatch(line)
