@@ -150,16 +150,8 @@ class HFPolicy:
             next_position = position_ids[:, -1:] + 1
             active = list(range(batch))          # prompt index of each row still in the batch
             for step in range(params.max_new_tokens):
-                tokens, logprobs, raw_logprobs = _sample(last.float(), params, generator)
-                for pos, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
-                    row = active[pos]
-                    gen = outputs[row]
-                    gen.token_ids.append(tok)
-                    gen.logprobs.append(lp)
-                    gen.raw_logprobs.append(raw)
-                    reason = self._stop_reason(gen.token_ids, stop_ids, params.stop_strings, window)
-                    if reason is not None:
-                        gen.finish_reason, gen.stop_reason, done[row] = "stop", reason, True
+                tokens = self._take_step(_sample(last.float(), params, generator), active, outputs, done,
+                                         stop_ids, params, window)
                 if all(done) or step + 1 == params.max_new_tokens:
                     break
                 # Finished rows leave the batch (their KV cache rows too), so a turn's long tail
@@ -195,6 +187,23 @@ class HFPolicy:
         finally:
             self.model.train(was_training)
         return outputs
+
+    def _take_step(self, sampled: tuple[list[int], list[float], list[float]], active: list[int],
+                   outputs: list[Generation], done: list[bool], stop_ids: set[int], params: SamplingParams,
+                   window: int) -> list[int]:
+        """Append one decoding step's samples (tokens, log-probs, raw log-probs; one per active row)
+        to their rows' generations and mark the rows that stopped; the tokens."""
+        tokens, logprobs, raw_logprobs = sampled
+        for pos, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
+            row = active[pos]
+            gen = outputs[row]
+            gen.token_ids.append(tok)
+            gen.logprobs.append(lp)
+            gen.raw_logprobs.append(raw)
+            reason = self._stop_reason(gen.token_ids, stop_ids, params.stop_strings, window)
+            if reason is not None:
+                gen.finish_reason, gen.stop_reason, done[row] = "stop", reason, True
+        return tokens
 
     def _stop_reason(
         self, token_ids: list[int], stop_ids: set[int], stop_strings: Sequence[str], window: int

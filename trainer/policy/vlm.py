@@ -189,16 +189,8 @@ class VLMPolicy(HFPolicy):
             last = out.logits[:, -1, :]
             active = list(range(batch))
             for step in range(params.max_new_tokens):
-                tokens, logprobs, raw_logprobs = _sample(last.float(), params, generator)
-                for pos, (tok, lp, raw) in enumerate(zip(tokens, logprobs, raw_logprobs, strict=True)):
-                    row = active[pos]
-                    gen = outputs[row]
-                    gen.token_ids.append(tok)
-                    gen.logprobs.append(lp)
-                    gen.raw_logprobs.append(raw)
-                    reason = self._stop_reason(gen.token_ids, stop_ids, params.stop_strings, window)
-                    if reason is not None:
-                        gen.finish_reason, gen.stop_reason, done[row] = "stop", reason, True
+                tokens = self._take_step(_sample(last.float(), params, generator), active, outputs, done,
+                                         stop_ids, params, window)
                 if all(done) or step + 1 == params.max_new_tokens:
                     break
                 keep = [pos for pos, row in enumerate(active) if not done[row]]
