@@ -35,6 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.seeds import earlier_seeds
 from envs.local_services.questions import SLICES
 from experiments.learning import EvalEvent, LearningConfig, PhaseEvent, prepare_for, quick, run_learning
 
@@ -109,19 +110,6 @@ def run_seed(seed: int, cfg: LearningConfig, runs_dir: Path, console: Console) -
         "errors": {"sft": rl["errors"]["sft"], "rl": rl["errors"]["rl"], "control": control["errors"]["control"]},
         "runs": {"grpo": str(rl_dir), "control": str(control_dir)},
     }
-
-
-def earlier_seeds(path: Path, cfg: LearningConfig, quick_run: bool, wanted: list[int]) -> list[dict[str, Any]]:
-    """The finished seeds of an earlier run in ``path`` made with the same configuration (the seed
-    aside), in the order of ``wanted``; none when the file is missing or was made otherwise."""
-    if not path.is_file():
-        return []
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    same = {**dataclasses.asdict(cfg), "seed": None} == {**earlier.get("config", {}), "seed": None}
-    if not same or bool(earlier.get("quick")) != quick_run:
-        return []
-    by_seed = {s["seed"]: s for s in earlier.get("seeds", [])}
-    return [by_seed[seed] for seed in wanted if seed in by_seed]
 
 
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:

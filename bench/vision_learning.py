@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.seeds import earlier_seeds
 from experiments.vision_learning import (
     EvalEvent,
     FormatStepEvent,
@@ -104,19 +105,6 @@ def _init_worker(threads: int) -> None:
 def _run_seed_quietly(seed: int, cfg: VisionLearningConfig, runs_dir: Path) -> dict[str, Any]:
     """``run_seed`` in a worker process (its progress lines go to the shared terminal)."""
     return run_seed(seed, cfg, runs_dir, Console())
-
-
-def earlier_seeds(path: Path, cfg: VisionLearningConfig, quick_run: bool, wanted: list[int]) -> list[dict[str, Any]]:
-    """The finished seeds of an earlier run in ``path`` made with the same configuration (the seed
-    aside), in the order of ``wanted``; none when the file is missing or was made otherwise."""
-    if not path.is_file():
-        return []
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    same = {**dataclasses.asdict(cfg), "seed": None} == {**earlier.get("config", {}), "seed": None}
-    if not same or bool(earlier.get("quick")) != quick_run:
-        return []
-    by_seed = {s["seed"]: s for s in earlier.get("seeds", [])}
-    return [by_seed[seed] for seed in wanted if seed in by_seed]
 
 
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
