@@ -176,5 +176,8 @@ async def test_batched_rollouts_with_shared_prompts_and_mixed_cached_lengths(
     # the six first turns met in one batch: each task's prompt ran once for its three samples (and, all
     # turns being scripted, a group's samples stay identical: their later prompts are shared too)
     assert stats.shared >= sum(2 * len(t.prompt_ids) for t in cached[::3])
-    assert stats.reused > 0 and stats.prefilled < stats.prompt_tokens // 4
+    # later turns prefill only their new tokens, shared or not depending on how the tool results
+    # arrive: at most each group's prompt once plus every row's own new tokens
+    most = sum(len(t.prompt_ids) for t in cached[::3]) + sum(sum(1 + n for n in observations(t)) for t in cached)
+    assert stats.reused > 0 and stats.prefilled <= most < stats.prompt_tokens // 2
     assert sampler.stats[0] < sampler.stats[1]                      # rows did meet in batches
