@@ -19,27 +19,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlyard.domain import RewardSpec
-from trainer.config import ServicesConfig
+from rlyard.errors import ConfigError
+from trainer.config import MemoryConfig, ServicesConfig
 
 
 @dataclass(frozen=True)
 class Services:
-    """Where the tool server and the reward service are, and the settings of those started here."""
+    """Where the tool server, the reward service and the memory service are, and the settings of
+    those started here."""
 
     tools: str
     reward: str
     tool_settings: Any = None       # ToolServerSettings; None: the tool server was given
     families: tuple[Any, ...] = ()  # the tool families' settings of an embedded tool server
     reward_settings: Any = None     # RewardSettings; None: the reward service was given
+    memory: str = ""                # "": the config's memory is off
+    memory_settings: Any = None     # the memory service's settings; None: it was given (or is off)
 
 
-def check(config: ServicesConfig) -> None:
+def check(config: ServicesConfig, memory: MemoryConfig | None = None) -> None:
     """Build the embedded services' settings without starting anything (ConfigError when a tool,
     a family or a setting is unknown or out of range)."""
     if not config.tools:
         _tool_settings(config)
     if not config.reward:
         _reward_settings(config, "127.0.0.1:0")
+    if memory is not None and memory.enabled and not memory.target:
+        _memory_settings(memory)
 
 
 def named_targets(specs: Iterable[Any]) -> dict[str, tuple[str, ...]]:
@@ -82,11 +88,18 @@ def _reward_settings(config: ServicesConfig, tools: str, specs: Iterable[Any] = 
                              "the run's reward specs")
 
 
+def _memory_settings(memory: MemoryConfig) -> Any:
+    raise ConfigError("memory.target is empty and the embedded memory service is not available yet: "
+                      "start one (`rlyard serve memory`) and give its address as memory.target")
+
+
 @contextlib.asynccontextmanager
-async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = ()) -> AsyncIterator[Services]:
-    """Yields the tool server and reward service: the given addresses, or services started here
-    (on the running event loop) and stopped on exit. An embedded reward service may call the tool
-    servers and judges that ``specs`` (the run's reward specs) name.
+async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = (),
+                            memory: MemoryConfig | None = None) -> AsyncIterator[Services]:
+    """Yields the tool server, the reward service and (with ``memory`` on) the memory service: the
+    given addresses, or services started here (on the running event loop) and stopped on exit. An
+    embedded reward service may call the tool servers and judges that ``specs`` (the run's reward
+    specs) name.
 
     Raises:
         TimeoutError: the embedded tool server was not SERVING within ``embedded.ready_timeout_s``.
@@ -125,4 +138,9 @@ async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = ()) -
             server = await start_server(reward_service(reward_settings), ServerSettings())
             stack.push_async_callback(server.stop, 1.0)
             reward = server.address
-        yield Services(tools, reward, tool_settings, tuple(families), reward_settings)
+        memory_address, memory_settings = "", None
+        if memory is not None and memory.enabled:
+            memory_address = memory.target
+            if not memory_address:
+                memory_settings = _memory_settings(memory)
+        yield Services(tools, reward, tool_settings, tuple(families), reward_settings, memory_address, memory_settings)

@@ -5,8 +5,9 @@
   never holds a step twice.
 - ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy") and tokens/s
   against the global step (matplotlib, Agg backend).
-- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward;
-  the images a tool returned are written beside it (``samples/``) and shown in place.
+- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward,
+  the graph memory's meta-cognitions its prompt showed (ids and text); the images a tool returned
+  are written beside it (``samples/``) and shown in place.
 - ``report.json``: run id, config, stages, steps, final metrics, wall time, seed, state.
 """
 
@@ -133,6 +134,10 @@ def render_trajectory(traj: RolloutTrajectory, tokenizer: Any = None, image_dir:
         lines.append("components: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(traj.reward_components.items())))
     if traj.infra_error:
         lines.append(f"infra error: {traj.infra_error}")
+    if traj.memories:
+        lines.append("memories shown:")
+        lines.extend(f"- `{m.meta_cognition.id}` (utility {m.meta_cognition.utility:.3g}, score {m.score:.3g}): "
+                     f"{' '.join(m.meta_cognition.text.split())}" for m in traj.memories)
     lines.append("")
     if traj.record.turns:
         for turn in traj.record.turns:
