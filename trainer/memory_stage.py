@@ -103,9 +103,11 @@ class StageMemory:
 
     async def _retrieve(self, task: Task) -> MemoryBlock:
         cfg = self.config
+        text = task_text(task)
+        if not text.strip():        # nothing to match the memories by
+            return MemoryBlock()
         try:
-            items = await self.client.retrieve(task_text(task), task_type(task, cfg.task_type), cfg.top_k,
-                                               timeout=cfg.timeout_s)
+            items = await self.client.retrieve(text, task_type(task, cfg.task_type), cfg.top_k, timeout=cfg.timeout_s)
         except grpc.aio.AioRpcError as exc:
             self._failed("retrieve", exc)
             return MemoryBlock()
@@ -145,8 +147,9 @@ class StageMemory:
         return out
 
     async def _record(self, rolled: Sequence[RolloutTrajectory]) -> dict[str, float]:
-        """Record the backlog, then the step's scored trajectories, ``RECORD_CONCURRENCY`` at a time.
-        Once a call fails for a reason of the service the rest wait for the next step."""
+        """Record the backlog, then the step's scored trajectories: the first alone, then the rest
+        ``RECORD_CONCURRENCY`` at a time. Once a call fails for a reason of the service the rest wait
+        for the next step."""
         cfg = self.config
         for t in rolled:
             if t.reward is not None and t.status != TrajectoryStatus.INFRA_FAILED:
@@ -177,7 +180,9 @@ class StageMemory:
                         refused += 1
                     return False
 
-        recorded = sum(await asyncio.gather(*(record(item) for item in pending)))
+        # the first goes alone: a service that is down then costs one failed call, not one per trajectory
+        recorded = int(await record(pending[0])) if pending else 0
+        recorded += sum(await asyncio.gather(*(record(item) for item in pending[1:])))
         overflow = max(0, len(kept) - cfg.max_backlog)
         self.backlog.extend(kept[overflow:])        # the newest are kept
         return {"memory/recorded": float(recorded), "memory/record_backlog": float(len(self.backlog)),
