@@ -7,11 +7,12 @@ ablation's reward gaps update the utilities of the meta-cognitions used (one ``U
 and every ``distill.every`` steps the service distills new ones.
 
 A memory service that is down or fails costs a step its memories or its feedback, never the run:
-every call is bounded (``memory.timeout_s``, UNAVAILABLE retried for ``memory.retry_window_s``),
-each failure is counted (``memory/failures``) and logged at a limited rate. Trajectories whose
-recording failed for a reason of the service are kept (at most ``memory.max_backlog``) and sent
-again at the next step: ``RecordTrajectory`` is idempotent by trajectory id. A utility update that
-failed is not repeated (it may have been applied before its deadline).
+every call is bounded (``memory.timeout_s``, at least ``DISTILL_TIMEOUT_S`` for Distill; UNAVAILABLE
+is retried for ``memory.retry_window_s``), each failure is counted (``memory/failures``) and logged
+at a limited rate. Trajectories whose recording failed for a reason of the service are kept (at
+most ``memory.max_backlog``) and sent again at the next step: ``RecordTrajectory`` is idempotent by
+trajectory id. A utility update that failed is not repeated (it may have been applied before its
+deadline).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 RECORD_CONCURRENCY = 16
+# Distill embeds the new meta-cognitions and their paths' questions with MiniLM: seconds on a CPU
+DISTILL_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class StageMemory:
         if cfg.distill.every and step % cfg.distill.every == 0:
             try:
                 created = await self.client.distill("", cfg.distill.min_paths, cfg.distill.max_new,
-                                                    timeout=cfg.timeout_s)
+                                                    timeout=max(cfg.timeout_s, DISTILL_TIMEOUT_S))
                 out["memory/distilled"] = float(len(created))
             except grpc.aio.AioRpcError as exc:
                 self._failed("distill", exc)
