@@ -48,6 +48,14 @@ def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
 
 
+def _check_deadline(where: str, timeout_s: float, retry_window_s: float) -> None:
+    """A section's deadline of one call and its window of retries of UNAVAILABLE."""
+    if timeout_s <= 0:
+        _fail(f"{where}.timeout_s", "must be > 0 seconds")
+    if retry_window_s < 0:
+        _fail(f"{where}.retry_window_s", "must be >= 0 seconds (0: no retries)")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The policy: any local HF checkpoint (the tiny policy from ``rlyard model init``), and the
@@ -115,10 +123,7 @@ class ServicesConfig:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            _fail("services.timeout_s", "must be > 0 seconds")
-        if self.retry_window_s < 0:
-            _fail("services.retry_window_s", "must be >= 0 seconds (0: no retries)")
+        _check_deadline("services", self.timeout_s, self.retry_window_s)
         if self.max_failed_steps < 1:
             _fail("services.max_failed_steps", "must be >= 1 (1: the first step whose every trajectory failed "
                                                "fails the run)")
@@ -200,10 +205,7 @@ class MemoryConfig:
             if source not in TASK_TYPE_SOURCES or not name:
                 _fail("memory.task_type", f"{self.task_type!r}: use label:<field> (e.g. label:template), "
                                           "context:<key> (e.g. context:db_id), fixed:<name>, or leave it empty")
-        if self.timeout_s <= 0:
-            _fail("memory.timeout_s", "must be > 0 seconds")
-        if self.retry_window_s < 0:
-            _fail("memory.retry_window_s", "must be >= 0 seconds (0: no retries)")
+        _check_deadline("memory", self.timeout_s, self.retry_window_s)
         if self.max_backlog < 0:
             _fail("memory.max_backlog", "must be >= 0 (trajectories kept for a later RecordTrajectory when the "
                                         "service is down; 0 = none)")
