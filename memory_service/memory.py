@@ -93,6 +93,8 @@ class GraphMemory:
         if len(trajectory.trajectory_id) > MAX_ID_CHARS:
             raise InvalidArgument(f"trajectory.trajectory_id is {len(trajectory.trajectory_id)} characters, over "
                                   f"{MAX_ID_CHARS}")
+        if len(trajectory.task_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"trajectory.task_id is {len(trajectory.task_id)} characters, over {MAX_ID_CHARS}")
         if not trajectory.turns:
             raise InvalidArgument(f"trajectory {trajectory.trajectory_id[:80]!r} has no turns: nothing to record")
         if len(trajectory.turns) > limits.max_turns:

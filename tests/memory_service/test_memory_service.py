@@ -11,7 +11,7 @@ import pytest
 from conftest import DESCRIBE_FIRST, QUESTIONS, MakeMemoryClient, StartMemory, record_sql_paths, sql_trajectory
 
 from memory_service.utility import UtilityParams, next_baseline, updated
-from rlyard.domain import Trajectory, Turn, UtilityUpdate
+from rlyard.domain import ToolCall, Trajectory, Turn, UtilityUpdate
 from rlyard.memory_client import MemoryClient
 
 
@@ -28,6 +28,10 @@ async def test_recording_abstracts_the_path_and_is_idempotent_by_trajectory_id(
     # states: the 6 distinct ones of t1, plus TOOL_ERROR of t2
     assert (stats.num_trajectories, stats.num_paths, stats.num_states, stats.num_meta_cognitions) == (2, 2, 7, 0)
     assert stats.mean_utility == 0.0
+    # a tool name is the policy's output, of any length: recorded, cut in its state
+    babble = Trajectory("t3", turns=(Turn(0, "assistant", "", (ToolCall("c", "x" * 5000, "{}"),)),))
+    assert (await client.record_trajectory(babble, 0.0, "sql")).states == ("START", "TOOL_CALL:" + "x" * 100,
+                                                                          "NO_ANSWER")
 
 
 async def test_distilled_advice_is_retrieved_by_relevance_times_utility_and_never_added_twice(
