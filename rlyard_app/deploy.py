@@ -25,7 +25,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.settings import ServerSettings
-from rlyard_app.services import BackingService, ServiceSpec, ServiceTable
+from rlyard_app.services import BackingService, Resources, ServiceSpec, ServiceTable
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,22 @@ def _grpc_probe(port: int, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
+# Every container: no privilege escalation, a read-only root, a non-root user, no capabilities.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _k8s_resources(resources: Resources) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": resources.cpu, "memory": resources.memory},
+        "limits": {"memory": resources.memory_limit},
+    }
+
+
 def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's whole environment, loaded with envFrom."""
     return {
@@ -287,16 +303,8 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "startupProbe": _grpc_probe(spec.port, period_s=2, failures=max(1, math.ceil(spec.startup_s / 2))),
         "readinessProbe": _grpc_probe(spec.port, period_s=5, failures=2),
         "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
-        "resources": {
-            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-            "limits": {"memory": spec.resources.memory_limit},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "resources": _k8s_resources(spec.resources),
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     return {
@@ -413,16 +421,8 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
         "startupProbe": probe | {"periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": probe | {"periodSeconds": 10, "failureThreshold": 6},
-        "resources": {
-            "requests": {"cpu": store.resources.cpu, "memory": store.resources.memory},
-            "limits": {"memory": store.resources.memory_limit},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "resources": _k8s_resources(store.resources),
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "data", "mountPath": store.data_dir}]
         + [{"name": name, "mountPath": path} for name, path in scratch],
     }
