@@ -111,7 +111,10 @@ def candidates(task_type: str, paths: Sequence[StoredPath], rules: Rules) -> lis
     paths = [p for p in paths if p.states and p.states[-1] != INFRA_FAILED]
     what = f"{task_type} tasks" if task_type else "these tasks"
     tools = {p.id: tools_called(p.states) for p in paths}
-    names = sorted({t for ts in tools.values() for t in ts})
+    # tools of at least min_support paths: a rule about a rarer one cannot fire, and tool names come
+    # from the policy's output, so a path set may hold many one-off names
+    called = Counter(t for ts in tools.values() for t in set(ts))
+    names = sorted(t for t, n in called.items() if n >= rules.min_support)
     found: list[Candidate | None] = []
 
     def first(t: str) -> Candidate | None:

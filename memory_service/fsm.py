@@ -34,11 +34,12 @@ INFRA_FAILED = "INFRA_FAILED"
 TERMINALS = frozenset({ANSWER, NO_ANSWER, TRUNCATED, FORMAT_ERROR, INFRA_FAILED})
 RESULTS = frozenset({TOOL_OK, TOOL_ERROR, TOOL_EMPTY, TOOL_FAILED})
 UNNAMED_TOOL = "?"   # a call whose name the parser could not read
+MAX_TOOL_NAME = 100  # a tool name is the policy's output: longer ones are cut (states are stored)
 
 
 def tool_state(name: str) -> str:
-    """The state of calling tool ``name``."""
-    return f"{TOOL_CALL}{name.strip() or UNNAMED_TOOL}"
+    """The state of calling tool ``name`` (cut to ``MAX_TOOL_NAME`` characters)."""
+    return f"{TOOL_CALL}{name.strip()[:MAX_TOOL_NAME] or UNNAMED_TOOL}"
 
 
 def tool_of(state: str) -> str | None:

@@ -47,10 +47,11 @@ class GraphMemory:
 
     async def open(self) -> None:
         """Connect to the store (migrating it to the newest schema), load MiniLM, fill the index."""
-        self._store = await asyncio.to_thread(MemoryStore, self.settings.db_url)
-        self._encoder = await asyncio.to_thread(self._load_encoder)
-        await asyncio.to_thread(self.index.refresh, self._store)
-        logger.info("graph memory on %s: %d meta-cognitions in the index", self._store.url, self.index.size)
+        store = await asyncio.to_thread(MemoryStore, self.settings.db_url)
+        encoder = await asyncio.to_thread(self._load_encoder)
+        await asyncio.to_thread(self.index.refresh, store)
+        self._store, self._encoder = store, encoder    # calls are served from here on, not half-way
+        logger.info("graph memory on %s: %d meta-cognitions in the index", store.url, self.index.size)
 
     async def close(self) -> None:
         """Close the store's connections and the judge's HTTP client."""
@@ -92,6 +93,8 @@ class GraphMemory:
         if len(trajectory.trajectory_id) > MAX_ID_CHARS:
             raise InvalidArgument(f"trajectory.trajectory_id is {len(trajectory.trajectory_id)} characters, over "
                                   f"{MAX_ID_CHARS}")
+        if len(trajectory.task_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"trajectory.task_id is {len(trajectory.task_id)} characters, over {MAX_ID_CHARS}")
         if not trajectory.turns:
             raise InvalidArgument(f"trajectory {trajectory.trajectory_id[:80]!r} has no turns: nothing to record")
         if len(trajectory.turns) > limits.max_turns:

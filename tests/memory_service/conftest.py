@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from memory_service.app import memory_service
 from memory_service.settings import MemorySettings
 from rlyard.client import RetryPolicy
+from rlyard.domain import TextPart, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
 from rlyard.memory_client import MemoryClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
@@ -154,3 +155,34 @@ async def memory_client() -> AsyncIterator[MakeMemoryClient]:
     for client in clients:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+# ---------------------------------------------------------------- trajectories of the tests
+
+QUESTIONS = ["How many singers are there?", "What is the average age of all singers?",
+             "List the names of concerts held in 2014.", "Which stadium has the largest capacity?"]
+DESCRIBE_FIRST = ("START", "THINK", "TOOL_CALL:describe_table", "TOOL_OK", "TOOL_CALL:sql_query", "TOOL_OK", "THINK",
+                  "ANSWER")
+
+
+def sql_trajectory(tid: str, describe_first: bool, answer: str = "6") -> Trajectory:
+    """An agent's episode on a SQL question: with or without inspecting the schema first; without,
+    its query fails and it answers anyway."""
+    turns = [Turn(0, "user", "question"), Turn(1, "assistant", "I should look at the data.")]
+    if describe_first:
+        turns += [Turn(2, "assistant", "", (ToolCall(f"{tid}-d", "describe_table", '{"table": "singer"}'),)),
+                  Turn(3, "tool", "", (), (ToolResult((TextPart("singer(id, name, age)"),), call_id=f"{tid}-d"),))]
+    query = ToolCall(f"{tid}-q", "sql_query", '{"query": "SELECT count(*) FROM singer"}')
+    turns += [Turn(4, "assistant", "", (query,)),
+              Turn(5, "tool", "", (), (ToolResult((TextPart("6" if describe_first else "no such column"),),
+                                                  is_error=not describe_first, call_id=f"{tid}-q"),)),
+              Turn(6, "assistant", f"<answer>{answer}</answer>")]
+    return Trajectory(tid, f"task-{tid}", tuple(turns), answer, TrajectoryStatus.COMPLETED)
+
+
+async def record_sql_paths(client: MemoryClient, n: int = 8) -> None:
+    """``n`` paths of task type sql: the describe-first half succeeds, the other half fails."""
+    for i in range(n):
+        good = i % 2 == 0
+        await client.record_trajectory(sql_trajectory(f"t{i}", good), 1.0 if good else 0.0, "sql",
+                                       QUESTIONS[i % len(QUESTIONS)])

@@ -8,39 +8,11 @@ import math
 
 import grpc
 import pytest
-from conftest import MakeMemoryClient, StartMemory
+from conftest import DESCRIBE_FIRST, QUESTIONS, MakeMemoryClient, StartMemory, record_sql_paths, sql_trajectory
 
 from memory_service.utility import UtilityParams, next_baseline, updated
-from rlyard.domain import TextPart, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn, UtilityUpdate
+from rlyard.domain import ToolCall, Trajectory, Turn, UtilityUpdate
 from rlyard.memory_client import MemoryClient
-
-QUESTIONS = ["How many singers are there?", "What is the average age of all singers?",
-             "List the names of concerts held in 2014.", "Which stadium has the largest capacity?"]
-DESCRIBE_FIRST = ("START", "THINK", "TOOL_CALL:describe_table", "TOOL_OK", "TOOL_CALL:sql_query", "TOOL_OK", "THINK",
-                  "ANSWER")
-
-
-def sql_trajectory(tid: str, describe_first: bool, answer: str = "6") -> Trajectory:
-    """An agent's episode on a SQL question: with or without inspecting the schema first; without,
-    its query fails and it answers anyway."""
-    turns = [Turn(0, "user", "question"), Turn(1, "assistant", "I should look at the data.")]
-    if describe_first:
-        turns += [Turn(2, "assistant", "", (ToolCall(f"{tid}-d", "describe_table", '{"table": "singer"}'),)),
-                  Turn(3, "tool", "", (), (ToolResult((TextPart("singer(id, name, age)"),), call_id=f"{tid}-d"),))]
-    query = ToolCall(f"{tid}-q", "sql_query", '{"query": "SELECT count(*) FROM singer"}')
-    turns += [Turn(4, "assistant", "", (query,)),
-              Turn(5, "tool", "", (), (ToolResult((TextPart("6" if describe_first else "no such column"),),
-                                                  is_error=not describe_first, call_id=f"{tid}-q"),)),
-              Turn(6, "assistant", f"<answer>{answer}</answer>")]
-    return Trajectory(tid, f"task-{tid}", tuple(turns), answer, TrajectoryStatus.COMPLETED)
-
-
-async def record_sql_paths(client: MemoryClient, n: int = 8) -> None:
-    """``n`` paths of task type sql: the describe-first half succeeds, the other half fails."""
-    for i in range(n):
-        good = i % 2 == 0
-        await client.record_trajectory(sql_trajectory(f"t{i}", good), 1.0 if good else 0.0, "sql",
-                                       QUESTIONS[i % len(QUESTIONS)])
 
 
 async def test_recording_abstracts_the_path_and_is_idempotent_by_trajectory_id(
@@ -56,6 +28,10 @@ async def test_recording_abstracts_the_path_and_is_idempotent_by_trajectory_id(
     # states: the 6 distinct ones of t1, plus TOOL_ERROR of t2
     assert (stats.num_trajectories, stats.num_paths, stats.num_states, stats.num_meta_cognitions) == (2, 2, 7, 0)
     assert stats.mean_utility == 0.0
+    # a tool name is the policy's output, of any length: recorded, cut in its state
+    babble = Trajectory("t3", turns=(Turn(0, "assistant", "", (ToolCall("c", "x" * 5000, "{}"),)),))
+    assert (await client.record_trajectory(babble, 0.0, "sql")).states == ("START", "TOOL_CALL:" + "x" * 100,
+                                                                          "NO_ANSWER")
 
 
 async def test_distilled_advice_is_retrieved_by_relevance_times_utility_and_never_added_twice(
