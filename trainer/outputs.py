@@ -3,8 +3,9 @@
 - ``metrics.jsonl``: one JSON object per training step (``stage``, ``step``, ``global_step``,
   then the step's metrics); on resume the lines after the checkpoint are dropped, so the file
   never holds a step twice.
-- ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy") and tokens/s
-  against the global step (matplotlib, Agg backend).
+- ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy"), tokens/s and,
+  with the graph memory on, reward with and without memory and its hit rate, against the global
+  step (matplotlib, Agg backend).
 - ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward,
   the graph memory's meta-cognitions its prompt showed (ids and text); the images a tool returned
   are written beside it (``samples/``) and shown in place.
@@ -76,6 +77,8 @@ def plot_curves(run_dir: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
         "reward": [k for k in keys if k == "reward_mean" or k.startswith("reward/")],
         "accuracy": [k for k in keys if "accuracy" in k],
         "tokens_per_s": [k for k in ("tokens_per_s",) if k in keys],
+        # the graph memory: reward with and without it (the ablation's halves) and its hit rate
+        "memory": [k for k in ("memory/reward_with", "memory/reward_without", "memory/hit_rate") if k in keys],
     }
     out_dir = run_dir / CURVES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

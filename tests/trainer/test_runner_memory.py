@@ -107,6 +107,7 @@ def test_grpo_with_the_embedded_memory_records_updates_and_shows_its_memories(
     assert "memories shown:" in samples and "Strategies learned from earlier attempts" in samples
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("memory/hit_rate" in line for line in lines)
+    assert (tmp_path / "run" / "curves" / "memory.png").is_file()
 
 
 def test_a_memory_service_stopped_mid_run_costs_steps_their_memories_not_the_run(
