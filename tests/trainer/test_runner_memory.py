@@ -1,11 +1,16 @@
 """GRPO with the graph memory through the composition root: configs/memory_sql.yaml's memory section
 on the tiny policy with real services on 127.0.0.1 (tool server, reward service, memory service over
-a SQLite file), and a memory service stopped in the middle of the run and started again."""
+a SQLite file), a memory service stopped in the middle of the run and started again, and
+evaluations (``evaluate(memory=True)``, ``rlyard eval --memory``) prompted with the memory."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +18,10 @@ import pytest
 import yaml
 
 from rlyard.domain import TextPart, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
+from rlyard.errors import ConfigError
 from rlyard.memory_client import MemoryClient
 from trainer.compose import open_stack
-from trainer.config import ExperimentConfig, parse_config
+from trainer.config import ExperimentConfig, MemoryConfig, parse_config
 from trainer.events import MetricsEvent
 from trainer.runner import run_experiment
 
@@ -148,3 +154,55 @@ def test_a_memory_service_stopped_mid_run_costs_steps_their_memories_not_the_run
     assert stats.num_trajectories == 4 + 24                 # nothing lost
     step2 = [e.values for e in events if isinstance(e, MetricsEvent)][1]
     assert step2["trajectories"] == 8 and step2["infra_failed"] == 0.0       # the rollouts themselves went on
+
+
+def test_an_evaluation_prompts_every_task_with_the_memory_and_changes_nothing_in_it(
+    tiny_model_dir: Path, tasks: Path, tmp_path: Path, memory_servers: Any
+) -> None:
+    from trainer.evaluate import evaluate
+
+    db = tmp_path / "memory.sqlite"
+    _seed(memory_servers, db)
+    server = memory_servers.start(db=db)
+    config = _config(tiny_model_dir, tasks, "http://127.0.0.1:1/v1", steps=1, memory={"target": server.address})
+    with open_stack(config) as stack:
+        client = stack.memory_client
+        assert client is not None
+        before = stack.run(client.stats())
+        shown = evaluate(tiny_model_dir, stack.tasks(tasks), stack, reward_spec={"qa_em": 1.0}, max_tool_calls=0,
+                         memory=True)
+        plain = evaluate(tiny_model_dir, stack.tasks(tasks), stack, reward_spec={"qa_em": 1.0}, max_tool_calls=0)
+        after = stack.run(client.stats())
+    assert shown.n == 4 and shown.memory_hit_rate == 1.0 and shown.settings["memory"]["top_k"] == 3
+    assert all(r.memory_ids for r in shown.results)
+    assert plain.memory_hit_rate is None and not any(r.memory_ids for r in plain.results)
+    assert after == before                                 # nothing recorded, no utility moved
+    with open_stack(dataclasses.replace(config, memory=MemoryConfig())) as stack, \
+            pytest.raises(ConfigError, match="the memory needs `memory: "):
+        evaluate(tiny_model_dir, stack.tasks(tasks), stack, reward_spec={"qa_em": 1.0}, memory=True)
+
+
+def test_rlyard_eval_with_memory(tiny_model_dir: Path, tmp_path: Path, memory_servers: Any) -> None:
+    db = tmp_path / "memory.sqlite"
+    _seed(memory_servers, db)
+    server = memory_servers.start(db=db)
+    raw = {"name": "eval", "model": {"path": str(tiny_model_dir)},
+           "memory": {"enabled": True, "target": server.address, "task_type": "context:db_id", "token_budget": 400},
+           "stages": [{"kind": "rl", "steps": 1, "tasks": {"path": "unused.jsonl"}, "reward": {"qa_em": 1.0},
+                       "rollout": {"group_size": 2, "prompts_per_step": 1, "max_new_tokens_per_turn": 8,
+                                   "max_total_tokens": 1000}, "algorithm": {"micro_batch_size": 2}}]}
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "report.json"
+    command = [sys.executable, "-m", "rlyard_app.cli.main", "eval", "-c", str(config), "--spider-dev", "2",
+               "--no-schema", "--max-tool-calls", "0", "--output", str(out)]
+    result = subprocess.run([*command, "--memory"], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "COLUMNS": "160"}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "shown a memory" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["memory_hit_rate"] == 1.0 and all(r["memory_ids"] for r in report["results"])
+    raw["memory"] = {"enabled": False}
+    config.write_text(yaml.safe_dump(raw))
+    refused = subprocess.run([*command, "--memory"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert refused.returncode == 2 and "--memory prompts with the graph memory" in " ".join(refused.stderr.split())
