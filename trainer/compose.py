@@ -158,14 +158,14 @@ class StageRollouts:
         )
         return self.last_counts
 
-    def memory_feedback(self, rolled: list[RolloutTrajectory],
-                        step: int) -> concurrent.futures.Future[dict[str, float]] | None:
-        """Start the memory's feedback on stage step ``step``'s trajectories (recording, utility
-        update, distillation) on the stack's loop, to overlap the update; its future gives the
-        step's ``memory/*`` metrics. None when the memory is off."""
+    def memory_feedback(self, rolled: list[RolloutTrajectory], step: int,
+                        run_id: str = "") -> concurrent.futures.Future[dict[str, float]] | None:
+        """Start the memory's feedback on stage step ``step``'s trajectories (recording under
+        ``run_id``, utility update, distillation) on the stack's loop, to overlap the update; its
+        future gives the step's ``memory/*`` metrics. None when the memory is off."""
         if self.memory is None:
             return None
-        return self.stack.thread.submit(self.memory.feedback(rolled, step))
+        return self.stack.thread.submit(self.memory.feedback(rolled, step, run_id))
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         """The sampler samples with ``model``'s weights as ``version`` from now on."""

@@ -121,13 +121,14 @@ class StageMemory:
         return block
 
     # ------------------------------------------------------------------ feedback
-    async def feedback(self, rolled: Sequence[RolloutTrajectory], step: int) -> dict[str, float]:
+    async def feedback(self, rolled: Sequence[RolloutTrajectory], step: int, run_id: str = "") -> dict[str, float]:
         """After stage step ``step``: record its scored trajectories (and the backlog), update the
-        utilities, distill when due; the step's ``memory/*`` metrics."""
+        utilities, distill when due; the step's ``memory/*`` metrics. ``run_id`` prefixes the
+        recorded trajectory ids: the memory outlives runs, and recording is idempotent by id."""
         cfg = self.config
         out = memory_metrics(rolled)
         if cfg.record:
-            out.update(await self._record(rolled))
+            out.update(await self._record(rolled, run_id))
         updates = utility_updates(group_outcomes(rolled)) if cfg.ablation else []
         if updates:
             try:
@@ -149,14 +150,19 @@ class StageMemory:
             out["memory/prompt_tokens"] = sum(counts.block_tokens) / len(counts.block_tokens)
         return out
 
-    async def _record(self, rolled: Sequence[RolloutTrajectory]) -> dict[str, float]:
+    async def _record(self, rolled: Sequence[RolloutTrajectory], run_id: str) -> dict[str, float]:
         """Record the backlog, then the step's scored trajectories: the first alone, then the rest
         ``RECORD_CONCURRENCY`` at a time. Once a call fails for a reason of the service the rest wait
         for the next step."""
         cfg = self.config
         for t in rolled:
             if t.reward is not None and t.status != TrajectoryStatus.INFRA_FAILED:
-                self.backlog.append(_Record(t.record, t.reward, task_type(t.task, cfg.task_type), task_text(t.task)))
+                trajectory = t.record
+                if run_id:   # another run's trajectory of the same task, step and sample is another trajectory
+                    trajectory = dataclasses.replace(trajectory, trajectory_id=f"{run_id}/{trajectory.trajectory_id}",
+                                                     metadata={**trajectory.metadata, "run_id": run_id})
+                self.backlog.append(_Record(trajectory, t.reward, task_type(t.task, cfg.task_type),
+                                            task_text(t.task)))
         pending = list(self.backlog)
         self.backlog.clear()
         limit = asyncio.Semaphore(RECORD_CONCURRENCY)

@@ -371,7 +371,7 @@ class _RlSteps:
         trajectories = rolled.batch
         self._count_failure(step, rolled.rolled)
         # the memory records, updates utilities and distills on the loop while the update trains
-        memory = self.rollouts.memory_feedback(rolled.rolled, step)
+        memory = self.rollouts.memory_feedback(rolled.rolled, step, self.run.run_dir.name)
         values = grpo_update(self.policy, optimizer, trajectories, self.stage, step - 1, reference=self.reference,
                              total_steps=self.stage.steps)
         self.rollouts.sync_weights(self.policy.model, version)

@@ -179,3 +179,18 @@ async def test_the_backlog_keeps_the_newest_within_its_limit(
         metrics = await memory.feedback(trajectories, step=1)
     assert metrics["memory/record_backlog"] == 3.0 and metrics["memory/records_dropped"] == 1.0
     assert [r.trajectory.trajectory_id for r in memory.backlog] == [t.record.trajectory_id for t in trajectories[1:]]
+
+
+async def test_recordings_are_kept_apart_by_run_and_idempotent_within_one(
+    memory_servers: Any, engine: RolloutEngine, policy: HFPolicy
+) -> None:
+    """The memory outlives runs: the same task, step and sample of another run is another trajectory,
+    while a step recorded again by the same run (a resumed run redoing it) counts once."""
+    server = memory_servers.start()
+    async with MemoryClient(server.address, timeout=10.0) as client:
+        memory = StageMemory(client, _memory(), policy.tokenizer, group_size=4)
+        trajectories = await memory.rollout(engine, [_task("q1", "count")], step=1)
+        _set_rewards(trajectories, {(0, s): 1.0 for s in range(4)})
+        for run_id in ("run-a", "run-b", "run-a"):
+            assert (await memory.feedback(trajectories, step=1, run_id=run_id))["memory/recorded"] == 4.0
+        assert (await client.stats()).num_trajectories == 8
