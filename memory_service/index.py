@@ -1,5 +1,5 @@
-"""The retrieval index: every meta-cognition's embedding, stored utility and last update round in
-memory, one shard per task type, refreshed from the store only when its generation number moved,
+"""The retrieval index: every meta-cognition's record, embedding, stored utility and last update round
+in memory, one shard per task type, refreshed from the store only when its generation number moved,
 and then only with the rows written since (``MemoryStore.changed_since``). A Retrieve costs one tiny
 query plus a matrix-vector product over its task type's shard (every shard for task type ""); a
 shard of more than ``EXACT_BELOW`` rows is scanned in bfloat16 first and its best rows rescored
@@ -19,6 +19,7 @@ import torch
 
 from memory_service.store import IndexRow, MemoryStore
 from memory_service.utility import UtilityParams
+from rlyard.domain import MetaCognition
 from rlyard.embedding import DIMENSION
 
 _GROW = 1024          # rows of headroom added when a shard fills up
@@ -28,12 +29,16 @@ CANDIDATES = 256      # rows the bfloat16 scan keeps for exact rescoring (at lea
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked meta-cognition."""
+    """One ranked meta-cognition: its record as stored, relevance, effective utility and score."""
 
-    id: str
+    record: MetaCognition
     relevance: float
     utility: float
     score: float
+
+    @property
+    def id(self) -> str:
+        return self.record.id
 
 
 @dataclass
@@ -41,7 +46,7 @@ class _Shard:
     """The rows of one task type: unit embeddings (n × 384 float32, and a bfloat16 copy for the first
     stage of large shards), utilities, rounds, insertion order."""
 
-    ids: list[str] = field(default_factory=list)
+    records: list[MetaCognition] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, DIMENSION), dtype=np.float32))
     coarse: torch.Tensor = field(default_factory=lambda: torch.zeros((0, DIMENSION), dtype=torch.bfloat16))
     utility: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -50,7 +55,7 @@ class _Shard:
 
     @property
     def size(self) -> int:
-        return len(self.ids)
+        return len(self.records)
 
     def append(self, row: IndexRow, order: int) -> int:
         i = self.size
@@ -64,7 +69,7 @@ class _Shard:
         self.vectors[i] = np.frombuffer(row.embedding, dtype=np.float32)
         self.coarse[i] = torch.from_numpy(self.vectors[i]).to(torch.bfloat16)
         self.order[i] = order
-        self.ids.append(row.id)
+        self.records.append(row.record)
         return i
 
     def effective_utility(self, round_: int, params: UtilityParams) -> np.ndarray:
@@ -91,7 +96,7 @@ class _Shard:
         k = min(k, len(rows))
         best = np.argpartition(-score, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
         return [(-float(score[j]), int(self.order[rows[j]]),
-                 Hit(self.ids[rows[j]], float(relevance[j]), float(utility[j]), float(score[j]))) for j in best]
+                 Hit(self.records[rows[j]], float(relevance[j]), float(utility[j]), float(score[j]))) for j in best]
 
 
 class MetaIndex:
@@ -123,12 +128,13 @@ class MetaIndex:
             if new_generation <= self.generation:   # another thread caught up meanwhile
                 return
             for row in rows:
-                found = self.where.get(row.id)
+                found = self.where.get(row.record.id)
                 if found is None:
-                    shard = self.shards.setdefault(row.task_type, _Shard())
-                    found = self.where[row.id] = (shard, shard.append(row, len(self.where)))
+                    shard = self.shards.setdefault(row.record.task_type, _Shard())
+                    found = self.where[row.record.id] = (shard, shard.append(row, len(self.where)))
                 shard, i = found
-                shard.utility[i] = row.utility
+                shard.records[i] = row.record
+                shard.utility[i] = row.record.utility
                 shard.last_round[i] = row.last_round
             self.generation, self.round = new_generation, new_round
 
