@@ -123,12 +123,8 @@ class GraphMemory:
             raise InvalidArgument(f"top_k must be in [1, {self.settings.max_top_k}], got {top_k}")
         vector, _ = await asyncio.gather(self._run(self.encoder.encode_one, task_text),
                                          self._run(self.index.refresh, self.store))
-        hits = self.index.search(vector, task_type, top_k)
-        if not hits:
-            return []
-        records = await self._run(self.store.meta_cognitions, [h.id for h in hits])
-        return [ScoredMetaCognition(dataclasses.replace(records[h.id], utility=h.utility), h.score, h.relevance)
-                for h in hits if h.id in records]
+        return [ScoredMetaCognition(dataclasses.replace(h.record, utility=h.utility), h.score, h.relevance)
+                for h in self.index.search(vector, task_type, top_k)]
 
     async def update_utility(self, updates: Sequence[UtilityUpdate], learning_rate: float = 0.0) -> list[MetaCognition]:
         """One update round over the meta-cognitions used (``memory_service.utility``).

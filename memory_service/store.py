@@ -59,11 +59,10 @@ class NewMetaCognition:
 
 @dataclass(frozen=True)
 class IndexRow:
-    """What the retrieval index keeps of a meta-cognition."""
+    """What the retrieval index keeps of a meta-cognition: the record as stored (utility as of
+    ``last_round``) and its embedding."""
 
-    id: str
-    task_type: str
-    utility: float
+    record: MetaCognition
     last_round: int
     embedding: bytes
 
@@ -320,16 +319,6 @@ class MemoryStore:
                                      r.created_at, now))
         return out
 
-    def meta_cognitions(self, ids: Sequence[str]) -> dict[str, MetaCognition]:
-        """Meta-cognitions by id, with their utility as stored (as of their last update round)."""
-        m = schema.meta_cognitions
-        cols = [m.c.id, m.c.text, m.c.utility, m.c.task_type, m.c.uses, m.c.source_path_ids, m.c.created_at,
-                m.c.updated_at]
-        with self._errors(), self.reader.connect() as conn:
-            rows = conn.execute(select(*cols).where(m.c.id.in_(list(ids)))).all()
-        return {r.id: MetaCognition(r.id, r.text, r.utility, r.task_type, r.uses, tuple(json.loads(r.source_path_ids)),
-                                    r.created_at, r.updated_at) for r in rows}
-
     # ------------------------------------------------------------- what readers poll
 
     def state(self) -> tuple[int, int, float]:
@@ -344,10 +333,11 @@ class MemoryStore:
         m, s = schema.meta_cognitions, schema.memory_state
         with self._errors(), self.reader.begin() as conn:
             state = conn.execute(select(s.c.generation, s.c.round).where(s.c.id == 1)).one()
-            rows = conn.execute(select(m.c.id, m.c.task_type, m.c.utility, m.c.last_round, m.c.embedding)
-                                .where(m.c.generation > generation).order_by(m.c.created_at, m.c.id)).all()
+            rows = conn.execute(select(m).where(m.c.generation > generation).order_by(m.c.created_at, m.c.id)).all()
         return (int(state.generation), int(state.round),
-                [IndexRow(r.id, r.task_type, r.utility, r.last_round, bytes(r.embedding)) for r in rows])
+                [IndexRow(MetaCognition(r.id, r.text, r.utility, r.task_type, r.uses,
+                                        tuple(json.loads(r.source_path_ids)), r.created_at, r.updated_at),
+                          r.last_round, bytes(r.embedding)) for r in rows])
 
     def counts(self) -> Counts:
         """Rows per layer."""
