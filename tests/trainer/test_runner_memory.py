@@ -206,3 +206,28 @@ def test_rlyard_eval_with_memory(tiny_model_dir: Path, tmp_path: Path, memory_se
     config.write_text(yaml.safe_dump(raw))
     refused = subprocess.run([*command, "--memory"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert refused.returncode == 2 and "--memory prompts with the graph memory" in " ".join(refused.stderr.split())
+
+
+def test_a_later_round_of_a_step_numbers_its_groups_on_and_keeps_its_memories(
+    tiny_model_dir: Path, tasks: Path, tmp_path: Path, memory_servers: Any
+) -> None:
+    """Dynamic sampling's later rounds: the memories stay with the samples that read them when the
+    round's groups are numbered after the earlier rounds'."""
+    from trainer.policy import load_policy
+
+    db = tmp_path / "memory.sqlite"
+    _seed(memory_servers, db)
+    server = memory_servers.start(db=db)
+    config = _config(tiny_model_dir, tasks, "http://127.0.0.1:1/v1", steps=1, memory={"target": server.address})
+    policy = load_policy(str(tiny_model_dir))
+    with open_stack(config) as stack:
+        rollouts = stack.stage(config.stages[0], stack.sampler(policy), policy.tokenizer)
+        try:
+            rolled = rollouts.rollout(rollouts.tasks(1), 1, round_index=1, first_group=2)
+        finally:
+            rollouts.close()
+    assert [(t.group_id, t.sample_index) for t in rolled] == [(g, s) for g in (2, 3) for s in range(4)]
+    assert [bool(t.memories) for t in rolled] == [True, True, False, False] * 2
+    for t in rolled:
+        assert t.record.metadata["group_id"] == str(t.group_id)
+        assert t.record.metadata.get("memory_ids", "") == ",".join(m.meta_cognition.id for m in t.memories)
