@@ -167,14 +167,14 @@ class StageMemory:
         self.backlog.clear()
         limit = asyncio.Semaphore(RECORD_CONCURRENCY)
         down = asyncio.Event()
-        kept: list[_Record] = []
+        kept: list[tuple[int, _Record]] = []
         refused = 0
 
-        async def record(item: _Record) -> bool:
+        async def record(index: int, item: _Record) -> bool:
             nonlocal refused
             async with limit:
                 if down.is_set():
-                    kept.append(item)
+                    kept.append((index, item))
                     return False
                 try:
                     await self.client.record_trajectory(item.trajectory, item.reward, item.task_type, item.task_text,
@@ -184,16 +184,17 @@ class StageMemory:
                     self._failed("record_trajectory", exc)
                     if exc.code() in _TRANSIENT:
                         down.set()
-                        kept.append(item)
+                        kept.append((index, item))
                     else:
                         refused += 1
                     return False
 
         # the first goes alone: a service that is down then costs one failed call, not one per trajectory
-        recorded = int(await record(pending[0])) if pending else 0
-        recorded += sum(await asyncio.gather(*(record(item) for item in pending[1:])))
+        recorded = int(await record(0, pending[0])) if pending else 0
+        recorded += sum(await asyncio.gather(*(record(i, item) for i, item in enumerate(pending[1:], 1))))
+        kept.sort(key=lambda pair: pair[0])
         overflow = max(0, len(kept) - cfg.max_backlog)
-        self.backlog.extend(kept[overflow:])        # the newest are kept
+        self.backlog.extend(item for _, item in kept[overflow:])        # the newest are kept, in order
         return {"memory/recorded": float(recorded), "memory/record_backlog": float(len(self.backlog)),
                 "memory/records_dropped": float(refused + overflow)}
 
