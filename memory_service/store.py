@@ -272,8 +272,9 @@ class MemoryStore:
                     id=mid, task_type=item.task_type, rule_key=item.rule_key, text=item.text,
                     source_path_ids=json.dumps(list(item.source_path_ids)), utility=utility, uses=0,
                     last_round=state.round, generation=generation, embedding=item.embedding, created_at=now,
-                    updated_at=now).on_conflict_do_nothing(index_elements=["task_type", "rule_key"])
-                if conn.execute(stmt).rowcount:
+                    updated_at=now).on_conflict_do_nothing(index_elements=["task_type", "rule_key"]).returning(m.c.id)
+                # RETURNING tells whether the row went in (rowcount is -1, "unknown", under psycopg)
+                if conn.execute(stmt).first() is not None:
                     created.append(MetaCognition(mid, item.text, utility, item.task_type, 0, item.source_path_ids,
                                                  now, now))
             if created:

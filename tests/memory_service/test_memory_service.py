@@ -122,6 +122,16 @@ async def test_concurrent_records_of_one_trajectory_store_it_once(
     assert (stats.num_trajectories, stats.num_paths) == (1, 1)
 
 
+async def test_concurrent_distills_never_add_the_same_advice_twice(
+        start_memory: StartMemory, memory_client: MakeMemoryClient) -> None:
+    one, two = memory_client(await start_memory()), memory_client(await start_memory())
+    await record_sql_paths(one)
+    results = await asyncio.wait_for(asyncio.gather(*(c.distill("sql") for c in (one, two, one, two))), 60)
+    texts = [m.text for created in results for m in created]
+    assert texts and len(texts) == len(set(texts))
+    assert (await one.stats()).num_meta_cognitions == len(texts)
+
+
 async def test_a_second_server_on_the_same_store_sees_every_change(
         start_memory: StartMemory, memory_client: MakeMemoryClient) -> None:
     one, two = memory_client(await start_memory()), memory_client(await start_memory())
