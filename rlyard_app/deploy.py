@@ -25,7 +25,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.settings import ServerSettings
-from rlyard_app.services import ServiceSpec, ServiceTable
+from rlyard_app.services import BackingService, Resources, ServiceSpec, ServiceTable
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def _quoted(mapping: dict[str, str]) -> dict[str, _Quoted]:
 
 
 def container_env(spec: ServiceSpec) -> dict[str, str]:
-    """The complete environment of the service in a container (Compose and Kubernetes)."""
-    return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port)
+    """The complete environment of the service in a container (Compose and Kubernetes): what
+    ``rlyard up`` gives it, with the table's ``container_env`` over it."""
+    return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port) | spec.container_env
 
 
 def server_settings(spec: ServiceSpec) -> ServerSettings:
@@ -120,10 +121,10 @@ def health_probe_command(port: int) -> list[str]:
 
 
 def _check_names(table: ServiceTable) -> None:
-    for spec in table.services:
-        if not _DNS_LABEL.match(spec.name):
+    for name in [s.name for s in table.services] + [b.name for b in table.backing]:
+        if not _DNS_LABEL.match(name):
             raise ConfigError(
-                f"service name {spec.name!r} cannot name a Kubernetes Service: use lower-case "
+                f"service name {name!r} cannot name a Kubernetes Service: use lower-case "
                 "letters, digits and '-', starting with a letter (at most 63 characters)"
             )
 
@@ -135,10 +136,11 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """One Compose service: one replica, ports published on loopback."""
     grace = stop_grace_s(spec)
     service: dict[str, Any] = {"image": table.image, "build": "."}
-    if spec.depends_on or spec.wants:
+    if spec.depends_on or spec.wants or spec.backing:
         # start after the services it calls are healthy, as `rlyard up` does; a wanted service
         # only when its profile is enabled (required: false, Compose >= 2.20)
-        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in spec.depends_on} | {
+        needed = (*spec.backing, *spec.depends_on)
+        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in needed} | {
             peer: {"condition": "service_healthy", "required": False} for peer in spec.wants
         }
     if "all" not in spec.profiles:
@@ -163,13 +165,44 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
-def render_compose(table: ServiceTable) -> str:
-    """docker-compose.yml for every service of the table."""
-    _check_names(table)
-    doc = {
-        "name": PROJECT,
-        "services": {spec.name: compose_service(table, spec) for spec in table.services},
+def volume_name(store: BackingService) -> str:
+    """The persistent volume of a backing store."""
+    return f"{store.name}-data"
+
+
+def compose_backing(store: BackingService) -> dict[str, Any]:
+    """A backing store under Compose: its own image, a named volume, healthy when its probe passes;
+    not published on the host (only the services reach it)."""
+    service: dict[str, Any] = {"image": store.image}
+    if "all" not in store.profiles:
+        service["profiles"] = list(store.profiles)
+    return service | {
+        "user": _Quoted(f"{store.run_as}:{store.run_as}"),
+        "environment": _quoted(store.env),
+        "volumes": [f"{volume_name(store)}:{store.data_dir}"],
+        "read_only": True,
+        "tmpfs": list(store.writable),
+        "healthcheck": {
+            "test": ["CMD", *store.probe],
+            "interval": "5s",
+            "timeout": "5s",
+            "retries": 10,
+            "start_period": "30s",
+        },
+        "restart": "unless-stopped",
     }
+
+
+def render_compose(table: ServiceTable) -> str:
+    """docker-compose.yml for every service and backing store of the table."""
+    _check_names(table)
+    doc: dict[str, Any] = {
+        "name": PROJECT,
+        "services": {store.name: compose_backing(store) for store in table.backing}
+        | {spec.name: compose_service(table, spec) for spec in table.services},
+    }
+    if table.backing:
+        doc["volumes"] = {volume_name(store): {} for store in table.backing}
     return _dump(doc)
 
 
@@ -221,6 +254,22 @@ def _grpc_probe(port: int, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
+# Every container: no privilege escalation, a read-only root, a non-root user, no capabilities.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _k8s_resources(resources: Resources) -> dict[str, Any]:
+    return {
+        "requests": {"cpu": resources.cpu, "memory": resources.memory},
+        "limits": {"memory": resources.memory_limit},
+    }
+
+
 def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's whole environment, loaded with envFrom."""
     return {
@@ -254,16 +303,8 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "startupProbe": _grpc_probe(spec.port, period_s=2, failures=max(1, math.ceil(spec.startup_s / 2))),
         "readinessProbe": _grpc_probe(spec.port, period_s=5, failures=2),
         "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
-        "resources": {
-            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-            "limits": {"memory": spec.resources.memory_limit},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "resources": _k8s_resources(spec.resources),
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     return {
@@ -354,15 +395,93 @@ def k8s_namespace() -> dict[str, Any]:
     }
 
 
+def _backing_labels(table: ServiceTable, store: BackingService) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": store.name,
+        "app.kubernetes.io/component": "backing",
+        "app.kubernetes.io/part-of": PROJECT,
+        "app.kubernetes.io/managed-by": "rlyard-deploy",
+    }
+
+
+def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, Any]]:
+    """A backing store on Kubernetes: its environment (ConfigMap), one pod with a persistent volume
+    (StatefulSet) and a ClusterIP Service named as the services' URLs expect."""
+    labels = _backing_labels(table, store)
+    selector = {"app.kubernetes.io/name": store.name, "app.kubernetes.io/part-of": PROJECT}
+    meta = {"name": store.name, "namespace": NAMESPACE, "labels": labels}
+    probe = {"exec": {"command": list(store.probe)}, "timeoutSeconds": 5}
+    scratch = [(f"scratch-{i}", path) for i, path in enumerate(store.writable)]
+    container = {
+        "name": store.name,
+        "image": store.image,
+        "imagePullPolicy": "IfNotPresent",
+        "envFrom": [{"configMapRef": {"name": f"{store.name}-env"}}],
+        "ports": [{"name": "db", "containerPort": store.port, "protocol": "TCP"}],
+        "startupProbe": probe | {"periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": probe | {"periodSeconds": 10, "failureThreshold": 6},
+        "resources": _k8s_resources(store.resources),
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "data", "mountPath": store.data_dir}]
+        + [{"name": name, "mountPath": path} for name, path in scratch],
+    }
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": f"{store.name}-env", "namespace": NAMESPACE, "labels": labels},
+                 "data": _quoted(store.env)}
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "serviceName": store.name,
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels,
+                             "annotations": _quoted({"rlyard.dev/env-sha256": _config_hash(store.env)})},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": store.run_as,
+                        "runAsGroup": store.run_as,
+                        "fsGroup": store.run_as,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": name, "emptyDir": {"sizeLimit": "64Mi"}} for name, _ in scratch],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": store.storage}}},
+            }],
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"type": "ClusterIP", "selector": selector,
+                 "ports": [{"name": "db", "port": store.port, "targetPort": "db", "protocol": "TCP"}]},
+    }
+    return [configmap, statefulset, service]
+
+
 def render_k8s(table: ServiceTable) -> dict[str, str]:
     """Manifests by path relative to the repository root (``k8s/...``).
 
     ``k8s/00-namespace.yaml`` sorts first, so ``kubectl apply -f k8s/`` creates the
     namespace before anything in it; ``k8s/<service>.yaml`` holds the service's
-    ConfigMap, Deployment and Service.
+    ConfigMap, Deployment and Service, ``k8s/<store>.yaml`` a backing store's ConfigMap,
+    StatefulSet and Service.
     """
     _check_names(table)
     files = {f"{K8S_DIR}/00-namespace.yaml": _dump(k8s_namespace())}
+    for store in table.backing:
+        files[f"{K8S_DIR}/{store.name}.yaml"] = _dump(*k8s_backing(table, store))
     for spec in table.services:
         files[f"{K8S_DIR}/{spec.name}.yaml"] = _dump(
             k8s_configmap(table, spec), k8s_deployment(table, spec), k8s_service(table, spec)

@@ -53,6 +53,11 @@ class ServiceSpec:
     startup_s: int = 60
     # name -> port of each service this one depends on or wants (filled from the table)
     peer_ports: dict[str, int] = field(default_factory=dict)
+    # backing stores (``ServiceTable.backing``) it needs under Compose and Kubernetes
+    backing: tuple[str, ...] = ()
+    # settings only containers get, over ``env`` (the memory store: PostgreSQL in containers, a
+    # SQLite file under ``rlyard up``)
+    container_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def command(self) -> list[str]:
@@ -81,11 +86,31 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class BackingService:
+    """A store the services use that is not an rlyard service (PostgreSQL for the memory): Compose and
+    Kubernetes run it from its own image with a persistent volume at ``data_dir``; ``rlyard up``
+    does not start it (the services fall back to embedded stores there)."""
+
+    name: str
+    image: str
+    port: int
+    probe: tuple[str, ...]                # a command that exits 0 when it accepts connections
+    data_dir: str
+    run_as: int                           # the image's own non-root user id
+    profiles: tuple[str, ...] = ("all",)
+    env: dict[str, str] = field(default_factory=dict)
+    writable: tuple[str, ...] = ("/tmp",)  # paths it writes besides data_dir (root is read-only)
+    storage: str = "1Gi"
+    resources: Resources = Resources()
+
+
+@dataclass(frozen=True)
 class ServiceTable:
-    """Every service, and the image that runs them in containers."""
+    """Every service, the backing stores they use, and the image that runs them in containers."""
 
     image: str
     services: tuple[ServiceSpec, ...]
+    backing: tuple[BackingService, ...] = ()
 
     def profile(self, name: str) -> list[ServiceSpec]:
         """The services of a profile; a ConfigError names the known profiles."""
@@ -117,18 +142,46 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
             wants=tuple(str(w) for w in raw.get("wants", [])),
             startup_s=int(raw.get("startup_s", 60)),
+            backing=tuple(str(b) for b in raw.get("backing", [])),
+            container_env={str(k): str(v) for k, v in (raw.get("container_env") or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad service entry {raw!r} in the service table: {exc}") from None
+
+
+def _backing(raw: dict[str, Any]) -> BackingService:
+    try:
+        return BackingService(
+            name=str(raw["name"]),
+            image=str(raw["image"]),
+            port=int(raw["port"]),
+            probe=tuple(str(a) for a in raw["probe"]),
+            data_dir=str(raw["data_dir"]),
+            run_as=int(raw["run_as"]),
+            profiles=tuple(raw.get("profiles", ["all"])),
+            env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+            writable=tuple(str(w) for w in raw.get("writable", ["/tmp"])),
+            storage=str(raw.get("storage", "1Gi")),
+            resources=Resources(**(raw.get("resources") or {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad backing entry {raw!r} in the service table: {exc}") from None
 
 
 def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     """Read and check the service table."""
     data = yaml.safe_load(path.read_text())
     services = tuple(_spec(s) for s in data.get("services", []))
-    names = [s.name for s in services]
+    backing = tuple(_backing(b) for b in data.get("backing") or [])
+    names = [s.name for s in services] + [b.name for b in backing]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: service names must be unique, got {names}")
+        raise ConfigError(f"{path}: service and backing names must be unique, got {names}")
+    stores = {b.name for b in backing}
+    for s in services:
+        unknown = sorted(set(s.backing) - stores)
+        if unknown:
+            raise ConfigError(f"{path}: {s.name} uses backing {', '.join(unknown)}, which the table's "
+                              "backing list does not define")
     ports = [p for s in services for p in (s.port, s.metrics_port)]
     if len(set(ports)) != len(ports):
         raise ConfigError(f"{path}: every port and metrics_port must be unique, got {ports}")
@@ -153,4 +206,4 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
                     )
         resolved.append(replace(s, peer_ports={d: seen[d] for d in (*s.depends_on, *s.wants)}))
         seen[s.name] = s.port
-    return ServiceTable(image=str(data["image"]), services=tuple(resolved))
+    return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing)

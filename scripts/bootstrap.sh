@@ -20,6 +20,19 @@ if [[ -z "$PYTHON" ]]; then
   exit 1
 fi
 
+# The memory service's tests start a throwaway PostgreSQL cluster from the machine's packages
+# (tests/memory_service/conftest.py); a fresh CI machine (Debian/Ubuntu, root) gets them here.
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing PostgreSQL (apt-get install postgresql)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "warning: PostgreSQL is not installed and cannot be installed here (needs root and apt-get);" \
+         "the memory service's PostgreSQL tests will fail until it is" >&2
+  fi
+fi
+
 STAMP=".venv/.rlyard-install-stamp"
 WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [[ ! -x .venv/bin/python ]]; then

@@ -200,6 +200,52 @@ def blob_db_dir(tmp_path: Path) -> Path:
     return db_dir
 
 
+# ---- the graph memory service on its own event loop (usable from synchronous and async tests)
+
+@dataclass
+class MemoryServers:
+    """Real memory services on 127.0.0.1 over SQLite files, each on the fixture's own event loop
+    (a daemon thread), so a test can stop one in the middle of a synchronous run."""
+
+    thread: Any                       # trainer.rollout.EngineThread
+    default_db: Path
+    started: list[RunningServer] = field(default_factory=list)
+
+    def start(self, *, db: Path | None = None, port: int = 0, **settings: Any) -> RunningServer:
+        """A memory service over ``db`` (default: one file per test) on ``port`` (0: the kernel
+        picks), SERVING (store migrated, MiniLM loaded); ``settings`` override ``MemorySettings``."""
+        from memory_service.app import memory_service
+        from memory_service.settings import MemorySettings
+
+        definition = memory_service(MemorySettings(db_url=f"sqlite:///{db or self.default_db}", **settings))
+
+        async def up() -> RunningServer:
+            running = await start_server(definition, ServerSettings(host="127.0.0.1", port=port))
+            await running.wait_ready(120)
+            return running
+
+        running: RunningServer = self.thread.run(up(), timeout=180)
+        self.started.append(running)
+        return running
+
+    def stop(self, running: RunningServer) -> None:
+        """Stop one service now (its port then refuses connections)."""
+        self.thread.run(running.stop(0), timeout=60)
+        self.started.remove(running)
+
+
+@pytest.fixture
+def memory_servers(tmp_path: Path) -> Iterator[MemoryServers]:
+    """Factory of real memory services (``memory_servers.start(...)``); all stop at teardown."""
+    from trainer.rollout import EngineThread
+
+    with EngineThread(name="memory-service") as thread:
+        servers = MemoryServers(thread, tmp_path / "memory.sqlite")
+        yield servers
+        for running in reversed(list(servers.started)):
+            servers.stop(running)
+
+
 # ---- a scripted OpenAI-compatible chat server (a judge model's endpoint, not one of our services)
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ the sampler of a policy (``model.backend``), each RL stage's tasks, rollouts and
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -23,9 +24,11 @@ import torch
 from rlyard.client import RetryPolicy, ToolClient
 from rlyard.domain import Task, TrajectoryStatus
 from rlyard.errors import ConfigError
+from rlyard.memory_client import MemoryClient
 from rlyard.reward_client import RewardClient
 from trainer import embedded
 from trainer.config import ExperimentConfig, RolloutConfig, StageConfig
+from trainer.memory_stage import StageMemory
 from trainer.rollout import EngineThread, RolloutEngine
 from trainer.sampler import Sampler, build_sampler, derive_seed
 from trainer.scoring import score_trajectories
@@ -43,7 +46,7 @@ def check(config: ExperimentConfig) -> None:
     """What a run of ``config`` would refuse, checked before anything starts: the embedded
     services' settings and the RL stages' task files (the sampler backend is checked when the
     config loads)."""
-    embedded.check(config.services)
+    embedded.check(config.services, config.memory)
     for stage in config.stages:
         if stage.kind == "rl" and not Path(stage.tasks.path).is_file():
             raise ConfigError(f"stage {stage.name or stage.kind}: task file {stage.tasks.path} does not exist "
@@ -54,12 +57,14 @@ class Stack:
     """The services of a run and their clients, on one event loop in a daemon thread."""
 
     def __init__(self, config: ExperimentConfig, thread: EngineThread, services: embedded.Services,
-                 tool_client: ToolClient, reward_client: RewardClient, tools: list[dict[str, Any]]) -> None:
+                 tool_client: ToolClient, reward_client: RewardClient, tools: list[dict[str, Any]],
+                 memory_client: MemoryClient | None = None) -> None:
         self.config = config
         self.thread = thread
         self.services = services
         self.tool_client = tool_client
         self.reward_client = reward_client
+        self.memory_client = memory_client      # None: the config's memory is off
         self.tools = tools                      # ListTools as OpenAI function schemas
         self._samplers: list[Sampler] = []
 
@@ -99,8 +104,9 @@ class Stack:
         async def stop() -> None:
             for sampler in self._samplers:
                 await sampler.aclose()
-            for client in (self.tool_client, self.reward_client):
-                await client.close()
+            for client in (self.tool_client, self.reward_client, self.memory_client):
+                if client is not None:
+                    await client.close()
 
         try:
             self.thread.run(stop(), timeout=60)
@@ -109,8 +115,9 @@ class Stack:
 
 
 class StageRollouts:
-    """One RL stage against the services: its tasks (reproducible from the step), its rollouts,
-    its scores, and the sampler's weights after each update."""
+    """One RL stage against the services: its tasks (reproducible from the step), its rollouts
+    (prompted with the graph memory when the config turns it on), its scores, the memory's
+    feedback, and the sampler's weights after each update."""
 
     def __init__(self, stack: Stack, stage: StageConfig, sampler: Sampler, tokenizer: Any) -> None:
         self.stack = stack
@@ -118,6 +125,8 @@ class StageRollouts:
         self.sampler = sampler
         self.source = TaskSampler(stack.tasks(stage.tasks.path, stage.tasks.limit), stack.config.seed)
         self.engine = stack.engine(stage.rollout, sampler, tokenizer, seed=stack.config.seed)
+        self.memory = None if stack.memory_client is None else StageMemory(
+            stack.memory_client, stack.config.memory, tokenizer, stage.rollout.group_size)
         self.last_counts: dict[str, int] = {}
 
     def tasks(self, step: int) -> list[Task]:
@@ -132,7 +141,10 @@ class StageRollouts:
         seeds depend on the group's index within the call, which starts at 0 again each round."""
         seed = self.stack.config.seed
         self.engine.seed = seed if round_index == 0 else derive_seed(seed, round_index)
-        trajectories = self.stack.run(self.engine.run(tasks, step=global_step))
+        if self.memory is not None:
+            trajectories = self.stack.run(self.memory.rollout(self.engine, tasks, global_step))
+        else:
+            trajectories = self.stack.run(self.engine.run(tasks, step=global_step))
         if first_group:
             for t in trajectories:
                 t.group_id += first_group
@@ -145,6 +157,15 @@ class StageRollouts:
             score_trajectories(self.stack.reward_client, trajectories, self.stage.reward, global_step)
         )
         return self.last_counts
+
+    def memory_feedback(self, rolled: list[RolloutTrajectory], step: int,
+                        run_id: str = "") -> concurrent.futures.Future[dict[str, float]] | None:
+        """Start the memory's feedback on stage step ``step``'s trajectories (recording under
+        ``run_id``, utility update, distillation) on the stack's loop, to overlap the update; its
+        future gives the step's ``memory/*`` metrics. None when the memory is off."""
+        if self.memory is None:
+            return None
+        return self.stack.thread.submit(self.memory.feedback(rolled, step, run_id))
 
     def sync_weights(self, model: torch.nn.Module, version: int) -> None:
         """The sampler samples with ``model``'s weights as ``version`` from now on."""
@@ -185,28 +206,35 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
         ConfigError: an embedded service's settings are wrong.
         TimeoutError, rlyard.server.WarmUpError: an embedded tool server did not become ready.
     """
-    embedded.check(config.services)
+    embedded.check(config.services, config.memory)
     thread = EngineThread(name=loop_name)
     exits = contextlib.AsyncExitStack()
     stack: Stack | None = None
 
     async def start() -> Stack:
         specs = [stage.reward for stage in config.stages if stage.kind == "rl"] + list(extra_specs)
-        services = await exits.enter_async_context(embedded.embedded_services(config.services, specs))
+        services = await exits.enter_async_context(embedded.embedded_services(config.services, specs,
+                                                                              config.memory))
         timeout = config.services.timeout_s
         # UNAVAILABLE is retried over the window: a service that restarts is waited for
         retry = RetryPolicy.within(config.services.retry_window_s)
         tool_client = ToolClient(services.tools, timeout=timeout, retry=retry)
         reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S), retry=retry)
+        memory = config.memory
+        # short bounds: a memory service that is down costs a step its memories, never waits out the run
+        memory_client = MemoryClient(services.memory, timeout=memory.timeout_s,
+                                     retry=RetryPolicy.within(memory.retry_window_s)) if services.memory else None
         try:
             tools = openai_tools(await tool_client.list_tools())
         except BaseException:
-            await tool_client.close()
-            await reward_client.close()
+            for client in (tool_client, reward_client, memory_client):
+                if client is not None:
+                    await client.close()
             raise
-        logger.info("services: tools at %s (%s), reward at %s", services.tools,
-                    ", ".join(t["function"]["name"] for t in tools), services.reward)
-        return Stack(config, thread, services, tool_client, reward_client, tools)
+        logger.info("services: tools at %s (%s), reward at %s%s", services.tools,
+                    ", ".join(t["function"]["name"] for t in tools), services.reward,
+                    f", memory at {services.memory}" if services.memory else "")
+        return Stack(config, thread, services, tool_client, reward_client, tools, memory_client)
 
     try:
         stack = thread.run(start(), timeout=config.services.embedded.ready_timeout_s + 120)

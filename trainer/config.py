@@ -9,6 +9,8 @@ back silently to a default.
     seed: 0
     model: {path: runs/policy, backend: hf}
     services: {tools: 127.0.0.1:50051, reward: 127.0.0.1:50052, retry_window_s: 30, max_failed_steps: 3}
+    memory: {enabled: true, top_k: 3, token_budget: 256, ablation: true, task_type: label:template,
+             distill: {every: 5}}         # target empty: the memory service starts embedded
     # or, empty addresses: started embedded, e.g.
     # services: {embedded: {tools: [search, nearby], families: {poi: {dir: data/generated/poi}}}}
     stages:
@@ -44,6 +46,14 @@ TokenWeighting = Literal["none", "rest-schedule", "rest-entropy"]
 
 def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
+
+
+def _check_deadline(where: str, timeout_s: float, retry_window_s: float) -> None:
+    """A section's deadline of one call and its window of retries of UNAVAILABLE."""
+    if timeout_s <= 0:
+        _fail(f"{where}.timeout_s", "must be > 0 seconds")
+    if retry_window_s < 0:
+        _fail(f"{where}.retry_window_s", "must be >= 0 seconds (0: no retries)")
 
 
 @dataclass(frozen=True)
@@ -113,10 +123,7 @@ class ServicesConfig:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            _fail("services.timeout_s", "must be > 0 seconds")
-        if self.retry_window_s < 0:
-            _fail("services.retry_window_s", "must be >= 0 seconds (0: no retries)")
+        _check_deadline("services", self.timeout_s, self.retry_window_s)
         if self.max_failed_steps < 1:
             _fail("services.max_failed_steps", "must be >= 1 (1: the first step whose every trajectory failed "
                                                "fails the run)")
@@ -126,6 +133,82 @@ class ServicesConfig:
         if self.reward and self.embedded.reward:
             _fail("services.embedded.reward", f"configures the embedded reward service, but services.reward is "
                                               f"{self.reward!r}; set it on that service (RLYARD_REWARD_*)")
+
+
+TASK_TYPE_SOURCES = ("label", "context", "fixed")
+
+
+@dataclass(frozen=True)
+class MemoryDistillConfig:
+    """When the run asks the memory service to distill new meta-cognitions from the decision
+    paths recorded so far (``memory.distill``): every ``every`` RL steps (0 = never), with the
+    service's ``min_paths`` and ``max_new`` (0 = the service's default)."""
+
+    every: int = 0
+    min_paths: int = 0
+    max_new: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("every", "min_paths", "max_new"):
+            if getattr(self, name) < 0:
+                zero = "never" if name == "every" else "the service's default"
+                _fail(f"memory.distill.{name}", f"must be >= 0 (0 = {zero}; got {getattr(self, name)})")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The graph memory during RL stages (issue 22; ``trainer/memory.py``).
+
+    ``target``: the address of a memory service started separately; empty = started embedded for
+    the run with ``embedded`` (the fields of ``RLYARD_MEMORY_*``). Each question's top ``top_k``
+    meta-cognitions go into its system message, whole items within ``token_budget`` tokens of the
+    policy's tokenizer, under ``header``. ``ablation``: half of each group is prompted with them and
+    half without, and the difference of their mean rewards updates the utilities of the ones used
+    (``learning_rate``; 0 = the service's default). ``record``: every scored trajectory is recorded
+    with its reward. ``task_type``: where a task's type comes from — ``label:<field>`` (a field of the
+    task line, e.g. ``label:template``), ``context:<key>`` (its tool session's context, e.g.
+    ``context:db_id``), ``fixed:<name>``, or empty (no type). ``timeout_s`` and ``retry_window_s``
+    bound each call: a memory service that fails costs a step its memories, never the run.
+    """
+
+    enabled: bool = False
+    target: str = ""
+    embedded: dict[str, Any] = field(default_factory=dict)
+    top_k: int = 3
+    token_budget: int = 256
+    header: str = "Strategies learned from earlier attempts at similar tasks:"
+    record: bool = True
+    ablation: bool = True
+    learning_rate: float = 0.0
+    distill: MemoryDistillConfig = MemoryDistillConfig()
+    task_type: str = ""
+    timeout_s: float = 5.0
+    retry_window_s: float = 1.0
+    max_backlog: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.target and self.embedded:
+            _fail("memory.embedded", f"configures the embedded memory service, but memory.target is {self.target!r}; "
+                                     "set it on that service (RLYARD_MEMORY_*) or leave memory.target empty")
+        if not 1 <= self.top_k <= 64:
+            _fail("memory.top_k", f"must be in [1, 64] (meta-cognitions per question; got {self.top_k})")
+        if self.token_budget < 1:
+            _fail("memory.token_budget", f"must be >= 1 (tokens the memories may add to a system message; "
+                                         f"got {self.token_budget})")
+        if self.learning_rate < 0:
+            _fail("memory.learning_rate", f"must be >= 0 (0 = the service's default; got {self.learning_rate})")
+        if self.learning_rate and not self.ablation:
+            _fail("memory.learning_rate", "sets the utility update, which needs the reward with and without "
+                                          "memory: turn memory.ablation on or leave learning_rate at 0")
+        if self.task_type:
+            source, _, name = self.task_type.partition(":")
+            if source not in TASK_TYPE_SOURCES or not name:
+                _fail("memory.task_type", f"{self.task_type!r}: use label:<field> (e.g. label:template), "
+                                          "context:<key> (e.g. context:db_id), fixed:<name>, or leave it empty")
+        _check_deadline("memory", self.timeout_s, self.retry_window_s)
+        if self.max_backlog < 0:
+            _fail("memory.max_backlog", "must be >= 0 (trajectories kept for a later RecordTrajectory when the "
+                                        "service is down; 0 = none)")
 
 
 @dataclass(frozen=True)
@@ -356,6 +439,7 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     services: ServicesConfig = field(default_factory=ServicesConfig)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
@@ -370,6 +454,8 @@ class ExperimentConfig:
             if stage.kind == "rl" and not stage.tasks.path:
                 _fail(f"stage {stage.name or stage.kind}", "an rl stage needs `tasks: {path: FILE}`, a task JSONL "
                                                            "(an environment's prepare writes one)")
+        if self.memory.enabled and not any(stage.kind == "rl" for stage in self.stages):
+            _fail("memory.enabled", "the memory serves RL stages and this config has none: add one or turn it off")
 
 
 def _build(cls: type[Any], raw: Any, where: str) -> Any:

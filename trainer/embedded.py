@@ -1,13 +1,16 @@
-"""The tool server and the reward service started in this process when a run names no address:
-what ``rlyard train``, the trainer service, ``rlyard eval`` and the demos start on their own, on
-loopback ports the kernel picks. The only module of the trainer that imports the services, and
-only their public entry points (``tool_servers.app``, ``reward_service.app``).
+"""The tool server, the reward service and (with ``memory.enabled``) the memory service started in
+this process when a run names no address: what ``rlyard train``, the trainer service, ``rlyard
+eval`` and the demos start on their own, on loopback ports the kernel picks. The only module of the
+trainer that imports the services, and only their public entry points (``tool_servers.app``,
+``reward_service.app``, ``memory_service.app``, and the reward and memory settings).
 
 The embedded tool server takes its settings from the environment (``RLYARD_TOOLS_*``) with what
 ``services.embedded`` names replaced; a tool with a warm-up (``search`` loads or builds its BM25
 index) leaves it NOT_SERVING for a while, and the services are yielded only once it is SERVING.
 The embedded reward service reads SQL and POI data through that tool server (or the given one),
-and may call the tool servers and judges the run's reward specs name.
+and may call the tool servers and judges the run's reward specs name. The embedded memory service
+takes ``RLYARD_MEMORY_*`` with what ``memory.embedded`` names replaced (e.g. ``db_url``), and is
+yielded once SERVING (its store migrated, MiniLM loaded).
 """
 
 from __future__ import annotations
@@ -19,27 +22,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlyard.domain import RewardSpec
-from trainer.config import ServicesConfig
+from trainer.config import MemoryConfig, ServicesConfig
 
 
 @dataclass(frozen=True)
 class Services:
-    """Where the tool server and the reward service are, and the settings of those started here."""
+    """Where the tool server, the reward service and the memory service are, and the settings of
+    those started here."""
 
     tools: str
     reward: str
     tool_settings: Any = None       # ToolServerSettings; None: the tool server was given
     families: tuple[Any, ...] = ()  # the tool families' settings of an embedded tool server
     reward_settings: Any = None     # RewardSettings; None: the reward service was given
+    memory: str = ""                # "": the config's memory is off
+    memory_settings: Any = None     # the memory service's settings; None: it was given (or is off)
 
 
-def check(config: ServicesConfig) -> None:
+def check(config: ServicesConfig, memory: MemoryConfig | None = None) -> None:
     """Build the embedded services' settings without starting anything (ConfigError when a tool,
     a family or a setting is unknown or out of range)."""
     if not config.tools:
         _tool_settings(config)
     if not config.reward:
         _reward_settings(config, "127.0.0.1:0")
+    if memory is not None and memory.enabled and not memory.target:
+        _memory_settings(memory)
 
 
 def named_targets(specs: Iterable[Any]) -> dict[str, tuple[str, ...]]:
@@ -82,11 +90,20 @@ def _reward_settings(config: ServicesConfig, tools: str, specs: Iterable[Any] = 
                              "the run's reward specs")
 
 
+def _memory_settings(memory: MemoryConfig) -> Any:
+    from memory_service.settings import MemorySettings
+
+    settings = MemorySettings.from_env("RLYARD_MEMORY")
+    return settings.replaced(memory.embedded, "memory.embedded") if memory.embedded else settings
+
+
 @contextlib.asynccontextmanager
-async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = ()) -> AsyncIterator[Services]:
-    """Yields the tool server and reward service: the given addresses, or services started here
-    (on the running event loop) and stopped on exit. An embedded reward service may call the tool
-    servers and judges that ``specs`` (the run's reward specs) name.
+async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = (),
+                            memory: MemoryConfig | None = None) -> AsyncIterator[Services]:
+    """Yields the tool server, the reward service and (with ``memory`` on) the memory service: the
+    given addresses, or services started here (on the running event loop) and stopped on exit. An
+    embedded reward service may call the tool servers and judges that ``specs`` (the run's reward
+    specs) name.
 
     Raises:
         TimeoutError: the embedded tool server was not SERVING within ``embedded.ready_timeout_s``.
@@ -125,4 +142,21 @@ async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = ()) -
             server = await start_server(reward_service(reward_settings), ServerSettings())
             stack.push_async_callback(server.stop, 1.0)
             reward = server.address
-        yield Services(tools, reward, tool_settings, tuple(families), reward_settings)
+        memory_address, memory_settings = "", None
+        if memory is not None and memory.enabled:
+            memory_address = memory.target
+            if not memory_address:
+                from memory_service.app import memory_service
+
+                memory_settings = _memory_settings(memory)
+                server = await start_server(memory_service(memory_settings), ServerSettings())
+                stack.push_async_callback(server.stop, 1.0)
+                try:      # SERVING once its store is open and migrated and MiniLM is loaded
+                    await server.wait_ready(ready_timeout_s)
+                except TimeoutError:
+                    raise TimeoutError(f"the embedded memory service at {server.address} was not SERVING after "
+                                       f"{ready_timeout_s:.0f} s (raise services.embedded.ready_timeout_s)") from None
+                except WarmUpError as exc:
+                    raise WarmUpError(f"the embedded memory service did not start: {exc}") from exc
+                memory_address = server.address
+        yield Services(tools, reward, tool_settings, tuple(families), reward_settings, memory_address, memory_settings)

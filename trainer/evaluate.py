@@ -21,7 +21,8 @@ without error came before the final answer; IMAgent's measure of visual reflecti
 Local-life tasks (their ground truth holds a ``checklist``) are reported as such:
 ``accuracy`` is then correctness and ``metrics`` holds the mean of each component.
 ``judge={metric: spec}`` also asks a judge model for each metric; a judge failure leaves that
-task's judge score out of the mean and is counted.
+task's judge score out of the mean and is counted. ``memory=True`` prompts every task with the
+graph memory's top-k as training does (``trainer.memory``), for a comparison with and without.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from typing import Any
 import torch
 
 from rlyard.domain import ImagePart, Task, TrajectoryStatus, parse_spec
+from rlyard.errors import ConfigError
 from trainer.compose import Stack
 from trainer.config import RolloutConfig
+from trainer.memory_stage import StageMemory
 from trainer.policy.base import Generation, ImageTokenizer
 from trainer.rollout import RolloutEngine
 from trainer.sampler import PrefixCaching, Sampler, SampleRequest
@@ -128,6 +131,7 @@ class TaskResult:
     infra_error: str = ""
     judge: dict[str, float | None] = field(default_factory=dict)
     answered_after_zoom: bool = False
+    memory_ids: list[str] = field(default_factory=list)   # the graph memory's meta-cognitions its prompt showed
 
 
 @dataclass
@@ -151,6 +155,7 @@ class EvalReport:
     judge: dict[str, float] = field(default_factory=dict)            # mean judge score per metric (0–1)
     judge_failures: dict[str, int] = field(default_factory=dict)
     answered_after_zoom: float = 0.0      # the share of tasks answered after a zoom/crop/revisit/confirm
+    memory_hit_rate: float | None = None  # with memory prompting: the share of tasks shown a memory
 
     def summary(self) -> dict[str, Any]:
         """The aggregates (no per-task results)."""
@@ -197,6 +202,7 @@ def _result(t: RolloutTrajectory, check_format: bool, primary: str = "sql_execut
         final_answer=t.final_answer,
         infra_error=t.infra_error,
         answered_after_zoom=answered_after_zoom(t),
+        memory_ids=[m.meta_cognition.id for m in t.memories],
     )
 
 
@@ -241,16 +247,20 @@ def evaluate(
     device: str = "cpu",
     max_batch_size: int | None = None,
     judge: Mapping[str, Any] | None = None,
+    memory: bool = False,
 ) -> EvalReport:
     """Roll out every task once with ``policy`` (a checkpoint directory or a loaded ``HFPolicy``)
     through the ``stack``'s services and sampler backend, score with ``reward_spec`` (default
     ``DEFAULT_SPEC``; its first reward counts as correct), ask the judge specs in ``judge``
-    (metric → ``judge`` spec), and aggregate. See the module docstring for temperature and the
-    tool-call budget."""
+    (metric → ``judge`` spec), and aggregate. With ``memory`` every task's prompt shows the graph
+    memory's top-k as in training (the config's ``memory`` section, which must be enabled); nothing
+    is recorded or updated. See the module docstring for temperature and the tool-call budget."""
     import time
 
     if max_tool_calls < 0:
         raise ValueError(f"max_tool_calls={max_tool_calls}: must be >= 0")
+    if memory and stack.memory_client is None:
+        raise ConfigError("evaluating with the memory needs `memory: {enabled: true}` in the config")
     if isinstance(policy, str | Path):
         from trainer.policy.loading import load_policy
 
@@ -271,9 +281,19 @@ def evaluate(
     engine = RolloutEngine(sampler, loaded.tokenizer, stack.tool_client, config, seed=seed,
                            tool_timeout_s=stack.timeout_s)
 
+    prompting = None
+    if memory and stack.memory_client is not None:    # every task prompted; nothing recorded or updated
+        prompting = StageMemory(stack.memory_client, dataclasses.replace(stack.config.memory, ablation=False,
+                                                                         record=False, learning_rate=0.0),
+                                loaded.tokenizer, group_size=1)
+        settings["memory"] = {"top_k": stack.config.memory.top_k, "token_budget": stack.config.memory.token_budget}
+
     async def run() -> tuple[list[RolloutTrajectory], dict[str, list[float | None]]]:
         try:
-            trajectories = await engine.run(list(tasks), group_size=1)
+            if prompting is not None:
+                trajectories = await prompting.rollout(engine, list(tasks), step=0)
+            else:
+                trajectories = await engine.run(list(tasks), group_size=1)
             await score_trajectories(stack.reward_client, trajectories, spec, 0)
             judged = {name: await judge_scores(stack.reward_client, trajectories, judge_spec)
                       for name, judge_spec in (judge or {}).items()}
@@ -288,6 +308,8 @@ def evaluate(
     report = aggregate(trajectories, check_format=any(t.name == "format" for t in terms), seconds=seconds,
                        settings=settings, primary=terms[0].name,
                        env="local_life" if local_life else "imagent" if is_imagent(tasks) else "text_to_sql")
+    if prompting is not None:
+        report.memory_hit_rate = sum(bool(t.memories) for t in trajectories) / max(len(trajectories), 1)
     for name, values in judged.items():
         for result, value in zip(report.results, values, strict=True):
             result.judge[name] = value

@@ -3,10 +3,12 @@
 - ``metrics.jsonl``: one JSON object per training step (``stage``, ``step``, ``global_step``,
   then the step's metrics); on resume the lines after the checkpoint are dropped, so the file
   never holds a step twice.
-- ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy") and tokens/s
-  against the global step (matplotlib, Agg backend).
-- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward;
-  the images a tool returned are written beside it (``samples/``) and shown in place.
+- ``curves/*.png``: loss, reward, accuracy (when a metric name holds "accuracy"), tokens/s and,
+  with the graph memory on, reward with and without memory and its hit rate, against the global
+  step (matplotlib, Agg backend).
+- ``samples.md``: sample trajectories of RL stages, readable: roles, tool calls, observations, reward,
+  the graph memory's meta-cognitions its prompt showed (ids and text); the images a tool returned
+  are written beside it (``samples/``) and shown in place.
 - ``report.json``: run id, config, stages, steps, final metrics, wall time, seed, state.
 """
 
@@ -75,6 +77,8 @@ def plot_curves(run_dir: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
         "reward": [k for k in keys if k == "reward_mean" or k.startswith("reward/")],
         "accuracy": [k for k in keys if "accuracy" in k],
         "tokens_per_s": [k for k in ("tokens_per_s",) if k in keys],
+        # the graph memory: reward with and without it (the ablation's halves) and its hit rate
+        "memory": [k for k in ("memory/reward_with", "memory/reward_without", "memory/hit_rate") if k in keys],
     }
     out_dir = run_dir / CURVES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,10 @@ def render_trajectory(traj: RolloutTrajectory, tokenizer: Any = None, image_dir:
         lines.append("components: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(traj.reward_components.items())))
     if traj.infra_error:
         lines.append(f"infra error: {traj.infra_error}")
+    if traj.memories:
+        lines.append("memories shown:")
+        lines.extend(f"- `{m.meta_cognition.id}` (utility {m.meta_cognition.utility:.3g}, score {m.score:.3g}): "
+                     f"{' '.join(m.meta_cognition.text.split())}" for m in traj.memories)
     lines.append("")
     if traj.record.turns:
         for turn in traj.record.turns:

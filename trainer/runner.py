@@ -9,7 +9,8 @@ With ``resume=True`` a run continues from the newest checkpoint in ``run_dir/che
 result equals an uninterrupted run (same seed, same hardware).
 
 RL stages work through the composition root's ``Stack`` (``trainer.compose``): its sampler of
-the trained policy, and per stage its tasks, rollouts and scores. With ``kl_coef > 0`` the
+the trained policy, and per stage its tasks, rollouts, scores and (with ``memory.enabled``) the
+graph memory's feedback, which overlaps the update. With ``kl_coef > 0`` the
 reference is the policy as it was when the RL stage began, kept in
 ``checkpoints/reference-<stage>.pt``. An RL step whose every trajectory failed for a reason of the
 services (INFRA_FAILED) learns nothing and the run goes on; ``services.max_failed_steps`` such
@@ -369,6 +370,8 @@ class _RlSteps:
             self.policy.model.train()
         trajectories = rolled.batch
         self._count_failure(step, rolled.rolled)
+        # the memory records, updates utilities and distills on the loop while the update trains
+        memory = self.rollouts.memory_feedback(rolled.rolled, step, self.run.run_dir.name)
         values = grpo_update(self.policy, optimizer, trajectories, self.stage, step - 1, reference=self.reference,
                              total_steps=self.stage.steps)
         self.rollouts.sync_weights(self.policy.model, version)
@@ -384,6 +387,8 @@ class _RlSteps:
         values["sampled_weight_version"] = float(max((v for t in rolled.rolled for v in t.weight_versions), default=0))
         values.update(_task_metrics(self.stage, trajectories))
         values.update(rolled.metrics)
+        if memory is not None:
+            values.update(memory.result())
         return values, _sample_picks(rolled.rolled)
 
     def _count_failure(self, step: int, trajectories: list[RolloutTrajectory]) -> None:
@@ -451,8 +456,12 @@ def _task_metrics(stage: StageConfig, trajectories: list[RolloutTrajectory]) -> 
 
 
 def _sample_picks(trajectories: list[RolloutTrajectory]) -> list[RolloutTrajectory]:
-    """The step's trajectories worth a look: the best and the worst scored one."""
+    """The step's trajectories worth a look: the best and the worst scored one, and the best of
+    those the graph memory prompted when neither of them was."""
     scored = [t for t in trajectories if t.reward is not None] or list(trajectories)
     ranked = sorted(scored, key=lambda t: -1e9 if t.reward is None else t.reward)
-    picks = [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
-    return picks[:SAMPLES_PER_STEP]
+    picks = ([ranked[-1], ranked[0]] if len(ranked) > 1 else ranked)[:SAMPLES_PER_STEP]
+    prompted = [t for t in ranked if t.memories]
+    if prompted and not any(t.memories for t in picks):
+        picks.append(prompted[-1])
+    return picks

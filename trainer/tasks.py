@@ -3,7 +3,9 @@
 Each line: ``{"task_id", "question" | "messages", "context"?, "ground_truth"?, "system"?,
 "attachments"?}``; ``attachments`` are images put into the tool session, ``[{"image_id", "path"}]``
 (relative to the task file), which a message shows to a vision policy with
-``{"type": "image", "image_id": ...}`` in its content.
+``{"type": "image", "image_id": ...}`` in its content. Any other field with a string, number or
+boolean value becomes one of the task's ``labels`` (e.g. ``"template"``, which the graph memory
+can take as the task's type).
 A ``question`` becomes a user message after an optional system message; the tool
 schemas (OpenAI function-calling form) come from the tool server's ``ListTools``,
 restricted to ``tools`` when the line names them (``"tools": []`` renders none: the prompt
@@ -25,6 +27,11 @@ DEFAULT_SYSTEM = (
     "You are an agent that answers by calling tools. Think in <think>…</think>, call tools with "
     "<tool_call>{\"name\": …, \"arguments\": {…}}</tool_call>, and give the final answer in <answer>…</answer>."
 )
+
+
+# the fields of a task line that are the task itself; any other scalar field is a label
+_TASK_FIELDS = frozenset({"task_id", "question", "messages", "system", "tools", "context", "ground_truth",
+                          "attachments"})
 
 
 def openai_tools(specs: list[tools_pb2.ToolSpec]) -> list[dict[str, Any]]:
@@ -58,9 +65,11 @@ def load_tasks(path: Path, tools: list[dict[str, Any]], system: str = DEFAULT_SY
             raise ConfigError(f"{path}:{no}: a task needs 'question' or 'messages'")
         names = obj.get("tools")
         task_tools = tools if names is None else [by_name[n] for n in names if n in by_name]
+        labels = {str(k): str(v) for k, v in obj.items()
+                  if k not in _TASK_FIELDS and isinstance(v, str | int | float | bool)}
         tasks.append(Task(str(obj.get("task_id", no)), messages, task_tools,
                           {str(k): str(v) for k, v in (obj.get("context") or {}).items()}, obj.get("ground_truth"),
-                          read_attachments(obj.get("attachments") or [], path.parent, f"{path}:{no}")))
+                          read_attachments(obj.get("attachments") or [], path.parent, f"{path}:{no}"), labels))
     if not tasks:
         raise ConfigError(f"{path} holds no tasks")
     return tasks

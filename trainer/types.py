@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlyard.domain import ImagePart, Task, Trajectory, TrajectoryStatus
+from rlyard.domain import ImagePart, ScoredMetaCognition, Task, Trajectory, TrajectoryStatus
 
 
 @dataclass
@@ -39,6 +39,8 @@ class RolloutTrajectory:
     # exactly their pad runs, in order (the training forward needs them). False: a text policy read
     # placeholders; ``images`` is only the record of what tools returned.
     vision: bool = False
+    # the graph memory's meta-cognitions its system message showed (empty: none; trainer/memory.py)
+    memories: tuple[ScoredMetaCognition, ...] = ()
 
     @property
     def context_images(self) -> tuple[ImagePart, ...]:

@@ -1,7 +1,9 @@
 """The domain: tasks, trajectories, tool calls and results with typed content, reward specs
-and scores. Every layer above the core speaks these; ``convert`` turns them into protobuf."""
+and scores, the graph memory's records. Every layer above the core speaks these; ``convert``
+turns them into protobuf."""
 
 from rlyard.domain.content import IMAGE_MIME_TYPES, ContentPart, ImagePart, JsonPart, TextPart, text_of
+from rlyard.domain.memory import DecisionPath, MemoryStats, MetaCognition, ScoredMetaCognition, UtilityUpdate
 from rlyard.domain.reward import (
     ComponentScore,
     RewardSpec,
@@ -27,12 +29,16 @@ __all__ = [
     "IMAGE_MIME_TYPES",
     "ComponentScore",
     "ContentPart",
+    "DecisionPath",
     "ImagePart",
     "JsonPart",
+    "MemoryStats",
+    "MetaCognition",
     "RewardSpec",
     "RewardTerm",
     "ScoreResult",
     "ScoreStatus",
+    "ScoredMetaCognition",
     "ScoringItem",
     "StepScore",
     "SystemFailure",
@@ -43,6 +49,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryStatus",
     "Turn",
+    "UtilityUpdate",
     "load_spec",
     "parse_spec",
     "text_of",

@@ -1,5 +1,6 @@
-"""Protobuf ↔ domain: the one place where ``rlyard.common.v1`` and ``rlyard.reward.v1`` messages
-become plain records and back. Servicers and clients call these; nothing else builds messages.
+"""Protobuf ↔ domain: the one place where ``rlyard.common.v1``, ``rlyard.reward.v1`` and
+``rlyard.memory.v1`` messages become plain records and back. Servicers and clients call these;
+nothing else builds messages.
 
 What a request carries is untrusted: a field that cannot become a record (an enum number the
 contract does not define, JSON that does not parse, nests too deep or holds NaN) is an
@@ -8,11 +9,13 @@ contract does not define, JSON that does not parse, nests too deep or holds NaN)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from rlyard.common.v1 import common_pb2
 from rlyard.domain.content import ContentPart, ImagePart, JsonPart, TextPart, to_jsonable
+from rlyard.domain.memory import DecisionPath, MemoryStats, MetaCognition, ScoredMetaCognition, UtilityUpdate
 from rlyard.domain.reward import (
     ComponentScore,
     RewardSpec,
@@ -32,6 +35,7 @@ from rlyard.domain.trajectory import (
     Turn,
 )
 from rlyard.errors import InvalidArgument
+from rlyard.memory.v1 import memory_pb2
 from rlyard.reward.v1 import reward_pb2
 
 _ROLES = {
@@ -280,3 +284,67 @@ def score_from_pb(pb: reward_pb2.ScoreResponse) -> ScoreResult:
         status=_SCORE_STATUS.get(pb.status, ScoreStatus.SYSTEM_ERROR),
         error=pb.error,
     )
+
+
+# --- graph memory --------------------------------------------------------------------------
+def meta_cognition_to_pb(m: MetaCognition) -> memory_pb2.MetaCognition:
+    """``memory.v1.MetaCognition``."""
+    return memory_pb2.MetaCognition(id=m.id, text=m.text, utility=m.utility, task_type=m.task_type, uses=m.uses,
+                                    source_path_ids=list(m.source_path_ids), created_at=m.created_at,
+                                    updated_at=m.updated_at)
+
+
+def meta_cognition_from_pb(pb: memory_pb2.MetaCognition) -> MetaCognition:
+    """A ``MetaCognition`` from ``memory.v1.MetaCognition``."""
+    return MetaCognition(pb.id, pb.text, pb.utility, pb.task_type, pb.uses, tuple(pb.source_path_ids),
+                         pb.created_at, pb.updated_at)
+
+
+def scored_to_pb(s: ScoredMetaCognition) -> memory_pb2.ScoredMetaCognition:
+    """``memory.v1.ScoredMetaCognition``."""
+    return memory_pb2.ScoredMetaCognition(meta_cognition=meta_cognition_to_pb(s.meta_cognition), score=s.score,
+                                          relevance=s.relevance)
+
+
+def scored_from_pb(pb: memory_pb2.ScoredMetaCognition) -> ScoredMetaCognition:
+    """A ``ScoredMetaCognition``."""
+    return ScoredMetaCognition(meta_cognition_from_pb(pb.meta_cognition), pb.score, pb.relevance)
+
+
+def path_to_pb(p: DecisionPath) -> memory_pb2.DecisionPath:
+    """``memory.v1.DecisionPath``."""
+    return memory_pb2.DecisionPath(id=p.id, states=list(p.states), reward=p.reward, trajectory_id=p.trajectory_id)
+
+
+def path_from_pb(pb: memory_pb2.DecisionPath) -> DecisionPath:
+    """A ``DecisionPath``."""
+    return DecisionPath(pb.id, tuple(pb.states), pb.reward, pb.trajectory_id)
+
+
+def utility_update_to_pb(u: UtilityUpdate) -> memory_pb2.UtilityUpdate:
+    """``memory.v1.UtilityUpdate``."""
+    return memory_pb2.UtilityUpdate(meta_cognition_id=u.meta_cognition_id, reward_with=u.reward_with,
+                                    reward_without=u.reward_without)
+
+
+def utility_update_from_pb(pb: memory_pb2.UtilityUpdate, field: str = "update") -> UtilityUpdate:
+    """A ``UtilityUpdate``; InvalidArgument naming ``field`` when it has no id or a reward is NaN or infinite
+    (one such value would poison the utility for good)."""
+    if not pb.meta_cognition_id:
+        raise InvalidArgument(f"{field}.meta_cognition_id is empty")
+    for name in ("reward_with", "reward_without"):
+        if not math.isfinite(getattr(pb, name)):
+            raise InvalidArgument(f"{field}.{name} is {getattr(pb, name)}, not a finite number")
+    return UtilityUpdate(pb.meta_cognition_id, pb.reward_with, pb.reward_without)
+
+
+def stats_to_pb(s: MemoryStats) -> memory_pb2.StatsResponse:
+    """``memory.v1.StatsResponse``."""
+    return memory_pb2.StatsResponse(num_trajectories=s.num_trajectories, num_states=s.num_states,
+                                    num_paths=s.num_paths, num_meta_cognitions=s.num_meta_cognitions,
+                                    mean_utility=s.mean_utility)
+
+
+def stats_from_pb(pb: memory_pb2.StatsResponse) -> MemoryStats:
+    """``MemoryStats``."""
+    return MemoryStats(pb.num_trajectories, pb.num_states, pb.num_paths, pb.num_meta_cognitions, pb.mean_utility)

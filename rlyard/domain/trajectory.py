@@ -185,7 +185,8 @@ class Task:
     ``messages`` are chat messages before the first generation (system/user); ``tools`` the
     OpenAI-style schemas to render (from ``ListTools``); ``context`` the tool session's context
     (e.g. ``{"db_id": ...}``); ``attachments`` images put into the tool session by id when it
-    opens; ``ground_truth`` what the reward spec needs.
+    opens; ``ground_truth`` what the reward spec needs; ``labels`` what else the task's source says
+    of it (e.g. ``{"template": "count_by_city"}``: the graph memory's task type).
     """
 
     task_id: str
@@ -194,3 +195,4 @@ class Task:
     context: dict[str, str] = field(default_factory=dict)
     ground_truth: Any = None
     attachments: tuple[ImagePart, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)

@@ -22,10 +22,15 @@ IMAgent multi-image tasks (``envs.vision.imagent``) are scored with that environ
 ``REWARD_SPEC`` (``qa_em``); the budget of tool calls is the stage's ``rollout.max_turns`` - 1
 unless ``--max-tool-calls``. Every table shows tool calls per task and the share of tasks answered
 after a zoom (a ``zoom``/``crop``/``revisit``/``confirm`` call before the answer).
+
+``--memory`` prompts every task with the graph memory's top-k as training does (the config's
+``memory`` section, which must be enabled); the report then has ``memory_hit_rate`` and each task's
+``memory_ids``. Without it no memory service is started.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N tasks only (0 = all)")
     p.add_argument("--device", default="cpu", help="torch device of the policy")
     p.add_argument("--output", help="write the report (aggregates and per-task results) as JSON")
+    p.add_argument("--memory", action="store_true",
+                   help="prompt every task with the graph memory's top-k (the config's memory section)")
     p.add_argument("--judge", action="store_true",
                    help="local-life: also score each metric with a judge model (the benchmark's rubrics)")
     p.add_argument("--judge-backend", choices=("openai", "hf"), help="judge backend (default: the reward service's)")
@@ -74,6 +81,8 @@ def render(report: Any, title: str) -> Table:
     table.add_row("format errors", str(report.format_errors))
     table.add_row("truncated", str(report.truncated))
     table.add_row("infra failures", str(report.infra_failures))
+    if report.memory_hit_rate is not None:
+        table.add_row("shown a memory", f"{report.memory_hit_rate:.3f}")
     table.add_row("seconds", f"{report.seconds:.1f}")
     return table
 
@@ -104,10 +113,14 @@ def run(ns: Any, console: Console) -> int:
     from envs.local_life.judge import METRICS, judge_spec
     from envs.text_to_sql import REWARD_SPEC, load_spider, make_tasks
     from trainer.compose import open_stack
-    from trainer.config import load_config
+    from trainer.config import MemoryConfig, load_config
     from trainer.evaluate import EVAL_ROLLOUT, evaluate, is_imagent, is_local_life
 
     config = load_config(ns.config)
+    if ns.memory and not config.memory.enabled:
+        raise ConfigError(f"--memory prompts with the graph memory: {ns.config} needs `memory: {{enabled: true}}`")
+    if not ns.memory:     # no memory service to start for an evaluation that does not use it
+        config = dataclasses.replace(config, memory=MemoryConfig())
     checkpoint = ns.checkpoint or config.model.path
     if not Path(checkpoint).exists():
         raise ConfigError(f"checkpoint {checkpoint} does not exist; pass --checkpoint DIR "
@@ -156,7 +169,7 @@ def run(ns: Any, console: Console) -> int:
                 spec = imagent_env.REWARD_SPEC
             report = evaluate(checkpoint, tasks, stack, reward_spec=spec,
                               rollout_config=rollout, temperature=ns.temperature, max_tool_calls=max_tool_calls,
-                              seed=config.seed, device=ns.device, judge=judge)
+                              seed=config.seed, device=ns.device, judge=judge, memory=ns.memory)
     report.settings["tasks"] = source
     title = f"rlyard eval · {Path(checkpoint).name} · {source}"
     console.print(render_local_life(report, title) if local_life else render(report, title))

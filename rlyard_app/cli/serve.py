@@ -21,14 +21,21 @@ def _reward() -> ServiceDefinition:
     return from_env()
 
 
+def _memory() -> ServiceDefinition:
+    from memory_service.app import from_env
+
+    return from_env()
+
+
 def _trainer() -> ServiceDefinition:
     from trainer.service import from_env
 
     return from_env()
 
 
-# kind -> factory of its ServiceDefinition (a later issue adds memory)
-FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward, "trainer": _trainer}
+# kind -> factory of its ServiceDefinition
+FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward, "memory": _memory,
+                                                         "trainer": _trainer}
 
 
 def run_service(kind: str) -> None:

@@ -21,7 +21,8 @@ from rlyard.errors import ConfigError
 from trainer.config import ExperimentConfig, load_config
 from trainer.events import MetricsEvent, StateEvent
 
-SHOWN = ("loss", "reward_mean", "accuracy", "kept", "tokens_per_s", "tool_latency_ms", "rollout_seconds", "lr")
+SHOWN = ("loss", "reward_mean", "accuracy", "kept", "tokens_per_s", "tool_latency_ms", "rollout_seconds", "lr",
+         "memory/hit_rate", "memory/failures")     # the graph memory's, when the config turns it on
 
 
 class ProgressView:

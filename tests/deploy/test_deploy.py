@@ -85,6 +85,7 @@ def test_render_covers_every_service_and_is_deterministic(table: ServiceTable) -
         ROOT / "docker-compose.yml",
         ROOT / "k8s" / "00-namespace.yaml",
         *(ROOT / "k8s" / f"{s.name}.yaml" for s in table.services),
+        *(ROOT / "k8s" / f"{b.name}.yaml" for b in table.backing),
     }
     for path, text in files.items():
         assert text.startswith(deploy.HEADER), path
@@ -200,12 +201,13 @@ def _unescape(env: dict[str, str | None]) -> dict[str, str | None]:
 
 def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
     services = _compose_model()["services"]
-    assert sorted(services) == sorted(s.name for s in table.services)
+    assert sorted(services) == sorted([s.name for s in table.services] + [b.name for b in table.backing])
     for spec in table.services:
         svc = services[spec.name]
         assert svc["image"] == table.image
         assert svc["command"] == spec.command
-        assert _unescape(svc["environment"]) == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
+        assert _unescape(svc["environment"]) == (spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
+                                                 | spec.container_env)
         # `docker compose up` starts what `rlyard up` starts (profile "all"); others need --profile
         assert svc.get("profiles") == (None if "all" in spec.profiles else list(spec.profiles))
         published = {(p["host_ip"], p["target"], int(p["published"])) for p in svc["ports"]}
@@ -230,7 +232,7 @@ def test_k8s_agrees_with_the_table(table: ServiceTable) -> None:
     for spec in table.services:
         objects = _k8s_objects(spec)
         configmap, deployment, service = objects["ConfigMap"], objects["Deployment"], objects["Service"]
-        assert configmap["data"] == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
+        assert configmap["data"] == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port) | spec.container_env
 
         assert deployment["spec"]["replicas"] == spec.replicas
         pod = deployment["spec"]["template"]
@@ -282,7 +284,39 @@ def test_launcher_uses_the_same_environment(table: ServiceTable, tmp_path: Path)
                 value = value.replace(f"{peer}:{spec.peer_ports[peer]}", f"127.0.0.1:{spec.peer_ports[peer]}")
             if key.endswith("_DIR") and not os.path.isabs(value):
                 value = str(ROOT / value)
+            if key in spec.container_env:  # containers only (the memory's PostgreSQL): the table's env here
+                value = spec.env[key]
             assert env[key] == value, key
+
+
+def test_the_memory_service_reaches_its_backing_postgres_in_containers(table: ServiceTable) -> None:
+    """Under Compose and Kubernetes the memory service's store URL names the postgres backing store
+    at the host and port those deployments give it, and waits for it; `rlyard up` keeps SQLite."""
+    memory, postgres = table.get("memory"), table.backing[0]
+    assert (memory.backing, postgres.name) == (("postgres",), "postgres")
+    url = deploy.container_env(memory)["RLYARD_MEMORY_DB_URL"]
+    env = postgres.env
+    assert url == (f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+                   f"@postgres:{postgres.port}/{env['POSTGRES_DB']}")
+    assert memory.runtime_env("127.0.0.1", 1, None)["RLYARD_MEMORY_DB_URL"].startswith("sqlite:///")
+
+    services = _compose_model()["services"]
+    assert services["memory"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": True}
+    db = services["postgres"]
+    assert db["image"] == postgres.image and db["healthcheck"]["test"] == ["CMD", *postgres.probe]
+    assert [(v["source"], v["target"]) for v in db["volumes"]] == [("postgres-data", postgres.data_dir)]
+    assert "ports" not in db   # only the services reach it
+
+    objects = {d["kind"]: d for d in _docs(ROOT / "k8s" / "postgres.yaml")}
+    assert sorted(objects) == ["ConfigMap", "Service", "StatefulSet"]
+    assert objects["ConfigMap"]["data"] == postgres.env
+    assert objects["Service"]["metadata"]["name"] == "postgres"
+    assert objects["Service"]["spec"]["ports"][0]["port"] == postgres.port
+    pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == postgres.run_as
+    [container] = pod["containers"]
+    assert container["readinessProbe"]["exec"]["command"] == list(postgres.probe)
+    assert {"name": "data", "mountPath": postgres.data_dir} in container["volumeMounts"]
 
 
 def test_a_wanted_service_is_optional_in_every_deployment(table: ServiceTable, tmp_path: Path) -> None:
@@ -299,7 +333,8 @@ def test_a_wanted_service_is_optional_in_every_deployment(table: ServiceTable, t
     assert services["reward"]["depends_on"]["sql-tools"]["required"] is True
     plain = _run([_compose_bin(), "-f", ROOT / "docker-compose.yml", "config", "--services"])
     assert plain.returncode == 0, plain.stderr                       # no profile: search is not enabled
-    assert set(plain.stdout.split()) == {s.name for s in table.services if "all" in s.profiles}
+    assert set(plain.stdout.split()) == ({s.name for s in table.services if "all" in s.profiles}
+                                         | {b.name for b in table.backing if "all" in b.profiles})
 
     profile = table.profile("local-life")
     names = [s.name for s in profile]
@@ -333,6 +368,7 @@ def test_table_refuses_bad_references(tmp_path: Path) -> None:
         ("env: {T: '{tools}'}", "add tools to depends_on"),
         ("wants: [late], env: {T: '{late}'}", "wants 'late', which must be a service listed before it"),
         ("depends_on: [tools], wants: [tools]", "in both depends_on and wants"),
+        ("backing: [postgres]", "uses backing postgres, which the table's backing list does not define"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_table(table_with(reward))

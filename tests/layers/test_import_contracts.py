@@ -33,7 +33,9 @@ def _toy_tree(tmp_path: Path, extra: dict[str, str]) -> Path:
     files = {f"{pkg}/__init__.py": "" for pkg in config["root_packages"]}
     files.update({
         "tool_servers/app.py": "", "reward_service/app.py": "", "reward_service/settings.py": "",
-        "trainer/embedded.py": "import tool_servers.app\nimport reward_service.app\nimport reward_service.settings\n",
+        "memory_service/app.py": "", "memory_service/settings.py": "",
+        "trainer/embedded.py": "import tool_servers.app\nimport reward_service.app\nimport reward_service.settings\n"
+                               "import memory_service.app\nimport memory_service.settings\n",
         "rlyard/domain.py": "", "trainer/runner.py": "import rlyard.domain\n",
     })
     files.update(extra)
@@ -60,6 +62,7 @@ def test_the_contracts_pass_a_tree_that_keeps_them(tmp_path: Path) -> None:
     ({"tool_servers/bad.py": "import reward_service.app\n"}, "tool_servers is not allowed to import reward_service"),
     ({"trainer/bad.py": "import envs\n"}, "trainer is not allowed to import envs"),
     ({"trainer/bad.py": "import tool_servers.app\n"}, "trainer is not allowed to import tool_servers"),
+    ({"trainer/bad.py": "import memory_service.app\n"}, "trainer is not allowed to import memory_service"),
     ({"trainer/a.py": "import trainer.b\n", "trainer/b.py": "import trainer.a\n"},
      "No import cycles between the parts of a package BROKEN"),
 ])

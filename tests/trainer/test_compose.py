@@ -105,6 +105,23 @@ def test_an_rl_stage_needs_an_existing_task_file(tmp_path: Path) -> None:
         compose.check(config)
 
 
+def test_the_embedded_memory_services_settings_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"task_id": "a", "question": "q"}\n')
+    rl = {"kind": "rl", "steps": 1, "reward": {"qa_em": 1.0}, "tasks": {"path": str(tasks)}}
+    config = parse_config({"name": "compose", "stages": [rl],
+                           "memory": {"enabled": True, "embedded": {"db_urll": "sqlite:///m.db"}}})
+    with pytest.raises(ConfigError, match=r"memory.embedded: unknown setting\(s\) db_urll; valid: db_url"):
+        compose.check(config)
+    config = parse_config({"name": "compose", "stages": [rl],
+                           "memory": {"enabled": True, "embedded": {"max_top_k": 0}}})
+    with pytest.raises(ConfigError, match="RLYARD_MEMORY_MAX_TOP_K must be >= 1"):
+        compose.check(config)
+    # a given memory service is not configured here: nothing to check, nothing refused
+    compose.check(parse_config({"name": "compose", "stages": [rl], "memory": {"enabled": True,
+                                                                               "target": "127.0.0.1:1"}}))
+
+
 def test_an_unknown_or_unavailable_sampler_backend_is_refused_when_the_config_loads() -> None:
     stage = [{"kind": "sft", "data": "d.jsonl", "steps": 1}]
     with pytest.raises(ConfigError, match=r"model\.backend 'vllm2' is not a sampler backend; known: hf, vllm"):

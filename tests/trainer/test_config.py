@@ -124,3 +124,40 @@ def test_duplicate_stage_names_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_the_memory_section_is_typed_and_off_by_default() -> None:
+    assert parse_config(GOOD).memory.enabled is False
+    memory = parse_config({**GOOD, "memory": {"enabled": True, "top_k": 4, "token_budget": 96,
+                                              "task_type": "label:template", "learning_rate": 0.5,
+                                              "distill": {"every": 3, "max_new": 2}}}).memory
+    assert (memory.top_k, memory.token_budget, memory.task_type, memory.learning_rate) == (4, 96, "label:template", 0.5)
+    assert memory.record and memory.ablation and memory.target == "" and memory.embedded == {}
+    assert (memory.distill.every, memory.distill.min_paths, memory.distill.max_new) == (3, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("memory", "message"),
+    [
+        ({"top_k": 0}, "memory.top_k: must be in [1, 64]"),
+        ({"token_budget": 0}, "memory.token_budget: must be >= 1"),
+        ({"task_type": "template"}, "memory.task_type: 'template': use label:<field>"),
+        ({"task_type": "label:"}, "memory.task_type: 'label:': use label:<field>"),
+        ({"learning_rate": -0.1}, "memory.learning_rate: must be >= 0"),
+        ({"ablation": False, "learning_rate": 0.1}, "turn memory.ablation on or leave learning_rate at 0"),
+        ({"target": "10.0.0.7:50053", "embedded": {"db_url": "sqlite:///m.db"}},
+         "memory.embedded: configures the embedded memory service, but memory.target is '10.0.0.7:50053'"),
+        ({"distill": {"every": -1}}, "memory.distill.every: must be >= 0 (0 = never"),
+        ({"timeout_s": 0}, "memory.timeout_s: must be > 0 seconds"),
+        ({"topk": 3}, "memory: unknown key(s) topk; valid keys: ablation, distill, embedded, enabled"),
+    ],
+)
+def test_bad_memory_values_say_how_to_fix_them(memory: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**GOOD, "memory": {"enabled": True, **memory}})
+    assert message in str(err.value)
+
+
+def test_memory_needs_an_rl_stage() -> None:
+    with pytest.raises(ConfigError, match="the memory serves RL stages and this config has none"):
+        parse_config({**GOOD, "stages": GOOD["stages"][:1], "memory": {"enabled": True}})

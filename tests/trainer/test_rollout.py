@@ -30,6 +30,7 @@ from trainer.parsing import TRUNCATION_MARKER, Region, label_regions
 from trainer.policy.base import Generation, SamplingParams
 from trainer.policy.hf import HFPolicy
 from trainer.rollout import EngineThread, RolloutEngine, rollout_sync
+from trainer.rollout.engine import chat_prompt_ids
 from trainer.sampler import LocalSampler
 from trainer.types import RolloutTrajectory
 
@@ -330,6 +331,28 @@ async def test_turn_limits_answers_and_plain_text(
     assert strict_plain.status is TrajectoryStatus.FORMAT_ERROR
     for traj in (loop, direct, plain, rambling, strict_plain):
         check_invariants(traj, policy)
+
+
+async def test_the_samples_of_a_group_may_start_from_different_prompts(
+    policy: HFPolicy, tools: RunningServer, fast_retry_client: Callable[[RunningServer], ToolClient]
+) -> None:
+    """``run_groups``: the graph memory's half of a group reads a system message of its own; the
+    prompt is the chat template of each sample's own messages, and the group stays one group."""
+    sampler = ScriptedSampler(policy, {"mem": ["<answer>6</answer>" + END], "other": ["<answer>1</answer>" + END]})
+    plain = task("mem")
+    shown = Task(plain.task_id, [{"role": "system", "content": "Answer with the tools.\n\nStrategies:\n- count rows"},
+                                 plain.messages[1]], context=plain.context)
+    engine = make_engine(sampler, policy.tokenizer, fast_retry_client(tools), config(), seed=0)
+    try:
+        trajectories = await engine.run_groups([[shown, shown, plain], [task("other")] * 2])
+    finally:
+        await close(engine)
+    assert [(t.group_id, t.sample_index) for t in trajectories] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    first, second, third = trajectories[:3]
+    assert first.prompt_ids == second.prompt_ids == chat_prompt_ids(policy.tokenizer, shown)
+    assert third.prompt_ids == chat_prompt_ids(policy.tokenizer, plain) != first.prompt_ids
+    assert "- count rows" in first.record.turns[0].text and "count rows" not in third.record.turns[0].text
+    assert all(t.final_answer == "6" for t in (first, second, third)) and trajectories[3].final_answer == "1"
 
 
 async def test_max_total_tokens_truncates(

@@ -40,12 +40,15 @@ async def test_tasks_get_the_tool_servers_schemas(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(x) for x in [
         {"task_id": "a", "question": "How many singers?", "context": {"db_id": "concert_singer"},
          "ground_truth": {"db_id": "concert_singer", "query": "SELECT count(*) FROM singer"}},
-        {"task_id": "b", "messages": [{"role": "user", "content": "hi"}], "tools": ["sql_query"]},
+        {"task_id": "b", "messages": [{"role": "user", "content": "hi"}], "tools": ["sql_query"],
+         "template": "count_all", "slice": 2, "extra": {"not": "a label"}},
     ]) + "\n")
     a, b = load_tasks(path, tools)
     assert a.messages[0]["role"] == "system" and a.messages[1] == {"role": "user", "content": "How many singers?"}
     assert a.context == {"db_id": "concert_singer"} and len(a.tools) == 3
     assert [t["function"]["name"] for t in b.tools] == ["sql_query"]
+    # the line's other scalar fields are labels (the memory's task type reads one); the task's own are not
+    assert a.labels == {} and b.labels == {"template": "count_all", "slice": "2"}
     path.write_text('{"task_id": "x"}\n')
     with pytest.raises(ConfigError, match="needs 'question' or 'messages'"):
         load_tasks(path, tools)

@@ -200,12 +200,18 @@ class RolloutEngine:
         size = self.config.group_size if group_size is None else group_size
         if size < 1:
             raise ValueError(f"group_size={size}: must be >= 1")
+        return await self.run_groups([[task] * size for task in tasks], step=step)
+
+    async def run_groups(self, groups: Sequence[Sequence[Task]], *, step: int = 0) -> list[RolloutTrajectory]:
+        """One trajectory per entry: ``groups[g][s]`` is the task sample ``s`` of group ``g`` starts
+        from (the samples of a group may differ in their prompt, e.g. the half that the graph memory
+        prompts). Returned group by group, samples in order."""
         self._prompt_cache.clear()
         async with asyncio.TaskGroup() as tg:
             jobs = [
                 tg.create_task(self.rollout(task, group_id, sample, step=step))
-                for group_id, task in enumerate(tasks)
-                for sample in range(size)
+                for group_id, samples in enumerate(groups)
+                for sample, task in enumerate(samples)
             ]
         return [job.result() for job in jobs]
 

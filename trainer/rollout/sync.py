@@ -12,6 +12,7 @@ loop; ``run`` submits a coroutine with ``run_coroutine_threadsafe`` and waits fo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -40,6 +41,11 @@ class EngineThread:
         if threading.current_thread() is self._thread:
             raise RuntimeError("EngineThread.run called from its own loop; await the coroutine instead")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop without waiting: its future, for work that may overlap the
+        caller's (the memory's feedback while the update trains)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
         """Cancel what is left on the loop, stop it and join the thread."""
