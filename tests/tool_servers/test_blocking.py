@@ -1,0 +1,96 @@
+"""``tool_servers.blocking``: the blocking work of one event-loop turn goes to the pool as one job,
+each call keeps its own result or exception, and a slow call gets a helper thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tool_servers.blocking import batch_context, current
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(4, thread_name_prefix="test-tool")
+    yield executor
+    executor.shutdown(wait=True)
+
+
+def _submitted(pool: ThreadPoolExecutor) -> list[int]:
+    """Counts the jobs handed to ``pool`` (the real pool still runs them)."""
+    jobs: list[int] = []
+    submit = pool.submit
+
+    def counting(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        jobs.append(1)
+        return submit(fn, *args, **kwargs)
+
+    pool.submit = counting  # type: ignore[method-assign]
+    return jobs
+
+
+async def test_the_work_of_one_turn_is_one_job_on_one_thread(pool: ThreadPoolExecutor) -> None:
+    jobs = _submitted(pool)
+
+    def work(i: int) -> tuple[int, int]:
+        if i == 3:
+            raise ValueError("call 3 failed")
+        return i * i, threading.get_ident()
+
+    async def calls() -> list[object]:
+        batch = current(pool)
+        assert batch is not None
+        return await asyncio.gather(*(batch.submit(work, (i,)) for i in range(8)), return_exceptions=True)
+
+    outcomes = await asyncio.wait_for(asyncio.get_running_loop().create_task(
+        calls(), context=batch_context(pool, 4)), timeout=5)
+    assert isinstance(outcomes[3], ValueError) and str(outcomes[3]) == "call 3 failed"
+    values = [o for i, o in enumerate(outcomes) if i != 3]
+    assert [v[0] for v in values] == [i * i for i in range(8) if i != 3]   # type: ignore[index]
+    assert len({v[1] for v in values}) == 1 and values[0][1] != threading.get_ident()   # type: ignore[index]
+    assert jobs == [1]
+    assert current(pool) is None        # outside the context, work goes to the pool call by call
+
+
+async def test_a_slow_call_gets_a_helper_for_the_work_queued_behind_it(pool: ThreadPoolExecutor) -> None:
+    release = threading.Event()
+    done_at: set[int] = set()
+    loop = asyncio.get_running_loop()
+    fast_ones_done = asyncio.Event()
+
+    def slow() -> str:
+        release.wait(5)
+        return "slow"
+
+    def fast(i: int) -> int:
+        done_at.add(i)
+        if len(done_at) == 3:
+            loop.call_soon_threadsafe(fast_ones_done.set)
+        return i
+
+    async def calls() -> list[object]:
+        batch = current(pool)
+        assert batch is not None
+        return await asyncio.gather(batch.submit(slow, ()), *(batch.submit(fast, (i,)) for i in range(3)))
+
+    task = asyncio.get_running_loop().create_task(calls(), context=batch_context(pool, 4))
+    await asyncio.wait_for(fast_ones_done.wait(), timeout=2)    # while the slow one still runs
+    assert not task.done()
+    release.set()
+    assert await asyncio.wait_for(task, timeout=5) == ["slow", 0, 1, 2]
+
+
+async def test_a_pool_that_is_shut_down_fails_the_queued_calls(pool: ThreadPoolExecutor) -> None:
+    pool.shutdown(wait=True)
+
+    async def call() -> object:
+        batch = current(pool)
+        assert batch is not None
+        return await batch.submit(lambda: 1, ())
+
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await asyncio.wait_for(asyncio.get_running_loop().create_task(call(), context=batch_context(pool, 2)), 5)

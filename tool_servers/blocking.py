@@ -1,0 +1,126 @@
+"""Blocking tool work of a ``CallTools`` stream, handed to the tool pool a burst at a time.
+
+In a ``batch_context`` (a ``CallTools`` stream runs the calls it starts in one),
+``ToolContext.run_blocking`` queues its work instead of submitting it: what the calls of one
+event-loop turn queue goes to the pool as one job (or joins the job still draining), which runs it
+in order and wakes the loop once per burst of finished results, not once per call. A call that
+takes long must not hold up the calls queued behind it: while work waits past ``HELPER_DELAY_S``,
+another pool thread joins in, up to the pool's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+HELPER_DELAY_S = 0.002   # a burst of cheap calls drains well within this; a slow one gets a helper
+
+_CURRENT: contextvars.ContextVar[BlockingBatch | None] = contextvars.ContextVar("tool_blocking_batch", default=None)
+
+
+class BlockingBatch:
+    """Runs blocking functions for one event loop on a pool, a queue drained by few jobs."""
+
+    def __init__(self, pool: ThreadPoolExecutor, threads: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.threads = max(1, threads)
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._finished: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self._wake_pending = False
+        self._flush_pending = False
+        self._helper: asyncio.TimerHandle | None = None
+        self._draining = 0
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue ``fn(*args)``; the future gets its result or exception. Event-loop thread only."""
+        future = self.loop.create_future()
+        with self._lock:
+            self._queue.append((future, fn, args))
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)   # after the other calls of this turn have queued theirs
+        return future
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._start_drain(idle_only=True)     # a job already draining takes this burst too
+        if self._helper is None:
+            self._helper = self.loop.call_later(HELPER_DELAY_S, self._help)
+
+    def _start_drain(self, *, idle_only: bool = False) -> None:
+        with self._lock:
+            if not self._queue or self._draining >= (1 if idle_only else self.threads):
+                return
+            self._draining += 1
+        try:
+            self.pool.submit(self._drain)
+        except RuntimeError as exc:       # the pool is shut down: the server is stopping
+            with self._lock:
+                self._draining -= 1
+                failed, self._queue = list(self._queue), deque()
+            for future, _, _ in failed:
+                if not future.done():
+                    future.set_exception(exc)
+
+    def _help(self) -> None:
+        self._helper = None
+        with self._lock:
+            waiting = bool(self._queue)
+        if waiting:
+            self._start_drain()
+            self._helper = self.loop.call_later(HELPER_DELAY_S, self._help)
+
+    def _drain(self) -> None:
+        """In a pool thread: run queued work until none is left."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._draining -= 1
+                    return
+                future, fn, args = self._queue.popleft()
+            if future.cancelled():          # its caller is gone (read across threads: at worst it runs anyway)
+                continue
+            try:
+                outcome: tuple[asyncio.Future[Any], bool, Any] = (future, True, fn(*args))
+            except BaseException as exc:  # handed to the caller, as run_in_executor does
+                outcome = (future, False, exc)
+            with self._lock:
+                self._finished.append(outcome)
+                wake, self._wake_pending = not self._wake_pending, True
+            if wake:
+                with contextlib.suppress(RuntimeError):   # the loop is closed: nobody waits any more
+                    self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, []
+            self._wake_pending = False
+        for future, ok, value in finished:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+def current(pool: ThreadPoolExecutor) -> BlockingBatch | None:
+    """The batch that blocking work for ``pool`` joins here, if the caller runs inside one."""
+    batch = _CURRENT.get()
+    return batch if batch is not None and batch.pool is pool else None
+
+
+def batch_context(pool: ThreadPoolExecutor, threads: int) -> contextvars.Context:
+    """A copy of the current context in which blocking work for ``pool`` (of the task run in it and
+    of the tasks that task creates) joins one new batch, drained by at most ``threads`` jobs."""
+    context = contextvars.copy_context()
+    context.run(_CURRENT.set, BlockingBatch(pool, threads, asyncio.get_running_loop()))
+    return context
