@@ -5,7 +5,8 @@ In a ``batch_context`` (a ``CallTools`` stream runs the calls it starts in one),
 event-loop turn queue goes to the pool as one job (or joins the job still draining), which runs it
 in order and wakes the loop once per burst of finished results, not once per call. A call that
 takes long must not hold up the calls queued behind it: while work waits past ``HELPER_DELAY_S``,
-another pool thread joins in, up to the pool's size.
+another pool thread joins in, up to the pool's size, and a burst that comes while every job is
+stuck in such a call gets a job of its own at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +29,12 @@ _CURRENT: contextvars.ContextVar[BlockingBatch | None] = contextvars.ContextVar(
 class BlockingBatch:
     """Runs blocking functions for one event loop on a pool, a queue drained by few jobs."""
 
-    def __init__(self, pool: ThreadPoolExecutor, threads: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, threads: int, loop: asyncio.AbstractEventLoop, *,
+                 helper_delay_s: float = HELPER_DELAY_S) -> None:
         self.pool = pool
         self.threads = max(1, threads)
         self.loop = loop
+        self.helper_delay_s = helper_delay_s
         self._lock = threading.Lock()
         self._queue: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._finished: list[tuple[asyncio.Future[Any], bool, Any]] = []
@@ -38,6 +42,7 @@ class BlockingBatch:
         self._flush_pending = False
         self._helper: asyncio.TimerHandle | None = None
         self._draining = 0
+        self._started: dict[int, float] = {}   # draining thread -> when the work it runs now started
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """Queue ``fn(*args)``; the future gets its result or exception. Event-loop thread only."""
@@ -51,14 +56,20 @@ class BlockingBatch:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        self._start_drain(idle_only=True)     # a job already draining takes this burst too
+        self._start_drain(unless_moving=True)     # a job still moving through its queue takes this burst
         if self._helper is None:
-            self._helper = self.loop.call_later(HELPER_DELAY_S, self._help)
+            self._helper = self.loop.call_later(self.helper_delay_s, self._help)
 
-    def _start_drain(self, *, idle_only: bool = False) -> None:
+    def _start_drain(self, *, unless_moving: bool = False) -> None:
         with self._lock:
-            if not self._queue or self._draining >= (1 if idle_only else self.threads):
+            if not self._queue or self._draining >= self.threads:
                 return
+            if unless_moving:
+                # moving: between two pieces of work, or in one begun less than the helper delay ago
+                since = time.monotonic() - self.helper_delay_s
+                stuck = sum(1 for started in self._started.values() if started < since)
+                if self._draining > stuck:
+                    return
             self._draining += 1
         try:
             self.pool.submit(self._drain)
@@ -76,16 +87,19 @@ class BlockingBatch:
             waiting = bool(self._queue)
         if waiting:
             self._start_drain()
-            self._helper = self.loop.call_later(HELPER_DELAY_S, self._help)
+            self._helper = self.loop.call_later(self.helper_delay_s, self._help)
 
     def _drain(self) -> None:
         """In a pool thread: run queued work until none is left."""
+        me = threading.get_ident()
         while True:
             with self._lock:
+                self._started.pop(me, None)
                 if not self._queue:
                     self._draining -= 1
                     return
                 future, fn, args = self._queue.popleft()
+                self._started[me] = time.monotonic()
             if future.cancelled():          # its caller is gone (read across threads: at worst it runs anyway)
                 continue
             try:
@@ -93,6 +107,7 @@ class BlockingBatch:
             except BaseException as exc:  # handed to the caller, as run_in_executor does
                 outcome = (future, False, exc)
             with self._lock:
+                self._started.pop(me, None)
                 self._finished.append(outcome)
                 wake, self._wake_pending = not self._wake_pending, True
             if wake:
@@ -118,9 +133,11 @@ def current(pool: ThreadPoolExecutor) -> BlockingBatch | None:
     return batch if batch is not None and batch.pool is pool else None
 
 
-def batch_context(pool: ThreadPoolExecutor, threads: int) -> contextvars.Context:
+def batch_context(pool: ThreadPoolExecutor, threads: int, *, helper_delay_s: float = HELPER_DELAY_S
+                  ) -> contextvars.Context:
     """A copy of the current context in which blocking work for ``pool`` (of the task run in it and
     of the tasks that task creates) joins one new batch, drained by at most ``threads`` jobs."""
     context = contextvars.copy_context()
-    context.run(_CURRENT.set, BlockingBatch(pool, threads, asyncio.get_running_loop()))
+    batch = BlockingBatch(pool, threads, asyncio.get_running_loop(), helper_delay_s=helper_delay_s)
+    context.run(_CURRENT.set, batch)
     return context

@@ -94,3 +94,39 @@ async def test_a_pool_that_is_shut_down_fails_the_queued_calls(pool: ThreadPoolE
 
     with pytest.raises(RuntimeError, match="shutdown"):
         await asyncio.wait_for(asyncio.get_running_loop().create_task(call(), context=batch_context(pool, 2)), 5)
+
+
+@pytest.mark.parametrize("stuck", [True, False])
+async def test_a_burst_gets_its_own_job_at_once_while_the_running_one_is_stuck(
+    pool: ThreadPoolExecutor, stuck: bool
+) -> None:
+    """A job counts as stuck once its current call is older than the helper delay (here 50 ms): a
+    burst that comes then gets a job of its own at once; one that comes earlier waits for the job."""
+    jobs = _submitted(pool)
+    loop = asyncio.get_running_loop()
+    release, slow_started = threading.Event(), asyncio.Event()
+
+    def slow() -> str:
+        loop.call_soon_threadsafe(slow_started.set)
+        release.wait(5)
+        return "slow"
+
+    async def calls() -> list[object]:
+        batch = current(pool)
+        assert batch is not None
+        first = batch.submit(slow, ())
+        await asyncio.wait_for(slow_started.wait(), timeout=5)
+        if stuck:
+            await asyncio.sleep(0.2)        # time must pass: the slow call becomes older than the delay
+        before = len(jobs)
+        burst = [batch.submit(lambda i=i: i, ()) for i in range(3)]
+        await asyncio.sleep(0)              # one turn: the burst's flush runs, the helper's timer has not
+        assert len(jobs) == before + (1 if stuck else 0)
+        if stuck:
+            assert await asyncio.wait_for(asyncio.gather(*burst), timeout=5) == [0, 1, 2]
+            assert not first.done()
+        release.set()
+        return await asyncio.gather(first, *burst)
+
+    task = loop.create_task(calls(), context=batch_context(pool, 4, helper_delay_s=0.05))
+    assert await asyncio.wait_for(task, timeout=5) == ["slow", 0, 1, 2]
