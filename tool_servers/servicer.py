@@ -139,8 +139,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         self.log.error(f"tool:{name}:{type(exc).__name__}", "tool %s failed", name, exc_info=exc)
         return _failure(call, grpc.StatusCode.INTERNAL, f"{name} failed (an unexpected error; the server logged it)")
 
-    def _stream_pbs(
-        self, finished: list[Finished]) -> list[common_pb2.ToolResult]:
+    def _stream_pbs(self, finished: list[Finished]) -> list[common_pb2.ToolResult]:
         """The results that finished together, converted in one pass; one that cannot be sent becomes
         its call's ``system_error``."""
         out = []
