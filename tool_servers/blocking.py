@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 HELPER_DELAY_S = 0.002   # a burst of cheap calls drains well within this; a slow one gets a helper
@@ -72,14 +72,24 @@ class BlockingBatch:
                     return
             self._draining += 1
         try:
-            self.pool.submit(self._drain)
+            job = self.pool.submit(self._drain)
         except RuntimeError as exc:       # the pool is shut down: the server is stopping
-            with self._lock:
-                self._draining -= 1
-                failed, self._queue = list(self._queue), deque()
-            for future, _, _ in failed:
-                if not future.done():
-                    future.set_exception(exc)
+            self._fail_queued(exc)
+            return
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: Future[None]) -> None:
+        if job.cancelled():               # dropped from the pool's queue by a shutdown
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._fail_queued, RuntimeError("the tool pool was shut down"))
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        with self._lock:
+            self._draining -= 1
+            failed, self._queue = list(self._queue), deque()
+        for future, _, _ in failed:
+            if not future.done():
+                future.set_exception(exc)
 
     def _help(self) -> None:
         self._helper = None

@@ -130,3 +130,26 @@ async def test_a_burst_gets_its_own_job_at_once_while_the_running_one_is_stuck(
 
     task = loop.create_task(calls(), context=batch_context(pool, 4, helper_delay_s=0.05))
     assert await asyncio.wait_for(task, timeout=5) == ["slow", 0, 1, 2]
+
+
+async def test_a_job_dropped_by_a_pool_shutdown_fails_its_calls() -> None:
+    """A shutdown that cancels the pool's queued jobs (as a stopping server's does) fails the calls
+    queued for them instead of leaving them waiting."""
+    busy = threading.Event()
+    pool_of_one = ThreadPoolExecutor(1)
+    pool_of_one.submit(busy.wait, 5)          # the pool's one thread is taken: the batch's job queues
+
+    async def call() -> object:
+        batch = current(pool_of_one)
+        assert batch is not None
+        work = batch.submit(lambda: 1, ())
+        await asyncio.sleep(0)                # the flush submits the job
+        pool_of_one.shutdown(wait=False, cancel_futures=True)
+        return await work
+
+    try:
+        with pytest.raises(RuntimeError, match="the tool pool was shut down"):
+            await asyncio.wait_for(asyncio.get_running_loop().create_task(
+                call(), context=batch_context(pool_of_one, 1)), timeout=5)
+    finally:
+        busy.set()
