@@ -8,6 +8,8 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from tool_servers.poi.retrieve import DenseState
 from tool_servers.poi.store import PoiFilter, PoiStore
 
 N = 2_000
+ROOT = Path(__file__).resolve().parents[2]
 TOOL_SERVICE = "rlyard.tools.v1.ToolService"
 
 
@@ -198,6 +201,27 @@ def test_the_onnx_export_gives_the_vectors_of_pytorch(onnx_encoder: OnnxEncoder,
     assert batch.shape == (len(ENCODER_TEXTS), DIMENSION)
     assert np.all(1.0 - np.einsum("ij,ij->i", batch, reference_batch) < 1e-5)
     assert shared_encoder("onnx", corpus.index_dir) is onnx_encoder     # one per process and folder
+
+
+def test_with_the_onnx_model_and_the_index_cached_no_torch_is_loaded(onnx_encoder: OnnxEncoder, corpus: Corpus) -> None:
+    """The ONNX path's point beside speed: a server whose index and ONNX model are cached loads neither
+    torch nor sentence-transformers (a fresh interpreter, the warm-up's calls)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tool_servers.poi import dense\n"
+        "from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder\n"
+        "from tool_servers.poi.store import PoiStore\n"
+        f"index_dir = Path({str(corpus.index_dir)!r})\n"
+        f"store = PoiStore(Path({str(corpus.poi_dir / 'poi.sqlite')!r}))\n"
+        "index = dense.load_or_build(store, index_dir, shared_encoder('onnx', index_dir),"
+        " build_with=shared_torch_encoder)\n"
+        "assert len(index.search('quiet cafe with wifi', 5)) == 5\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 async def test_the_retrieve_service_answers_alike_with_either_encoder(
