@@ -12,7 +12,8 @@ this process, for:
   reward service is a client of it, as in a deployment.
 
 Each mode is warmed up (gold results cached), then timed over ``--repeats``
-batches. Writes ``bench/results/reward.json`` with throughput, batch latency and
+batches, the two modes in turns (so that both see the same load on a shared
+machine). Writes ``bench/results/reward.json`` with throughput, batch latency and
 the overhead ratio; the goal is < 20% over in-process at batch 256.
 
 ``python -m bench.reward [--batch 256] [--repeats 5] [--output F]``
@@ -82,13 +83,19 @@ def sql_items(n: int, rng: random.Random) -> list[ScoringItem]:
     return items
 
 
-async def _time(fn: Callable[[], Awaitable[Any]], repeats: int) -> list[float]:
-    await fn()  # warm-up: caches, connections
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - start)
+async def _time_pairs(first: Callable[[], Awaitable[Any]], second: Callable[[], Awaitable[Any]],
+                      repeats: int) -> tuple[list[float], list[float]]:
+    """Times of ``first`` and ``second``, taken in turns (the order swapped every repeat), so that both
+    see the same load when another job shares the machine."""
+    await first()  # warm-up: caches, connections
+    await second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        order = ((0, first), (1, second)) if i % 2 == 0 else ((1, second), (0, first))
+        for slot, fn in order:
+            start = time.perf_counter()
+            await fn()
+            times[slot].append(time.perf_counter() - start)
     return times
 
 
@@ -118,15 +125,19 @@ async def measure(
         resp = await client.stub.ScoreBatch(request, timeout=client.timeout)
         assert all(r.status == reward_pb2.SCORE_STATUS_OK for r in resp.results), [r.error for r in resp.results][:3]
 
-    local = _stats(await _time(in_process, repeats), len(items))
-    remote = _stats(await _time(service, repeats), len(items))
+    local_times, remote_times = await _time_pairs(in_process, service, repeats)
+    local, remote = _stats(local_times, len(items)), _stats(remote_times, len(items))
     overhead = remote["batch_seconds_median"] / local["batch_seconds_median"] - 1.0
+    paired = sorted(r / loc - 1.0 for loc, r in zip(local_times, remote_times, strict=True))
     return {
         "reward": name,
         "batch": len(items),
         "in_process": local,
         "service": remote,
         "overhead": round(overhead, 4),
+        # each repeat's service batch over the in-process batch timed next to it: quartiles
+        "overhead_paired_quartiles": [round(paired[len(paired) // 4], 4), round(statistics.median(paired), 4),
+                                      round(paired[(3 * len(paired)) // 4], 4)],
         "goal": f"< {GOAL_OVERHEAD:.0%} over in-process",
         "pass": overhead < GOAL_OVERHEAD,
     }
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     ns = parser.parse_args(argv)
     console = Console()
+    load_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="rlyard-bench-") as tmp, _services(Path(tmp)) as launcher:
         started = launcher.start()
         endpoints = {name: e.target for name, e in started.items()}
@@ -177,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "reward",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_1m_at_start": load_start, "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
                     "grpcio": metadata.version("grpcio"), "platform": platform.platform()},
         "params": {"batch": ns.batch, "repeats": ns.repeats},
         "results": results,

@@ -6,8 +6,7 @@ import json
 
 from reward_service.scorer import Scorer
 from reward_service.types import RewardKindName
-from rlyard.domain import RewardSpec
-from rlyard.domain.convert import item_from_pb, score_to_pb, spec_from_pb
+from rlyard.domain.convert import batch_from_pb, batch_to_pb, item_from_pb, score_to_pb, spec_from_pb
 from rlyard.errors import InvalidArgument
 from rlyard.reward.v1 import reward_pb2, reward_pb2_grpc
 
@@ -49,13 +48,4 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def ScoreBatch(
         self, request: reward_pb2.ScoreBatchRequest, context: object
     ) -> reward_pb2.ScoreBatchResponse:
-        default: RewardSpec | None = spec_from_pb(request.default_spec) if request.default_spec.terms else None
-        plan = []
-        for i, pb in enumerate(request.items):
-            spec = spec_from_pb(pb.spec) if pb.spec.terms else default
-            if spec is None:
-                raise InvalidArgument(f"items[{i}] (item {pb.item_id[:80]!r}) has no spec and the batch has no "
-                                      "default_spec")
-            plan.append((item_from_pb(pb, f"items[{i}]"), spec))
-        results = await self.scorer.score_batch(plan)
-        return reward_pb2.ScoreBatchResponse(results=[score_to_pb(r) for r in results])
+        return batch_to_pb(await self.scorer.score_batch(batch_from_pb(request)))

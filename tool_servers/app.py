@@ -57,7 +57,7 @@ def tool_service(settings: ToolServerSettings, families: Iterable[Any] = ()) -> 
     executor, ctx = build_executor(settings, families)
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-        tools_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(executor, runtime), server)
+        tools_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(executor, runtime, ctx), server)
 
     async def stop() -> None:
         await executor.sessions.stop()

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from rlyard.domain import ToolResult
 from rlyard.plugins import add_plugin, load_plugin
+from tool_servers import blocking
 from tool_servers.catalog import FAMILY_EXTRAS, TOOL_MODULES
 from tool_servers.session import Session
 from tool_servers.settings import ToolServerSettings
@@ -50,7 +51,11 @@ class ToolContext:
         return found  # type: ignore[no-any-return]
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work (sqlite, image decoding) off the event loop."""
+        """Run blocking work (sqlite, image decoding) off the event loop: on the pool, with the other
+        calls of its stream's batch when it runs inside one (``tool_servers.blocking``)."""
+        batch = blocking.current(self.pool)
+        if batch is not None:
+            return await batch.submit(fn, args)  # type: ignore[no-any-return]
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def close(self) -> None:

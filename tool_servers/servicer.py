@@ -15,18 +15,22 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from rlyard.common.v1 import common_pb2
+from rlyard.domain import ToolResult
 from rlyard.domain.convert import image_from_pb, system_failure_pb, tool_result_to_pb
 from rlyard.errors import InvalidArgument, ResourceExhausted, ServiceError, clip
 from rlyard.interceptors import Undecodable, accepts_undecodable
 from rlyard.logs import RateLimitedLog
 from rlyard.server import Runtime
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
+from tool_servers.blocking import batch_context
 from tool_servers.executor import ToolExecutor, clip_name
+from tool_servers.registry import ToolContext
 from tool_servers.salvage import salvage
 
 logger = logging.getLogger(__name__)
 
 MAX_CALL_ID_CHARS = 1024
+Finished = tuple[common_pb2.ToolCall, ToolResult | common_pb2.ToolResult]   # a call and its result, not sent yet
 
 
 def call_id_problem(call_id: str, *, in_stream: bool, repeats: int = 1, in_flight: bool = False) -> str | None:
@@ -74,8 +78,9 @@ def split_by_size(results: list[common_pb2.ToolResult], budget: int) -> list[lis
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     """The gRPC face of a ``ToolExecutor``."""
 
-    def __init__(self, executor: ToolExecutor, runtime: Runtime) -> None:
+    def __init__(self, executor: ToolExecutor, runtime: Runtime, ctx: ToolContext) -> None:
         self.executor = executor
+        self.ctx = ctx
         self.limiter = runtime.limiter
         self.max_message_bytes = runtime.settings.max_message_bytes
         self.budget = result_budget(self.max_message_bytes)
@@ -93,26 +98,30 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
             ]
         )
 
-    async def _run(self, req: tools_pb2.CallToolRequest) -> common_pb2.ToolResult:
+    async def _run(self, req: tools_pb2.CallToolRequest) -> ToolResult:
         c = req.call
         problem = call_id_problem(c.call_id, in_stream=False)
         if problem is not None:
             raise InvalidArgument(problem)
-        result = tool_result_to_pb(
-            await self.executor.call(req.session_id, req.context, c.call_id, c.name, c.arguments_json)
-        )
-        if result.ByteSize() > self.budget:
+        return await self.executor.call(req.session_id, req.context, c.call_id, c.name, c.arguments_json)
+
+    def _to_pb(self, result: ToolResult) -> common_pb2.ToolResult:
+        """The result on the wire; one over the message limit raises ``ResourceExhausted``."""
+        pb = tool_result_to_pb(result)
+        size = pb.ByteSize()
+        if size > self.budget:
             raise ResourceExhausted(
-                f"the result of {clip_name(c.name)} is {result.ByteSize()} bytes, over this server's message limit of "
+                f"the result of {clip_name(result.name)} is {size} bytes, over this server's message limit of "
                 f"{self.max_message_bytes} bytes (RLYARD_MAX_MESSAGE_BYTES); ask for less (a smaller region, "
                 "fewer rows) or raise the limit on both ends"
             )
-        return result
+        return pb
 
     async def CallTool(self, request: tools_pb2.CallToolRequest, context: object) -> tools_pb2.CallToolResponse:
-        return tools_pb2.CallToolResponse(result=await self._run(request))
+        return tools_pb2.CallToolResponse(result=self._to_pb(await self._run(request)))
 
-    async def _run_in_stream(self, req: tools_pb2.CallToolRequest) -> common_pb2.ToolResult:
+    async def _run_in_stream(self, req: tools_pb2.CallToolRequest) -> ToolResult | common_pb2.ToolResult:
+        """The call's result, or the ``system_error`` result of a call that failed (never raises)."""
         if not self.limiter.try_acquire():
             return _failure(req.call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"at the limit of {self.limiter.limit} concurrent calls; retry later")
@@ -121,12 +130,30 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         except ServiceError as exc:
             return _failure(req.call, exc.code, exc.message)
         except Exception as exc:  # a bug in a tool must not kill the other calls of the stream
-            name = req.call.name if req.call.name in self.executor.tools else "(unknown)"
-            self.log.error(f"tool:{name}:{type(exc).__name__}", "tool %s failed", name, exc_info=exc)
-            return _failure(req.call, grpc.StatusCode.INTERNAL,
-                            f"{name} failed (an unexpected error; the server logged it)")
+            return self._unexpected(req.call, exc)
         finally:
             self.limiter.release()
+
+    def _unexpected(self, call: common_pb2.ToolCall, exc: Exception) -> common_pb2.ToolResult:
+        name = call.name if call.name in self.executor.tools else "(unknown)"
+        self.log.error(f"tool:{name}:{type(exc).__name__}", "tool %s failed", name, exc_info=exc)
+        return _failure(call, grpc.StatusCode.INTERNAL, f"{name} failed (an unexpected error; the server logged it)")
+
+    def _stream_pbs(self, finished: list[Finished]) -> list[common_pb2.ToolResult]:
+        """The results that finished together, converted in one pass; one that cannot be sent becomes
+        its call's ``system_error``."""
+        out = []
+        for call, result in finished:
+            if isinstance(result, common_pb2.ToolResult):
+                out.append(result)
+                continue
+            try:
+                out.append(self._to_pb(result))
+            except ServiceError as exc:
+                out.append(_failure(call, exc.code, exc.message))
+            except Exception as exc:  # e.g. structured data that does not serialise
+                out.append(self._unexpected(call, exc))
+        return out
 
     def _calls_of(
         self, message: tools_pb2.CallToolsRequest | Undecodable,
@@ -144,7 +171,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def CallTools(
         self, request_iterator: AsyncIterator[tools_pb2.CallToolsRequest | Undecodable], context: object
     ) -> AsyncIterator[tools_pb2.CallToolsResponse]:
-        done: asyncio.Queue[common_pb2.ToolResult | None] = asyncio.Queue()
+        done: asyncio.Queue[Finished | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         running: set[str] = set()   # call_ids of the calls not answered yet
         pending = 0
@@ -155,7 +182,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                 result = await self._run_in_stream(req)
             finally:
                 running.discard(req.call.call_id)
-            done.put_nowait(result)
+            done.put_nowait((req.call, result))
 
         async def read() -> None:
             nonlocal pending, reading
@@ -165,15 +192,16 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                     repeats = Counter([*(req.call.call_id for req in calls), *(cid for cid, _ in undecodable)])
                     for cid, why in undecodable:
                         pending += 1
-                        done.put_nowait(_failure(common_pb2.ToolCall(call_id=cid), grpc.StatusCode.INVALID_ARGUMENT,
-                                                 f"this call did not decode ({clip(why, 200)}); string fields "
-                                                 "(name, arguments_json, context, session_id) must be valid UTF-8"))
+                        call = common_pb2.ToolCall(call_id=cid)
+                        done.put_nowait((call, _failure(
+                            call, grpc.StatusCode.INVALID_ARGUMENT, f"this call did not decode ({clip(why, 200)}); "
+                            "string fields (name, arguments_json, context, session_id) must be valid UTF-8")))
                     for req in calls:
                         pending += 1
                         cid = req.call.call_id
                         problem = call_id_problem(cid, in_stream=True, repeats=repeats[cid], in_flight=cid in running)
                         if problem is not None:
-                            done.put_nowait(_failure(req.call, grpc.StatusCode.INVALID_ARGUMENT, problem))
+                            done.put_nowait((req.call, _failure(req.call, grpc.StatusCode.INVALID_ARGUMENT, problem)))
                             continue
                         running.add(cid)
                         task = asyncio.get_running_loop().create_task(run(req))
@@ -183,13 +211,15 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                 reading = False
                 done.put_nowait(None)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        # the calls that read() starts hand their blocking work to the pool a burst at a time
+        reader = asyncio.get_running_loop().create_task(
+            read(), context=batch_context(self.ctx.pool, self.ctx.settings.worker_threads))
         try:
             while reading or pending:
                 batch = [await done.get()]
                 while not done.empty():
                     batch.append(done.get_nowait())
-                results = [r for r in batch if r is not None]
+                results = self._stream_pbs([r for r in batch if r is not None])
                 pending -= len(results)
                 # calls that finished together travel together, in as few messages as the limit allows
                 for group in split_by_size(results, self.budget):

@@ -221,17 +221,39 @@ def spec_to_pb(spec: RewardSpec) -> reward_pb2.RewardSpec:
     )
 
 
-def item_from_pb(pb: reward_pb2.ScoreRequest, where: str = "") -> ScoringItem:
-    """A ``ScoringItem`` from ``ScoreRequest``; InvalidArgument names the item (``where``, e.g.
-    ``items[3]``) and the field when ground_truth_json does not parse or the trajectory holds an
-    undefined enum value or a bad image."""
-    prefix = f"{where} (item {_short(pb.item_id)})" if where else f"item {_short(pb.item_id)}"
+def item_from_pb(pb: reward_pb2.ScoreRequest, where: str | int = "") -> ScoringItem:
+    """A ``ScoringItem`` from ``ScoreRequest``; InvalidArgument names the item (``where``: e.g.
+    ``items[3]``, or the index 3 in a batch) and the field when ground_truth_json does not parse or
+    the trajectory holds an undefined enum value or a bad image."""
     try:
         ground_truth = loads_json(pb.ground_truth_json, "ground_truth_json") if pb.ground_truth_json else None
         trajectory = trajectory_from_pb(pb.trajectory) if pb.HasField("trajectory") else None
     except InvalidArgument as exc:
+        where = f"items[{where}]" if isinstance(where, int) else where
+        prefix = f"{where} (item {_short(pb.item_id)})" if where else f"item {_short(pb.item_id)}"
         raise InvalidArgument(f"{prefix}: {exc.message}") from None
     return ScoringItem(pb.item_id, pb.prediction, trajectory, ground_truth, pb.training_step)
+
+
+def batch_from_pb(request: reward_pb2.ScoreBatchRequest) -> list[tuple[ScoringItem, RewardSpec]]:
+    """The items of ``ScoreBatchRequest`` with their specs, in one pass: each distinct spec is parsed
+    once (items that repeat it share one ``RewardSpec``, so the scorer binds it once). InvalidArgument
+    names an item that does not convert or has no spec while the batch has no ``default_spec``."""
+    default = spec_from_pb(request.default_spec) if request.default_spec.terms else None
+    specs: dict[bytes, RewardSpec] = {}
+    plan = []
+    for i, pb in enumerate(request.items):
+        spec = default
+        if pb.spec.terms:
+            key = pb.spec.SerializeToString(deterministic=True)
+            spec = specs.get(key)
+            if spec is None:
+                spec = specs[key] = spec_from_pb(pb.spec)
+        if spec is None:
+            raise InvalidArgument(f"items[{i}] (item {pb.item_id[:80]!r}) has no spec and the batch has no "
+                                  "default_spec")
+        plan.append((item_from_pb(pb, i), spec))
+    return plan
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -256,20 +278,31 @@ def item_to_pb(item: ScoringItem, spec: RewardSpec | None = None) -> reward_pb2.
 
 def score_to_pb(score: ScoreResult) -> reward_pb2.ScoreResponse:
     """``ScoreResponse`` from a ``ScoreResult``."""
-    return reward_pb2.ScoreResponse(
-        item_id=score.item_id,
-        total=score.total,
-        components=[
-            reward_pb2.RewardComponent(name=c.name, value=c.value, weight=c.weight, explanation=c.explanation,
-                                       status=_SCORE_STATUS_PB[c.status])
-            for c in score.components
-        ],
-        step_rewards=[reward_pb2.StepReward(turn_index=s.turn_index, value=s.value, component=s.component)
-                      for s in score.step_rewards],
-        explanation=score.explanation,
-        status=_SCORE_STATUS_PB[score.status],
-        error=score.error,
-    )
+    pb = reward_pb2.ScoreResponse()
+    _fill_score(pb, score)
+    return pb
+
+
+def batch_to_pb(scores: Iterable[ScoreResult]) -> reward_pb2.ScoreBatchResponse:
+    """``ScoreBatchResponse``, each result written in place (no sub-message built and then copied)."""
+    response = reward_pb2.ScoreBatchResponse()
+    add = response.results.add
+    for score in scores:
+        _fill_score(add(), score)
+    return response
+
+
+def _fill_score(pb: reward_pb2.ScoreResponse, score: ScoreResult) -> None:
+    pb.item_id = score.item_id
+    pb.total = score.total
+    for c in score.components:
+        pb.components.add(name=c.name, value=c.value, weight=c.weight, explanation=c.explanation,
+                          status=_SCORE_STATUS_PB[c.status])
+    for s in score.step_rewards:
+        pb.step_rewards.add(turn_index=s.turn_index, value=s.value, component=s.component)
+    pb.explanation = score.explanation
+    pb.status = _SCORE_STATUS_PB[score.status]
+    pb.error = score.error
 
 
 def score_from_pb(pb: reward_pb2.ScoreResponse) -> ScoreResult:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,13 +17,15 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# One decoder for every call: ``json.loads`` with a hook builds a new one each time.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def loads_json(text: str | bytes, field: str) -> Any:
     """``json.loads`` that refuses, naming ``field``: text that does not parse, nesting deeper than
     ``MAX_JSON_DEPTH``, NaN/Infinity, and integers past Python's digit limit."""
-    import json
-
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _DECODER.decode(text) if isinstance(text, str) else json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"{field} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:  # the C decoder recurses once per level of nesting
@@ -32,7 +35,9 @@ def loads_json(text: str | bytes, field: str) -> Any:
         if isinstance(exc, UnicodeDecodeError):
             what = "it is not UTF-8"
         raise InvalidArgument(f"{field} is not valid JSON: {what}") from None
-    if depth_exceeds(value, MAX_JSON_DEPTH):
+    # fewer opening brackets than the limit cannot nest past it (the walk costs more than the parse)
+    brackets = text.count("[") + text.count("{") if isinstance(text, str) else MAX_JSON_DEPTH + 1
+    if brackets > MAX_JSON_DEPTH and depth_exceeds(value, MAX_JSON_DEPTH):
         raise InvalidArgument(f"{field} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 

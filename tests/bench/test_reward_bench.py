@@ -27,3 +27,5 @@ def test_reward_bench_smoke(tmp_path: Path) -> None:
         expected = r["service"]["batch_seconds_median"] / r["in_process"]["batch_seconds_median"] - 1
         assert abs(r["overhead"] - expected) < 1e-3
         assert r["pass"] == (r["overhead"] < 0.20)
+        low, median, high = r["overhead_paired_quartiles"]
+        assert low <= median <= high and median > -1

@@ -184,6 +184,13 @@ async def test_a_batch_names_the_bad_item(reward: RewardClient) -> None:
         await reward.stub.ScoreBatch(reward_pb2.ScoreBatchRequest(items=[good, good, bad]), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "items[2]" in (err.value.details() or "") and "trajectory.status" in (err.value.details() or "")
+    bad_truth = reward_pb2.ScoreRequest(item_id="q-7", prediction="Paris", ground_truth_json='{"answers": [')
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reward.stub.ScoreBatch(reward_pb2.ScoreBatchRequest(items=[good, bad_truth], default_spec=good.spec),
+                                     timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("items[1] (item 'q-7'): ground_truth_json is not JSON: Expecting value at line 1 "
+                                   "column 14")
 
 
 async def test_tool_call_arguments_that_cannot_be_read_score_r_min(reward: RewardClient) -> None:

@@ -129,6 +129,20 @@ async def test_batch_of_mixed_rewards_and_per_step_rewards(reward: RewardClient)
     assert by_id["default-spec"].total == 0.0 and by_id["default-spec"].components[0].weight == 2.0
 
 
+async def test_items_that_repeat_a_spec_are_scored_as_items_with_their_own(reward: RewardClient) -> None:
+    """A batch parses each distinct per-item spec once; items that repeat one, items with a spec that
+    differs only in its weights, and items on the default spec each get their own weights."""
+    f1_once, f1_thrice = parse_spec({"qa_f1": 1.0}), parse_spec({"qa_f1": 3.0, "qa_em": 1.0})
+    specs: list[RewardSpec | None] = [f1_once, f1_thrice, None, f1_once, f1_thrice, None]
+    # pred tokens {tower, in, paris}, gold {eiffel, tower}: F1 0.4, EM 0
+    items = [(ScoringItem(f"i{k}", "tower in Paris", ground_truth={"answers": ["Eiffel Tower"]}), spec)
+             for k, spec in enumerate(specs)]
+    results = await batch(reward, items, parse_spec({"qa_f1": 0.5}))
+    assert [r.item_id for r in results] == [f"i{k}" for k in range(6)]
+    assert [r.total for r in results] == pytest.approx([0.4, 1.2, 0.2, 0.4, 1.2, 0.2])
+    assert [len(r.components) for r in results] == [1, 2, 1, 1, 2, 1]
+
+
 async def test_bad_requests_get_status_codes_bad_items_get_a_status(reward: RewardClient) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await reward.score(ScoringItem("x", "a"), parse_spec({"no_such_reward": 1.0}))

@@ -118,7 +118,7 @@ async def test_a_stream_that_takes_no_undecodable_message_ends_with_invalid_argu
     executor, tool_ctx = tool_settings().executor()
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-        tools_pb2_grpc.add_ToolServiceServicer_to_server(PlainServicer(executor, runtime), server)
+        tools_pb2_grpc.add_ToolServiceServicer_to_server(PlainServicer(executor, runtime, tool_ctx), server)
 
     async def stop() -> None:
         await executor.sessions.stop()

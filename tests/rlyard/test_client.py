@@ -20,6 +20,7 @@ from rlyard.settings import ServerSettings
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
 from tool_servers.app import SERVICE_NAME
 from tool_servers.executor import ToolExecutor
+from tool_servers.registry import ToolContext
 from tool_servers.servicer import ToolServicer
 
 
@@ -172,8 +173,8 @@ async def test_the_client_default_deadline_applies_to_every_call(
 class RecordingServicer(ToolServicer):
     """The real servicer, noting how many calls each ``CallTools`` message carried."""
 
-    def __init__(self, executor: ToolExecutor, runtime: Runtime, sizes: list[int]) -> None:
-        super().__init__(executor, runtime)
+    def __init__(self, executor: ToolExecutor, runtime: Runtime, ctx: ToolContext, sizes: list[int]) -> None:
+        super().__init__(executor, runtime, ctx)
         self.sizes = sizes
 
     def CallTools(self, request_iterator: Any, context: Any) -> Any:
@@ -191,7 +192,7 @@ async def recording(start_tools: Any, tool_settings: Any) -> tuple[RunningServer
     sizes: list[int] = []
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-        tools_pb2_grpc.add_ToolServiceServicer_to_server(RecordingServicer(executor, runtime, sizes), server)
+        tools_pb2_grpc.add_ToolServiceServicer_to_server(RecordingServicer(executor, runtime, tool_ctx, sizes), server)
 
     async def stop() -> None:
         await executor.sessions.stop()

@@ -11,6 +11,8 @@ import pytest
 
 from rlyard.client import ToolClient
 from rlyard.common.v1 import common_pb2
+from rlyard.domain import ToolResult
+from rlyard.errors import DeadlineExceeded
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
 
 
@@ -157,3 +159,40 @@ async def test_an_overlong_call_id_is_invalid_argument_on_the_unary_call(client:
         await client.call_tool("list_tables", {}, context={"db_id": "singer"}, call_id="c" * 1025)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the call_id is 1025 characters; at most 1024" in (info.value.details() or "")
+
+
+async def test_a_mixed_batch_gives_each_call_its_own_outcome(
+    client: ToolClient, session_id: str, endless_count_sql: str
+) -> None:
+    """One message (the client batches the calls of one tick) of a call past its deadline, a good
+    query, a query the tool refuses and an unknown tool: their blocking work is handed to the pool
+    as one batch, yet each gets its own outcome, and the slow call, first in the batch, holds up
+    none of the others (it runs until the tool's 1.5 s limit)."""
+    stream = client.stream()
+    start = time.monotonic()
+    answered_at: dict[str, float] = {}
+
+    async def timed(name: str, tool: str, args: dict[str, object], timeout: float | None = None) -> object:
+        try:
+            return await stream.call(tool, args, session_id=session_id, timeout=timeout)
+        except DeadlineExceeded as exc:
+            return exc
+        finally:
+            answered_at[name] = time.monotonic() - start
+
+    late, ok, refused, unknown = await asyncio.gather(
+        timed("late", "sql_query", {"query": endless_count_sql}, timeout=0.3),
+        timed("ok", "sql_query", {"query": "SELECT count(*) FROM singer"}),
+        timed("refused", "sql_query", {"query": "SELECT nme FROM singer"}),
+        timed("unknown", "shell", {"cmd": "ls"}),
+    )
+    assert isinstance(late, DeadlineExceeded) and "took longer than 0.3s" in str(late)
+    assert isinstance(ok, ToolResult) and not ok.is_error and ok.structured["rows"] == [[6]]
+    assert isinstance(refused, ToolResult) and refused.is_error and "nme" in refused.content[0].text
+    assert refused.system_error is None
+    assert isinstance(unknown, ToolResult) and unknown.is_error and "unknown tool 'shell'" in unknown.content[0].text
+    assert 0.3 <= answered_at["late"] < 1.2
+    assert max(answered_at[n] for n in ("ok", "refused", "unknown")) < 1.2   # not behind the slow call's 1.5 s
+    again = await stream.call("sql_query", {"query": "SELECT 2 * 21"}, session_id=session_id)
+    assert again.structured["rows"] == [[42]]       # the stream goes on
+    await stream.close()

@@ -13,8 +13,10 @@ import pytest
 
 from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import ToolClient
+from rlyard.errors import ConfigError
 from rlyard.geo import distance_m
 from tool_servers.poi.bm25 import Hit, IndexMismatchError, PoiBm25, top_k
+from tool_servers.poi.settings import PoiSettings
 from tool_servers.poi.store import FilterError, PoiFilter, PoiStore, minutes, weekday_index
 
 POI_TOOLS = ("search", "poi_detail", "nearby")
@@ -175,3 +177,10 @@ def test_store_filter_mask_equals_sql(corpus_dir: Path) -> None:
     theirs = {r[0] for r in sql(corpus_dir, query)}
     assert ours == theirs and ours
     store.close()
+
+
+def test_poi_settings_pick_the_query_encoder_and_refuse_an_unknown_one() -> None:
+    assert PoiSettings.from_env("RLYARD_TOOLS_POI", {}).encoder == "onnx"
+    assert PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER": "torch"}).encoder == "torch"
+    with pytest.raises(ConfigError, match=r"RLYARD_TOOLS_POI_ENCODER must be 'onnx' or 'torch' \(got 'tensorrt'\)"):
+        PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER": "tensorrt"})

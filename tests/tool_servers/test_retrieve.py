@@ -8,6 +8,8 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,12 @@ from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import NO_RETRY, ToolClient
 from rlyard.server import WarmUpError
 from tool_servers.poi import dense
+from tool_servers.poi.encoder import DIMENSION, OnnxEncoder, onnx_file, shared_encoder, shared_torch_encoder
 from tool_servers.poi.retrieve import DenseState
 from tool_servers.poi.store import PoiFilter, PoiStore
 
 N = 2_000
+ROOT = Path(__file__).resolve().parents[2]
 TOOL_SERVICE = "rlyard.tools.v1.ToolService"
 
 
@@ -44,7 +48,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     build_corpus(root / "poi", seed=0, merchants=N)
     store = PoiStore(root / "poi" / "poi.sqlite")
     progress: list[tuple[int, int]] = []
-    index = dense.load_or_build(store, root / "index", dense.shared_encoder(),
+    index = dense.load_or_build(store, root / "index", shared_torch_encoder(),
                                 on_progress=lambda done, total: progress.append((done, total)))
     return Corpus(root / "poi", root / "index", store, index, progress)
 
@@ -161,11 +165,77 @@ def test_filtered_search_keeps_only_passing_rows(corpus: Corpus, queries: np.nda
 
 
 def test_the_query_fast_path_gives_the_same_vector_as_encode() -> None:
-    encoder = dense.shared_encoder()
+    encoder = shared_torch_encoder()
     for text in ("a quiet café with wifi open before 8", "Sichuan hotpot in Jing'an, rated 4.5+", "x"):
         one, batch = encoder.encode_one(text), encoder.encode([text])[0]
-        assert one.dtype == np.float32 and one.shape == (dense.DIMENSION,)
+        assert one.dtype == np.float32 and one.shape == (DIMENSION,)
         assert float(one @ batch) > 0.99999 and abs(float(np.linalg.norm(one)) - 1.0) < 1e-5
+
+
+ENCODER_TEXTS = [
+    "x", " ", "?", "a", "spa",                                            # empty-ish and one token
+    "quiet cafe to work with wifi", "Kids Playground Birthday Party Package Qiaokou",
+    "北京烤鸭 王府井 人均 200 元以内", "Café Crème — brunch & crêpes 🥞 près de Jing'an",    # unicode, emoji
+    "spicy hotpot for a group of friends " * 60,                          # past the 256-token cut
+    "SELECT * FROM poi; <script>alert(1)</script> \n\t \u0000",           # noise a model may send
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(corpus: Corpus) -> OnnxEncoder:
+    """The ONNX encoder, its model exported into the test corpus's index folder."""
+    encoder = shared_encoder("onnx", corpus.index_dir)
+    assert isinstance(encoder, OnnxEncoder)
+    return encoder
+
+
+def test_the_onnx_export_gives_the_vectors_of_pytorch(onnx_encoder: OnnxEncoder, corpus: Corpus) -> None:
+    torch_encoder = shared_torch_encoder()
+    assert onnx_file(corpus.index_dir).is_file()
+    for text in ENCODER_TEXTS:
+        mine, reference = onnx_encoder.encode_one(text), torch_encoder.encode_one(text)
+        assert mine.dtype == np.float32 and mine.shape == (DIMENSION,)
+        assert 1.0 - float(mine @ reference) < 1e-5, text[:40]
+    # a padded batch: each row as the same text alone
+    batch, reference_batch = onnx_encoder.encode(ENCODER_TEXTS, batch_size=4), torch_encoder.encode(ENCODER_TEXTS)
+    assert batch.shape == (len(ENCODER_TEXTS), DIMENSION)
+    assert np.all(1.0 - np.einsum("ij,ij->i", batch, reference_batch) < 1e-5)
+    assert shared_encoder("onnx", corpus.index_dir) is onnx_encoder     # one per process and folder
+
+
+def test_with_the_onnx_model_and_the_index_cached_no_torch_is_loaded(onnx_encoder: OnnxEncoder, corpus: Corpus) -> None:
+    """The ONNX path's point beside speed: a server whose index and ONNX model are cached loads neither
+    torch nor sentence-transformers (a fresh interpreter, the warm-up's calls)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tool_servers.poi import dense\n"
+        "from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder\n"
+        "from tool_servers.poi.store import PoiStore\n"
+        f"index_dir = Path({str(corpus.index_dir)!r})\n"
+        f"store = PoiStore(Path({str(corpus.poi_dir / 'poi.sqlite')!r}))\n"
+        "index = dense.load_or_build(store, index_dir, shared_encoder('onnx', index_dir),"
+        " build_with=shared_torch_encoder)\n"
+        "assert len(index.search('quiet cafe with wifi', 5)) == 5\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+async def test_the_retrieve_service_answers_alike_with_either_encoder(
+    onnx_encoder: OnnxEncoder, start_tools: Any, make_client: Any, retrieve_settings: dict[str, Any]
+) -> None:
+    """RLYARD_TOOLS_POI_ENCODER picks the query encoder; the two find the same merchants in the same order."""
+    found: dict[str, list[list[str]]] = {}
+    for encoder in ("onnx", "torch"):
+        running = await start_tools(**{**retrieve_settings, "poi": {**retrieve_settings["poi"], "encoder": encoder}})
+        await running.wait_ready(timeout=60)
+        client = make_client(running)
+        found[encoder] = [[r["poi_id"] for r in results(await client.call_tool("retrieve", {"query": query}))]
+                          for query in ("quiet cafe to work with wifi", "spicy hotpot for friends", "北京烤鸭")]
+    assert found["onnx"] == found["torch"] and all(len(ids) == 10 for ids in found["onnx"])
 
 
 def test_rerank_adds_a_small_query_word_coverage_term() -> None:

@@ -3,8 +3,8 @@
 
     python -m tool_servers.poi --poi-dir data/generated/poi [--index-dir DIR] [--no-dense]
 
-The ``search`` and ``retrieve`` services build a missing index on start and stay NOT_SERVING until
-it is ready; running this first makes them ready in seconds.
+The ``search`` and ``retrieve`` services build a missing index (and export the ONNX query encoder)
+on start and stay NOT_SERVING until it is ready; running this first makes them ready in seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tool_servers.poi import dense
 from tool_servers.poi.bm25 import PoiBm25
+from tool_servers.poi.encoder import TorchEncoder, export_onnx, onnx_file
 from tool_servers.poi.store import DB_NAME, PoiStore
 
 
@@ -48,9 +49,13 @@ def main(argv: list[str] | None = None) -> None:
             tic = time.perf_counter()
             task = bar.add_task("dense index (embedding)", total=None)
             # an offline build has the cores to itself: every core, not the serving encoder's one thread
-            dense.load_or_build(store, index_dir, dense.Encoder(torch_threads=os.cpu_count()),
+            torch_encoder = TorchEncoder(torch_threads=os.cpu_count())
+            dense.load_or_build(store, index_dir, torch_encoder,
                                 on_progress=lambda d, t: bar.update(task, completed=d, total=t))
             bar.update(task, description=f"dense index ({time.perf_counter() - tic:.1f} s)")
+            model = onnx_file(index_dir)
+            if not model.is_file():        # the query encoder of RLYARD_TOOLS_POI_ENCODER=onnx
+                export_onnx(torch_encoder, model)
     console.print(f"corpus {store.version[:16]} at {ns.poi_dir}; indexes under {index_dir}")
     store.close()
 

@@ -41,8 +41,8 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from rlyard.embedding import DIMENSION, MODEL_NAME, Encoder, shared_encoder
 from rlyard.files import fsync_path
+from tool_servers.poi.encoder import DIMENSION, MODEL_NAME, Encoder, shared_torch_encoder
 from tool_servers.poi.store import PoiStore
 from tool_servers.poi.text import document_text, tokenize
 
@@ -102,9 +102,6 @@ class Manifest:
     index_bytes: int
     index_sha256: str
     format: int = FORMAT
-
-
-# ---------------------------------------------------------------- the encoder (in the core: rlyard.embedding)
 
 
 # ---------------------------------------------------------------- searching
@@ -379,8 +376,9 @@ def save(index: faiss.IndexHNSWFlat, manifest: dict[str, Any], folder: Path) -> 
 
 def load_or_build(store: PoiStore, index_dir: Path, encoder: Encoder, *, params: HnswParams = HnswParams(),
                   on_progress: Progress | None = None, cancel: threading.Event | None = None,
-                  exact_below: int = EXACT_BELOW) -> DenseIndex:
-    """The cached index of ``store``'s corpus; built (embedding every POI) and cached when there is none.
+                  exact_below: int = EXACT_BELOW, build_with: Callable[[], Encoder] | None = None) -> DenseIndex:
+    """The cached index of ``store``'s corpus, searched with ``encoder``; built (embedding every POI with
+    ``build_with()``, default ``encoder``) and cached when there is none.
 
     Raises:
         DenseIndexError: the cached folder holds an index of another corpus version, or a damaged one.
@@ -394,7 +392,7 @@ def load_or_build(store: PoiStore, index_dir: Path, encoder: Encoder, *, params:
         return index
     _remove_stale_builds(folder)
     tic = time.perf_counter()
-    vectors = embed_corpus(store, encoder, on_progress, cancel)
+    vectors = embed_corpus(store, encoder if build_with is None else build_with(), on_progress, cancel)
     embed_seconds = time.perf_counter() - tic
     if cancel is not None and cancel.is_set():
         raise BuildCancelled("dense index build cancelled before indexing")
@@ -419,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = PoiStore(args.poi_dir / "poi.sqlite")
-    index = load_or_build(store, args.index_dir, shared_encoder())
+    index = load_or_build(store, args.index_dir, shared_torch_encoder())
     print(json.dumps({"folder": str(index_folder(args.index_dir, store.version)), **asdict(index.manifest)}, indent=2))
 
 

@@ -1,6 +1,7 @@
 """``retrieve``: semantic (dense) search over the local-life POI corpus, optionally hybrid with BM25.
 
-The index (``tool_servers.poi.dense``) is loaded, or built and cached, by the tool's ``warm_up`` while
+The index (``tool_servers.poi.dense``) is loaded, or built and cached (the corpus embedded by PyTorch),
+with the query encoder that ``RLYARD_TOOLS_POI_ENCODER`` names, by the tool's ``warm_up`` while
 the server reports NOT_SERVING; calls that come earlier get ``Unavailable`` with what is happening
 (loading, or how many POIs are embedded so far). A cached index of another corpus version fails the
 server at start-up.
@@ -20,6 +21,7 @@ from rlyard.errors import Unavailable
 from tool_servers.poi import _common as poi
 from tool_servers.poi import dense
 from tool_servers.poi.bm25 import Hit, PoiBm25
+from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder
 from tool_servers.poi.store import FilterError
 from tool_servers.poi.text import document_text
 from tool_servers.registry import ToolContext, register
@@ -104,7 +106,9 @@ class Retrieve:
     def _load(self) -> None:
         self.store.columns()
         bm25 = poi.poi_bm25(self.ctx)
-        index = dense.load_or_build(self.store, poi.settings(self.ctx).indexes, dense.shared_encoder(),
+        s = poi.settings(self.ctx)
+        queries = shared_encoder(s.encoder, s.indexes)
+        index = dense.load_or_build(self.store, s.indexes, queries, build_with=shared_torch_encoder,
                                     on_progress=self.state.on_progress, cancel=self.state.cancel)
         self.state.bm25, self.state.index = bm25, index
 
