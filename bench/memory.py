@@ -74,7 +74,7 @@ from experiments.learning import (
     quick,
     slice_accuracy,
 )
-from experiments.sql_learning import REWARD_SPEC, Prepared
+from experiments.sql_learning import REWARD_SPEC, Prepared, StaleWorldError, load_prepared
 from rlyard.domain import ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
 from rlyard.domain.memory import ScoredMetaCognition
 
@@ -82,9 +82,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "memory.json"
 BAR_AUC = 0.9
 BAR_POINTS = 10.0
-# GRPO seconds per seed: with SFT (~3 min), the world (~2 min), seeding (~1 min) and two greedy
-# held-out evaluations with and without memory (~2 min), about 25 minutes a seed on 2 cores (estimate).
-BENCH_RL_SECONDS = 1080.0
+# GRPO seconds per seed, as bench/sql_learning.py. An estimate from that bench's seeds on 2 cores:
+# the world with its copy warm-up ~18 min (skipped with --worlds-dir over an existing world), SFT and
+# the evaluations ~8-10 min, seeding ~1 min: ~20 min a seed on a reused world, ~38 min on a new one.
+BENCH_RL_SECONDS = 600.0
 HEADER = "Strategies learned from earlier attempts at similar tasks:"
 
 
@@ -278,7 +279,28 @@ def _block(items: list[ScoredMetaCognition], prep: Prepared, cfg: MemoryBenchCon
 
 
 # ---------------------------------------------------------------------------------------- one seed
-def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console) -> dict[str, Any]:
+def world_args(lcfg: LearningConfig) -> dict[str, Any]:
+    """What ``prepare_for`` prepares a world with (``load_prepared`` reuses one made with exactly these)."""
+    return {"seed": lcfg.seed, "n_train": lcfg.n_train, "n_heldout_a": lcfg.n_heldout_a,
+            "n_heldout_b": lcfg.n_heldout_b, "n_heldout_c": lcfg.n_heldout_c, "n_demos": lcfg.n_demos,
+            "max_tool_calls": lcfg.max_tool_calls, "error_every": lcfg.error_every, "size": lcfg.size,
+            "copy_steps": lcfg.copy_steps, "demo_city_share": lcfg.demo_city_share,
+            "renamed_worlds": lcfg.renamed_worlds}
+
+
+def existing_world(worlds_dir: Path | None, lcfg: LearningConfig) -> Prepared | None:
+    """The world another learning bench prepared for this seed with the same arguments
+    (``<worlds_dir>/seed<N>-work``, e.g. ``runs/bench-sql-learning``), read only; None otherwise."""
+    if worlds_dir is None:
+        return None
+    try:
+        return load_prepared(worlds_dir / f"seed{lcfg.seed}-work", **world_args(lcfg))
+    except StaleWorldError:
+        return None
+
+
+def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console,
+             worlds_dir: Path | None = None) -> dict[str, Any]:
     """World, seeded memory, training with memory, AUC before and after, accuracy with and without."""
     from trainer.compose import open_stack
     from trainer.config import RolloutConfig, parse_config
@@ -298,7 +320,11 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         elif isinstance(event, PhaseEvent):
             console.print(f"  seed {seed} · {event.phase} ({time.monotonic() - tic:.0f} s)")
 
-    prep = prepare_for(lcfg, runs_dir / f"seed{seed}-work", log)
+    prep = existing_world(worlds_dir, lcfg)
+    if prep is not None:
+        console.print(f"  seed {seed} · the world and policy of {prep.root} (read only)")
+    else:
+        prep = prepare_for(lcfg, runs_dir / f"seed{seed}-work", log)
     heldout = _lines(prep.heldout_tasks)
     train_templates = {line["template"] for line in _lines(prep.train_tasks)}
     auc_tasks = [t for t in heldout if t["template"] in train_templates]
@@ -374,6 +400,7 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         "rl_steps": grpo["steps_done"],
         "rl_memory": metrics,
         "wall_seconds": round(time.monotonic() - tic, 1),
+        "world": str(prep.root),
         "run": str(run_dir),
     }
 
@@ -442,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sft-memory", action="store_true", help="SFT demonstrations without memories")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-memory")
+    parser.add_argument("--worlds-dir", type=Path, default=None,
+                        help="reuse the prepared world of each seed under this directory when it was made with "
+                             "the same arguments (e.g. runs/bench-sql-learning: saves the ~18 min copy warm-up)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (a minute, not a result)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds that --output already holds for this configuration; run the rest")
@@ -474,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(s["seed"] == seed for s in seeds):
             continue
         console.print(f"[bold]seed {seed}[/]")
-        seeds.append(run_seed(seed, cfg, ns.runs_dir, console))
+        seeds.append(run_seed(seed, cfg, ns.runs_dir, console, ns.worlds_dir))
         write(complete=False)
     write(complete=True)
     summary = summarize(seeds)

@@ -6,6 +6,7 @@ its accuracies are the evaluations' own counts, and ``--resume`` keeps the finis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -13,7 +14,17 @@ from typing import Any
 
 import pytest
 
-from bench.memory import BAR_AUC, BAR_POINTS, main, roc_auc, summarize, task_auc
+from bench.memory import (
+    BAR_AUC,
+    BAR_POINTS,
+    MemoryBenchConfig,
+    existing_world,
+    main,
+    quick_config,
+    roc_auc,
+    summarize,
+    task_auc,
+)
 
 
 def test_roc_auc_counts_ties_half() -> None:
@@ -106,6 +117,13 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
     assert not any(r["memory_ids"] for r in without_ids)
     assert seed["gain_points"] == pytest.approx(
         100 * (seed["accuracy"]["with_memory"] - seed["accuracy"]["without_memory"]), abs=0.01)
+
+    # --worlds-dir finds this world again for seed 0 with the same arguments, and none for another seed
+    learning = quick_config(MemoryBenchConfig()).learning
+    world = existing_world(runs, learning)
+    assert world is not None and world.root == runs / "seed0-work" and seed["world"] == str(world.root)
+    assert existing_world(runs, dataclasses.replace(learning, seed=1)) is None
+    assert existing_world(None, learning) is None
 
     # --resume keeps the finished seed (same configuration): nothing runs again
     written = out.read_text()
