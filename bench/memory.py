@@ -33,11 +33,12 @@ For each seed:
    and overall.
 
 The bar (issue 22): mean over seeds of the AUC after training >= 0.9, and mean overall held-out gain
-with memories >= 10 points (``pass`` needs both).
+with memories >= 10 points (``pass`` needs both, over at least 3 seeds).
 
 ``python -m bench.memory [--seeds 0 1 2] [--rl-seconds S] [--output F] [--runs-dir D] [--resume] [--quick]``
 writes ``bench/results/memory.json`` after every seed (``complete: false`` until the last);
-``--resume`` keeps the seeds the output already holds for the same configuration.
+``--resume`` keeps the seeds the output already holds for the same configuration; a seed that did
+not finish starts over (its run directory, store included, is removed first).
 """
 
 from __future__ import annotations
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worlds-dir", type=Path, default=None,
                         help="reuse the prepared world of each seed under this directory when it was made with "
                              "the same arguments (e.g. runs/bench-sql-learning: saves the ~18 min copy warm-up)")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (a minute, not a result)")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (~25 s, not a result)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds that --output already holds for this configuration; run the rest")
     ns = parser.parse_args(argv)
