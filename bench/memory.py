@@ -1,0 +1,521 @@
+"""Does the graph memory learn which meta-cognitions help, and do they help the tiny policy?
+(issue 22's learning bar, on the text-to-SQL world of ``experiments.sql_learning``)
+
+For each seed:
+
+1. **World.** ``experiments.learning.prepare_for``: database, train and held-out tasks (slices a, b,
+   c), demonstrations and a fresh tiny policy with its copying warm-up, all from the seed.
+2. **Seeded memory.** The memory service runs embedded (``memory_service.app`` on 127.0.0.1 through
+   the real client; a SQLite file in the seed's run directory). For every train template, gold
+   trajectories of its RL questions (the gold query through the real ``sql_query`` tool, its rows,
+   the answer; every ``error_every``-th first runs a query with a misnamed table and fixes it) and
+   failing ones (the misnamed query answered as it is, after its error or without running it; its
+   execution reward is 0 since it cannot run) are recorded with ``task_type`` = the template, and
+   ``Distill(task_type=template)`` turns them into meta-cognitions. So every meta-cognition has a
+   source template: for a task it is **helpful** when distilled from the task's own template,
+   **unhelpful** when from another.
+3. **Training.** SFT on the demonstrations, each with the memories the service retrieves for its
+   question in its system message (``--sft-memory``, on by default: the policy learns to read
+   them), then GRPO with ``memory.enabled``: every question's top-k over *all* task types
+   (``task_type: ""``, so other templates' memories compete and get shown too), half of each group
+   prompted with them and half without, one ``UpdateUtility`` per step from the halves' reward gap,
+   every trajectory recorded; for ``--rl-seconds``.
+4. **AUC.** Over the held-out questions of the train templates (slices a and b; slice c's templates
+   have no memory of their own), each question's candidates are all the meta-cognitions, ranked by
+   the service's Retrieve score (relevance × learned utility, top_k = every one of them); ROC AUC of
+   helpful against unhelpful per question (ties count half), then the mean. Reported before the
+   training (every utility at the prior: relevance alone) and after it (the bar's figure). The
+   utility alone is one number per meta-cognition, the same for every task: averaged over the tasks
+   of all templates its AUC is 0.5 by construction, so it is not a figure here (the utilities after
+   training are in the JSON).
+5. **Accuracy.** The trained policy, greedy, on every held-out question with the retrieved
+   memories in its prompt (``evaluate(memory=True)``) and without; the gain in points per slice
+   and overall.
+
+The bar (issue 22): mean over seeds of the AUC after training >= 0.9, and mean overall held-out gain
+with memories >= 10 points (``pass`` needs both, over at least 3 seeds).
+
+``python -m bench.memory [--seeds 0 1 2] [--rl-seconds S] [--output F] [--runs-dir D] [--resume] [--quick]``
+writes ``bench/results/memory.json`` after every seed (``complete: false`` until the last);
+``--resume`` keeps the seeds the output already holds for the same configuration; a seed that did
+not finish starts over (its run directory, store included, is removed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.seeds import earlier_seeds
+from envs.local_services.questions import SLICES
+from envs.text_to_sql import SqlToolbox, _broken
+from experiments.learning import (
+    EvalEvent,
+    LearningConfig,
+    PhaseEvent,
+    by_slice,
+    experiment,
+    heldout_slices,
+    prepare_for,
+    quick,
+    slice_accuracy,
+)
+from experiments.sql_learning import REWARD_SPEC, Prepared, StaleWorldError, load_prepared
+from rlyard.domain import ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
+from rlyard.domain.memory import ScoredMetaCognition
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "memory.json"
+BAR_AUC = 0.9
+BAR_POINTS = 10.0
+# GRPO seconds per seed, as bench/sql_learning.py. An estimate from that bench's seeds on 2 cores:
+# the world with its copy warm-up ~18 min (skipped with --worlds-dir over an existing world), SFT and
+# the evaluations ~8-10 min, seeding ~1 min: ~20 min a seed on a reused world, ~38 min on a new one.
+BENCH_RL_SECONDS = 600.0
+HEADER = "Strategies learned from earlier attempts at similar tasks:"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBenchConfig:
+    """The bench's knobs: the learning world and training (``learning``; its seed is set per seed)
+    and the memory's."""
+
+    learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(rl_seconds=BENCH_RL_SECONDS))
+    gold_per_template: int = 8      # successful trajectories recorded per train template
+    fail_per_template: int = 4      # failing ones (half answer after the error, half without a call)
+    top_k: int = 3
+    token_budget: int = 256         # the trainer's default
+    memory_lr: float = 0.0          # the utility update's learning rate; 0 = the service's default
+    sft_memory: bool = True         # SFT demonstrations carry their retrieved memories
+
+
+def quick_config(cfg: MemoryBenchConfig) -> MemoryBenchConfig:
+    """The smoke configuration: every phase runs for real, at a size that learns nothing (no copying
+    warm-up, two SFT steps of two demonstrations, one GRPO step of two groups of two)."""
+    learning = dataclasses.replace(quick(cfg.learning), n_train=80, copy_steps=0, sft_steps=2, sft_batch_size=2,
+                                   rl_steps=1)
+    return dataclasses.replace(cfg, learning=learning, gold_per_template=4, fail_per_template=4)
+
+
+# ---------------------------------------------------------------------------------------- pure figures
+def roc_auc(helpful: list[float], unhelpful: list[float]) -> float | None:
+    """P(score of a helpful > score of an unhelpful), ties counted half (Mann-Whitney); None when
+    either side is empty."""
+    if not helpful or not unhelpful:
+        return None
+    wins = sum(1.0 if h > u else 0.5 if h == u else 0.0 for h in helpful for u in unhelpful)
+    return wins / (len(helpful) * len(unhelpful))
+
+
+def task_auc(scores: dict[str, float], source: dict[str, str], template: str) -> float | None:
+    """One task's AUC: ``scores`` (meta-cognition id → score; missing ones count 0) of every
+    meta-cognition in ``source`` (id → source template), helpful = those of ``template``."""
+    helpful = [scores.get(mid, 0.0) for mid, t in source.items() if t == template]
+    unhelpful = [scores.get(mid, 0.0) for mid, t in source.items() if t != template]
+    return roc_auc(helpful, unhelpful)
+
+
+def mean_or_none(values: list[float | None], digits: int = 4) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.mean(got), digits) if got else None
+
+
+# ---------------------------------------------------------------------------------------- the memory
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _user_text(line: dict[str, Any]) -> str:
+    return next(str(m["content"]) for m in reversed(line["messages"]) if m["role"] == "user")
+
+
+def _trajectory(tid: str, line: dict[str, Any], steps: list[tuple[str, str, bool]], answer: str) -> Trajectory:
+    """A trajectory of task ``line``: its prompt, one turn per ``(query, observation, is_error)``
+    call of ``sql_query``, then the answer turn."""
+    turns = [Turn(i, m["role"], str(m["content"])) for i, m in enumerate(line["messages"])]
+    for query, text, is_error in steps:
+        call = ToolCall(f"{tid}-{len(turns)}", "sql_query", json.dumps({"query": query}))
+        turns.append(Turn(len(turns), "assistant", "", (call,)))
+        result = ToolResult.error(text) if is_error else ToolResult.of_text(text)
+        turns.append(Turn(len(turns), "tool", "", (), (result.answering(call.call_id, "sql_query"),)))
+    turns.append(Turn(len(turns), "assistant", f"<answer>{answer}</answer>"))
+    return Trajectory(trajectory_id=tid, task_id=line["task_id"], turns=tuple(turns), final_answer=answer,
+                      status=TrajectoryStatus.COMPLETED)
+
+
+async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tuple[Trajectory, float, str]]]:
+    """Per train template: its gold and failing trajectories with their rewards and question texts."""
+    by_template: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in _lines(prep.train_tasks):
+        by_template[line["template"]].append(line)
+    every = cfg.learning.error_every
+    out: dict[str, list[tuple[Trajectory, float, str]]] = {}
+    with SqlToolbox(prep.db_dir) as toolbox:
+        for template, lines in sorted(by_template.items()):
+            items: list[tuple[Trajectory, float, str]] = []
+            for i in range(cfg.gold_per_template + cfg.fail_per_template):
+                line = lines[i % len(lines)]
+                db_id, gold = line["ground_truth"]["db_id"], line["ground_truth"]["query"]
+                broken = _broken(gold)
+                tid = f"seed/{template}/{i}"
+                if i < cfg.gold_per_template:
+                    steps = []
+                    if broken is not None and every and i % every == every - 1:
+                        text, is_error, _ = await toolbox.call(db_id, "sql_query", {"query": broken})
+                        steps.append((broken, text, is_error))
+                    text, is_error, _ = await toolbox.call(db_id, "sql_query", {"query": gold})
+                    if is_error:
+                        raise RuntimeError(f"gold query of {line['task_id']} fails: {text}")
+                    items.append((_trajectory(tid, line, [*steps, (gold, text, False)], gold), 1.0, _user_text(line)))
+                elif broken is not None:
+                    # the misnamed table's query cannot run, so its execution reward is 0
+                    text, is_error, _ = await toolbox.call(db_id, "sql_query", {"query": broken})
+                    if not is_error:
+                        continue
+                    called = (i - cfg.gold_per_template) % 2 == 0
+                    steps = [(broken, text, True)] if called else []
+                    items.append((_trajectory(tid, line, steps, broken), 0.0, _user_text(line)))
+            out[template] = items
+    return out
+
+
+async def _with_service(db_url: str, work: Any) -> Any:
+    from memory_service.app import memory_service
+    from memory_service.settings import MemorySettings
+    from rlyard.client import RetryPolicy
+    from rlyard.memory_client import MemoryClient
+    from rlyard.server import start_server
+    from rlyard.settings import ServerSettings
+
+    running = await start_server(memory_service(MemorySettings(db_url=db_url)),
+                                 ServerSettings(host="127.0.0.1", port=0))
+    try:
+        await running.wait_ready(timeout=600)
+        async with MemoryClient(running.address, timeout=120, retry=RetryPolicy(max_attempts=3)) as client:
+            return await work(client)
+    finally:
+        await running.stop(0)
+
+
+async def _rank_all(client: Any, tasks: list[dict[str, Any]], n: int) -> list[list[ScoredMetaCognition]]:
+    """Every task's Retrieve over all types, with all ``n`` meta-cognitions (at most 64) ranked."""
+    return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, 64))) for t in tasks]
+
+
+def auc_figures(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str, Any]],
+                source: dict[str, str]) -> dict[str, Any]:
+    """Per task AUC by Retrieve score, its mean and minimum, and the utilities as read."""
+    by_score = [task_auc({s.meta_cognition.id: s.score for s in ranked}, source, t["template"])
+                for ranked, t in zip(rankings, tasks, strict=True)]
+    utility = {s.meta_cognition.id: s.meta_cognition.utility for ranked in rankings for s in ranked}
+    return {"auc": mean_or_none(by_score), "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
+            "auc_min": min((a for a in by_score if a is not None), default=None),
+            "tasks": sum(a is not None for a in by_score),
+            "utility": {mid: round(u, 4) for mid, u in sorted(utility.items())}}
+
+
+def seed_memory(prep: Prepared, cfg: MemoryBenchConfig, db_url: str, auc_tasks: list[dict[str, Any]],
+                sft_out: Path | None) -> dict[str, Any]:
+    """Record, distill per template, take the before-training AUC and (with ``sft_out``) write the
+    memory-augmented demonstrations. Returns the meta-cognitions' source templates and figures."""
+    examples = asyncio.run(_examples(prep, cfg))
+
+    async def work(client: Any) -> dict[str, Any]:
+        source: dict[str, str] = {}
+        texts: dict[str, str] = {}
+        for template, items in examples.items():
+            for trajectory, reward, text in items:
+                await client.record_trajectory(trajectory, reward, template, text)
+            for m in await client.distill(template, timeout=300):
+                source[m.id], texts[m.id] = template, m.text
+        before = auc_figures(await _rank_all(client, auc_tasks, len(source)), auc_tasks, source)
+        shown, demos = 0, []
+        if sft_out is not None:
+            demos = _lines(prep.demos)
+            for demo in demos:
+                items = await client.retrieve(_user_text(demo), "", top_k=cfg.top_k)
+                block = _block(items, prep, cfg)
+                if block:
+                    shown += 1
+                    system = demo["messages"][0]
+                    system["content"] = f"{system['content']}\n\n{block}"
+        return {"source": source, "texts": texts, "before": before, "sft_demos_with_memory": shown, "demos": demos}
+
+    found: dict[str, Any] = asyncio.run(_with_service(db_url, work))
+    demos = found.pop("demos")
+    if sft_out is not None:
+        sft_out.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos), encoding="utf-8")
+    found["recorded"] = {t: len(items) for t, items in examples.items()}
+    return found
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _block(items: list[ScoredMetaCognition], prep: Prepared, cfg: MemoryBenchConfig) -> str:
+    """The memory block as the trainer renders it (``trainer.memory.memory_block``), policy tokenizer."""
+    from transformers import AutoTokenizer
+
+    from trainer.memory import memory_block
+
+    key = str(prep.policy)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(key)
+    return memory_block(items, _TOKENIZERS[key], cfg.token_budget, HEADER).text
+
+
+# ---------------------------------------------------------------------------------------- one seed
+def world_args(lcfg: LearningConfig) -> dict[str, Any]:
+    """What ``prepare_for`` prepares a world with (``load_prepared`` reuses one made with exactly these)."""
+    return {"seed": lcfg.seed, "n_train": lcfg.n_train, "n_heldout_a": lcfg.n_heldout_a,
+            "n_heldout_b": lcfg.n_heldout_b, "n_heldout_c": lcfg.n_heldout_c, "n_demos": lcfg.n_demos,
+            "max_tool_calls": lcfg.max_tool_calls, "error_every": lcfg.error_every, "size": lcfg.size,
+            "copy_steps": lcfg.copy_steps, "demo_city_share": lcfg.demo_city_share,
+            "renamed_worlds": lcfg.renamed_worlds}
+
+
+def existing_world(worlds_dir: Path | None, lcfg: LearningConfig) -> Prepared | None:
+    """The world another learning bench prepared for this seed with the same arguments
+    (``<worlds_dir>/seed<N>-work``, e.g. ``runs/bench-sql-learning``), read only; None otherwise."""
+    if worlds_dir is None:
+        return None
+    try:
+        return load_prepared(worlds_dir / f"seed{lcfg.seed}-work", **world_args(lcfg))
+    except StaleWorldError:
+        return None
+
+
+def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console,
+             worlds_dir: Path | None = None) -> dict[str, Any]:
+    """World, seeded memory, training with memory, AUC before and after, accuracy with and without."""
+    from trainer.compose import open_stack
+    from trainer.config import RolloutConfig, parse_config
+    from trainer.evaluate import evaluate
+    from trainer.runner import run_experiment
+
+    tic = time.monotonic()
+    lcfg = dataclasses.replace(cfg.learning, seed=seed)
+    run_dir = runs_dir / f"seed{seed}"
+    if run_dir.exists():          # an unfinished seed starts over (its store and checkpoints with it)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+
+    def log(event: Any) -> None:
+        if isinstance(event, EvalEvent) and event.state == "done":
+            console.print(f"  seed {seed} · {event.model}: held-out accuracy {100 * event.accuracy:.1f}%")
+        elif isinstance(event, PhaseEvent):
+            console.print(f"  seed {seed} · {event.phase} ({time.monotonic() - tic:.0f} s)")
+
+    prep = existing_world(worlds_dir, lcfg)
+    if prep is not None:
+        console.print(f"  seed {seed} · the world and policy of {prep.root} (read only)")
+    else:
+        prep = prepare_for(lcfg, runs_dir / f"seed{seed}-work", log)
+    heldout = _lines(prep.heldout_tasks)
+    train_templates = {line["template"] for line in _lines(prep.train_tasks)}
+    auc_tasks = [t for t in heldout if t["template"] in train_templates]
+    db_url = f"sqlite:///{(run_dir / 'memory.sqlite').resolve()}"
+    log(PhaseEvent("memory"))
+    sft_data = run_dir / "demos_with_memory.jsonl" if cfg.sft_memory else None
+    seeded = seed_memory(prep, cfg, db_url, auc_tasks, sft_data)
+    source = seeded["source"]
+    if not source:
+        raise RuntimeError(f"seed {seed}: Distill made no meta-cognition from the gold and failing paths")
+    console.print(f"  seed {seed} · {len(source)} meta-cognitions from {len(set(source.values()))} templates; "
+                  f"AUC before training {seeded['before']['auc']}")
+
+    config_dict = experiment(lcfg, prep)
+    if sft_data is not None:
+        config_dict["stages"][0]["data"] = str(sft_data)
+    config_dict["name"] = "memory-bench"
+    config_dict["memory"] = {"enabled": True, "embedded": {"db_url": db_url}, "top_k": cfg.top_k,
+                             "token_budget": cfg.token_budget, "header": HEADER, "record": True, "ablation": True,
+                             "learning_rate": cfg.memory_lr, "task_type": "", "timeout_s": 30.0}
+    config = parse_config(config_dict)
+    with open_stack(config) as stack:
+        log(PhaseEvent("train"))
+        report = run_experiment(config, run_dir, stack=stack, on_event=log, resume=True)
+        if report["state"] != "SUCCEEDED":
+            raise RuntimeError(f"seed {seed}: the training run ended {report['state']}: {report.get('error', '')}")
+        log(PhaseEvent("evaluate"))
+        assert stack.memory_client is not None
+        client = stack.memory_client
+        rankings = stack.run(_rank_all(client, auc_tasks, len(source)))
+        after = auc_figures(rankings, auc_tasks, source)
+        stats = stack.run(client.stats())
+        rollout = RolloutConfig(**{**lcfg.rollout(), "group_size": 2, "prompts_per_step": 1})
+        tasks = stack.tasks(prep.heldout_tasks)
+        evals = {}
+        for key, memory in (("with_memory", True), ("without_memory", False)):
+            log(EvalEvent(key, "start", len(tasks)))
+            evals[key] = evaluate(run_dir / "models" / "grpo", tasks, stack, rollout_config=rollout, temperature=0.0,
+                                  max_tool_calls=lcfg.max_tool_calls, reward_spec=REWARD_SPEC, seed=seed, memory=memory)
+            log(EvalEvent(key, "done", len(tasks), evals[key].execution_accuracy))
+            (run_dir / f"eval_{key}.json").write_text(json.dumps(evals[key].to_json(), indent=1) + "\n",
+                                                      encoding="utf-8")
+    slice_of = heldout_slices(prep)
+    slices = {key: by_slice(r, slice_of) for key, r in evals.items()}
+    overall = {key: slice_accuracy(sum(r.correct for r in e.results), len(e.results)) for key, e in evals.items()}
+    grpo = next(s for s in report["stages"] if s["name"] == "grpo")
+    metrics = _memory_metrics(run_dir)
+    return {
+        "seed": seed,
+        "meta_cognitions": len(source),
+        "templates_with_memory": len(set(source.values())),
+        "train_templates": len(train_templates),
+        "recorded_per_template": seeded["recorded"],
+        "sft_demos_with_memory": seeded["sft_demos_with_memory"],
+        "auc_tasks": after["tasks"],
+        "auc_before": seeded["before"]["auc"],
+        "auc_after": after["auc"],
+        "auc_after_min": after["auc_min"],
+        "auc_after_by_task": after["by_task"],
+        "memory_source": source,           # meta-cognition id -> the template it was distilled from
+        "utility_after": {mid: {"utility": u, "template": source.get(mid, "")} for mid, u in after["utility"].items()},
+        "memory_texts": seeded["texts"],
+        "memory_stats": {"trajectories": stats.num_trajectories, "meta_cognitions": stats.num_meta_cognitions},
+        "accuracy": {key: value["accuracy"] for key, value in overall.items()},
+        "slices": slices,
+        "gain_points": round(100 * (overall["with_memory"]["accuracy"] - overall["without_memory"]["accuracy"]), 2),
+        "gain_points_by_slice": {
+            name: None if slices["with_memory"][name]["accuracy"] is None else
+            round(100 * (slices["with_memory"][name]["accuracy"] - slices["without_memory"][name]["accuracy"]), 2)
+            for name in SLICES},
+        "memory_hit_rate": evals["with_memory"].memory_hit_rate,
+        "rl_seconds": round(float(grpo.get("seconds", 0.0)), 1),
+        "rl_steps": grpo["steps_done"],
+        "rl_memory": metrics,
+        "wall_seconds": round(time.monotonic() - tic, 1),
+        "world": str(prep.root),
+        "run": str(run_dir),
+    }
+
+
+def _memory_metrics(run_dir: Path) -> dict[str, Any]:
+    """From the run's metrics.jsonl: utility updates sent, and the mean reward with and without memory."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    got: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        values = row.get("metrics", row)
+        for key in ("memory/utility_updates", "memory/reward_with", "memory/reward_without", "memory/failures"):
+            if isinstance(values.get(key), int | float):
+                got[key].append(float(values[key]))
+    return {"steps_with_updates": len(got["memory/utility_updates"]),
+            "utility_updates": sum(got["memory/utility_updates"]),
+            "failures": sum(got["memory/failures"]),
+            "mean_reward_with": mean_or_none(list(got["memory/reward_with"])),
+            "mean_reward_without": mean_or_none(list(got["memory/reward_without"]))}
+
+
+# ---------------------------------------------------------------------------------------- summary
+def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds and the bar: AUC after training >= 0.9, gain >= 10 points (both means)."""
+    if not seeds:
+        return {"pass": False}
+    auc = mean_or_none([s["auc_after"] for s in seeds])
+    gain = round(statistics.mean(s["gain_points"] for s in seeds), 2)
+    bar = {"auc": auc is not None and auc >= BAR_AUC, "gain": gain >= BAR_POINTS}
+    return {
+        "mean_auc_before": mean_or_none([s["auc_before"] for s in seeds]),
+        "mean_auc_after": auc,
+        "mean_accuracy_with_memory": mean_or_none([s["accuracy"]["with_memory"] for s in seeds]),
+        "mean_accuracy_without_memory": mean_or_none([s["accuracy"]["without_memory"] for s in seeds]),
+        "mean_gain_points": gain,
+        "mean_gain_points_by_slice": {name: mean_or_none([s["gain_points_by_slice"][name] for s in seeds], 2)
+                                      for name in SLICES},
+        "bar_auc": BAR_AUC,
+        "bar_points": BAR_POINTS,
+        "bar": bar,
+        "seeds": len(seeds),
+        "pass": all(bar.values()) and len(seeds) >= 3,
+    }
+
+
+def results_table(seeds: list[dict[str, Any]]) -> Table:
+    table = Table("seed", "memories", "AUC before → after", "with · without memory",
+                  "gain a · b · c (points)", "RL s / steps")
+    for s in seeds:
+        by = s["gain_points_by_slice"]
+        table.add_row(str(s["seed"]), str(s["meta_cognitions"]), f"{s['auc_before']} → {s['auc_after']}",
+                      f"{100 * s['accuracy']['with_memory']:.0f}% · {100 * s['accuracy']['without_memory']:.0f}%",
+                      " · ".join("-" if by[n] is None else f"{by[n]:+.0f}" for n in SLICES),
+                      f"{s['rl_seconds']:.0f} / {s['rl_steps']}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rl-seconds", type=float, default=BENCH_RL_SECONDS,
+                        help=f"GRPO seconds per seed (default {BENCH_RL_SECONDS:.0f})")
+    parser.add_argument("--gold-per-template", type=int, default=MemoryBenchConfig.gold_per_template)
+    parser.add_argument("--fail-per-template", type=int, default=MemoryBenchConfig.fail_per_template)
+    parser.add_argument("--top-k", type=int, default=MemoryBenchConfig.top_k)
+    parser.add_argument("--no-sft-memory", action="store_true", help="SFT demonstrations without memories")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-memory")
+    parser.add_argument("--worlds-dir", type=Path, default=None,
+                        help="reuse the prepared world of each seed under this directory when it was made with "
+                             "the same arguments (e.g. runs/bench-sql-learning: saves the ~18 min copy warm-up)")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (~25 s, not a result)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds that --output already holds for this configuration; run the rest")
+    ns = parser.parse_args(argv)
+    console = Console()
+    learning = dataclasses.replace(LearningConfig(), rl_seconds=ns.rl_seconds)
+    cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template,
+                            fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory)
+    if ns.quick:
+        cfg = quick_config(cfg)
+    seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []
+    for s in seeds:
+        console.print(f"seed {s['seed']}: kept from {ns.output} (AUC {s['auc_after']}, gain {s['gain_points']:+.1f})")
+
+    def write(complete: bool) -> None:
+        report = {
+            "benchmark": "memory",
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "config": dataclasses.asdict(cfg),
+            "quick": ns.quick,
+            "complete": complete,
+            "seeds": seeds,
+            "summary": summarize(seeds),
+        }
+        ns.output.parent.mkdir(parents=True, exist_ok=True)
+        ns.output.write_text(json.dumps(report, indent=2) + "\n")
+
+    for seed in ns.seeds:
+        if any(s["seed"] == seed for s in seeds):
+            continue
+        console.print(f"[bold]seed {seed}[/]")
+        seeds.append(run_seed(seed, cfg, ns.runs_dir, console, ns.worlds_dir))
+        write(complete=False)
+    write(complete=True)
+    summary = summarize(seeds)
+    console.print(results_table(seeds))
+    verdict = "[green]pass[/]" if summary["pass"] else "[red]FAIL[/]"
+    console.print(f"mean AUC after training {summary['mean_auc_after']} (bar {BAR_AUC}), mean gain with memory "
+                  f"{summary['mean_gain_points']:+.1f} points (bar {BAR_POINTS:.0f}): {verdict}")
+    console.print(f"wrote {ns.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
