@@ -46,10 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -61,7 +58,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.seeds import earlier_seeds
+from bench.seeds import earlier_seeds, write_report
 from envs.local_services.questions import SLICES
 from envs.text_to_sql import SqlToolbox, _broken
 from experiments.learning import (
@@ -488,18 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"seed {s['seed']}: kept from {ns.output} (AUC {s['auc_after']}, gain {s['gain_points']:+.1f})")
 
     def write(complete: bool) -> None:
-        report = {
-            "benchmark": "memory",
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "config": dataclasses.asdict(cfg),
-            "quick": ns.quick,
-            "complete": complete,
-            "seeds": seeds,
-            "summary": summarize(seeds),
-        }
-        ns.output.parent.mkdir(parents=True, exist_ok=True)
-        ns.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(ns.output, "memory", cfg, quick=ns.quick, complete=complete, seeds=seeds,
+                     summary=summarize(seeds))
 
     for seed in ns.seeds:
         if any(s["seed"] == seed for s in seeds):

@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.seeds import earlier_seeds
+from bench.seeds import earlier_seeds, write_report
 from envs.local_services.questions import SLICES
 from experiments.learning import EvalEvent, LearningConfig, PhaseEvent, prepare_for, quick, run_learning
 
@@ -211,19 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['rl_gain_points_by_slice']['a']:+.1f} points)")
 
     def write(complete: bool) -> None:
-        report = {
-            "benchmark": "sql_learning",
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
-            "config": dataclasses.asdict(cfg),
-            "quick": ns.quick,
-            "complete": complete,          # False while seeds are still running (a killed bench keeps these)
-            "seeds": seeds,
-            "summary": summarize(seeds),
-        }
-        ns.output.parent.mkdir(parents=True, exist_ok=True)
-        ns.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(ns.output, "sql_learning", cfg, quick=ns.quick, complete=complete, seeds=seeds,
+                     summary=summarize(seeds))
 
     for seed in ns.seeds:
         if any(s["seed"] == seed for s in seeds):

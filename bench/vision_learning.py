@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.seeds import earlier_seeds
+from bench.seeds import earlier_seeds, write_report
 from experiments.vision_learning import (
     EvalEvent,
     FormatStepEvent,
@@ -192,22 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     def write(complete: bool) -> None:
         if seeds:
             plot_rewards({f"seed {s['seed']}": s["train_rewards"] for s in seeds}, figure)
-        report = {
-            "benchmark": "vision_learning",
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "torch_threads": ns.threads, "jobs": ns.jobs,
-                        "python": platform.python_version(),
-                        "platform": platform.platform()},
-            "config": dataclasses.asdict(cfg),
-            "quick": ns.quick,
-            "complete": complete,          # False while seeds are still running (a killed bench keeps these)
-            "lr_sweep": sweep,
-            "seeds": seeds,
-            "summary": summarize(seeds),
-            "figure": str(figure) if seeds else None,
-        }
-        ns.output.parent.mkdir(parents=True, exist_ok=True)
-        ns.output.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(ns.output, "vision_learning", cfg, quick=ns.quick, complete=complete, seeds=seeds,
+                     summary=summarize(seeds), machine={"torch_threads": ns.threads, "jobs": ns.jobs},
+                     extra={"lr_sweep": sweep, "figure": str(figure) if seeds else None})
 
     todo = [seed for seed in ns.seeds if not any(s["seed"] == seed for s in seeds)]
     if ns.jobs > 1 and len(todo) > 1:
