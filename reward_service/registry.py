@@ -28,6 +28,7 @@ from reward_service.types import RewardKindName, RewardOutcome
 from rlyard.client import ToolClient
 from rlyard.domain import ScoringItem
 from rlyard.plugins import add_plugin, load_plugin
+from rlyard.tls import PLAINTEXT, ClientSettings
 
 T = TypeVar("T")
 
@@ -37,9 +38,11 @@ INLINE_CPU_CHARS = 20_000
 
 @dataclass
 class RewardContext:
-    """What rewards share: settings, clients of other services, caches."""
+    """What rewards share: settings, clients of other services (dialled with ``client``: TLS and
+    per-target tokens, rlyard/tls.py), caches."""
 
     settings: RewardSettings
+    client: ClientSettings = PLAINTEXT
     shared: dict[str, Any] = field(default_factory=dict)
     _tool_clients: dict[str, ToolClient] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
@@ -63,9 +66,11 @@ class RewardContext:
         target = target or self.settings.sql_tools_target
         client = self._tool_clients.get(target)
         if client is None:
-            client = ToolClient(
-                target, timeout=self.settings.tool_timeout_s, auth_token=self.settings.sql_tools_auth_token
-            )
+            token = self.client.token_for(target)
+            if target == self.settings.sql_tools_target and self.settings.sql_tools_auth_token:
+                token = self.settings.sql_tools_auth_token    # the older, reward-specific setting wins
+            client = ToolClient(target, timeout=self.settings.tool_timeout_s, auth_token=token,
+                                tls=self.client.channel_tls())
             self._tool_clients[target] = client
         return client
 

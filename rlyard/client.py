@@ -28,6 +28,7 @@ from rlyard.common.v1 import common_pb2
 from rlyard.domain import ImagePart, ToolResult
 from rlyard.domain.convert import image_to_pb, tool_result_from_pb
 from rlyard.errors import DeadlineExceeded, RequestTooLarge, Unavailable
+from rlyard.tls import ClientTLS
 from rlyard.tools.v1 import tools_pb2, tools_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -69,19 +70,21 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    """An insecure aio channel with rlyard's message-size limits. After a failed connection it
-    tries again within 2 s at most (gRPC's default backoff grows to 120 s, so a service back after
-    a minute's outage would stay unreachable for another minute or two)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-    )
+def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
+                 tls: ClientTLS | None = None) -> grpc.aio.Channel:
+    """An aio channel with rlyard's message-size limits: TLS with ``tls`` (rlyard.tls), else
+    plaintext. After a failed connection it tries again within 2 s at most (gRPC's default backoff
+    grows to 120 s, so a service back after a minute's outage would stay unreachable for another
+    minute or two)."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options + tls.channel_options())
 
 
 async def call_with_retry(
@@ -118,12 +121,13 @@ class _BaseClient:
         timeout: float = 10.0,
         retry: RetryPolicy = RetryPolicy(),
         auth_token: str | None = None,
+        tls: ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry
-        self.channel = make_channel(target, max_message_bytes)
+        self.channel = make_channel(target, max_message_bytes, tls=tls)
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         )

@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from rlyard.interceptors import ConcurrencyLimiter, RuntimeInterceptor
 from rlyard.metrics import MetricsEndpoint
 from rlyard.settings import ServerSettings
+from rlyard.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,10 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 async def start_server(definition: ServiceDefinition, settings: ServerSettings) -> RunningServer:
     """Build, bind and start a server for ``definition``; port 0 binds a free port."""
+    credentials = None
+    if settings.tls_cert is not None and settings.tls_key is not None:   # read first: a bad file fails here
+        credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca,
+                                         settings.tls_require_client_cert)
     limiter = ConcurrencyLimiter(definition.name, settings.max_concurrent_rpcs)
     server = grpc.aio.server(
         interceptors=[RuntimeInterceptor(definition.name, limiter, settings.auth_token)],
@@ -145,7 +150,9 @@ async def start_server(definition: ServiceDefinition, settings: ServerSettings) 
     reflection.enable_server_reflection(
         [*definition.full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}; is the port in use?")
     for hook in definition.on_start:
@@ -164,11 +171,17 @@ async def start_server(definition: ServiceDefinition, settings: ServerSettings) 
                                                 name=f"{definition.name}-warm-up")
         # Mark the outcome as retrieved: a failure is logged by _warm_up, and raised by wait_ready/serve.
         running.warm_task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        logger.info("%s listening on %s; NOT_SERVING until %d warm-up(s) finish",
-                    definition.name, running.address, len(definition.warm_up))
+        logger.info("%s listening on %s%s; NOT_SERVING until %d warm-up(s) finish",
+                    definition.name, running.address, _security(settings), len(definition.warm_up))
     else:
-        logger.info("%s serving on %s", definition.name, running.address)
+        logger.info("%s serving on %s%s", definition.name, running.address, _security(settings))
     return running
+
+
+def _security(settings: ServerSettings) -> str:
+    """How the port is protected, for the start-up log line."""
+    tls = ("mutual TLS" if settings.tls_require_client_cert else "TLS") if settings.tls else "plaintext"
+    return f" ({tls}, {'token required' if settings.auth_token else 'no token'})"
 
 
 async def _warm_up(definition: ServiceDefinition, health_servicer: health.aio.HealthServicer,

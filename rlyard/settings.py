@@ -114,6 +114,12 @@ class ServerSettings(EnvSettings):
     log_level: str = "INFO"
     ready_file: Path | None = None      # written with the bound ports once serving
     auth_token: str | None = None       # when set, calls must send "authorization: Bearer <token>"
+    # TLS (rlyard/tls.py): a certificate and key make the port a TLS port; with require_client_cert
+    # clients must show a certificate signed by tls_client_ca (mutual TLS)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_require_client_cert: bool = False
 
     def __post_init__(self) -> None:
         if self.max_concurrent_rpcs < 1:
@@ -122,3 +128,16 @@ class ServerSettings(EnvSettings):
             raise ConfigError("RLYARD_MAX_MESSAGE_BYTES must be >= 1024 (bytes)")
         if self.grace_s < 0:
             raise ConfigError("RLYARD_GRACE_S must be >= 0 seconds")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("RLYARD_TLS_CERT and RLYARD_TLS_KEY: set both (a TLS port), or neither (plaintext)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("RLYARD_TLS_CLIENT_CA is set but RLYARD_TLS_CERT is not: mutual TLS needs the "
+                              "server's own certificate and key too")
+        if self.tls_require_client_cert and self.tls_client_ca is None:
+            raise ConfigError("RLYARD_TLS_REQUIRE_CLIENT_CERT needs RLYARD_TLS_CLIENT_CA (the CA that signs "
+                              "client certificates)")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the port speaks TLS."""
+        return self.tls_cert is not None

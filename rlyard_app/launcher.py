@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard.errors import ConfigError
+from rlyard.tls import ClientTLS
 from rlyard_app.services import ROOT, ServiceSpec
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,12 @@ class ServiceStartError(RuntimeError):
     """A service did not come up; the message carries the tail of its log."""
 
 
-def check_health(target: str, timeout: float = 2.0, service: str = "") -> str:
-    """The health status name of ``target`` ("SERVING", ...), or "UNREACHABLE"."""
-    with grpc.insecure_channel(target) as channel:
+def check_health(target: str, timeout: float = 2.0, service: str = "", tls: ClientTLS | None = None) -> str:
+    """The health status name of ``target`` ("SERVING", ...), or "UNREACHABLE"; over TLS with ``tls``
+    (health needs no token)."""
+    channel = (grpc.secure_channel(target, tls.credentials(), options=tls.channel_options()) if tls is not None
+               else grpc.insecure_channel(target))
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -108,6 +112,7 @@ class Launcher:
         extra_env: dict[str, str] | None = None,
         start_timeout_s: float = 60.0,
         grace_s: float = 5.0,
+        health_tls: ClientTLS | None = None,
     ) -> None:
         self.specs = specs
         self.run_dir = run_dir
@@ -116,6 +121,7 @@ class Launcher:
         self.extra_env = extra_env or {}
         self.start_timeout_s = start_timeout_s
         self.grace_s = grace_s
+        self.health_tls = health_tls      # how to dial the services' health checks (they serve TLS)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, Endpoint] = {}
 
@@ -192,7 +198,7 @@ class Launcher:
                     spec.name, spec.kind, info["host"], int(info["port"]),
                     info.get("metrics_port"), proc.pid, log_file,
                 )
-                if check_health(endpoint.target) == "SERVING":
+                if check_health(endpoint.target, tls=self.health_tls) == "SERVING":
                     return endpoint
             time.sleep(0.05)
         raise ServiceStartError(

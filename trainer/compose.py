@@ -26,6 +26,7 @@ from rlyard.domain import Task, TrajectoryStatus
 from rlyard.errors import ConfigError
 from rlyard.memory_client import MemoryClient
 from rlyard.reward_client import RewardClient
+from rlyard.tls import ClientSettings
 from trainer import embedded
 from trainer.config import ExperimentConfig, RolloutConfig, StageConfig
 from trainer.memory_stage import StageMemory
@@ -195,6 +196,14 @@ def _most_common(errors: list[str]) -> str:
     return collections.Counter(errors).most_common(1)[0][0]
 
 
+def _security(client: ClientSettings, target: str, *, given: bool) -> dict[str, Any]:
+    """The ``auth_token`` and ``tls`` of a client of ``target``: from ``client`` for a service given
+    by address, none for one started here (plaintext on loopback, no token)."""
+    if not given:
+        return {"auth_token": None, "tls": None}
+    return {"auth_token": client.token_for(target), "tls": client.channel_tls()}
+
+
 @contextlib.contextmanager
 def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
                extra_specs: Sequence[Any] = ()) -> Iterator[Stack]:
@@ -207,6 +216,7 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
         TimeoutError, rlyard.server.WarmUpError: an embedded tool server did not become ready.
     """
     embedded.check(config.services, config.memory)
+    dial = ClientSettings.from_env("RLYARD_CLIENT")   # TLS and tokens of the services given by address
     thread = EngineThread(name=loop_name)
     exits = contextlib.AsyncExitStack()
     stack: Stack | None = None
@@ -214,16 +224,20 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
     async def start() -> Stack:
         specs = [stage.reward for stage in config.stages if stage.kind == "rl"] + list(extra_specs)
         services = await exits.enter_async_context(embedded.embedded_services(config.services, specs,
-                                                                              config.memory))
+                                                                              config.memory, dial))
         timeout = config.services.timeout_s
         # UNAVAILABLE is retried over the window: a service that restarts is waited for
         retry = RetryPolicy.within(config.services.retry_window_s)
-        tool_client = ToolClient(services.tools, timeout=timeout, retry=retry)
-        reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S), retry=retry)
+        tool_client = ToolClient(services.tools, timeout=timeout, retry=retry,
+                                 **_security(dial, services.tools, given=services.tool_settings is None))
+        reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S), retry=retry,
+                                     **_security(dial, services.reward, given=services.reward_settings is None))
         memory = config.memory
         # short bounds: a memory service that is down costs a step its memories, never waits out the run
         memory_client = MemoryClient(services.memory, timeout=memory.timeout_s,
-                                     retry=RetryPolicy.within(memory.retry_window_s)) if services.memory else None
+                                     retry=RetryPolicy.within(memory.retry_window_s),
+                                     **_security(dial, services.memory, given=services.memory_settings is None),
+                                     ) if services.memory else None
         try:
             tools = openai_tools(await tool_client.list_tools())
         except BaseException:

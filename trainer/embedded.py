@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlyard.domain import RewardSpec
+from rlyard.tls import PLAINTEXT, ClientSettings
 from trainer.config import MemoryConfig, ServicesConfig
 
 
@@ -99,11 +100,13 @@ def _memory_settings(memory: MemoryConfig) -> Any:
 
 @contextlib.asynccontextmanager
 async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = (),
-                            memory: MemoryConfig | None = None) -> AsyncIterator[Services]:
+                            memory: MemoryConfig | None = None,
+                            client: ClientSettings = PLAINTEXT) -> AsyncIterator[Services]:
     """Yields the tool server, the reward service and (with ``memory`` on) the memory service: the
     given addresses, or services started here (on the running event loop) and stopped on exit. An
     embedded reward service may call the tool servers and judges that ``specs`` (the run's reward
-    specs) name.
+    specs) name; it dials a given tool server with ``client`` (TLS, tokens), an embedded one in
+    plaintext (services started here listen on loopback without TLS or token).
 
     Raises:
         TimeoutError: the embedded tool server was not SERVING within ``embedded.ready_timeout_s``.
@@ -139,7 +142,8 @@ async def embedded_services(config: ServicesConfig, specs: Iterable[Any] = (),
             tools = server.address
         if not reward:
             reward_settings = _reward_settings(config, tools, specs)
-            server = await start_server(reward_service(reward_settings), ServerSettings())
+            dial = client if config.tools else PLAINTEXT
+            server = await start_server(reward_service(reward_settings, dial), ServerSettings())
             stack.push_async_callback(server.stop, 1.0)
             reward = server.address
         memory_address, memory_settings = "", None

@@ -11,6 +11,7 @@
     rlyard model init --out DIR        build the tiny policy (tokenizer trained here, Qwen2/Llama from a config;
                                        --vision: a Qwen2-VL)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
+    rlyard certs [--out secrets]       a local CA, TLS certificates and per-service tokens (docs/deployment.md)
     rlyard demo                        the learning demo: services embedded, SFT + GRPO, held-out accuracy, a report
     rlyard tour                        services up, a scripted session of real calls and rewards, a report
 """
@@ -23,6 +24,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +56,15 @@ def _cmd_up(ns: argparse.Namespace) -> int:
     def ready(e: Endpoint) -> None:
         console.print(f"  [green]✓[/] {e.name:<16} grpc {e.target}   metrics :{e.metrics_port}   log {e.log_file}")
 
-    launcher = Launcher(specs, run_dir, ephemeral_ports=ns.ephemeral_ports)
+    extra_env: dict[str, str] = {}
+    health_tls = None
+    if ns.tls:
+        from rlyard_app.certs import launcher_tls
+
+        extra_env, health_tls = launcher_tls(Path(ns.tls))
+        console.print(f"  mutual TLS with the certificates of {ns.tls} (`rlyard certs`)")
+    launcher = Launcher(specs, run_dir, ephemeral_ports=ns.ephemeral_ports, extra_env=extra_env,
+                        health_tls=health_tls)
     import signal
 
     def on_signal(signum: int, frame: object) -> None:
@@ -88,13 +98,15 @@ def _targets(ns: argparse.Namespace, kind: str | None = None) -> dict[str, str]:
 
 
 def _cmd_status(ns: argparse.Namespace) -> int:
+    from rlyard.tls import ClientSettings
     from rlyard_app.launcher import check_health
 
     targets = _targets(ns)
     out = Table("service", "target", "health")
     ok = True
+    tls = ClientSettings.from_env("RLYARD_CLIENT").channel_tls()
     for name, target in targets.items():
-        status = check_health(target, timeout=ns.timeout)
+        status = check_health(target, timeout=ns.timeout, tls=tls)
         ok &= status == "SERVING"
         colour = "green" if status == "SERVING" else "red"
         out.add_row(name, target, f"[{colour}]{status}[/]")
@@ -109,10 +121,18 @@ def _tool_target(ns: argparse.Namespace) -> str:
     return next(iter(targets.values()))
 
 
+def _security(target: str) -> dict[str, Any]:
+    """TLS and the token for a client of ``target``, from ``RLYARD_CLIENT_*`` (rlyard/tls.py)."""
+    from rlyard.tls import ClientSettings
+
+    client = ClientSettings.from_env("RLYARD_CLIENT")
+    return {"auth_token": client.token_for(target), "tls": client.channel_tls()}
+
+
 async def _tool_list(target: str, timeout: float) -> int:
     from rlyard.client import ToolClient
 
-    async with ToolClient(target, timeout=timeout) as client:
+    async with ToolClient(target, timeout=timeout, **_security(target)) as client:
         tools = await client.list_tools()
     out = Table("tool", "description", "arguments (JSON Schema properties)")
     for t in tools:
@@ -129,7 +149,7 @@ async def _tool_call(target: str, name: str, args: str, db: str | None, timeout:
     from rlyard.domain.convert import tool_result_to_pb
 
     context = {"db_id": db} if db else {}
-    async with ToolClient(target, timeout=timeout) as client:
+    async with ToolClient(target, timeout=timeout, **_security(target)) as client:
         result = await client.call_tool(name, args, context=context)
     if as_json:
         console.print_json(json_format.MessageToJson(tool_result_to_pb(result)))
@@ -160,6 +180,24 @@ def _cmd_deploy(ns: argparse.Namespace) -> int:
         return 0
     for path in deploy.write_all(table, ROOT):
         console.print(f"wrote {path}")
+    return 0
+
+
+def _cmd_certs(ns: argparse.Namespace) -> int:
+    from rlyard_app.certs import write_certs
+
+    table = load_table(ns.table)
+    out = Path(ns.out)
+    written = write_certs(table, out, days=ns.days, force=ns.force)
+    listing = Table("file", "what", title=f"rlyard certs: wrote {len(written)} files under {out}")
+    for w in written:
+        listing.add_row(str(w.path), w.what)
+    console.print(listing)
+    console.print(f"keys and token files are mode 0600; the certificates are valid for {ns.days} days.\n"
+                  f"on this host:  set -a; . {out / 'client.env'}; set +a\n"
+                  f"Kubernetes:    kubectl apply -f {out / 'k8s-secrets.yaml'}\n"
+                  "Compose and Kubernetes use them once the table's tls.enabled is true "
+                  "(`rlyard deploy render`); see docs/deployment.md")
     return 0
 
 
@@ -219,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="all")
     p.add_argument("--ephemeral-ports", action="store_true", help="bind free ports instead of the table's")
     p.add_argument("--log-dir", default=".rlyard/logs")
+    p.add_argument("--tls", metavar="DIR", help="serve mutual TLS with the certificates `rlyard certs --out DIR` made")
     p.set_defaults(fn=_cmd_up)
 
     p = sub.add_parser("status", help="health of every service")
@@ -246,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = dsub.add_parser("render", help="regenerate docker-compose.yml and k8s/ from the service table")
     r.add_argument("--check", action="store_true", help="fail if the committed files are out of date")
     p.set_defaults(fn=_cmd_deploy)
+
+    p = sub.add_parser("certs", help="make a local CA, TLS certificates and per-service tokens")
+    p.add_argument("--out", default="secrets", help="directory to write (default: secrets/, ignored by git)")
+    p.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(fn=_cmd_certs)
 
     p = sub.add_parser("reward", help="score predictions or trajectories")
     rsub = p.add_subparsers(dest="reward_cmd", required=True)

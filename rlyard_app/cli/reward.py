@@ -22,6 +22,7 @@ from rlyard.domain import ScoreResult, ScoringItem, load_spec
 from rlyard.domain.jsonform import item_from_json
 from rlyard.errors import InvalidArgument
 from rlyard.reward_client import RewardClient
+from rlyard.tls import PLAINTEXT, ClientSettings
 from trainer.config import EmbeddedConfig, ServicesConfig
 from trainer.embedded import embedded_services
 
@@ -74,7 +75,10 @@ async def score_file(
         else:
             config = ServicesConfig(embedded=EmbeddedConfig(families={"sql": {"db_dir": str(sql_db_dir)}}))
             address = (await stack.enter_async_context(embedded_services(config, [spec]))).reward
-        client = await stack.enter_async_context(RewardClient(address, timeout=600.0))
+        # a given reward service: TLS and its token from RLYARD_CLIENT_*; an embedded one is plaintext
+        client_settings = ClientSettings.from_env("RLYARD_CLIENT") if target else PLAINTEXT
+        client = await stack.enter_async_context(RewardClient(
+            address, timeout=600.0, auth_token=client_settings.token_for(address), tls=client_settings.channel_tls()))
         output_path.parent.mkdir(parents=True, exist_ok=True)
         with output_path.open("w", encoding="utf-8") as out, Progress(
             TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,

@@ -1,0 +1,271 @@
+"""TLS and tokens between services: real servers on 127.0.0.1 port 0 with certificates that
+``rlyard certs`` makes in a temporary directory (rlyard_app/certs.py, rlyard/tls.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from reward_service.app import reward_service
+from reward_service.settings import RewardSettings
+from rlyard.client import NO_RETRY, ToolClient, make_channel
+from rlyard.domain import ScoreStatus, ScoringItem, load_spec
+from rlyard.errors import ConfigError
+from rlyard.reward_client import RewardClient
+from rlyard.server import RunningServer, start_server
+from rlyard.settings import ServerSettings
+from rlyard.tls import ClientSettings, ClientTLS, target_host
+from rlyard_app.certs import launcher_tls, make_tls, write_certs
+from rlyard_app.launcher import check_health
+from rlyard_app.services import DEFAULT_TABLE, load_table
+
+StartTools = Callable[..., Awaitable[RunningServer]]
+GT = {"db_id": "concert_singer", "query": "SELECT name, age FROM singer"}
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The files ``rlyard certs`` wrote, and a second, unrelated CA's."""
+
+    out: Path
+    other: Path
+
+    def tls(self, name: str) -> Path:
+        return self.out / "tls" / name
+
+    def server(self, **kwargs: Any) -> ServerSettings:
+        """Server settings on 127.0.0.1:0 with the made server certificate."""
+        return ServerSettings(host="127.0.0.1", port=0, tls_cert=self.tls("server.pem"),
+                              tls_key=self.tls("server-key.pem"), **kwargs)
+
+    def mutual(self, **kwargs: Any) -> ServerSettings:
+        """... and client certificates required, signed by the made CA."""
+        return self.server(tls_client_ca=self.tls("ca.pem"), tls_require_client_cert=True, **kwargs)
+
+    def client(self, *, cert: bool = True) -> ClientTLS:
+        """TLS trusting the made CA, with the made client certificate (``cert``)."""
+        if not cert:
+            return ClientTLS(self.tls("ca.pem"))
+        return ClientTLS(self.tls("ca.pem"), self.tls("client.pem"), self.tls("client-key.pem"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    write_certs(load_table(DEFAULT_TABLE), root / "secrets")
+    other = root / "other"
+    other.mkdir()
+    for name, pem in make_tls(["localhost", "127.0.0.1"]).items():
+        (other / name).write_bytes(pem)
+    return Pki(root / "secrets", other)
+
+
+async def _refused(client: ToolClient) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(client.list_tools(timeout=3.0), 10)
+    return info.value
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+async def test_tls_call_works_and_plaintext_is_refused(pki: Pki, start_tools: StartTools,
+                                                       make_client: Callable[..., ToolClient]) -> None:
+    running = await start_tools(server=pki.server())
+    tools = await make_client(running, retry=NO_RETRY, tls=pki.client(cert=False)).list_tools()
+    assert "sql_query" in {t.name for t in tools}
+    # a plaintext client gets no answer from a TLS port: the handshake never happens
+    err = await _refused(make_client(running, retry=NO_RETRY))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_server_certificate_of_another_ca_is_refused(pki: Pki, start_tools: StartTools,
+                                                             make_client: Callable[..., ToolClient]) -> None:
+    running = await start_tools(server=pki.server())
+    err = await _refused(make_client(running, retry=NO_RETRY, tls=ClientTLS(pki.other / "ca.pem")))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    # the made CA's name check: 127.0.0.1 is a SAN, a name that is not fails even with the right CA
+    wrong_name = ClientTLS(pki.tls("ca.pem"), server_name="not-a-service")
+    assert (await _refused(make_client(running, retry=NO_RETRY, tls=wrong_name))).code() == grpc.StatusCode.UNAVAILABLE
+    renamed = ClientTLS(pki.tls("ca.pem"), server_name="sql-tools")   # a service name is a SAN too
+    assert await make_client(running, retry=NO_RETRY, tls=renamed).list_tools()
+
+
+async def test_mutual_tls_requires_a_client_certificate_of_the_ca(
+        pki: Pki, start_tools: StartTools, make_client: Callable[..., ToolClient]) -> None:
+    running = await start_tools(server=pki.mutual())
+    assert await make_client(running, retry=NO_RETRY, tls=pki.client()).list_tools()
+    err = await _refused(make_client(running, retry=NO_RETRY, tls=pki.client(cert=False)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    foreign = ClientTLS(pki.tls("ca.pem"), pki.other / "client.pem", pki.other / "client-key.pem")
+    assert (await _refused(make_client(running, retry=NO_RETRY, tls=foreign))).code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_make_channel_takes_tls_as_a_keyword(pki: Pki, start_tools: StartTools) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running = await start_tools(server=pki.mutual())
+    async with make_channel(running.address, 1024 * 1024, tls=pki.client()) as channel:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+async def test_no_or_wrong_token_is_unauthenticated_while_health_answers(
+        pki: Pki, start_tools: StartTools, make_client: Callable[..., ToolClient]) -> None:
+    running = await start_tools(server=pki.mutual(auth_token="tools-token"))
+    for token in (None, "tools-toke", "other"):
+        err = await _refused(make_client(running, retry=NO_RETRY, tls=pki.client(), auth_token=token))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, token
+    anonymous = make_client(running, retry=NO_RETRY, tls=pki.client())
+    assert await anonymous.health() == "SERVING"      # probes carry no token
+    assert await make_client(running, retry=NO_RETRY, tls=pki.client(), auth_token="tools-token").list_tools()
+    # the launcher's and `rlyard status`'s synchronous check too
+    assert await asyncio.to_thread(check_health, running.address, 5.0, "", pki.client()) == "SERVING"
+    assert await asyncio.to_thread(check_health, running.address, 2.0) == "UNREACHABLE"   # plaintext
+
+
+@pytest.fixture
+async def start_reward() -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    started: list[RunningServer] = []
+
+    async def start(settings: RewardSettings, client: ClientSettings, server: ServerSettings) -> RunningServer:
+        running = await start_server(reward_service(settings, client), server)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop(0)
+
+
+async def test_per_target_tokens_reach_the_right_tool_server(
+        pki: Pki, start_tools: StartTools, start_reward: Callable[..., Awaitable[RunningServer]]) -> None:
+    """reward service → two tool servers over mutual TLS, each with its own token: one found by the
+    target's host name, one by its whole address; the shared token opens neither."""
+    a = await start_tools(server=pki.mutual(auth_token="token-a"))
+    b = await start_tools(server=pki.mutual(auth_token="token-b"))
+    target_a, target_b = f"localhost:{a.port}", b.address
+    tls = {"tls_ca": pki.tls("ca.pem"), "tls_cert": pki.tls("client.pem"), "tls_key": pki.tls("client-key.pem")}
+    settings = RewardSettings(sql_tools_target=target_a, allowed_tool_targets=(target_b,), tool_timeout_s=10.0)
+    item = ScoringItem(item_id="i", prediction="SELECT Name, Age FROM singer", ground_truth=GT)
+    on_a = load_spec(json.dumps({"sql_execution": 1.0}))
+    on_b = load_spec(json.dumps({"sql_execution": {"weight": 1.0, "tool_server": target_b}}))
+
+    async def score_with(client: ClientSettings) -> list[Any]:
+        reward = await start_reward(settings, client, pki.mutual(auth_token="reward-token"))
+        async with RewardClient(reward.address, timeout=30.0, retry=NO_RETRY, auth_token="reward-token",
+                                tls=pki.client()) as rc:
+            return [await rc.score(item, spec) for spec in (on_a, on_b)]
+
+    right = ClientSettings(**tls, auth_token="shared", auth_tokens=("localhost=token-a", f"{target_b}=token-b"))
+    scored = await score_with(right)
+    assert [(r.status, r.total) for r in scored] == [(ScoreStatus.OK, 1.0), (ScoreStatus.OK, 1.0)]
+
+    # only the shared token: both tool servers refuse it, and the reward says so
+    shared_only = await score_with(ClientSettings(**tls, auth_token="shared"))
+    assert [r.status for r in shared_only] == [ScoreStatus.SYSTEM_ERROR] * 2
+    assert all("UNAUTHENTICATED" in r.error for r in shared_only), [r.error for r in shared_only]
+
+    # the tokens swapped: each server refuses the other's
+    swapped = await score_with(ClientSettings(**tls, auth_tokens=("localhost=token-b", f"{target_b}=token-a")))
+    assert [r.status for r in swapped] == [ScoreStatus.SYSTEM_ERROR] * 2
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def test_client_settings_from_env_and_token_lookup(pki: Pki) -> None:
+    env = {"RLYARD_CLIENT_TLS_CA": str(pki.tls("ca.pem")), "RLYARD_CLIENT_AUTH_TOKEN": "shared",
+           "RLYARD_CLIENT_AUTH_TOKENS": "sql-tools=t1, 127.0.0.1:50052=t2"}
+    s = ClientSettings.from_env("RLYARD_CLIENT", env)
+    assert s.channel_tls() == ClientTLS(pki.tls("ca.pem"))
+    assert s.token_for("sql-tools:50051") == "t1"          # by host
+    assert s.token_for("127.0.0.1:50052") == "t2"          # by whole address
+    assert s.token_for("127.0.0.1:50051") == "shared"      # fallback
+    assert ClientSettings().channel_tls() is None and ClientSettings().token_for("x:1") is None
+    assert ClientSettings(tls=True).channel_tls() == ClientTLS()      # the system's roots
+    assert [target_host(t) for t in ("a:1", "[::1]:5", "a", "10.0.0.1:80")] == ["a", "::1", "a", "10.0.0.1"]
+    with pytest.raises(ConfigError, match="name=token"):
+        ClientSettings(auth_tokens=("sql-tools",))
+    with pytest.raises(ConfigError, match="both"):
+        ClientSettings(tls_ca=pki.tls("ca.pem"), tls_cert=pki.tls("client.pem"))
+    with pytest.raises(ConfigError, match="TLS is off"):
+        ClientSettings(tls_cert=pki.tls("client.pem"), tls_key=pki.tls("client-key.pem"))
+
+
+def test_server_settings_refuse_half_a_tls_config(pki: Pki, tmp_path: Path) -> None:
+    s = ServerSettings.from_env("RLYARD", {"RLYARD_TLS_CERT": "/c.pem", "RLYARD_TLS_KEY": "/k.pem",
+                                           "RLYARD_TLS_CLIENT_CA": "/ca.pem", "RLYARD_TLS_REQUIRE_CLIENT_CERT": "1"})
+    assert (s.tls, s.tls_cert, s.tls_require_client_cert) == (True, Path("/c.pem"), True)
+    with pytest.raises(ConfigError, match="RLYARD_TLS_KEY"):
+        ServerSettings(tls_cert=Path("/c.pem"))
+    with pytest.raises(ConfigError, match="RLYARD_TLS_CLIENT_CA"):
+        ServerSettings(tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"), tls_require_client_cert=True)
+    with pytest.raises(ConfigError, match="RLYARD_TLS_CERT"):
+        ServerSettings(tls_client_ca=Path("/ca.pem"))
+
+
+async def test_a_missing_certificate_file_fails_start_up_with_its_name(pki: Pki, start_tools: StartTools,
+                                                                       tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"RLYARD_TLS_KEY: cannot read .*nope\.pem"):
+        await start_tools(server=pki.server().replaced({"tls_key": str(tmp_path / "nope.pem")}, "test"))
+
+
+# --- rlyard certs ---------------------------------------------------------------------------
+
+
+def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    table = load_table(DEFAULT_TABLE)
+    out = tmp_path / "secrets"
+    written = write_certs(table, out)
+    paths = {w.path.relative_to(out).as_posix() for w in written}
+    assert {"tls/ca.pem", "tls/server.pem", "tls/server-key.pem", "tls/client.pem", "client.env",
+            "k8s-secrets.yaml", *(f"tokens/{s.name}.env" for s in table.services)} <= paths
+    for w in written:
+        mode = stat.S_IMODE(os.stat(w.path).st_mode)
+        assert mode == (0o644 if w.path.name in ("ca.pem", "server.pem", "client.pem") else 0o600), w.path
+
+    def env(name: str) -> dict[str, str]:
+        lines = (out / "tokens" / f"{name}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    own = {s.name: env(s.name)["RLYARD_AUTH_TOKEN"] for s in table.services}
+    assert len(set(own.values())) == len(own)                       # a token per service
+    reward = ClientSettings(auth_tokens=tuple(env("reward")["RLYARD_CLIENT_AUTH_TOKENS"].split(",")))
+    assert reward.token_for("sql-tools:50051") == own["sql-tools"]   # what it depends on
+    assert reward.token_for("search:50055") == own["search"]         # what it wants
+    assert reward.token_for("memory:50053") is None                  # not what it calls
+    trainer = ClientSettings(auth_tokens=tuple(env("trainer")["RLYARD_CLIENT_AUTH_TOKENS"].split(",")))
+    assert {trainer.token_for(f"{s.name}:1") for s in table.services if s.name != "trainer"} == \
+        {v for k, v in own.items() if k != "trainer"}
+    secrets = list(yaml.safe_load_all((out / "k8s-secrets.yaml").read_text()))
+    assert {d["metadata"]["name"] for d in secrets} == {"rlyard-tls", *(f"{s.name}-tokens" for s in table.services)}
+    assert "ca-key.pem" not in str(secrets) and "ca.key" not in secrets[0]["data"]
+
+    before = (out / "tls" / "ca.pem").read_bytes()
+    with pytest.raises(ConfigError, match="--force"):
+        write_certs(table, out)
+    assert (out / "tls" / "ca.pem").read_bytes() == before            # nothing was written
+    write_certs(table, out, force=True)
+    assert (out / "tls" / "ca.pem").read_bytes() != before
+
+
+def test_launcher_tls_needs_the_files(pki: Pki, tmp_path: Path) -> None:
+    env, health = launcher_tls(pki.out)
+    assert env["RLYARD_TLS_REQUIRE_CLIENT_CERT"] == "true" and health.cert_file == pki.tls("client.pem").resolve()
+    ServerSettings.from_env("RLYARD", env)       # a valid server configuration
+    with pytest.raises(ConfigError, match="rlyard certs"):
+        launcher_tls(tmp_path)
