@@ -30,6 +30,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.tls import ClientTLS
+from rlyard_app.deploy import NAMESPACE, PROJECT, TLS_FILES, TLS_SECRET, tokens_secret
 from rlyard_app.services import ServiceSpec, ServiceTable
 
 try:
@@ -40,20 +41,9 @@ try:
 except ImportError:  # pragma: no cover - the extra is missing
     x509 = None  # type: ignore[assignment]
 
-# Kubernetes names of what ``rlyard certs`` makes and the generated manifests mount (rlyard_app/deploy.py).
-TLS_SECRET = "rlyard-tls"
-TLS_FILES = {  # file under tls/ -> key of the Kubernetes Secret
-    "ca.pem": "ca.crt", "server.pem": "tls.crt", "server-key.pem": "tls.key",
-    "client.pem": "client.crt", "client-key.pem": "client.key",
-}
 # Service kinds that call every other service (the trainer drives tools, rewards and memory).
 CALLS_EVERYTHING = ("trainer", "worker")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
-def tokens_secret(spec: ServiceSpec) -> str:
-    """The Kubernetes Secret (and Compose env file stem) with a service's tokens."""
-    return f"{spec.name}-tokens"
 
 
 @dataclass(frozen=True)
@@ -202,7 +192,7 @@ def _env_text(header: str, env: dict[str, str]) -> str:
 def k8s_secrets(table: ServiceTable, pems: dict[str, bytes], tokens: dict[str, str],
                 namespace: str) -> list[dict[str, object]]:
     """The TLS Secret (without the CA's key) and each service's token Secret."""
-    labels = {"app.kubernetes.io/part-of": "rlyard"}
+    labels = {"app.kubernetes.io/part-of": PROJECT}
     docs: list[dict[str, object]] = [{
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": TLS_SECRET, "namespace": namespace, "labels": labels},
@@ -226,7 +216,7 @@ def _write(path: Path, data: bytes, private: bool) -> None:
 
 
 def write_certs(table: ServiceTable, out: Path, *, days: int = 365, force: bool = False,
-                namespace: str = "rlyard") -> list[Written]:
+                namespace: str = NAMESPACE) -> list[Written]:
     """Make the CA, certificates and tokens of ``table`` under ``out`` (see the module docstring).
 
     Raises:

@@ -41,6 +41,12 @@ PUBLISH_HOST = "127.0.0.1"
 RUN_AS = 10001
 # Seconds past RLYARD_GRACE_S before SIGKILL: the drain itself, on_stop hooks, closing /metrics.
 KILL_MARGIN_S = 5
+# TLS and tokens (``table.tls``): what ``rlyard certs`` makes, as Compose secrets and a Kubernetes Secret
+# mounted where containers read them. File under ``<dir>/tls/`` -> name in the container (and Secret key).
+TLS_SECRET = "rlyard-tls"
+TLS_FILES = {"ca.pem": "ca.crt", "server.pem": "tls.crt", "server-key.pem": "tls.key",
+             "client.pem": "client.crt", "client-key.pem": "client.key"}
+SECRETS_MOUNT = "/run/secrets"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -94,6 +100,34 @@ def container_env(spec: ServiceSpec) -> dict[str, str]:
     return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port) | spec.container_env
 
 
+def tokens_secret(spec: ServiceSpec) -> str:
+    """The Kubernetes Secret with a service's tokens (``<dir>/tokens/<name>.env`` under Compose)."""
+    return f"{spec.name}-tokens"
+
+
+def tls_env(table: ServiceTable) -> dict[str, str]:
+    """What makes a container serve TLS and dial its peers with TLS (empty when the table's tls is off);
+    the tokens come from each service's own Secret or env file."""
+    if not table.tls.enabled:
+        return {}
+    path = {key: f"{SECRETS_MOUNT}/{key}" for key in TLS_FILES.values()}
+    return {
+        "RLYARD_TLS_CERT": path["tls.crt"],
+        "RLYARD_TLS_KEY": path["tls.key"],
+        "RLYARD_TLS_CLIENT_CA": path["ca.crt"],
+        "RLYARD_TLS_REQUIRE_CLIENT_CERT": "true" if table.tls.require_client_cert else "false",
+        "RLYARD_CLIENT_TLS_CA": path["ca.crt"],
+        "RLYARD_CLIENT_TLS_CERT": path["client.crt"],
+        "RLYARD_CLIENT_TLS_KEY": path["client.key"],
+    }
+
+
+def service_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+    """``container_env`` with the table's TLS settings over it: what a container's environment holds
+    besides its tokens."""
+    return container_env(spec) | tls_env(table)
+
+
 def server_settings(spec: ServiceSpec) -> ServerSettings:
     """The runtime settings the container will load (a bad value fails the render)."""
     return ServerSettings.from_env("RLYARD", container_env(spec))
@@ -104,20 +138,36 @@ def stop_grace_s(spec: ServiceSpec) -> int:
     return math.ceil(server_settings(spec).grace_s) + KILL_MARGIN_S
 
 
-def health_probe_command(port: int) -> list[str]:
+def health_probe_command(port: int, tls_name: str | None = None) -> list[str]:
     """A Docker healthcheck: exit 0 when grpc.health.v1 on ``port`` answers SERVING.
 
     Uses only the image's Python and grpcio-health-checking (a dependency of rlyard);
-    an unreachable server raises, which also exits non-zero.
+    an unreachable server raises, which also exits non-zero. With ``tls_name`` it dials TLS with
+    the container's RLYARD_CLIENT_TLS_* files and checks the server's certificate against that
+    name (the service's name, which the certificate holds; Kubernetes' own gRPC probe has no TLS).
     """
+    if tls_name is None:
+        channel = f"grpc.insecure_channel('127.0.0.1:{port}')"
+        setup = ""
+    else:
+        setup = ("f = lambda k: open(os.environ[k], 'rb').read() if os.environ.get(k) else None; "
+                 "c = grpc.ssl_channel_credentials(f('RLYARD_CLIENT_TLS_CA'), f('RLYARD_CLIENT_TLS_KEY'), "
+                 "f('RLYARD_CLIENT_TLS_CERT')); ")
+        channel = (f"grpc.secure_channel('127.0.0.1:{port}', c, "
+                   f"options=[('grpc.ssl_target_name_override', {tls_name!r})])")
     script = (
-        "import sys, grpc; "
+        f"import {'os, ' if tls_name else ''}sys, grpc; "
         "from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
-        f"r = g.HealthStub(grpc.insecure_channel('127.0.0.1:{port}'))"
+        f"{setup}"
+        f"r = g.HealthStub({channel})"
         ".Check(h.HealthCheckRequest(), timeout=2); "
         "sys.exit(r.status != h.HealthCheckResponse.SERVING)"
     )
     return ["CMD", "python", "-c", script]
+
+
+def _probe(table: ServiceTable, spec: ServiceSpec) -> list[str]:
+    return health_probe_command(spec.port, spec.name if table.tls.enabled else None)
 
 
 def _check_names(table: ServiceTable) -> None:
@@ -147,14 +197,18 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         # a service of the default profile starts with a plain `docker compose up`,
         # as it does with a plain `rlyard up`; others wait for `--profile NAME`
         service["profiles"] = list(spec.profiles)
+    if table.tls.enabled:
+        # the certificates as Compose secrets, the service's own tokens from its env file (rlyard certs)
+        service["secrets"] = [{"source": _compose_secret(key), "target": key} for key in TLS_FILES.values()]
+        service["env_file"] = [{"path": f"{table.tls.dir}/tokens/{spec.name}.env", "required": True}]
     return service | {
         "command": list(spec.command),
-        "environment": _quoted(container_env(spec)),
+        "environment": _quoted(service_env(table, spec)),
         "ports": [_Quoted(f"{PUBLISH_HOST}:{p}:{p}") for p in (spec.port, spec.metrics_port)],
         "read_only": True,
         "tmpfs": ["/tmp"],
         "healthcheck": {
-            "test": health_probe_command(spec.port),
+            "test": _probe(table, spec),
             "interval": "10s",
             "timeout": "5s",
             "retries": 3,
@@ -163,6 +217,15 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "stop_grace_period": f"{grace}s",
     }
+
+
+def _compose_secret(key: str) -> str:
+    return "rlyard-" + key.replace(".", "-")
+
+
+def compose_secrets(table: ServiceTable) -> dict[str, Any]:
+    """The top-level secrets: the files ``rlyard certs --out <dir>`` wrote (the CA's key stays out)."""
+    return {_compose_secret(key): {"file": f"./{table.tls.dir}/tls/{name}"} for name, key in TLS_FILES.items()}
 
 
 def volume_name(store: BackingService) -> str:
@@ -203,6 +266,8 @@ def render_compose(table: ServiceTable) -> str:
     }
     if table.backing:
         doc["volumes"] = {volume_name(store): {} for store in table.backing}
+    if table.tls.enabled:
+        doc["secrets"] = compose_secrets(table)
     return _dump(doc)
 
 
@@ -280,14 +345,14 @@ def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
             "namespace": NAMESPACE,
             "labels": _labels(table, spec),
         },
-        "data": _quoted(container_env(spec)),
+        "data": _quoted(service_env(table, spec)),
     }
 
 
 def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's pods: same command and environment as ``rlyard up``."""
     labels = _labels(table, spec)
-    env = container_env(spec)
+    env = service_env(table, spec)
     container = {
         "name": spec.name,
         "image": table.image,
@@ -307,6 +372,16 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if table.tls.enabled:
+        _add_tls(table, spec, container, volumes)
+        pod_security["fsGroup"] = RUN_AS   # the Secret's files are group-readable (0440) by the service's user
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -336,18 +411,27 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
                     # no FOO_SERVICE_HOST/FOO_PORT variables: the environment is exactly the table's
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": stop_grace_s(spec),
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security,
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": volumes,
                 },
             },
         },
     }
+
+
+def _add_tls(table: ServiceTable, spec: ServiceSpec, container: dict[str, Any], volumes: list[dict[str, Any]]) -> None:
+    """TLS and tokens in a service's pod: the TLS Secret as files, the service's token Secret as
+    environment, and exec probes (the kubelet's gRPC probe cannot speak TLS)."""
+    container["envFrom"] = [*container["envFrom"], {"secretRef": {"name": tokens_secret(spec)}}]
+    container["volumeMounts"] = [*container["volumeMounts"],
+                                 {"name": "tls", "mountPath": SECRETS_MOUNT, "readOnly": True}]
+    volumes.append({"name": "tls", "secret": {"secretName": TLS_SECRET, "defaultMode": 0o440}})
+    command = _probe(table, spec)[1:]    # without Docker's "CMD"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = container[probe]
+        container[probe] = {"exec": {"command": command}, "periodSeconds": grpc_probe["periodSeconds"],
+                            "timeoutSeconds": 5, "failureThreshold": grpc_probe["failureThreshold"]}
 
 
 def k8s_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:

@@ -105,12 +105,25 @@ class BackingService:
 
 
 @dataclass(frozen=True)
+class TlsDeployment:
+    """TLS and tokens under Compose and Kubernetes (docs/deployment.md, "TLS and tokens"): off, the
+    services talk plaintext without tokens; on, they mount what ``rlyard certs --out <dir>`` made
+    (Compose reads the files from ``dir``; Kubernetes from the Secrets of ``<dir>/k8s-secrets.yaml``)."""
+
+    enabled: bool = False
+    dir: str = "secrets"
+    require_client_cert: bool = True     # mutual TLS: every caller shows the client certificate
+
+
+@dataclass(frozen=True)
 class ServiceTable:
-    """Every service, the backing stores they use, and the image that runs them in containers."""
+    """Every service, the backing stores they use, the image that runs them in containers, and
+    whether containers talk TLS with tokens."""
 
     image: str
     services: tuple[ServiceSpec, ...]
     backing: tuple[BackingService, ...] = ()
+    tls: TlsDeployment = TlsDeployment()
 
     def profile(self, name: str) -> list[ServiceSpec]:
         """The services of a profile; a ConfigError names the known profiles."""
@@ -206,4 +219,14 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
                     )
         resolved.append(replace(s, peer_ports={d: seen[d] for d in (*s.depends_on, *s.wants)}))
         seen[s.name] = s.port
-    return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing)
+    raw_tls = data.get("tls") or {}
+    try:
+        tls = TlsDeployment(enabled=bool(raw_tls.get("enabled", False)), dir=str(raw_tls.get("dir", "secrets")),
+                            require_client_cert=bool(raw_tls.get("require_client_cert", True)))
+        unknown = sorted(set(raw_tls) - {"enabled", "dir", "require_client_cert"})
+    except AttributeError:
+        raise ConfigError(f"{path}: tls must be a mapping (enabled, dir, require_client_cert)") from None
+    if unknown:
+        raise ConfigError(f"{path}: unknown tls setting(s) {', '.join(unknown)}; valid: enabled, dir, "
+                          "require_client_cert")
+    return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing, tls=tls)

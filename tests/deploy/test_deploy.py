@@ -451,3 +451,110 @@ def test_health_probe_command_against_a_real_server(table: ServiceTable, tmp_pat
         server.terminate()
         server.wait(timeout=15)
     assert probe(port) != 0  # nothing listens any more
+
+
+# --- TLS and tokens (the table's tls on): valid files wired to what `rlyard certs` makes ------
+
+
+@pytest.fixture(scope="module")
+def tls_tree(table: ServiceTable, tmp_path_factory: pytest.TempPathFactory) -> tuple[ServiceTable, Path]:
+    """The table with tls on, rendered into a fresh tree beside the files `rlyard certs` wrote there."""
+    from dataclasses import replace
+
+    from rlyard_app.certs import write_certs
+
+    root = tmp_path_factory.mktemp("tls-tree")
+    on = replace(table, tls=replace(table.tls, enabled=True))
+    write_certs(on, root / on.tls.dir)
+    deploy.write_all(on, root)
+    return on, root
+
+
+def test_tls_off_leaves_the_files_plaintext(table: ServiceTable) -> None:
+    assert not table.tls.enabled
+    text = deploy.render_compose(table) + "".join(deploy.render_k8s(table).values())
+    assert "RLYARD_TLS" not in text and "secretRef" not in text and "env_file" not in text
+
+
+def test_tls_compose_mounts_the_certificates_and_reads_each_services_tokens(
+        tls_tree: tuple[ServiceTable, Path]) -> None:
+    table, root = tls_tree
+    result = _compose_config(root / "docker-compose.yml", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    files = {Path(s["file"]).relative_to(root).as_posix() for s in model["secrets"].values()}
+    assert files == {f"secrets/tls/{name}" for name in deploy.TLS_FILES}     # never the CA's key
+    for spec in table.services:
+        svc = model["services"][spec.name]
+        assert {s["target"] for s in svc["secrets"]} == set(deploy.TLS_FILES.values())
+        tokens = (root / "secrets" / "tokens" / f"{spec.name}.env").read_text()
+        env = _unescape(svc["environment"])
+        # Compose read the service's own token from its env file
+        assert f"RLYARD_AUTH_TOKEN={env['RLYARD_AUTH_TOKEN']}\n" in tokens
+        assert env["RLYARD_TLS_CERT"] == "/run/secrets/tls.crt"
+        assert env["RLYARD_TLS_REQUIRE_CLIENT_CERT"] == "true"
+        assert svc["healthcheck"]["test"] == deploy.health_probe_command(spec.port, spec.name)
+
+
+def test_tls_k8s_manifests_are_valid_and_use_the_secrets(tls_tree: tuple[ServiceTable, Path]) -> None:
+    table, root = tls_tree
+    secrets = {d["metadata"]["name"] for d in _docs(root / "secrets" / "k8s-secrets.yaml")}
+    for path in [*sorted((root / "k8s").glob("*.yaml")), root / "secrets" / "k8s-secrets.yaml"]:
+        result = _k8s_validate(path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len([ln for ln in result.stdout.splitlines() if ln.startswith("INFO ")]) == len(_docs(path))
+        assert "WARN" not in result.stdout and "ERROR" not in result.stdout, result.stdout
+    for spec in table.services:
+        objects = {d["kind"]: d for d in _docs(root / "k8s" / f"{spec.name}.yaml")}
+        pod = objects["Deployment"]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        refs = [ref.get("secretRef", {}).get("name") for ref in container["envFrom"]]
+        assert deploy.tokens_secret(spec) in refs and deploy.tokens_secret(spec) in secrets
+        [tls_volume] = [v for v in pod["volumes"] if "secret" in v]
+        assert tls_volume["secret"]["secretName"] == deploy.TLS_SECRET in secrets
+        assert {"name": tls_volume["name"], "mountPath": "/run/secrets", "readOnly": True} in container["volumeMounts"]
+        assert pod["securityContext"]["fsGroup"] == deploy.RUN_AS
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == deploy.health_probe_command(spec.port, spec.name)[1:]
+        assert objects["ConfigMap"]["data"]["RLYARD_CLIENT_TLS_CA"] == "/run/secrets/ca.crt"
+
+
+def test_tls_health_probe_command_against_a_real_tls_server(tls_tree: tuple[ServiceTable, Path],
+                                                            tmp_path: Path) -> None:
+    """The probe of the TLS files dials mutual TLS with the container's RLYARD_CLIENT_TLS_* files,
+    checks the certificate against the service's name, and needs no token."""
+    table, root = tls_tree
+    spec = table.services[0]
+    tls_dir = root / "secrets" / "tls"
+    by_key = {key: str(tls_dir / name) for name, key in deploy.TLS_FILES.items()}
+    paths = {k: by_key[v.rsplit("/", 1)[1]] for k, v in deploy.tls_env(table).items() if v.startswith("/run/")}
+    ready = tmp_path / "ready.json"
+    env = {**os.environ, **deploy.service_env(table, spec), **paths, "RLYARD_AUTH_TOKEN": "t0ken",
+           "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_METRICS_PORT": "", "RLYARD_READY_FILE": str(ready)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from rlyard_app.cli.serve import run_service; run_service({spec.kind!r})"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+    def probe(port: int, name: str | None, client_env: dict[str, str]) -> int:
+        _, python, *args = deploy.health_probe_command(port, name)
+        assert python == "python"
+        return subprocess.run([sys.executable, *args], capture_output=True, timeout=30,
+                              env={**os.environ, **client_env}).returncode
+
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        port = int(json.loads(ready.read_text())["port"])
+        client = {k: v for k, v in paths.items() if k.startswith("RLYARD_CLIENT_")}
+        assert probe(port, spec.name, client) == 0
+        assert probe(port, None, {}) != 0                                   # plaintext
+        assert probe(port, "not-a-service", client) != 0                    # a name the certificate lacks
+        no_cert = {k: v for k, v in client.items() if k == "RLYARD_CLIENT_TLS_CA"}
+        assert probe(port, spec.name, no_cert) != 0                         # mutual TLS: no client certificate
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
