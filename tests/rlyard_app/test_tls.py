@@ -269,3 +269,28 @@ def test_launcher_tls_needs_the_files(pki: Pki, tmp_path: Path) -> None:
     ServerSettings.from_env("RLYARD", env)       # a valid server configuration
     with pytest.raises(ConfigError, match="rlyard certs"):
         launcher_tls(tmp_path)
+
+
+async def test_rlyard_up_with_tls_and_a_shared_token(pki: Pki, tmp_path: Path) -> None:
+    """`rlyard up --tls DIR`: the SQL tools and the reward service as processes serving mutual TLS;
+    the reward service reaches the tools over TLS with the token from its environment."""
+    from rlyard_app.launcher import Launcher
+
+    table = load_table(DEFAULT_TABLE)
+    env, health_tls = launcher_tls(pki.out)
+    env |= {"RLYARD_AUTH_TOKEN": "up-token", "RLYARD_CLIENT_AUTH_TOKEN": "up-token"}
+    launcher = Launcher([table.get("sql-tools"), table.get("reward")], tmp_path / "logs", ephemeral_ports=True,
+                        extra_env=env, health_tls=health_tls, start_timeout_s=60)
+    with launcher:
+        endpoints = await asyncio.to_thread(launcher.start)
+        reward = endpoints["reward"].target
+        assert await asyncio.to_thread(check_health, reward, 2.0) == "UNREACHABLE"      # plaintext
+        item = ScoringItem(item_id="i", prediction="SELECT Name, Age FROM singer", ground_truth=GT)
+        async with RewardClient(reward, timeout=30.0, retry=NO_RETRY, auth_token="up-token",
+                                tls=pki.client()) as rc:
+            result = await rc.score(item, load_spec(json.dumps({"sql_execution": 1.0})))
+        assert (result.status, result.total) == (ScoreStatus.OK, 1.0), result.error
+        async with RewardClient(reward, timeout=30.0, retry=NO_RETRY, tls=pki.client()) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await anonymous.score(item, load_spec(json.dumps({"sql_execution": 1.0})))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
