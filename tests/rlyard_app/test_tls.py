@@ -294,3 +294,35 @@ async def test_rlyard_up_with_tls_and_a_shared_token(pki: Pki, tmp_path: Path) -
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await anonymous.score(item, load_spec(json.dumps({"sql_execution": 1.0})))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_run_dials_a_given_tool_server_with_tls_and_its_token(pki: Pki, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The composition root: the trainer's tool client and the reward service it embeds both reach a
+    tool server given by address over mutual TLS with that server's token, from RLYARD_CLIENT_*;
+    the embedded reward service itself stays plaintext on loopback."""
+    from rlyard_app.launcher import Launcher
+    from trainer import compose
+    from trainer.config import parse_config
+
+    env, health_tls = launcher_tls(pki.out)
+    tools = load_table(DEFAULT_TABLE).get("sql-tools")
+    with Launcher([tools], tmp_path / "logs", ephemeral_ports=True, extra_env=env | {"RLYARD_AUTH_TOKEN": "t-sql"},
+                  health_tls=health_tls) as launcher:
+        port = launcher.start()["sql-tools"].port
+        for key in ("RLYARD_CLIENT_TLS_CA", "RLYARD_CLIENT_TLS_CERT", "RLYARD_CLIENT_TLS_KEY"):
+            monkeypatch.setenv(key, env[key])
+        monkeypatch.setenv("RLYARD_CLIENT_AUTH_TOKENS", "localhost=t-sql")
+        config = parse_config({"name": "tls", "services": {"tools": f"localhost:{port}", "timeout_s": 10},
+                               "stages": [{"kind": "sft", "data": "demos.jsonl", "steps": 1}]})
+        with compose.open_stack(config) as stack:
+            assert "sql_query" in {t["function"]["name"] for t in stack.tools}      # ListTools over TLS
+            item = ScoringItem(item_id="i", prediction="SELECT Name, Age FROM singer", ground_truth=GT)
+            result = stack.run(stack.reward_client.score(item, load_spec(json.dumps({"sql_execution": 1.0}))))
+            assert (result.status, result.total) == (ScoreStatus.OK, 1.0), result.error
+            assert check_health(stack.services.reward) == "SERVING"                   # plaintext, embedded
+        monkeypatch.setenv("RLYARD_CLIENT_AUTH_TOKENS", "localhost=wrong")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            with compose.open_stack(config):
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
