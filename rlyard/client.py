@@ -6,7 +6,8 @@ service that restarts is waited for); any other error is raised at once as
 ``grpc.aio.AioRpcError``. A tool request over the message limit is refused
 before it is sent (``RequestTooLarge``), and a stream splits a batch into
 messages under the limit. Make one client per target per process and reuse it:
-it owns one channel.
+it owns one channel. ``tls=`` (``rlyard.tls.ClientTLS``) dials TLS, ``auth_token=`` sends a
+bearer token on every call but health checks; ``rlyard.tls.ClientSettings`` gives both per target.
 """
 
 from __future__ import annotations

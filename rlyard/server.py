@@ -2,7 +2,8 @@
 
 ``start_server`` builds a ``grpc.aio`` server with the runtime interceptor
 (auth, admission, error mapping, metrics), the standard health service,
-server reflection, the configured message-size limits and, optionally, a
+server reflection, the configured message-size limits, a TLS port when the
+settings give a certificate (``RLYARD_TLS_*``, rlyard/tls.py) and, optionally, a
 Prometheus endpoint. ``serve`` runs it until SIGTERM/SIGINT, then drains:
 health goes NOT_SERVING first, in-flight calls get ``grace_s`` to finish, and
 new calls are refused.
