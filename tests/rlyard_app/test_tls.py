@@ -326,3 +326,20 @@ def test_a_run_dials_a_given_tool_server_with_tls_and_its_token(pki: Pki, tmp_pa
             with compose.open_stack(config):
                 pass
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlyard_app.cli import main as cli
+    from rlyard_app.cli.main import main
+
+    monkeypatch.setattr(cli.console, "width", 400)       # one line per file: no wrapped paths
+    monkeypatch.setattr(cli.err_console, "width", 400)
+    out = tmp_path / "s"
+    assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--days", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 14 files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
+    assert (out / "tls" / "server.pem").is_file()
+    assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--force"]) == 0
