@@ -25,9 +25,9 @@ from pydantic import BaseModel
 from reward_service.catalog import REWARD_EXTRAS, REWARD_MODULES
 from reward_service.settings import RewardSettings
 from reward_service.types import RewardKindName, RewardOutcome
-from rlyard.client import ToolClient
 from rlyard.domain import ScoringItem
 from rlyard.plugins import add_plugin, load_plugin
+from rlyard.routing import AnyToolClient, tool_client_for
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class RewardContext:
 
     settings: RewardSettings
     shared: dict[str, Any] = field(default_factory=dict)
-    _tool_clients: dict[str, ToolClient] = field(default_factory=dict)
+    _tool_clients: dict[str, AnyToolClient] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -58,12 +58,13 @@ class RewardContext:
             return fn(*args)
         return await self.run_blocking(fn, *args)
 
-    def tool_client(self, target: str | None = None) -> ToolClient:
-        """One client per tool-server target (default: the SQL tool server)."""
+    def tool_client(self, target: str | None = None) -> AnyToolClient:
+        """One client per tool-server target (default: the SQL tool server); a routed target (several
+        replicas, ``rlyard.routing``) gets a ``RoutedToolClient``."""
         target = target or self.settings.sql_tools_target
         client = self._tool_clients.get(target)
         if client is None:
-            client = ToolClient(
+            client = tool_client_for(
                 target, timeout=self.settings.tool_timeout_s, auth_token=self.settings.sql_tools_auth_token
             )
             self._tool_clients[target] = client

@@ -87,7 +87,7 @@ def is_routed(target: str) -> bool:
     return parse_routed_target(target) is not None
 
 
-def tool_client_for(target: str, **kwargs: Any) -> ToolClient | RoutedToolClient:
+def tool_client_for(target: str, **kwargs: Any) -> AnyToolClient:
     """A ``RoutedToolClient`` for a routed target, else a ``ToolClient``; ``kwargs`` are
     ``ToolClient``'s (timeout, retry, auth_token, max_message_bytes, ...)."""
     return RoutedToolClient(target, **kwargs) if is_routed(target) else ToolClient(target, **kwargs)
@@ -438,3 +438,8 @@ class RoutedToolStream:
         streams, self._streams = list(self._streams.values()), {}
         for _, stream in streams:
             await stream.close()
+
+
+# What the trainer and the reward service hold: one server, or the replicas of one.
+AnyToolClient = ToolClient | RoutedToolClient
+AnyToolStream = ToolStream | RoutedToolStream
