@@ -205,7 +205,7 @@ class RoutedToolClient:
 
     def mark_down(self, replica: str) -> None:
         """New sessions avoid ``replica`` for ``down_s`` seconds."""
-        if replica in self.replicas and replica not in self._down:
+        if replica in self.replicas and replica not in self.down():
             logger.warning("tool replica %s of %s is unavailable; new sessions go to the others", replica, self.target)
         self._down[replica] = time.monotonic()
 
