@@ -25,9 +25,9 @@ from pydantic import BaseModel
 from reward_service.catalog import REWARD_EXTRAS, REWARD_MODULES
 from reward_service.settings import RewardSettings
 from reward_service.types import RewardKindName, RewardOutcome
-from rlyard.client import ToolClient
 from rlyard.domain import ScoringItem
 from rlyard.plugins import add_plugin, load_plugin
+from rlyard.routing import AnyToolClient, tool_client_for
 from rlyard.tls import PLAINTEXT, ClientSettings
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class RewardContext:
     settings: RewardSettings
     client: ClientSettings = PLAINTEXT
     shared: dict[str, Any] = field(default_factory=dict)
-    _tool_clients: dict[str, ToolClient] = field(default_factory=dict)
+    _tool_clients: dict[str, AnyToolClient] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -61,16 +61,17 @@ class RewardContext:
             return fn(*args)
         return await self.run_blocking(fn, *args)
 
-    def tool_client(self, target: str | None = None) -> ToolClient:
-        """One client per tool-server target (default: the SQL tool server)."""
+    def tool_client(self, target: str | None = None) -> AnyToolClient:
+        """One client per tool-server target (default: the SQL tool server); a routed target (several
+        replicas, ``rlyard.routing``) gets a ``RoutedToolClient``."""
         target = target or self.settings.sql_tools_target
         client = self._tool_clients.get(target)
         if client is None:
             token = self.client.token_for(target)
             if target == self.settings.sql_tools_target and self.settings.sql_tools_auth_token:
                 token = self.settings.sql_tools_auth_token    # the older, reward-specific setting wins
-            client = ToolClient(target, timeout=self.settings.tool_timeout_s, auth_token=token,
-                                tls=self.client.channel_tls())
+            client = tool_client_for(target, timeout=self.settings.tool_timeout_s, auth_token=token,
+                                     tls=self.client.channel_tls())
             self._tool_clients[target] = client
         return client
 

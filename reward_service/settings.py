@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlyard.errors import ConfigError
+from rlyard.routing import parse_routed_target
 from rlyard.settings import EnvSettings
 
 
@@ -53,6 +54,11 @@ class RewardSettings(EnvSettings):
         if not self.item_timeout_s > 0:
             raise ConfigError("RLYARD_REWARD_ITEM_TIMEOUT_S must be > 0 seconds")
         self.text_limit_overrides()  # refuses a malformed entry now, not at the first request
+        for key, target in (("SQL_TOOLS_TARGET", self.sql_tools_target), ("POI_TOOLS_TARGET", self.poi_tools_target)):
+            try:   # a list of replicas or routed:///name:port is routed by session (rlyard.routing)
+                parse_routed_target(target)
+            except ValueError as exc:
+                raise ConfigError(f"RLYARD_REWARD_{key}: {exc}") from None
 
     def text_limit_overrides(self) -> dict[str, int]:
         """``text_limits`` as {reward name: characters}."""

@@ -345,14 +345,14 @@ def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
             "namespace": NAMESPACE,
             "labels": _labels(table, spec),
         },
-        "data": _quoted(service_env(table, spec)),
+        "data": _quoted(k8s_env(table, spec) | tls_env(table)),
     }
 
 
 def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's pods: same command and environment as ``rlyard up``."""
     labels = _labels(table, spec)
-    env = service_env(table, spec)
+    env = k8s_env(table, spec) | tls_env(table)
     container = {
         "name": spec.name,
         "image": table.image,
@@ -395,7 +395,7 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
             },
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": pod_labels(table, spec),
                     "annotations": _quoted(
                         {
                             "prometheus.io/scrape": "true",
@@ -554,21 +554,204 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
     return [configmap, statefulset, service]
 
 
+# --- Kubernetes: session routing, disruption budgets, network policy, autoscaling ----------
+#
+# Tool sessions live on one replica, and a gRPC channel to a ClusterIP Service stays on one pod.
+# So each tool service also gets a headless Service (one DNS A record per ready pod), and the
+# services that call it in Kubernetes are given ``routed:///<name>-headless:<port>``: the client
+# routes each session to its replica by consistent hashing (rlyard.routing, docs/deployment.md).
+
+# Pods with this label may call the tool, reward and memory services: the trainer's pods (and a
+# rollout worker's, kind "worker") carry it; give it to any pod of yours that drives rollouts.
+CLIENT_LABEL = ("rlyard.dev/role", "client")
+CLIENT_KINDS = ("trainer", "worker")
+# Namespaces with this label (where Prometheus runs) may scrape the metrics ports.
+MONITORING_LABEL = ("rlyard.dev/monitoring", "true")
+# The HPA's target: mean CPU use over the pods, as a percentage of their CPU request.
+HPA_CPU_PERCENT = 70
+# Scale-down removes at most one pod per this many seconds, after this long below target: each
+# pod removed fails the sessions it holds.
+HPA_SCALE_DOWN_PERIOD_S = 120
+HPA_SCALE_DOWN_WINDOW_S = 300
+
+
+def routes_sessions(spec: ServiceSpec) -> bool:
+    """Whether clients route to the service's pods by session (a tool server) through its headless Service."""
+    return spec.kind == "tools"
+
+
+def headless_name(spec: ServiceSpec) -> str:
+    """The headless Service of a tool service: its DNS name resolves to every ready pod."""
+    return f"{spec.name}-headless"
+
+
+def routed_target(spec: ServiceSpec) -> str:
+    """What clients in Kubernetes dial for ``spec``: every pod of its headless Service, by session."""
+    return f"routed:///{headless_name(spec)}:{spec.port}"
+
+
+def k8s_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+    """``container_env`` with each tool service that ``spec`` calls addressed through its headless
+    Service (``routed_target``) instead of its ClusterIP Service."""
+    peers = {name: routed_target(table.get(name)) for name in spec.peer_ports if routes_sessions(table.get(name))}
+    return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port, peers) | spec.container_env
+
+
+def pod_labels(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+    """The labels of the service's pods: the object labels, and ``CLIENT_LABEL`` on client kinds."""
+    labels = _labels(table, spec)
+    if spec.kind in CLIENT_KINDS:
+        labels[CLIENT_LABEL[0]] = CLIENT_LABEL[1]
+    return labels
+
+
+def k8s_scaled_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """``k8s_deployment``, without ``replicas`` when an HPA owns the count (``kubectl apply``
+    would otherwise set it back on every apply)."""
+    deployment = k8s_deployment(table, spec)
+    if spec.max_replicas:
+        del deployment["spec"]["replicas"]
+    return deployment
+
+
+def k8s_headless_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """One DNS A record per ready pod (gRPC port only): what ``routed_target`` resolves."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": headless_name(spec), "namespace": NAMESPACE, "labels": _labels(table, spec)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(spec),
+            # a pod that drains (NOT_SERVING, not ready) leaves the answer: new sessions go elsewhere
+            "publishNotReadyAddresses": False,
+            "ports": [{"name": "grpc", "port": spec.port, "targetPort": "grpc", "protocol": "TCP",
+                       "appProtocol": "grpc"}],
+        },
+    }
+
+
+def k8s_pdb(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """Voluntary disruptions (node drains, upgrades) take one pod of the service at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": spec.name, "namespace": NAMESPACE, "labels": _labels(table, spec)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec)}},
+    }
+
+
+def k8s_hpa(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """Scale the Deployment between ``replicas`` and ``max_replicas`` on CPU; down slowly, one pod
+    at a time (each removed pod fails its sessions)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": spec.name, "namespace": NAMESPACE, "labels": _labels(table, spec)},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "minReplicas": spec.replicas,
+            "maxReplicas": spec.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": HPA_CPU_PERCENT}}}],
+            "behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": HPA_SCALE_DOWN_WINDOW_S,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": HPA_SCALE_DOWN_PERIOD_S}],
+            }},
+        },
+    }
+
+
+def _metrics_sources() -> list[dict[str, Any]]:
+    key, value = MONITORING_LABEL
+    return [{"podSelector": {}}, {"namespaceSelector": {"matchLabels": {key: _Quoted(value)}}}]
+
+
+def k8s_network_policy(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+    """Who may reach the service's pods (the namespace denies every other ingress): its gRPC port
+    from client pods (``CLIENT_LABEL``) and from the services that call it (``depends_on``/``wants``:
+    the reward service calls the tools); the trainer's from any pod of the namespace; the metrics
+    port from the namespace and from monitoring namespaces. Kubelet probes are always allowed."""
+    if spec.kind == "trainer":
+        callers: list[dict[str, Any]] = [{"podSelector": {}}]
+    else:
+        callers = [{"podSelector": {"matchLabels": dict([CLIENT_LABEL])}}] + [
+            {"podSelector": {"matchLabels": selector_labels(s)}}
+            for s in table.services if spec.name in (*s.depends_on, *s.wants)
+        ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": spec.name, "namespace": NAMESPACE, "labels": _labels(table, spec)},
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": callers, "ports": [{"protocol": "TCP", "port": spec.port}]},
+                {"from": _metrics_sources(), "ports": [{"protocol": "TCP", "port": spec.metrics_port}]},
+            ],
+        },
+    }
+
+
+def k8s_serving_extras(table: ServiceTable, spec: ServiceSpec) -> list[dict[str, Any]]:
+    """What a service gets besides its ConfigMap, Deployment and Service: a headless Service (tool
+    services), a PodDisruptionBudget (more than one replica), an HPA (``max_replicas``), and its
+    NetworkPolicy."""
+    docs = [k8s_headless_service(table, spec)] if routes_sessions(spec) else []
+    if max(spec.replicas, spec.max_replicas) > 1:
+        docs.append(k8s_pdb(table, spec))
+    if spec.max_replicas:
+        docs.append(k8s_hpa(table, spec))
+    return [*docs, k8s_network_policy(table, spec)]
+
+
+def k8s_backing_network_policy(table: ServiceTable, store: BackingService) -> dict[str, Any]:
+    """A backing store is reached only by the services that list it in ``backing``."""
+    users = [{"podSelector": {"matchLabels": selector_labels(s)}} for s in table.services if store.name in s.backing]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": store.name, "namespace": NAMESPACE, "labels": _backing_labels(table, store)},
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": store.name,
+                                            "app.kubernetes.io/part-of": PROJECT}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": users, "ports": [{"protocol": "TCP", "port": store.port}]}],
+        },
+    }
+
+
+def k8s_default_deny() -> dict[str, Any]:
+    """No pod of the namespace takes ingress that a NetworkPolicy of its own does not allow."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny-ingress", "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/part-of": PROJECT}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
 def render_k8s(table: ServiceTable) -> dict[str, str]:
     """Manifests by path relative to the repository root (``k8s/...``).
 
     ``k8s/00-namespace.yaml`` sorts first, so ``kubectl apply -f k8s/`` creates the
-    namespace before anything in it; ``k8s/<service>.yaml`` holds the service's
-    ConfigMap, Deployment and Service, ``k8s/<store>.yaml`` a backing store's ConfigMap,
-    StatefulSet and Service.
+    namespace (and its default-deny ingress policy) before anything in it;
+    ``k8s/<service>.yaml`` holds the service's ConfigMap, Deployment and Service, then
+    (``k8s_serving_extras``) a tool service's headless Service, a PodDisruptionBudget when
+    it runs several replicas, an HPA when it autoscales, and its NetworkPolicy;
+    ``k8s/<store>.yaml`` a backing store's ConfigMap, StatefulSet, Service and NetworkPolicy.
     """
     _check_names(table)
-    files = {f"{K8S_DIR}/00-namespace.yaml": _dump(k8s_namespace())}
+    files = {f"{K8S_DIR}/00-namespace.yaml": _dump(k8s_namespace(), k8s_default_deny())}
     for store in table.backing:
-        files[f"{K8S_DIR}/{store.name}.yaml"] = _dump(*k8s_backing(table, store))
+        files[f"{K8S_DIR}/{store.name}.yaml"] = _dump(*k8s_backing(table, store),
+                                                      k8s_backing_network_policy(table, store))
     for spec in table.services:
         files[f"{K8S_DIR}/{spec.name}.yaml"] = _dump(
-            k8s_configmap(table, spec), k8s_deployment(table, spec), k8s_service(table, spec)
+            k8s_configmap(table, spec), k8s_scaled_deployment(table, spec), k8s_service(table, spec),
+            *k8s_serving_extras(table, spec),
         )
     return files
 

@@ -40,6 +40,9 @@ class ServiceSpec:
     metrics_port: int
     profiles: tuple[str, ...] = ("all",)
     replicas: int = 1
+    # > replicas: Kubernetes scales the Deployment from replicas up to this on CPU (an HPA);
+    # 0: a fixed number of replicas
+    max_replicas: int = 0
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     depends_on: tuple[str, ...] = ()
@@ -150,6 +153,7 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             metrics_port=int(raw["metrics_port"]),
             profiles=tuple(raw.get("profiles", ["all"])),
             replicas=int(raw.get("replicas", 1)),
+            max_replicas=int(raw.get("max_replicas", 0)),
             env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
             resources=Resources(**(raw.get("resources") or {})),
             depends_on=tuple(str(d) for d in raw.get("depends_on", [])),
@@ -195,6 +199,10 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
         if unknown:
             raise ConfigError(f"{path}: {s.name} uses backing {', '.join(unknown)}, which the table's "
                               "backing list does not define")
+    for s in services:
+        if s.replicas < 1 or (s.max_replicas and s.max_replicas <= s.replicas):
+            raise ConfigError(f"{path}: {s.name} has replicas {s.replicas} and max_replicas {s.max_replicas}; "
+                              "replicas must be >= 1, and max_replicas 0 (no autoscaling) or above replicas")
     ports = [p for s in services for p in (s.port, s.metrics_port)]
     if len(set(ports)) != len(ports):
         raise ConfigError(f"{path}: every port and metrics_port must be unique, got {ports}")

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from rlyard.client import RetryPolicy, ToolClient
+from rlyard.client import RetryPolicy
 from rlyard.domain import Task, TrajectoryStatus
 from rlyard.errors import ConfigError
 from rlyard.memory_client import MemoryClient
 from rlyard.reward_client import RewardClient
+from rlyard.routing import AnyToolClient, tool_client_for
 from rlyard.tls import ClientSettings
 from trainer import embedded
 from trainer.config import ExperimentConfig, RolloutConfig, StageConfig
@@ -58,7 +59,7 @@ class Stack:
     """The services of a run and their clients, on one event loop in a daemon thread."""
 
     def __init__(self, config: ExperimentConfig, thread: EngineThread, services: embedded.Services,
-                 tool_client: ToolClient, reward_client: RewardClient, tools: list[dict[str, Any]],
+                 tool_client: AnyToolClient, reward_client: RewardClient, tools: list[dict[str, Any]],
                  memory_client: MemoryClient | None = None) -> None:
         self.config = config
         self.thread = thread
@@ -228,8 +229,9 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
         timeout = config.services.timeout_s
         # UNAVAILABLE is retried over the window: a service that restarts is waited for
         retry = RetryPolicy.within(config.services.retry_window_s)
-        tool_client = ToolClient(services.tools, timeout=timeout, retry=retry,
-                                 **_security(dial, services.tools, given=services.tool_settings is None))
+        # several replicas ('a:1,b:2' or routed:///name:port): sessions routed by id (rlyard.routing)
+        tool_client = tool_client_for(services.tools, timeout=timeout, retry=retry,
+                                      **_security(dial, services.tools, given=services.tool_settings is None))
         reward_client = RewardClient(services.reward, timeout=max(timeout, REWARD_TIMEOUT_S), retry=retry,
                                      **_security(dial, services.reward, given=services.reward_settings is None))
         memory = config.memory

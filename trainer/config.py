@@ -38,6 +38,7 @@ from typing import Any, Literal
 import yaml
 
 from rlyard.errors import ConfigError
+from rlyard.routing import parse_routed_target
 from trainer.algorithms import FilterConfig, LossAggMode
 from trainer.sampler.registry import check_backend
 
@@ -113,7 +114,9 @@ class ServicesConfig:
     ``embedded`` says), the deadline of one call to them, how long a call retries a service that
     is UNAVAILABLE (``retry_window_s``: a restart is waited for; after it the step's trajectories
     are INFRA_FAILED and the run goes on), and how many steps in a row may fail that way before
-    the run does (``max_failed_steps``)."""
+    the run does (``max_failed_steps``). ``tools`` may name the replicas of a tool service —
+    ``host1:50051,host2:50051`` or ``routed:///sql-tools-headless:50051`` (every address of the name) —
+    whose sessions are then routed by id (``rlyard.routing``, docs/deployment.md)."""
 
     tools: str = ""
     reward: str = ""
@@ -124,6 +127,10 @@ class ServicesConfig:
 
     def __post_init__(self) -> None:
         _check_deadline("services", self.timeout_s, self.retry_window_s)
+        try:
+            parse_routed_target(self.tools)
+        except ValueError as exc:
+            _fail("services.tools", str(exc))
         if self.max_failed_steps < 1:
             _fail("services.max_failed_steps", "must be >= 1 (1: the first step whose every trajectory failed "
                                                "fails the run)")

@@ -130,9 +130,9 @@ def _security(target: str) -> dict[str, Any]:
 
 
 async def _tool_list(target: str, timeout: float) -> int:
-    from rlyard.client import ToolClient
+    from rlyard.routing import tool_client_for
 
-    async with ToolClient(target, timeout=timeout, **_security(target)) as client:
+    async with tool_client_for(target, timeout=timeout, **_security(target)) as client:
         tools = await client.list_tools()
     out = Table("tool", "description", "arguments (JSON Schema properties)")
     for t in tools:
@@ -145,11 +145,11 @@ async def _tool_list(target: str, timeout: float) -> int:
 async def _tool_call(target: str, name: str, args: str, db: str | None, timeout: float, as_json: bool) -> int:
     from google.protobuf import json_format
 
-    from rlyard.client import ToolClient
     from rlyard.domain.convert import tool_result_to_pb
+    from rlyard.routing import tool_client_for
 
     context = {"db_id": db} if db else {}
-    async with ToolClient(target, timeout=timeout, **_security(target)) as client:
+    async with tool_client_for(target, timeout=timeout, **_security(target)) as client:
         result = await client.call_tool(name, args, context=context)
     if as_json:
         console.print_json(json_format.MessageToJson(tool_result_to_pb(result)))

@@ -218,9 +218,15 @@ def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
 
 
 def _k8s_objects(spec: ServiceSpec) -> dict[str, dict[str, Any]]:
+    """The service's objects by kind; a tool service's headless Service as "HeadlessService"."""
     docs = _docs(ROOT / "k8s" / f"{spec.name}.yaml")
-    objects = {d["kind"]: d for d in docs}
-    assert sorted(objects) == ["ConfigMap", "Deployment", "Service"]
+    objects = {("HeadlessService" if d["metadata"]["name"].endswith("-headless") else d["kind"]): d for d in docs}
+    assert len(objects) == len(docs)
+    expected = {"ConfigMap", "Deployment", "Service", "NetworkPolicy"}
+    expected |= {"HeadlessService"} if spec.kind == "tools" else set()
+    expected |= {"PodDisruptionBudget"} if max(spec.replicas, spec.max_replicas) > 1 else set()
+    expected |= {"HorizontalPodAutoscaler"} if spec.max_replicas else set()
+    assert set(objects) == expected, spec.name
     for obj in docs:
         assert obj["metadata"]["namespace"] == deploy.NAMESPACE
     return objects
@@ -228,13 +234,23 @@ def _k8s_objects(spec: ServiceSpec) -> dict[str, dict[str, Any]]:
 
 def test_k8s_agrees_with_the_table(table: ServiceTable) -> None:
     namespace = _docs(ROOT / "k8s" / "00-namespace.yaml")
-    assert [(d["kind"], d["metadata"]["name"]) for d in namespace] == [("Namespace", deploy.NAMESPACE)]
+    assert [(d["kind"], d["metadata"]["name"]) for d in namespace] == [
+        ("Namespace", deploy.NAMESPACE), ("NetworkPolicy", "default-deny-ingress")]
+    assert namespace[1]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}   # no rule: deny
     for spec in table.services:
         objects = _k8s_objects(spec)
         configmap, deployment, service = objects["ConfigMap"], objects["Deployment"], objects["Service"]
-        assert configmap["data"] == spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port) | spec.container_env
+        # as in every deployment, except that a tool service is dialled through its headless Service
+        routed = {n: f"routed:///{n}-headless:{p}" for n, p in spec.peer_ports.items()
+                  if table.get(n).kind == "tools"}
+        expected_env = spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port, routed) | spec.container_env
+        assert configmap["data"] == expected_env
 
-        assert deployment["spec"]["replicas"] == spec.replicas
+        if spec.max_replicas:    # the HPA owns the count
+            assert "replicas" not in deployment["spec"]
+            assert objects["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == spec.replicas
+        else:
+            assert deployment["spec"]["replicas"] == spec.replicas
         pod = deployment["spec"]["template"]
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= pod["metadata"]["labels"].items()
@@ -308,7 +324,7 @@ def test_the_memory_service_reaches_its_backing_postgres_in_containers(table: Se
     assert "ports" not in db   # only the services reach it
 
     objects = {d["kind"]: d for d in _docs(ROOT / "k8s" / "postgres.yaml")}
-    assert sorted(objects) == ["ConfigMap", "Service", "StatefulSet"]
+    assert sorted(objects) == ["ConfigMap", "NetworkPolicy", "Service", "StatefulSet"]
     assert objects["ConfigMap"]["data"] == postgres.env
     assert objects["Service"]["metadata"]["name"] == "postgres"
     assert objects["Service"]["spec"]["ports"][0]["port"] == postgres.port
@@ -558,3 +574,86 @@ def test_tls_health_probe_command_against_a_real_tls_server(tls_tree: tuple[Serv
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+def test_k8s_routes_tool_sessions_through_headless_services(table: ServiceTable) -> None:
+    """Each tool service has a headless Service beside its ClusterIP one, and the reward service in
+    Kubernetes reaches the tools through it, routed by session (rlyard.routing)."""
+    for spec in (s for s in table.services if s.kind == "tools"):
+        objects = _k8s_objects(spec)
+        headless, service = objects["HeadlessService"], objects["Service"]
+        assert headless["metadata"]["name"] == f"{spec.name}-headless"
+        assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
+        assert headless["spec"]["selector"] == service["spec"]["selector"]
+        # a headless Service does not remap ports: clients dial the pod's own gRPC port
+        assert [(p["port"], p["targetPort"]) for p in headless["spec"]["ports"]] == [(spec.port, "grpc")]
+    env = _k8s_objects(table.get("reward"))["ConfigMap"]["data"]
+    assert env["RLYARD_REWARD_SQL_TOOLS_TARGET"] == "routed:///sql-tools-headless:50051"
+    assert env["RLYARD_REWARD_POI_TOOLS_TARGET"] == "routed:///search-headless:50055"
+    # Compose keeps one container per service and the plain name
+    compose_env = _compose_model()["services"]["reward"]["environment"]
+    assert compose_env["RLYARD_REWARD_SQL_TOOLS_TARGET"] == "sql-tools:50051"
+
+
+def test_k8s_autoscales_tool_servers_and_budgets_disruptions(table: ServiceTable) -> None:
+    autoscaled = [s.name for s in table.services if s.max_replicas]
+    assert "sql-tools" in autoscaled and all(table.get(n).kind == "tools" for n in autoscaled)
+    for spec in table.services:
+        objects = _k8s_objects(spec)
+        selector = objects["Deployment"]["spec"]["selector"]["matchLabels"]
+        if "PodDisruptionBudget" in objects:
+            pdb = objects["PodDisruptionBudget"]["spec"]
+            assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+        if spec.max_replicas:
+            hpa = objects["HorizontalPodAutoscaler"]["spec"]
+            assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name}
+            assert (hpa["minReplicas"], hpa["maxReplicas"]) == (spec.replicas, spec.max_replicas)
+            [metric] = hpa["metrics"]
+            assert metric["resource"]["name"] == "cpu"
+            # utilization is measured against the CPU request: it must be set
+            [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+            assert container["resources"]["requests"]["cpu"] == spec.resources.cpu
+            assert hpa["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
+
+
+def test_k8s_network_policies_let_only_clients_reach_tools_and_rewards(table: ServiceTable) -> None:
+    client = {"podSelector": {"matchLabels": {"rlyard.dev/role": "client"}}}
+
+    def of(name: str) -> dict[str, Any]:
+        return {"podSelector": {"matchLabels": deploy.selector_labels(table.get(name))}}
+
+    def grpc_from(spec: ServiceSpec) -> list[dict[str, Any]]:
+        policy = _k8s_objects(spec)["NetworkPolicy"]["spec"]
+        assert policy["podSelector"]["matchLabels"] == deploy.selector_labels(spec)
+        assert policy["policyTypes"] == ["Ingress"]
+        grpc, metrics = policy["ingress"]
+        assert grpc["ports"] == [{"protocol": "TCP", "port": spec.port}]
+        assert metrics["ports"] == [{"protocol": "TCP", "port": spec.metrics_port}]
+        assert metrics["from"] == [{"podSelector": {}},
+                                   {"namespaceSelector": {"matchLabels": {"rlyard.dev/monitoring": "true"}}}]
+        return list(grpc["from"])
+
+    assert grpc_from(table.get("sql-tools")) == [client, of("reward")]      # the reward service calls the tools
+    assert grpc_from(table.get("search")) == [client, of("reward")]
+    assert grpc_from(table.get("retrieve")) == [client]
+    assert grpc_from(table.get("reward")) == [client]
+    assert grpc_from(table.get("memory")) == [client]
+    assert grpc_from(table.get("trainer")) == [{"podSelector": {}}]
+    # the trainer's pods are the clients; no service's pods are
+    for spec in table.services:
+        labels = _k8s_objects(spec)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        assert (labels.get("rlyard.dev/role") == "client") == (spec.kind == "trainer"), spec.name
+    # postgres: only the memory service
+    postgres = [d for d in _docs(ROOT / "k8s" / "postgres.yaml") if d["kind"] == "NetworkPolicy"]
+    assert [rule["from"] for rule in postgres[0]["spec"]["ingress"]] == [[of("memory")]]
+
+
+def test_table_refuses_max_replicas_not_above_replicas(tmp_path: Path) -> None:
+    from rlyard.errors import ConfigError
+
+    text = DEFAULT_TABLE.read_text().replace("max_replicas: 6", "max_replicas: 2", 1)
+    assert text != DEFAULT_TABLE.read_text()
+    bad = tmp_path / "services.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="max_replicas 2"):
+        load_table(bad)

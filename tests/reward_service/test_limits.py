@@ -28,6 +28,7 @@ from reward_service.settings import RewardSettings
 from rlyard.client import NO_RETRY
 from rlyard.domain import ScoreStatus, ScoringItem, parse_spec
 from rlyard.domain.convert import item_to_pb, score_from_pb
+from rlyard.errors import ConfigError
 from rlyard.reward.v1 import reward_pb2
 from rlyard.reward_client import RewardClient
 from rlyard.server import start_server
@@ -205,3 +206,10 @@ async def test_a_busy_reward_service_process_drains_on_sigterm_within_its_grace(
         log.close()
     assert code == 0, (tmp_path / "reward.log").read_text()
     assert stopped_after < 1 + 3, f"stopped {stopped_after:.1f} s after SIGTERM (grace 1 s)"
+
+
+def test_tool_targets_may_name_replicas_and_a_malformed_list_is_refused() -> None:
+    settings = RewardSettings(sql_tools_target="routed:///sql-tools-headless:50051")
+    assert "routed:///sql-tools-headless:50051" in settings.tool_targets
+    with pytest.raises(ConfigError, match=r"RLYARD_REWARD_SQL_TOOLS_TARGET: .* is not host:port"):
+        RewardSettings(sql_tools_target="a:50051,b")

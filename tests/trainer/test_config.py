@@ -161,3 +161,12 @@ def test_bad_memory_values_say_how_to_fix_them(memory: dict[str, Any], message: 
 def test_memory_needs_an_rl_stage() -> None:
     with pytest.raises(ConfigError, match="the memory serves RL stages and this config has none"):
         parse_config({**GOOD, "stages": GOOD["stages"][:1], "memory": {"enabled": True}})
+
+
+def test_services_tools_may_name_replicas_and_a_malformed_list_is_refused() -> None:
+    from trainer.config import ServicesConfig
+
+    assert ServicesConfig(tools="10.0.0.1:50051,10.0.0.2:50051").tools.count(",") == 1
+    assert ServicesConfig(tools="routed:///sql-tools-headless:50051").tools
+    with pytest.raises(ConfigError, match=r"services.tools: .*'10.0.0.2' is not host:port"):
+        ServicesConfig(tools="10.0.0.1:50051,10.0.0.2")

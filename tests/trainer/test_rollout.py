@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from rlyard.client import RetryPolicy, ToolClient
 from rlyard.domain import Task, TrajectoryStatus
+from rlyard.routing import RoutedToolClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
 from trainer.config import RolloutConfig
@@ -468,3 +470,38 @@ def test_real_policy_end_to_end_on_the_engine_thread(
     # With one row per generate call, a trajectory depends only on (seed, step, group, sample, turn).
     assert [t.token_ids for t in one] == [t.token_ids for t in two]
     assert len({tuple(t.token_ids) for t in one}) > 1
+
+
+async def test_routed_replica_stopped_mid_rollout_fails_only_its_sessions(
+    policy: HFPolicy, start_tools: Callable[..., Any], endless_count_sql: str
+) -> None:
+    # three tool replicas behind one RoutedToolClient (rlyard.routing); every trajectory's second
+    # call is a slow query, in flight when one replica stops
+    servers = [await start_tools() for _ in range(3)]
+    scripts = {f"r{i}": [COUNT_SINGERS + END, sql_call(endless_count_sql) + END, "<answer>6</answer>" + END]
+               for i in range(12)}
+    sampler = ScriptedSampler(policy, scripts)
+    client = RoutedToolClient(",".join(s.address for s in servers), timeout=5.0, down_s=60.0,
+                              retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.02))
+    engine = make_engine(sampler, policy.tokenizer, client, config(), seed=0)
+    try:
+        running = asyncio.create_task(engine.run([task(t) for t in scripts], group_size=2))
+        ready = sampler.when(lambda: all(sampler.seen(t, 1) == 2 for t in scripts))
+        await asyncio.wait_for(ready.wait(), timeout=20)
+        await asyncio.sleep(0.2)
+        load = Counter(client._sessions.values())
+        assert len(client._sessions) == 24 and len(load) == 3, load   # spread over the replicas
+        victim, lost = load.most_common(1)[0]
+        await next(s for s in servers if s.address == victim).stop(0)
+        trajs = await asyncio.wait_for(running, timeout=30)
+        failed = [t for t in trajs if t.status is TrajectoryStatus.INFRA_FAILED]
+        assert len(failed) == lost
+        assert all("sql_query" in t.infra_error and "Unavailable" in t.infra_error for t in failed)
+        assert all(t.status is TrajectoryStatus.COMPLETED for t in trajs if t not in failed)
+        # the next rollouts open their sessions on the two replicas left, and all complete
+        sampler.scripts = {t: [COUNT_SINGERS + END, "<answer>6</answer>" + END] for t in scripts}
+        again = await asyncio.wait_for(engine.run([task(t) for t in scripts], group_size=2), timeout=30)
+        assert all(t.status is TrajectoryStatus.COMPLETED for t in again), [t.infra_error for t in again]
+    finally:
+        await close(engine)
+        await client.close()

@@ -72,9 +72,9 @@ from typing import Any
 
 import grpc
 
-from rlyard.client import ToolClient, ToolStream
 from rlyard.domain import ImagePart, JsonPart, Task, TextPart, ToolCall, ToolResult, Trajectory, TrajectoryStatus, Turn
 from rlyard.errors import ServiceError
+from rlyard.routing import AnyToolClient, AnyToolStream
 from trainer.config import RolloutConfig
 from trainer.parsing import ParsedCall, Region, format_observation, label_regions, parse_tool_calls
 from trainer.policy.base import Generation, ImageTokenizer, SamplingParams
@@ -149,16 +149,17 @@ class RolloutEngine:
     """Samples trajectories of tool-using episodes; see the module docstring for the rules.
 
     ``sampler`` is any ``Sampler`` (the caller owns it and closes it); ``tool_client`` a
-    ``ToolClient`` made on the event loop the engine runs on. Extra knobs: ``tool_timeout_s``
-    (deadline of one tool call and of session open/close), ``require_answer`` (a final turn
-    without ``<answer>`` is FORMAT_ERROR), ``session_idle_timeout_s``.
+    ``ToolClient`` (or a ``RoutedToolClient`` over replicas) made on the event loop the engine
+    runs on. Extra knobs: ``tool_timeout_s`` (deadline of one tool call and of session
+    open/close), ``require_answer`` (a final turn without ``<answer>`` is FORMAT_ERROR),
+    ``session_idle_timeout_s``.
     """
 
     def __init__(
         self,
         sampler: Sampler,
         tokenizer: Any,
-        tool_client: ToolClient,
+        tool_client: AnyToolClient,
         config: RolloutConfig,
         *,
         seed: int = 0,
@@ -180,7 +181,7 @@ class RolloutEngine:
         self.stop_token_ids = _stop_token_ids(tokenizer)
         self._global_limit = asyncio.Semaphore(config.tool_concurrency)
         self._tool_limits: dict[str, asyncio.Semaphore] = {}
-        self._stream: ToolStream | None = None
+        self._stream: AnyToolStream | None = None
         self._stream_loop: asyncio.AbstractEventLoop | None = None
         self._prompt_cache: dict[int, tuple[list[int], tuple[ImagePart, ...]]] = {}
         self.vision: ImageTokenizer | None = None
@@ -406,7 +407,7 @@ class RolloutEngine:
         return end
 
     # ------------------------------------------------------------------ tools
-    def _stream_for_loop(self) -> ToolStream:
+    def _stream_for_loop(self) -> AnyToolStream:
         loop = asyncio.get_running_loop()
         if self._stream is None or self._stream_loop is not loop:
             self._stream, self._stream_loop = self.tool_client.stream(batch=True), loop
