@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlyard.errors import InvalidArgument, NotFound
+from rlyard.errors import InvalidArgument, NotFound, Unavailable
 from trainer.policy.base import Generation
 from trainer.policy.hf import HFPolicy
 from trainer.policy.prefix_cache import DEFAULT_MAX_TOKENS
@@ -59,6 +59,7 @@ class HostInfo:
     model: str
     backend: str
     weight_version: int
+    weight_publication: str
     loaded_versions: tuple[int, ...]
     latest_published: int | None
     weights_root: str
@@ -183,6 +184,8 @@ class SamplerHost:
             WeightVersionUnavailable: the named version was published but is no longer held.
             NotFound: the named version was never published.
         """
+        if self._current is None:
+            raise Unavailable("the sampler has not started (SamplerHost.start)")
         self.check(request)
         held = self._current if request.weight_version is None else self._held.get(request.weight_version)
         if held is None:
@@ -236,6 +239,7 @@ class SamplerHost:
         found = await self.refresh() if self.weights_root is not None else None
         return HostInfo(
             model=self.model_name, backend="hf", weight_version=self.weight_version,
+            weight_publication=self._current.publication if self._current is not None else "",
             loaded_versions=self.loaded_versions, latest_published=None if found is None else found.version,
             weights_root=str(self.weights_root or ""), max_model_len=self.max_model_len, vocab_size=self.vocab_size,
             supports_images=self.supports_images, max_batch_size=self.max_batch_size or 0,

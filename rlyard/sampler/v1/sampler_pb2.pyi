@@ -102,7 +102,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model", "backend", "weight_version", "loaded_versions", "latest_published", "weights_root", "max_model_len", "vocab_size", "supports_images", "max_batch_size")
+    __slots__ = ("model", "backend", "weight_version", "loaded_versions", "latest_published", "weights_root", "max_model_len", "vocab_size", "supports_images", "max_batch_size", "weight_publication")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class GetInfoResponse(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_PUBLICATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     weight_version: int
@@ -123,4 +124,5 @@ class GetInfoResponse(_message.Message):
     vocab_size: int
     supports_images: bool
     max_batch_size: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., weight_version: _Optional[int] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., latest_published: _Optional[int] = ..., weights_root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., supports_images: _Optional[bool] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    weight_publication: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., weight_version: _Optional[int] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., latest_published: _Optional[int] = ..., weights_root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., supports_images: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., weight_publication: _Optional[str] = ...) -> None: ...
