@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import grpc
 import pytest
 import torch
 
+from rlyard.domain import ImagePart
 from rlyard.errors import InvalidArgument, NotFound
 from rlyard.sampler.v1 import sampler_pb2, sampler_pb2_grpc
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
-from trainer.policy import HFPolicy, SamplingParams
+from trainer.model import init_policy
+from trainer.policy import HFPolicy, SamplingParams, VLMPolicy, load_policy
 from trainer.sampler import LocalSampler, Sampler, SampleRequest, WeightVersionUnavailable, build_sampler
 from trainer.sampler.remote import RemoteSampler
 from trainer.sampler.service import sampler_service
@@ -102,8 +105,6 @@ async def test_the_service_samples_what_the_local_sampler_samples(policy: HFPoli
 
 
 def dataclass_seed(params: SamplingParams, seed: int) -> SamplingParams:
-    import dataclasses
-
     return dataclasses.replace(params, seed=seed)
 
 
@@ -167,3 +168,55 @@ async def test_bad_requests_get_clear_statuses(policy: HFPolicy, start_sampler: 
             await stub.Generate(sampler_pb2.GenerateRequest(
                 prompt_ids=[5, 6], params=sampler_pb2.SamplingParams(max_new_tokens=2), weight_version=3), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_vlm")
+    init_policy(out, vision=True)
+    return out
+
+
+async def test_images_travel_to_a_vision_policy_and_back(vlm_dir: Path, make_png: Callable[..., bytes]) -> None:
+    vlm = load_policy(vlm_dir)
+    assert isinstance(vlm, VLMPolicy)
+    shown = [ImagePart(make_png(40, 30, (220, 20, 20)), "image/png", 40, 30, "photo"),
+             ImagePart(make_png(64, 64, (20, 20, 220), noise=True), "image/png", 64, 64, "map")]
+    server = await start_server(sampler_service(SamplerSettings(), host=SamplerHost(load_policy(vlm_dir))),
+                                ServerSettings(port=0))
+    remote = build_sampler("remote", vlm, target=server.address)
+    local = LocalSampler(vlm)
+    try:
+        await server.wait_ready(30)
+        assert isinstance(remote, RemoteSampler) and remote.supports_images
+        assert remote.image_tokens(shown[1]) == vlm.image_tokens(shown[1])
+        params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+        requests = [SampleRequest(vision_prompt(vlm, shown[:1]), params, tuple(shown[:1])),
+                    SampleRequest(vision_prompt(vlm, shown), params, tuple(shown))]
+        want = await sample_all(local, requests)
+        got = await sample_all(remote, requests)
+        assert [g.token_ids for g in got] == [g.token_ids for g in want]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-6, rtol=0)
+        assert {g.weight_version for g in got} == {0}
+        text_only = RemoteSampler(server.address)
+        with pytest.raises(ValueError, match="takes no images"):
+            await text_only.sample(requests[0])
+        await text_only.aclose()
+    finally:
+        await remote.aclose()
+        await local.aclose()
+        await server.stop(0)
+
+
+def vision_prompt(policy: VLMPolicy, shown: list[ImagePart]) -> list[int]:
+    """A chat prompt showing ``shown``, each image's pad expanded to its run."""
+    content = [*({"type": "image", "image_id": i.image_id} for i in shown), {"type": "text", "text": "what is it?"}]
+    rendered = policy.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                    add_generation_prompt=True, tokenize=True)
+    ids = rendered if isinstance(rendered, list) else rendered["input_ids"]
+    out: list[int] = []
+    pending = list(shown)
+    for token in ids:
+        out.extend([token] * policy.image_tokens(pending.pop(0)) if token == policy.image_pad_id else [int(token)])
+    return out

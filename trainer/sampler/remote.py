@@ -144,7 +144,7 @@ class RemoteSampler:
 
     @property
     def weight_version(self) -> int:
-        """The version last synced, or last answered."""
+        """The version last synced, or last answered to a request that pinned none."""
         return self._version
 
     @property
@@ -180,7 +180,8 @@ class RemoteSampler:
             self.calls += 1
             self.rows += 1
             gen = await self.client.generate(request)
-            self._version = gen.weight_version
+            if request.weight_version is None:
+                self._version = gen.weight_version
             return gen
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
         self._outbox.append((request, future))
@@ -225,13 +226,14 @@ class RemoteSampler:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(items, results, strict=True):
+        for (request, future), result in zip(items, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, ServiceError):
                 future.set_exception(result)
             else:
-                self._version = result.weight_version
+                if request.weight_version is None:   # a pinned answer says nothing of what is current
+                    self._version = result.weight_version
                 future.set_result(result)
 
     async def _release(self, keys: list[str]) -> None:
