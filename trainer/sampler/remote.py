@@ -121,8 +121,10 @@ class RemoteSampler:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if sync not in ("wait", "publish"):
             raise ValueError(f"sync={sync!r}: use 'wait' or 'publish'")
-        self.client = SamplerClient(target, timeout=timeout_s, retry=RetryPolicy.within(retry_window_s),
-                                    auth_token=auth_token, max_message_bytes=max_message_bytes)
+        self._target = target
+        self._client_options: dict[str, Any] = {"timeout": timeout_s, "retry": RetryPolicy.within(retry_window_s),
+                                                "auth_token": auth_token, "max_message_bytes": max_message_bytes}
+        self._client: SamplerClient | None = None
         self.max_message_bytes = max_message_bytes
         self.weights_root = None if weights_root is None else Path(weights_root)
         self.sync = sync
@@ -140,7 +142,15 @@ class RemoteSampler:
     @property
     def target(self) -> str:
         """Where the service listens."""
-        return self.client.target
+        return self._target
+
+    @property
+    def client(self) -> SamplerClient:
+        """The client, made on first use: a grpc.aio channel belongs to the event loop that makes it
+        (the sampler is built on the trainer's thread and used on the rollout loop)."""
+        if self._client is None:
+            self._client = SamplerClient(self._target, **self._client_options)
+        return self._client
 
     @property
     def weight_version(self) -> int:
@@ -276,7 +286,9 @@ class RemoteSampler:
         """Wait for the calls in flight, then close the channel."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 def _publication(path: Path) -> str:
