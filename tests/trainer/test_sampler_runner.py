@@ -92,6 +92,6 @@ def test_grpo_with_the_remote_sampler_trains_what_the_local_one_trains(
     for remote_step, local_step in zip(steps, local_steps, strict=True):
         assert remote_step["infra_failed"] == 0.0 and remote_step["updated"] == 1.0
         for key in ("reward/judge", "reward/qa_em", "loss", "kept", "trajectories"):
-            assert remote_step[key] == pytest.approx(local_step[key]), key
+            assert remote_step[key] == pytest.approx(local_step[key], rel=1e-4, abs=1e-5), key   # loss ~0: float noise
     for name, tensor in params.items():
         torch.testing.assert_close(tensor, local_params[name], atol=1e-5, rtol=1e-4)
