@@ -18,7 +18,7 @@ which registers the ``forced-tool`` sampler kind) in its own process.
    (its process group); its groups are redelivered after the visibility timeout and redone by the
    other. Lost = submitted − finished ok; the bar is 0.
 
-``python -m bench.workers [--groups 24] [--group-size 4] [--concurrency 4] [--output F]`` writes
+``python -m bench.workers [--groups 16] [--group-size 4] [--concurrency 4] [--output F]`` writes
 ``bench/results/workers.json`` (about 2-3 minutes).
 """
 
@@ -164,11 +164,16 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def close(self) -> None:
-        """Stop it: SIGTERM (warm shutdown), then SIGKILL after 10 s."""
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM: a warm shutdown, which finishes the running groups)."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        """Stop it: SIGTERM, then SIGKILL after 10 s."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -185,6 +190,8 @@ def workers(broker: str, workdir: Path, names: list[str], *, concurrency: int,
             w.wait_ready()
         yield started
     finally:
+        for w in started:
+            w.terminate()
         for w in started:
             w.close()
 
@@ -252,16 +259,18 @@ async def in_process(policy_dir: Path, address: str, tasks: list[Task], cfg: Rol
     return times
 
 
-def round_trips(source: WorkerRollouts, jobs: list[GroupJob], group_size: int) -> list[float]:
-    """Each job alone through the workers: its time from submit to result."""
-    times = []
+def round_trips(source: WorkerRollouts, jobs: list[GroupJob], group_size: int) -> tuple[list[float], list[float]]:
+    """Each job alone through the workers: its time from submit to result, and the time the
+    worker spent rolling it out (the rest is queueing, transport and (de)serialisation)."""
+    times, rollouts = [], []
     for job in jobs:
         start = time.perf_counter()
         source.submit(job)
         groups = source.wait(0, timeout=120)
         times.append(time.perf_counter() - start)
         check_groups(groups, group_size, "round trip")
-    return times
+        rollouts.append(groups[0].rollout_s)
+    return times, rollouts
 
 
 def kill_run(source: WorkerRollouts, jobs: list[GroupJob], victim: WorkerProcess, group_size: int) -> dict[str, Any]:
@@ -277,7 +286,8 @@ def kill_run(source: WorkerRollouts, jobs: list[GroupJob], victim: WorkerProcess
         if killed_at is None:
             started = sum(1 for j in jobs if redis_client.exists(f"rlyard:group-attempts:{j.key}"))
             done_by_victim = any(g.worker == victim.node for g in groups)
-            if started >= 2 and (done_by_victim or started >= 4):
+            # mid-run: the victim has finished a group and holds others, or 60 s have passed
+            if started >= 2 and (done_by_victim or time.perf_counter() - start > 60):
                 victim.kill()
                 killed_at = time.perf_counter() - start
         groups += source.poll(0)
@@ -294,12 +304,12 @@ def kill_run(source: WorkerRollouts, jobs: list[GroupJob], victim: WorkerProcess
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=24)
+    parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4, help="groups one worker runs at once")
-    parser.add_argument("--round-trips", type=int, default=8)
+    parser.add_argument("--round-trips", type=int, default=6)
     parser.add_argument("--think-tokens", type=int, default=16)
-    parser.add_argument("--visibility-timeout", type=float, default=15.0,
+    parser.add_argument("--visibility-timeout", type=float, default=30.0,
                         help="seconds before a dead worker's groups are handed out again")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -336,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                     console.print("1 worker…")
                     round_trips(source, group_jobs(instant[:2], cfg, spec, address, ns.group_size, "warm"),
                                 ns.group_size)
-                    worker_rt = round_trips(source, group_jobs(instant, cfg, spec, address, ns.group_size, "rt"),
-                                            ns.group_size)
+                    worker_rt, worker_rollout = round_trips(
+                        source, group_jobs(instant, cfg, spec, address, ns.group_size, "rt"), ns.group_size)
                     results.append(run_workers(source, group_jobs(tasks, cfg, spec, address, ns.group_size, "one"),
                                                ns.group_size, "workers_1"))
                     with workers(broker, tmp, ["w2"], concurrency=ns.concurrency, env=env):
@@ -357,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     by_mode = {r["mode"]: r for r in results}
     scaling = by_mode["workers_2"]["trajectories_per_s"] / by_mode["workers_1"]["trajectories_per_s"]
     overhead_ms = (statistics.median(worker_rt) - statistics.median(local_rt)) * 1000
+    transport_ms = statistics.median(t - r for t, r in zip(worker_rt, worker_rollout, strict=True)) * 1000
     table = Table("mode", "groups", "trajectories", "wall s", "traj/s", "groups by worker")
     for r in results:
         table.add_row(r["mode"], str(r["groups"]), str(r["trajectories"]), f"{r['wall_s']:.2f}",
@@ -364,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     worker_ms, local_ms = statistics.median(worker_rt) * 1000, statistics.median(local_rt) * 1000
     console.print(f"2 workers / 1 worker: {scaling:.2f}×; worker round trip {worker_ms:.0f} ms vs in-process "
-                  f"{local_ms:.0f} ms per group (overhead {overhead_ms:.0f} ms)")
+                  f"{local_ms:.0f} ms per group (overhead {overhead_ms:.0f} ms, of which queue + transport "
+                  f"{transport_ms:.0f} ms)")
     verdict = "[green]pass[/]" if kill["groups_lost"] == 0 else "[red]FAIL[/]"
     console.print(f"kill run: {kill['groups_ok']} of {kill['groups_submitted']} groups ok, {kill['redone']} redone, "
                   f"{kill['groups_lost']} lost {verdict}")
@@ -387,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                        "in_process_ms_median": round(statistics.median(local_rt) * 1000, 2),
                        "worker_ms_median": round(statistics.median(worker_rt) * 1000, 2),
                        "overhead_ms_median": round(overhead_ms, 2),
+                       "worker_rollout_ms_median": round(statistics.median(worker_rollout) * 1000, 2),
+                       "queue_transport_ms_median": round(transport_ms, 2),
                        "in_process_ms": [round(t * 1000, 2) for t in local_rt],
-                       "worker_ms": [round(t * 1000, 2) for t in worker_rt]},
+                       "worker_ms": [round(t * 1000, 2) for t in worker_rt],
+                       "worker_rollout_ms": [round(t * 1000, 2) for t in worker_rollout]},
         "kill": kill,
         "source_counts": counts,
         "goal": "a worker killed during the run loses 0 groups",

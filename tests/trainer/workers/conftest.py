@@ -68,4 +68,6 @@ def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
 
     yield start
     for worker in started:
+        worker.terminate()
+    for worker in started:
         worker.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 
 from bench.latency_tool import latency_s
@@ -140,6 +141,12 @@ def test_a_worker_killed_mid_group_loses_nothing(
 
 
 def test_a_broker_that_is_not_there_is_a_clear_error(tmp_path: Path, redis_url: str) -> None:
+    source = _source(redis_url)
+    redis.Redis.from_url(redis_url).shutdown(nosave=True)      # the broker goes away after the start
+    task = make_tasks(1, seed=0, scale=0.0)[0]
+    with pytest.raises(WorkersUnavailable, match="could not queue group gone/g0 on the broker"):
+        source.submit(_job("gone/g0", task, {"kind": "local", "path": "/m"}, "127.0.0.1:1"))
+    assert source.pending == 0 and source.counts["submitted"] == 0
     dead = f"redis://127.0.0.1:{_free_port()}/0"
     with pytest.raises(WorkersUnavailable, match=r"broker at redis://127\.0\.0\.1:\d+/0 does not answer"):
         WorkerRollouts(WorkerSettings(broker_url=dead))
