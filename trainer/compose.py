@@ -77,10 +77,17 @@ class Stack:
         """Run ``coro`` on the stack's event loop and wait for it."""
         return self.thread.run(coro, timeout)
 
-    def sampler(self, policy: Any, *, max_batch_size: int | None = None) -> Sampler:
-        """The sampler of ``policy`` (an ``HFPolicy``) of the config's backend; closed with the stack."""
-        options = {} if max_batch_size is None else {"max_batch_size": max_batch_size}
-        sampler: Sampler = build_sampler(self.config.model.backend, policy, **options)
+    def sampler(self, policy: Any, *, max_batch_size: int | None = None, in_process: bool = False) -> Sampler:
+        """The sampler of ``policy`` (an ``HFPolicy``) of the config's backend (``in_process``: the
+        local one whatever the backend, e.g. to evaluate a checkpoint file); closed with the stack."""
+        backend = "hf" if in_process else self.config.model.backend
+        options: dict[str, Any] = {}
+        if backend == "remote":
+            options = {"target": self.config.model.sampler, "weights_root": self.config.model.weights_dir,
+                       "retry_window_s": self.config.services.retry_window_s}
+        elif max_batch_size is not None:
+            options = {"max_batch_size": max_batch_size}
+        sampler: Sampler = build_sampler(backend, policy, **options)
         self._samplers.append(sampler)
         return sampler
 

@@ -65,11 +65,22 @@ class ModelConfig:
     path: str = "runs/policy"
     dtype: Literal["float32", "bfloat16"] = "float32"
     backend: str = "hf"
+    sampler: str = ""        # backend remote: the sampler service's address (host:port)
+    weights_dir: str = ""    # backend remote: the directory the trainer publishes to and the service reads
 
     def __post_init__(self) -> None:
         if not self.path:
             _fail("model.path", "name a local checkpoint directory (e.g. the output of `rlyard model init`)")
         check_backend(self.backend)
+        if self.backend == "remote":
+            if not self.sampler:
+                _fail("model.sampler", "backend remote needs the sampler service's address (host:port)")
+            if not self.weights_dir:
+                _fail("model.weights_dir", "backend remote needs the directory the trainer publishes weights to "
+                                           "(the service's RLYARD_SAMPLER_WEIGHTS_ROOT)")
+        elif self.sampler or self.weights_dir:
+            _fail("model.sampler" if self.sampler else "model.weights_dir",
+                  f"only backend remote reads it (backend is {self.backend!r}); remove it or set backend: remote")
 
 
 @dataclass(frozen=True)

@@ -276,8 +276,9 @@ def evaluate(
                 "max_new_tokens_per_turn": config.max_new_tokens_per_turn,
                 "max_total_tokens": config.max_total_tokens, "reward_spec": spec, "seed": seed,
                 "policy": str(policy) if isinstance(policy, str | Path) else type(policy).__name__,
-                "backend": stack.config.model.backend}
-    sampler = FixedTemperature(stack.sampler(loaded, max_batch_size=max_batch_size), temperature)
+                "backend": "hf"}
+    # the checkpoint under evaluation samples here: a remote sampler serves the training run's weights
+    sampler = FixedTemperature(stack.sampler(loaded, max_batch_size=max_batch_size, in_process=True), temperature)
     engine = RolloutEngine(sampler, loaded.tokenizer, stack.tool_client, config, seed=seed,
                            tool_timeout_s=stack.timeout_s)
 

@@ -33,9 +33,15 @@ def _trainer() -> ServiceDefinition:
     return from_env()
 
 
+def _sampler() -> ServiceDefinition:
+    from trainer.sampler.service import from_env
+
+    return from_env()
+
+
 # kind -> factory of its ServiceDefinition
 FACTORIES: dict[str, Callable[[], ServiceDefinition]] = {"tools": _tools, "reward": _reward, "memory": _memory,
-                                                         "trainer": _trainer}
+                                                         "trainer": _trainer, "sampler": _sampler}
 
 
 def run_service(kind: str) -> None:

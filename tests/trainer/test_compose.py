@@ -124,7 +124,7 @@ def test_the_embedded_memory_services_settings_are_checked_before_anything_start
 
 def test_an_unknown_or_unavailable_sampler_backend_is_refused_when_the_config_loads() -> None:
     stage = [{"kind": "sft", "data": "d.jsonl", "steps": 1}]
-    with pytest.raises(ConfigError, match=r"model\.backend 'vllm2' is not a sampler backend; known: hf, vllm"):
+    with pytest.raises(ConfigError, match=r"model\.backend 'vllm2' is not a sampler backend; known: hf, remote, vllm"):
         parse_config({"name": "b", "model": {"backend": "vllm2"}, "stages": stage})
     import importlib.util
 

@@ -53,6 +53,11 @@ tool's text spells out is removed first. The trajectory is then ``vision`` and i
 exactly the images whose runs its tokens hold, in order (an image whose placeholder the observation
 cap cut off is not among them); every request carries them, and so does the training batch.
 
+Weight versions: every turn after the first asks the sampler for the weight version of the
+first (``SampleRequest.weight_version``), so a trajectory is sampled by one version, recorded in
+``weight_versions`` and the record's metadata. A sampler that no longer holds it, or a sampler
+service that fails (``ServiceError``), ends the trajectory as INFRA_FAILED ("sampler: ...").
+
 Reproducibility: each generation's seed is ``derive_seed(seed, step, group, sample, turn)``; the
 local sampler seeds a batched ``generate`` call from its rows' seeds in order. The same run is
 reproduced when the same rows meet in the same batches, which depends on the completion order of
@@ -318,7 +323,14 @@ class RolloutEngine:
             )
             images = tuple(traj.images) if self.sampler.supports_images else ()
             key = state.trajectory_id if cfg.kv_cache else None
-            gen = await self.sampler.sample(SampleRequest(traj.prompt_ids + traj.token_ids, params, images, key))
+            # later turns pin the version of the first: a trajectory never mixes two versions
+            pinned = next(iter(traj.weight_versions)) if traj.weight_versions else None
+            request = SampleRequest(traj.prompt_ids + traj.token_ids, params, images, key, pinned)
+            try:
+                gen = await self.sampler.sample(request)
+            except ServiceError as exc:   # a sampler service failed, or dropped the pinned version
+                _fail(traj, f"sampler: {type(exc).__name__}: {exc}")
+                return
             self._append_generated(traj, gen)
             ended = bool(gen.token_ids) and gen.token_ids[-1] in self.stop_token_ids
             text = self._decode(gen.token_ids[:-1] if ended else gen.token_ids)

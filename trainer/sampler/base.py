@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from rlyard.domain import ImagePart
+from rlyard.errors import FailedPrecondition
 from trainer.policy.base import Generation, SamplingParams
 
 
@@ -29,12 +30,23 @@ class SampleRequest:
     keys and values between requests (``PrefixCaching``) may reuse those of the key's last request
     for the part of ``prompt_ids`` it shares with it; one that does not ignores the key. Either
     way the generation is the same, to float rounding.
+
+    ``weight_version``: the version that must sample it (None: the sampler's current one). The
+    rollout engine sends a trajectory's later turns with the version of its first, so that a
+    trajectory never mixes two versions; a sampler that no longer holds that version raises
+    ``WeightVersionUnavailable`` (the engine marks the trajectory failed, masked from the loss).
     """
 
     prompt_ids: Sequence[int]
     params: SamplingParams
     images: tuple[ImagePart, ...] = ()
     cache_key: str | None = None
+    weight_version: int | None = None
+
+
+class WeightVersionUnavailable(FailedPrecondition):
+    """The request names a weight version the sampler no longer holds (newer weights replaced it
+    while the trajectory ran): the trajectory cannot go on without mixing versions."""
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ import torch
 from rlyard.domain import ImagePart
 from trainer.policy.base import BatchGenerator, Generation, ImageBatchGenerator
 from trainer.policy.prefix_cache import DEFAULT_MAX_TOKENS, PrefillStats, PrefixCache
-from trainer.sampler.base import SampleRequest
+from trainer.sampler.base import SampleRequest, WeightVersionUnavailable
 from trainer.sampler.batching import GenerationBatcher
 
 
@@ -84,6 +84,9 @@ class LocalSampler:
         if request.images and not self.supports_images:
             raise ValueError(f"this sampler ({type(self.generator).__name__}) takes no images; the request carries "
                              f"{len(request.images)}: use a vision-language policy or leave images to placeholders")
+        if request.weight_version is not None and request.weight_version != self._version:
+            raise WeightVersionUnavailable(f"weight version {request.weight_version} is not held; this sampler "
+                                           f"holds version {self._version} only")
         generation = await self.batcher.generate(list(request.prompt_ids), request.params, request.cache_key,
                                                  request.images)
         return dataclasses.replace(generation, weight_version=self._version)

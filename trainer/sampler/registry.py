@@ -28,6 +28,10 @@ BACKENDS: dict[str, SamplerBackend] = {
     "hf": SamplerBackend(
         "hf", "transformers in the trainer's process, sampling with the trained module itself",
         ("transformers", "torch"), "pip install 'rlyard[train]'"),
+    "remote": SamplerBackend(
+        "remote", "the sampler service (`rlyard serve sampler`) over gRPC; weights published to a shared "
+        "directory (model.sampler: its address, model.weights_dir: the directory)",
+        ("grpc", "safetensors"), "pip install 'rlyard[train]'"),
     "vllm": SamplerBackend(
         "vllm", "vLLM on a CUDA GPU, weights synced from the trainer after each update",
         ("vllm",), "pip install 'rlyard[gpu]' on a machine with a CUDA GPU", implemented=False,
@@ -51,10 +55,16 @@ def check_backend(name: str) -> SamplerBackend:
 
 def build_sampler(name: str, policy: Any, **options: Any) -> Any:
     """The sampler of backend ``name`` for the trained ``policy`` (an ``HFPolicy``); ``options`` go
-    to the backend (``max_batch_size`` for the local one)."""
+    to the backend (``max_batch_size`` for the local one; ``target``, ``weights_root`` and the
+    other ``RemoteSampler`` arguments for the remote one)."""
     check_backend(name)
     if name == "hf":
         from trainer.sampler.local import LocalSampler
 
         return LocalSampler(policy, **options)
+    if name == "remote":
+        from trainer.sampler.remote import RemoteSampler
+
+        vision = policy if getattr(policy, "supports_images", False) else None
+        return RemoteSampler(image_tokenizer=vision, **options)
     raise ConfigError(f"model.backend {name!r} has no builder")  # every implemented backend has one above
