@@ -1,5 +1,8 @@
 """Sampler kinds a group job can name (``GroupJob.sampler = {"kind": ..., options}``).
 
+- ``remote``: the sampler service at ``target`` (``RemoteSampler``; ``auth_token`` optional),
+  with the tokenizer of the checkpoint at ``tokenizer``. The service loads the versions the trainer
+  publishes; every generation says which one sampled it. Text policies only, for now.
 - ``local``: the HF checkpoint at ``path`` sampled in the worker's own process (``LocalSampler``),
   its samples recorded as weight version ``version`` (the trainer exported that version there).
 - More kinds are plug-ins: ``register_sampler(kind, factory)`` in a module the worker imports
@@ -61,4 +64,20 @@ async def _local(spec: dict[str, Any]) -> BuiltSampler:
     return BuiltSampler(sampler, policy.tokenizer)
 
 
+async def _remote(spec: dict[str, Any]) -> BuiltSampler:
+    from transformers import AutoTokenizer
+
+    from trainer.sampler.remote import RemoteSampler
+
+    missing = [k for k in ("target", "tokenizer") if k not in spec]
+    if missing:
+        raise ValueError(f"sampler kind 'remote' needs {' and '.join(missing)} (the service's address and a "
+                         f"checkpoint directory with its tokenizer); got {spec!r}")
+    tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(spec["tokenizer"]))
+    sampler = RemoteSampler(str(spec["target"]), auth_token=spec.get("auth_token"),
+                            timeout_s=float(spec.get("timeout_s", 300.0)))
+    return BuiltSampler(sampler, tokenizer)
+
+
 register_sampler("local", _local)
+register_sampler("remote", _remote)

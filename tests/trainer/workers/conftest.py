@@ -71,3 +71,32 @@ def start_worker(redis_url: str, tmp_path: Path) -> Iterator[StartWorker]:
         worker.terminate()
     for worker in started:
         worker.close()
+
+
+@pytest.fixture
+def sampler_target(tiny_model_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """The sampler service (``trainer.sampler.service``) over the tiny checkpoint on its own event
+    loop, serving weight version 2 (published under a weights root); its address."""
+    from trainer.policy.hf import HFPolicy
+    from trainer.sampler.remote import RemoteSampler
+    from trainer.sampler.service import sampler_service
+    from trainer.sampler.serving import SamplerHost
+    from trainer.sampler.settings import SamplerSettings
+
+    root = tmp_path / "weights"
+    with EngineThread(name="sampler-service") as thread:
+        async def up() -> RunningServer:
+            host = SamplerHost(HFPolicy(tiny_model_dir), model_name="tiny", weights_root=root, poll_s=0.05)
+            running = await start_server(sampler_service(SamplerSettings(policy_dir=tiny_model_dir), host=host),
+                                         ServerSettings(host="127.0.0.1", port=0))
+            await running.wait_ready(30)
+            publisher = RemoteSampler(running.address, weights_root=root)
+            try:   # publish the checkpoint's weights as version 2 and wait until the service serves them
+                await publisher.sync_weights(HFPolicy(tiny_model_dir).model, 2)
+            finally:
+                await publisher.aclose()
+            return running
+
+        running = thread.run(up(), timeout=120)
+        yield running.address
+        thread.run(running.stop(0), timeout=30)

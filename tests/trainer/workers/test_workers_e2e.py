@@ -86,6 +86,30 @@ def test_a_group_runs_on_a_worker_and_stale_groups_are_dropped(
         assert torch.allclose(scored[mask], old[mask], atol=1e-4), (scored[mask] - old[mask]).abs().max()
 
 
+def test_a_worker_samples_through_the_sampler_service(
+    redis_url: str, wait_tools: str, sampler_target: str, start_worker: Any, tiny_model_dir: Path
+) -> None:
+    start_worker("w1")
+    source = _source(redis_url, max_staleness=1)
+    try:
+        task = make_tasks(1, seed=0, scale=0.0)[0]
+        source.submit(_job("remote/g0", task, {"kind": "remote", "target": sampler_target,
+                                               "tokenizer": str(tiny_model_dir)}, wait_tools, group_size=2))
+        (group,) = source.wait(current_version=3, timeout=120)
+    finally:
+        source.close()
+    # the service sampled with the version published to it, one behind the trainer: kept
+    assert (group.outcome, group.versions_behind) == ("ok", 1)
+    assert all(t.weight_versions == {2} and sum(t.loss_mask) > 0 for t in group.trajectories)
+    policy = HFPolicy(tiny_model_dir)
+    for t in group.trajectories:
+        ids = torch.tensor([t.prompt_ids + t.token_ids])
+        logp, _ = policy.forward_logprobs(ids, torch.ones_like(ids), temperature=CFG.temperature,
+                                          compute_entropy=False)
+        mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+        assert torch.allclose(logp[0, len(t.prompt_ids) - 1:][mask], torch.tensor(t.old_logprobs)[mask], atol=1e-4)
+
+
 def test_two_workers_share_the_groups(
     redis_url: str, wait_tools: str, start_worker: Any, tiny_model_dir: Path
 ) -> None:
