@@ -13,7 +13,8 @@ which registers the ``forced-tool`` sampler kind) in its own process.
 2. ``workers_1`` / ``workers_2``: the same groups submitted to 1 and 2 workers
    (``--concurrency`` groups at once each), trajectories/s from the first submit to the last result.
 3. ``round_trip``: ``--round-trips`` groups one after the other with the tool's latency at 0,
-   in-process and through one worker: the median difference is a worker round trip's overhead.
+   each in-process then through one worker (alternating): the median difference is what a worker
+   round trip costs; the worker's own rollout time splits it into queue + transport and the rest.
 4. ``kill``: the groups submitted to 2 workers; once one worker is running groups it is SIGKILLed
    (its process group); its groups are redelivered after the visibility timeout and redone by the
    other. Lost = submitted − finished ok; the bar is 0.
@@ -31,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -64,6 +66,7 @@ from trainer.workers.wire import GroupJob
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "workers.json"
 TURNS = 3
+_RECEIVED = re.compile(r"rlyard\.rollout_group\[([^\]]+)\] received")
 
 
 # ---------------------------------------------------------------- the sampler kind of the workers
@@ -275,21 +278,23 @@ def round_trips(source: WorkerRollouts, jobs: list[GroupJob], group_size: int) -
 
 def kill_run(source: WorkerRollouts, jobs: list[GroupJob], victim: WorkerProcess, group_size: int) -> dict[str, Any]:
     """Submit every job to 2 workers, SIGKILL ``victim`` once it runs groups; nothing may be lost."""
-    redis_client = source._results
     start = time.perf_counter()
     for job in jobs:
         source.submit(job)
     killed_at = None
+    at_kill: list[str] = []
     groups: list[FinishedGroup] = []
     deadline = time.monotonic() + 600
     while source.pending and time.monotonic() < deadline:
         if killed_at is None:
-            started = sum(1 for j in jobs if redis_client.exists(f"rlyard:group-attempts:{j.key}"))
+            # mid-run: the victim has finished a group and is running others (or 60 s have passed)
+            finished = {g.key for g in groups}
+            running = set(_RECEIVED.findall(victim.log())) - finished
             done_by_victim = any(g.worker == victim.node for g in groups)
-            # mid-run: the victim has finished a group and holds others, or 60 s have passed
-            if started >= 2 and (done_by_victim or time.perf_counter() - start > 60):
+            if running and (done_by_victim or time.perf_counter() - start > 60):
                 victim.kill()
                 killed_at = time.perf_counter() - start
+                at_kill = sorted(running)
         groups += source.poll(0)
         time.sleep(0.02)
     wall = time.perf_counter() - start
@@ -297,7 +302,8 @@ def kill_run(source: WorkerRollouts, jobs: list[GroupJob], victim: WorkerProcess
     check_groups(ok, group_size, "kill run")
     return {"mode": "kill", "groups_submitted": len(jobs), "groups_ok": len(ok),
             "groups_lost": len(jobs) - len(ok), "redone": sum(1 for g in groups if g.attempt > 1),
-            "killed_at_s": None if killed_at is None else round(killed_at, 3), "wall_s": round(wall, 3),
+            "killed_at_s": None if killed_at is None else round(killed_at, 3), "running_on_victim": at_kill,
+            "wall_s": round(wall, 3),
             "outcomes": {o: sum(1 for g in groups if g.outcome == o) for o in ("ok", "stale", "failed", "timed_out")},
             "pending_at_end": source.pending}
 
@@ -340,14 +346,20 @@ def main(argv: list[str] | None = None) -> int:
                 n = ns.groups * ns.group_size
                 results.append({"mode": "in_process", "groups": ns.groups, "trajectories": n, "wall_s": round(wall, 4),
                                 "trajectories_per_s": round(n / wall, 3)})
-                local_rt = asyncio.run(in_process(policy_dir, address, instant, cfg, ns.group_size,
-                                                  one_at_a_time=True))
                 with workers(broker, tmp, ["w1"], concurrency=ns.concurrency, env=env):
-                    console.print("1 worker…")
+                    console.print("1 worker: round trips, alternating with the same groups in-process…")
                     round_trips(source, group_jobs(instant[:2], cfg, spec, address, ns.group_size, "warm"),
                                 ns.group_size)
-                    worker_rt, worker_rollout = round_trips(
-                        source, group_jobs(instant, cfg, spec, address, ns.group_size, "rt"), ns.group_size)
+                    # alternate in-process and worker groups, so that a change in the machine's
+                    # load between the two series does not pass for overhead
+                    local_rt, worker_rt, worker_rollout = [], [], []
+                    for job in group_jobs(instant, cfg, spec, address, ns.group_size, "rt"):
+                        local_rt += asyncio.run(in_process(policy_dir, address, [job.task], cfg, ns.group_size,
+                                                           one_at_a_time=True))
+                        times, rollouts = round_trips(source, [job], ns.group_size)
+                        worker_rt += times
+                        worker_rollout += rollouts
+                    console.print("1 worker: every group at once…")
                     results.append(run_workers(source, group_jobs(tasks, cfg, spec, address, ns.group_size, "one"),
                                                ns.group_size, "workers_1"))
                     with workers(broker, tmp, ["w2"], concurrency=ns.concurrency, env=env):

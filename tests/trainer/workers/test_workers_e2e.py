@@ -164,6 +164,28 @@ def test_a_worker_killed_mid_group_loses_nothing(
     assert source.counts["redone"] == 1 and source.counts["ok"] == 1 and source.pending == 0
 
 
+def test_failed_and_late_groups_are_counted_never_lost(
+    redis_url: str, wait_tools: str, start_worker: Any, tiny_model_dir: Path
+) -> None:
+    start_worker("w1", concurrency=2)
+    scale = 4.0 / sum(latency_s(f"0-{turn}", 0) for turn in range(3))    # a group of about 4 s
+    slow = make_tasks(1, seed=0, scale=scale)[0]
+    source, hurried = _source(redis_url), _source(redis_url, group_timeout_s=1.5)
+    try:
+        source.submit(_job("bad/g0", slow, {"kind": "nope"}, wait_tools))
+        hurried.submit(_job("late/g0", slow, _forced(tiny_model_dir), wait_tools, group_size=2))
+        (bad,) = source.wait(0, timeout=60)
+        (late,) = hurried.wait(0, timeout=60)
+    finally:
+        source.close()
+        hurried.close()
+    assert bad.outcome == "failed" and "unknown sampler kind 'nope'" in bad.error
+    assert (late.outcome, late.trajectories) == ("timed_out", [])
+    zero = {"workers/ok": 0.0, "workers/stale": 0.0, "workers/redone": 0.0, "workers/pending": 0.0}
+    assert source.metrics() == {**zero, "workers/submitted": 1.0, "workers/failed": 1.0, "workers/timed_out": 0.0}
+    assert hurried.metrics() == {**zero, "workers/submitted": 1.0, "workers/failed": 0.0, "workers/timed_out": 1.0}
+
+
 def test_a_broker_that_is_not_there_is_a_clear_error(tmp_path: Path, redis_url: str) -> None:
     source = _source(redis_url)
     redis.Redis.from_url(redis_url).shutdown(nosave=True)      # the broker goes away after the start
