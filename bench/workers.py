@@ -72,7 +72,7 @@ _RECEIVED = re.compile(r"rlyard\.rollout_group\[([^\]]+)\] received")
 # ---------------------------------------------------------------- the sampler kind of the workers
 
 
-async def forced_tool_sampler(spec: dict[str, Any]) -> BuiltSampler:
+async def forced_tool_sampler(spec: dict[str, Any], settings: WorkerSettings | None = None) -> BuiltSampler:
     """``{"kind": "forced-tool", "path": checkpoint, "turns": 3, "think_tokens": 16, "version": 0}``:
     ``ForcedToolSampler`` over the checkpoint, behind a ``LocalSampler``."""
     policy = await asyncio.to_thread(HFPolicy, str(spec["path"]))

@@ -9,7 +9,6 @@ once on Celery's thread pool, all on one event loop and one sampler per weight v
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import logging
@@ -24,8 +23,9 @@ from rlyard.errors import ConfigError
 def run(ns: argparse.Namespace) -> int:
     """Start the worker; returns when it stops."""
     import redis
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutdown
 
+    from trainer.workers import job
     from trainer.workers.app import make_app
     from trainer.workers.settings import WorkerSettings
 
@@ -44,6 +44,7 @@ def run(ns: argparse.Namespace) -> int:
             raise ConfigError(f"the workers' broker or result backend at {url} does not answer ({exc}); start "
                               "redis-server there or set RLYARD_WORKERS_BROKER_URL / _RESULT_URL") from None
     app = make_app(settings)
+    job.configure(settings)
     name = ns.name or f"rlyard-worker-{os.getpid()}@{socket.gethostname()}"
     ready_file: Path | None = ns.ready_file
 
@@ -51,8 +52,14 @@ def run(ns: argparse.Namespace) -> int:
     def _ready(**_: Any) -> None:
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), **dataclasses.asdict(settings)}))
+            # no URLs or tokens: they may hold secrets
+            tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), "queue": settings.queue,
+                                       "concurrency": settings.concurrency}))
             tmp.rename(ready_file)
+
+    @worker_shutdown.connect(weak=False)
+    def _stop(**_: Any) -> None:
+        job.shutdown()
 
     app.worker_main(["worker", "--pool=threads", f"--concurrency={settings.concurrency}", "-Q", settings.queue,
                      "-n", name, "--loglevel=DEBUG" if ns.verbose else "--loglevel=INFO",

@@ -23,6 +23,7 @@ from rlyard.reward_client import RewardClient
 from trainer.rollout import EngineThread, RolloutEngine
 from trainer.scoring import score_trajectories
 from trainer.workers import samplers
+from trainer.workers.settings import WorkerSettings
 from trainer.workers.wire import GroupJob, GroupResult
 
 logger = logging.getLogger(__name__)
@@ -41,11 +42,12 @@ class _Entry:
 class WorkerRuntime:
     """What one worker process keeps between groups (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
         self.thread = EngineThread(name="rollout-worker-loop")
         self._samplers: dict[str, _Entry] = {}
-        self._tools: dict[tuple[str, str | None], ToolClient] = {}
-        self._rewards: dict[tuple[str, str | None], RewardClient] = {}
+        self._tools: dict[str, ToolClient] = {}
+        self._rewards: dict[str, RewardClient] = {}
         self._building: asyncio.Lock | None = None
 
     def run_group(self, job: GroupJob, *, attempt: int = 1, worker: str = "") -> GroupResult:
@@ -90,7 +92,7 @@ class WorkerRuntime:
     async def _acquire_locked(self, key: str, spec: dict[str, Any]) -> _Entry:
         entry = self._samplers.get(key)
         if entry is None:
-            entry = _Entry(await samplers.build(spec))
+            entry = _Entry(await samplers.build(spec, self.settings))
             family = _family(spec)
             for other_key, other in list(self._samplers.items()):
                 if _family(json.loads(other_key)) == family and not other.retired:
@@ -112,18 +114,18 @@ class WorkerRuntime:
         await entry.built.sampler.aclose()
 
     def _tool_client(self, job: GroupJob) -> ToolClient:
-        key = (job.tools, job.auth_token)
-        if key not in self._tools:
-            self._tools[key] = ToolClient(job.tools, timeout=job.tool_timeout_s,
-                                          retry=RetryPolicy.within(RETRY_WINDOW_S), auth_token=job.auth_token)
-        return self._tools[key]
+        if job.tools not in self._tools:
+            self._tools[job.tools] = ToolClient(job.tools, timeout=job.tool_timeout_s,
+                                                retry=RetryPolicy.within(RETRY_WINDOW_S),
+                                                auth_token=self.settings.tools_auth_token)
+        return self._tools[job.tools]
 
     def _reward_client(self, job: GroupJob) -> RewardClient:
-        key = (job.reward, job.auth_token)
-        if key not in self._rewards:
-            self._rewards[key] = RewardClient(job.reward, timeout=job.reward_timeout_s,
-                                              retry=RetryPolicy.within(RETRY_WINDOW_S), auth_token=job.auth_token)
-        return self._rewards[key]
+        if job.reward not in self._rewards:
+            self._rewards[job.reward] = RewardClient(job.reward, timeout=job.reward_timeout_s,
+                                                     retry=RetryPolicy.within(RETRY_WINDOW_S),
+                                                     auth_token=self.settings.reward_auth_token)
+        return self._rewards[job.reward]
 
     def close(self) -> None:
         """Close the samplers, the channels and the loop."""
@@ -149,9 +151,28 @@ _RUNTIME_LOCK = threading.Lock()
 
 
 def runtime() -> WorkerRuntime:
-    """This process's runtime, made on first use."""
+    """This process's runtime, made on first use (settings from ``RLYARD_WORKERS_*`` unless
+    ``configure`` gave them)."""
     global _RUNTIME
     with _RUNTIME_LOCK:
         if _RUNTIME is None:
-            _RUNTIME = WorkerRuntime()
+            _RUNTIME = WorkerRuntime(WorkerSettings.from_env("RLYARD_WORKERS"))
         return _RUNTIME
+
+
+def configure(settings: WorkerSettings) -> None:
+    """Make this process's runtime with ``settings`` (``rlyard worker`` does, before it consumes)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is not None:
+            raise RuntimeError("the worker runtime is already running; configure it before the first group")
+        _RUNTIME = WorkerRuntime(settings)
+
+
+def shutdown() -> None:
+    """Close this process's runtime, if one was made (the worker is stopping)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is not None:
+            _RUNTIME.close()
+            _RUNTIME = None

@@ -188,8 +188,11 @@ class WorkerRollouts:
 
     def close(self) -> None:
         """Revoke what is still pending and close the connections."""
-        for key in list(self._pending):
-            self.app.control.revoke(key)
+        try:
+            for key in list(self._pending):
+                self.app.control.revoke(key)
+        except Exception as exc:   # a broker that is gone: nothing to revoke on it
+            logger.warning("could not revoke %d pending group(s): %s", len(self._pending), exc)
         self._pending.clear()
         self._results.close()
         self.app.close()

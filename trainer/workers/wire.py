@@ -102,6 +102,7 @@ class GroupJob:
     it submitted the job (the sampler's own version is what the trajectories record). ``tools`` and
     ``reward`` are gRPC targets; without ``reward`` the group comes back unscored (evaluation
     jobs score elsewhere). ``reward_spec`` is the stage's spec (``{name: weight}`` or a list).
+    Tokens are the worker's own (``WorkerSettings``): a job carries no secret through the broker.
     """
 
     key: str
@@ -118,7 +119,6 @@ class GroupJob:
     reward_spec: Any = None
     tool_timeout_s: float = 30.0
     reward_timeout_s: float = 120.0
-    auth_token: str | None = None
     submitted_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -139,7 +139,7 @@ class GroupJob:
             "sampler": self.sampler, "tools": self.tools, "weight_version": self.weight_version, "step": self.step,
             "group_id": self.group_id, "seed": self.seed, "reward": self.reward, "reward_spec": self.reward_spec,
             "tool_timeout_s": self.tool_timeout_s, "reward_timeout_s": self.reward_timeout_s,
-            "auth_token": self.auth_token, "submitted_at": self.submitted_at,
+            "submitted_at": self.submitted_at,
         }
 
     @classmethod
@@ -152,7 +152,7 @@ class GroupJob:
                        weight_version=int(obj["weight_version"]), step=int(obj["step"]),
                        group_id=int(obj["group_id"]), seed=int(obj["seed"]), reward=str(obj["reward"]),
                        reward_spec=obj["reward_spec"], tool_timeout_s=float(obj["tool_timeout_s"]),
-                       reward_timeout_s=float(obj["reward_timeout_s"]), auth_token=obj.get("auth_token"),
+                       reward_timeout_s=float(obj["reward_timeout_s"]),
                        submitted_at=float(obj.get("submitted_at", 0.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"group job: {type(exc).__name__}: {exc}") from None

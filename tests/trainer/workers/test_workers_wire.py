@@ -25,8 +25,9 @@ def test_a_job_round_trips_through_json(make_png: object) -> None:
                    rollout=RolloutConfig(group_size=4, max_turns=3, temperature=0.7), sampler={"kind": "local",
                                                                                                "path": "/m"},
                    tools="127.0.0.1:1", weight_version=3, step=3, group_id=2, seed=11, reward="127.0.0.1:2",
-                   reward_spec={"qa_em": 1.0}, auth_token="secret")
-    back = GroupJob.from_json(json.loads(json.dumps(job.to_json())))
+                   reward_spec={"qa_em": 1.0})
+    payload = job.to_json()
+    back = GroupJob.from_json(json.loads(json.dumps(payload)))
     assert back == job
     assert back.task.attachments[0].data == png
 
