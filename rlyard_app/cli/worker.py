@@ -31,6 +31,8 @@ def run(ns: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # a finished group's whole result would go to the log line of its success: failures only
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     settings = WorkerSettings.from_env("RLYARD_WORKERS")
     overrides: dict[str, Any] = {k: v for k, v in (("broker_url", ns.broker), ("queue", ns.queue),
                                                     ("concurrency", ns.concurrency)) if v is not None}
