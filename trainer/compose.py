@@ -184,8 +184,13 @@ class StageRollouts:
         failed = [t.infra_error or "(no error given)" for t in trajectories
                   if t.status == TrajectoryStatus.INFRA_FAILED]
         reward = [e for e in failed if e.startswith("reward service")]
-        tools = [e for e in failed if not e.startswith("reward service")]
+        sampler = [e for e in failed if e.startswith("sampler:")]
+        tools = [e for e in failed if not e.startswith(("reward service", "sampler:"))]
         parts = []
+        if sampler:
+            where = getattr(self.sampler, "target", "")
+            parts.append(f"sampler{f' at {where}' if where else ''}: {_most_common(sampler)} "
+                         f"({len(sampler)} of {len(trajectories)} trajectories)")
         if tools:
             parts.append(f"tool server at {self.stack.tool_client.target}: {_most_common(tools)} "
                          f"({len(tools)} of {len(trajectories)} trajectories)")

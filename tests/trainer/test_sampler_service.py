@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rlyard.domain import ImagePart
-from rlyard.errors import InvalidArgument, NotFound
+from rlyard.errors import InvalidArgument, NotFound, Unauthenticated
 from rlyard.sampler.v1 import sampler_pb2, sampler_pb2_grpc
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
@@ -220,3 +220,23 @@ def vision_prompt(policy: VLMPolicy, shown: list[ImagePart]) -> list[int]:
     for token in ids:
         out.extend([token] * policy.image_tokens(pending.pop(0)) if token == policy.image_pad_id else [int(token)])
     return out
+
+
+async def test_a_token_protected_service_answers_only_a_sampler_that_sends_its_token(
+    tiny_model_dir: Path, policy: HFPolicy
+) -> None:
+    server = await start_server(sampler_service(SamplerSettings(), host=SamplerHost(HFPolicy(tiny_model_dir))),
+                                ServerSettings(port=0, auth_token="s3cret"))
+    without = RemoteSampler(server.address, retry_window_s=0)
+    with_token = RemoteSampler(server.address, auth_token="s3cret")
+    try:
+        await server.wait_ready(30)
+        request = SampleRequest(prompts(policy)[0], GREEDY)
+        with pytest.raises(Unauthenticated):
+            await without.sample(request)
+        want = policy.generate([prompts(policy)[0]], GREEDY)[0].token_ids
+        assert (await with_token.sample(request)).token_ids == want
+    finally:
+        await without.aclose()
+        await with_token.aclose()
+        await server.stop(0)

@@ -62,6 +62,18 @@ def test_publish_writes_a_version_then_switches_latest(policy: HFPolicy, tmp_pat
     assert (again.version, again.path) == (4, first.path) and again.publication != first.publication
 
 
+def test_publishing_with_keep_deletes_the_oldest_versions(policy: HFPolicy, tmp_path: Path) -> None:
+    root = tmp_path / "weights"
+    for version in range(5):
+        publish_weights(policy.model, root, version, keep=3)
+    assert sorted(p.name for p in root.glob("v*")) == ["v00000002", "v00000003", "v00000004"]
+    publish_weights(policy.model, root, 1, keep=3)      # an earlier step again (a resumed run): kept
+    assert sorted(p.name for p in root.glob("v*")) == ["v00000001", "v00000002", "v00000003", "v00000004"]
+    assert latest_version(root) == 1
+    with pytest.raises(ValueError, match="keep at least 1"):
+        publish_weights(policy.model, root, 6, keep=0)
+
+
 def test_a_broken_pointer_or_foreign_weights_are_refused(policy: HFPolicy, tmp_path: Path) -> None:
     root = tmp_path / "weights"
     root.mkdir()
@@ -131,5 +143,27 @@ async def test_bad_requests_are_refused_with_what_is_wrong(policy: HFPolicy) -> 
             await host.sample(SampleRequest([5] * 30, GREEDY))
         with pytest.raises(InvalidArgument, match="outside the vocabulary"):
             await host.sample(SampleRequest([5, host.vocab_size], GREEDY))
+    finally:
+        await host.aclose()
+
+
+async def test_a_version_published_again_replaces_the_one_held(policy: HFPolicy, tmp_path: Path) -> None:
+    """A resumed run publishes an earlier step again, with other weights: the host serves those."""
+    root = tmp_path / "weights"
+    host = SamplerHost(policy, weights_root=root, keep_versions=3, poll_s=60)
+    await host.start()
+    try:
+        ids = prompt(policy)
+        first, second, again = perturbed(policy, 1), perturbed(policy, 2), perturbed(policy, 3)
+        publish_weights(first, root, 1)
+        await host.refresh()
+        publish_weights(second, root, 2)
+        await host.refresh()
+        publish_weights(again, root, 1)
+        await host.refresh()
+        assert host.weight_version == 1 and host.loaded_versions == (0, 2, 1)
+        gen = await host.sample(SampleRequest(ids, GREEDY))
+        assert (gen.token_ids, gen.weight_version) == (greedy(policy, again), 1)
+        assert greedy(policy, again) != greedy(policy, first)
     finally:
         await host.aclose()

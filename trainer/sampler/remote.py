@@ -112,20 +112,24 @@ class RemoteSampler:
     vision-language model (the engine asks it how many tokens an image takes). ``batch``: send
     a tick's requests as one ``GenerateBatch`` (False: one ``Generate`` each). ``timeout_s``: the
     deadline of one call; ``retry_window_s``: how long UNAVAILABLE is retried (a restart).
+    ``keep_published``: published versions kept on disk (the highest; None: all).
     """
 
     def __init__(self, target: str, *, weights_root: str | Path | None = None, auth_token: str | None = None,
                  sync: SyncMode = "wait", sync_timeout_s: float = 300.0, timeout_s: float = 300.0,
                  retry_window_s: float = 30.0, batch: bool = True,
-                 image_tokenizer: ImageTokenizer | None = None,
+                 image_tokenizer: ImageTokenizer | None = None, keep_published: int | None = 4,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if sync not in ("wait", "publish"):
             raise ValueError(f"sync={sync!r}: use 'wait' or 'publish'")
-        self.client = SamplerClient(target, timeout=timeout_s, retry=RetryPolicy.within(retry_window_s),
-                                    auth_token=auth_token, max_message_bytes=max_message_bytes)
+        self._target = target
+        self._client_options: dict[str, Any] = {"timeout": timeout_s, "retry": RetryPolicy.within(retry_window_s),
+                                                "auth_token": auth_token, "max_message_bytes": max_message_bytes}
+        self._client: SamplerClient | None = None
         self.max_message_bytes = max_message_bytes
         self.weights_root = None if weights_root is None else Path(weights_root)
         self.sync = sync
+        self.keep_published = keep_published
         self.sync_timeout_s = sync_timeout_s
         self.batch = batch
         self.image_tokenizer = image_tokenizer
@@ -140,7 +144,15 @@ class RemoteSampler:
     @property
     def target(self) -> str:
         """Where the service listens."""
-        return self.client.target
+        return self._target
+
+    @property
+    def client(self) -> SamplerClient:
+        """The client, made on first use: a grpc.aio channel belongs to the event loop that makes it
+        (the sampler is built on the trainer's thread and used on the rollout loop)."""
+        if self._client is None:
+            self._client = SamplerClient(self._target, **self._client_options)
+        return self._client
 
     @property
     def weight_version(self) -> int:
@@ -254,7 +266,7 @@ class RemoteSampler:
         if self.weights_root is None:
             raise RuntimeError(f"RemoteSampler({self.target}) has no weights_root to publish to; give it the "
                                "directory the sampler service reads (RLYARD_SAMPLER_WEIGHTS_ROOT)")
-        path = await asyncio.to_thread(publish_weights, model, self.weights_root, version)
+        path = await asyncio.to_thread(publish_weights, model, self.weights_root, version, keep=self.keep_published)
         self._version = int(version)
         if self.sync == "publish":
             return
@@ -276,7 +288,9 @@ class RemoteSampler:
         """Wait for the calls in flight, then close the channel."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 def _publication(path: Path) -> str:

@@ -46,9 +46,14 @@ def version_dir(root: str | Path, version: int) -> Path:
     return Path(root) / f"v{version:08d}"
 
 
-def publish_weights(model: torch.nn.Module, root: str | Path, version: int) -> Path:
+def publish_weights(model: torch.nn.Module, root: str | Path, version: int, *, keep: int | None = None) -> Path:
     """Write ``model``'s weights as ``version`` under ``root`` and make it the latest; returns its
-    folder. Publishing a version that exists replaces it (a resumed run's step published again)."""
+    folder. Publishing a version that exists replaces it (a resumed run's step published again).
+    ``keep``: then delete all but the ``keep`` highest versions and this one (None: keep all; a
+    sampler holds what it loaded in memory, so only a sampler that never loaded a deleted version
+    misses it)."""
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep={keep}: keep at least 1 version, or None for all")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, version)
@@ -75,7 +80,18 @@ def publish_weights(model: torch.nn.Module, root: str | Path, version: int) -> P
     pointer = root / f".{LATEST}.{publication}.tmp"
     pointer.write_text(json.dumps({"version": int(version), "dir": final.name, "publication": publication}))
     os.replace(pointer, root / LATEST)
+    if keep is not None:
+        _prune(root, keep, final)
     return final
+
+
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Delete the published folders beyond the ``keep`` highest versions, never ``current``."""
+    versions = sorted((p for p in root.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
+                      key=lambda p: int(p.name[1:]), reverse=True)
+    for path in versions[keep:]:
+        if path != current:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def latest(root: str | Path) -> Published | None:

@@ -1,0 +1,97 @@
+"""A GRPO run with ``model.backend: remote``: the runner publishes each update to the weights
+directory, the sampler service (``rlyard serve sampler``, its own process) samples the next step
+with it, and the run trains the same weights as one with the in-process sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.checkpoint import latest_checkpoint
+from trainer.compose import open_stack
+from trainer.config import ExperimentConfig, parse_config
+from trainer.events import MetricsEvent
+from trainer.runner import run_experiment
+from trainer.sampler.weights import latest_version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any]) -> ExperimentConfig:
+    """Two GRPO steps on the tiny policy (exact match plus a scripted judge, so every step updates)."""
+    judge = {"weight": 0.1, "backend": "openai", "endpoint": judge_url, "model": "grader", "require_reference": False}
+    return parse_config({
+        "name": "rl-remote", "seed": 3, "model": {"path": str(model_dir), **model}, "checkpoint": {"every_steps": 2},
+        "stages": [{"kind": "rl", "name": "grpo", "steps": 2, "tasks": {"path": str(tasks)},
+                    "reward": {"qa_em": 1.0, "judge": judge},
+                    "rollout": {"group_size": 2, "prompts_per_step": 2, "max_turns": 1, "max_new_tokens_per_turn": 12,
+                                "max_total_tokens": 256},
+                    "algorithm": {"micro_batch_size": 2, "updates_per_batch": 1}, "optim": {"lr": 1e-3}}],
+    })
+
+
+@pytest.fixture
+def rl_tasks(tmp_path: Path) -> Path:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
+                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
+    return path
+
+
+def run(config: ExperimentConfig, out: Path) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, torch.Tensor]]:
+    events: list[Any] = []
+    with open_stack(config) as stack:
+        report = run_experiment(config, out, stack=stack, on_event=events.append)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt is not None
+    params = torch.load(ckpt.path / "model.pt", weights_only=True)
+    return report, [e.values for e in events if isinstance(e, MetricsEvent)], params
+
+
+def test_grpo_with_the_remote_sampler_trains_what_the_local_one_trains(
+    tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any
+) -> None:
+    replies = [f"Score: {s}\nReason: scripted." for s in (0, 3, 6, 9) * 2]
+    local_report, local_steps, local_params = run(
+        rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url, {}), tmp_path / "local")
+
+    root = tmp_path / "weights"
+    ready = tmp_path / "ready.json"
+    env = {**os.environ, "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_READY_FILE": str(ready),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RLYARD_SAMPLER_POLICY_DIR": str(tiny_model_dir),
+           "RLYARD_SAMPLER_WEIGHTS_ROOT": str(root), "RLYARD_SAMPLER_POLL_S": "0.1"}
+    server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
+                               "run_service('sampler')"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the sampler service did not start listening"
+            time.sleep(0.05)
+        address = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+        config = rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url,
+                           {"backend": "remote", "sampler": address, "weights_dir": str(root)})
+        report, steps, params = run(config, tmp_path / "remote")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+
+    assert report["state"] == local_report["state"] == "SUCCEEDED" and report["steps"] == 2
+    # the stage's start (version 0) and each update (1, 2) were published; step 2 sampled with update 1
+    assert latest_version(root) == 2 and sorted(p.name for p in root.glob("v*")) == [f"v{v:08d}" for v in range(3)]
+    assert [s["sampled_weight_version"] for s in steps] == [0.0, 1.0]
+    for remote_step, local_step in zip(steps, local_steps, strict=True):
+        assert remote_step["infra_failed"] == 0.0 and remote_step["updated"] == 1.0
+        for key in ("reward/judge", "reward/qa_em", "loss", "kept", "trajectories"):
+            assert remote_step[key] == pytest.approx(local_step[key], rel=1e-4, abs=1e-5), key   # loss ~0: float noise
+    for name, tensor in params.items():
+        torch.testing.assert_close(tensor, local_params[name], atol=1e-5, rtol=1e-4)
