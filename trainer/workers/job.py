@@ -64,16 +64,19 @@ class WorkerRuntime:
                                    seed=job.seed, tool_timeout_s=job.tool_timeout_s)
             tic = time.monotonic()
             try:
-                trajectories = await engine.run_groups([[job.task] * job.group_size], step=job.step)
+                # the group's own id in the seeds (derive_seed(seed, step, group, sample, turn)), as
+                # in-process: two groups of a step never share their samples' seeds
+                async with asyncio.TaskGroup() as tg:
+                    jobs = [tg.create_task(engine.rollout(job.task, job.group_id, s, step=job.step))
+                            for s in range(job.group_size)]
+                trajectories = [j.result() for j in jobs]
             finally:
                 await engine.aclose()
             rolled = time.monotonic() - tic
         finally:
             await self._release(key, entry)
-        for t in trajectories:   # the engine numbers the groups of its call from 0
-            t.group_id = job.group_id
-            t.record = dataclasses.replace(t.record, metadata={**t.record.metadata, "group_id": str(job.group_id),
-                                                               "group_key": job.key})
+        for t in trajectories:
+            t.record = dataclasses.replace(t.record, metadata={**t.record.metadata, "group_key": job.key})
         counts: dict[str, int] = {}
         tic = time.monotonic()
         if job.reward:

@@ -51,21 +51,24 @@ def test_a_group_runs_on_a_worker_and_stale_groups_are_dropped(
     try:
         task = make_tasks(1, seed=0, scale=0.0)[0]
         task.ground_truth = {"answers": ["done"]}
-        for version in (3, 1):
-            source.submit(_job(f"e2e/v{version}", task, {"kind": "local", "path": str(tiny_model_dir),
-                                                         "version": version},
-                               wait_tools, group_id=5, step=4, seed=7, reward=reward_target,
+        for key, version, group_id in (("e2e/v3", 3, 5), ("e2e/v1", 1, 5), ("e2e/v3-g6", 3, 6)):
+            source.submit(_job(key, task, {"kind": "local", "path": str(tiny_model_dir), "version": version},
+                               wait_tools, group_id=group_id, step=4, seed=7, reward=reward_target,
                                reward_spec={"qa_em": 1.0}))
         groups = {g.key: g for g in source.wait(current_version=3, timeout=120)}
     finally:
         source.close()
 
-    assert set(groups) == {"e2e/v3", "e2e/v1"}
+    assert set(groups) == {"e2e/v3", "e2e/v1", "e2e/v3-g6"}
     stale = groups["e2e/v1"]
     assert (stale.outcome, stale.versions_behind, stale.trajectories) == ("stale", 2, [])
     group = groups["e2e/v3"]
     assert (group.outcome, group.versions_behind, group.attempt, group.worker) == ("ok", 0, 1, "celery@w1")
-    assert source.counts["ok"] == 1 and source.counts["stale"] == 1 and source.counts["submitted"] == 2
+    assert source.counts["ok"] == 2 and source.counts["stale"] == 1 and source.counts["submitted"] == 3
+    # another group of the same task samples with seeds of its own (its group id is in them)
+    other = groups["e2e/v3-g6"].trajectories
+    assert [t.group_id for t in other] == [6, 6, 6]
+    assert [t.token_ids for t in other] != [t.token_ids for t in group.trajectories]
     trajs = group.trajectories
     assert [t.sample_index for t in trajs] == [0, 1, 2]
     assert all(t.group_id == 5 and t.weight_versions == {3} for t in trajs)
