@@ -24,10 +24,10 @@ from trainer.types import RolloutTrajectory
 
 WIRE_VERSION = 1
 
-# RolloutConfig fields a job carries (the nested dynamic-sampling and selection configs are the
-# trainer's business: a worker rolls out one group and needs none of them)
+# RolloutConfig fields a job carries (the nested dynamic-sampling, selection and workers configs
+# are the trainer's business: a worker rolls out one group and needs none of them)
 _ROLLOUT_FIELDS = tuple(f.name for f in dataclasses.fields(RolloutConfig)
-                        if f.name not in ("dynamic_sampling", "selection"))
+                        if f.name not in ("dynamic_sampling", "selection", "workers"))
 
 
 class WireError(ValueError):
