@@ -33,6 +33,19 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bi
   fi
 fi
 
+# The Celery workers' tests start a throwaway redis-server from the machine's packages
+# (tests/trainer/workers/conftest.py); a fresh CI machine (Debian/Ubuntu, root) gets it here.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Redis (apt-get install redis-server)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "warning: redis-server is not installed and cannot be installed here (needs root and apt-get);" \
+         "the Celery workers' tests will fail until it is" >&2
+  fi
+fi
+
 STAMP=".venv/.rlyard-install-stamp"
 WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [[ ! -x .venv/bin/python ]]; then

@@ -15,9 +15,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -36,6 +37,9 @@ from trainer.sampler import Sampler, build_sampler, derive_seed
 from trainer.scoring import score_trajectories
 from trainer.tasks import TaskSampler, load_tasks, openai_tools
 from trainer.types import RolloutTrajectory
+
+if TYPE_CHECKING:   # Celery loads only for a stage with rollout.workers
+    from trainer.workers.source import WorkerRollouts
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +141,8 @@ class StageRollouts:
         self.memory = None if stack.memory_client is None else StageMemory(
             stack.memory_client, stack.config.memory, tokenizer, stage.rollout.group_size)
         self.last_counts: dict[str, int] = {}
+        self.workers = _worker_rollouts(stage) if stage.rollout.workers.enabled else None
+        self._jobs_prefix = uuid.uuid4().hex[:12]   # group keys stay unique on a broker that runs share
 
     def tasks(self, step: int) -> list[Task]:
         """The ``prompts_per_step`` tasks of stage step ``step`` (1-based)."""
@@ -150,7 +156,9 @@ class StageRollouts:
         seeds depend on the group's index within the call, which starts at 0 again each round."""
         seed = self.stack.config.seed
         self.engine.seed = seed if round_index == 0 else derive_seed(seed, round_index)
-        if self.memory is not None:
+        if self.workers is not None:
+            trajectories = self._on_workers(tasks, global_step, self.engine.seed, round_index)
+        elif self.memory is not None:
             trajectories = self.stack.run(self.memory.rollout(self.engine, tasks, global_step))
         else:
             trajectories = self.stack.run(self.engine.run(tasks, step=global_step))
@@ -159,6 +167,29 @@ class StageRollouts:
                 t.group_id += first_group
                 t.record = dataclasses.replace(t.record, metadata={**t.record.metadata, "group_id": str(t.group_id)})
         return trajectories
+
+    def _on_workers(self, tasks: list[Task], global_step: int, seed: int, round_index: int) -> list[RolloutTrajectory]:
+        """The tasks' groups as group jobs on the Celery workers, which sample through the sampler
+        service; group ids (and seeds) as in-process. Groups that failed, timed out or came back
+        too stale are left out (``workers/*`` metrics count them)."""
+        from trainer.workers.wire import GroupJob
+
+        assert self.workers is not None
+        model = self.stack.config.model
+        sampler = {"kind": "remote", "target": model.sampler, "tokenizer": model.path}
+        version = self.sampler.weight_version
+        for i, task in enumerate(tasks):
+            self.workers.submit(GroupJob(
+                key=f"{self._jobs_prefix}/step{global_step}/r{round_index}/g{i}", task=task,
+                group_size=self.stage.rollout.group_size, rollout=self.stage.rollout, sampler=sampler,
+                tools=self.stack.services.tools, weight_version=version, step=global_step, group_id=i, seed=seed,
+                tool_timeout_s=self.stack.timeout_s))
+        groups = self.workers.wait(version)
+        return [t for g in sorted(groups, key=lambda g: g.job.group_id) for t in g.trajectories]
+
+    def worker_metrics(self) -> dict[str, float]:
+        """The workers' counts so far (``workers/*``); empty without workers."""
+        return {} if self.workers is None else self.workers.metrics()
 
     def score(self, trajectories: list[RolloutTrajectory], global_step: int) -> dict[str, int]:
         """Fill their rewards through the reward service (a system failure marks one INFRA_FAILED)."""
@@ -201,8 +232,20 @@ class StageRollouts:
         return "; ".join(parts) or "no trajectory failed"
 
     def close(self) -> None:
-        """Close the engine's tool stream."""
+        """Close the engine's tool stream (and the workers' connections)."""
+        if self.workers is not None:
+            self.workers.close()
         self.stack.run(self.engine.aclose())
+
+
+def _worker_rollouts(stage: StageConfig) -> WorkerRollouts:
+    """The trainer's side of the Celery workers for ``stage`` (imported here: Celery only when used)."""
+    from trainer.workers.settings import WorkerSettings
+    from trainer.workers.source import WorkerRollouts
+
+    cfg = stage.rollout.workers
+    return WorkerRollouts(WorkerSettings(broker_url=cfg.broker_url), max_staleness=cfg.max_staleness,
+                          group_timeout_s=cfg.group_timeout_s)
 
 
 def _most_common(errors: list[str]) -> str:

@@ -308,6 +308,31 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """Rollouts on Celery workers (``rollout.workers``; ``trainer/workers``, docs/trainer.md): each
+    round's groups go as group jobs to the workers on ``broker_url``, which sample through the
+    sampler service (``model.backend: remote``) and call the run's tool server; the trainer scores
+    what comes back. A group that fails on a worker or has no result within ``group_timeout_s`` is
+    left out of the step, one sampled more than ``max_staleness`` weight versions behind is dropped;
+    both are counted (``workers/*`` metrics)."""
+
+    enabled: bool = False
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    max_staleness: int = 0
+    group_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            _fail("rollout.workers.broker_url",
+                  f"the workers use Redis (redis://host:port/db); got {self.broker_url!r}")
+        if self.max_staleness < 0:
+            _fail("rollout.workers.max_staleness", f"must be >= 0 (0: groups of the current weights only; "
+                                                   f"got {self.max_staleness})")
+        if self.group_timeout_s <= 0:
+            _fail("rollout.workers.group_timeout_s", f"must be > 0 seconds (got {self.group_timeout_s})")
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     """How trajectories are generated."""
 
@@ -325,6 +350,7 @@ class RolloutConfig:
     kv_cache: bool = True                  # a trajectory's turn prefills only its new tokens (same samples)
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     selection: SelectionConfig = SelectionConfig()
+    workers: WorkersConfig = WorkersConfig()
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -474,6 +500,16 @@ class ExperimentConfig:
                                                            "(an environment's prepare writes one)")
         if self.memory.enabled and not any(stage.kind == "rl" for stage in self.stages):
             _fail("memory.enabled", "the memory serves RL stages and this config has none: add one or turn it off")
+        for stage in self.stages:
+            if stage.kind != "rl" or not stage.rollout.workers.enabled:
+                continue
+            where = f"stage {stage.name or stage.kind}: rollout.workers"
+            if self.model.backend != "remote":
+                _fail(where, "the workers sample through the sampler service: set model.backend: remote (with "
+                             "model.sampler and model.weights_dir), or turn the workers off")
+            if self.memory.enabled:
+                _fail(where, "the graph memory prompts rollouts in the trainer's process: turn memory or the "
+                             "workers off")
 
 
 def _build(cls: type[Any], raw: Any, where: str) -> Any:

@@ -90,6 +90,7 @@ def roll_step(rollouts: StageRollouts, draws: TaskDraws, version: int) -> StepRo
         **{f"pass_rate/{name}": share for name, share in
            pass_rate_shares(rollouts.source.tasks, draws, cfg.selection).items()},
     }
+    metrics.update(rollouts.worker_metrics())
     if dynamic.enabled:
         metrics["dynamic/cap_hit"] = float(cap_hit)
         metrics["dynamic/cap_hits"] = float(draws.cap_hits)

@@ -5,6 +5,7 @@
     rlyard tool list                   the tools a tool server offers
     rlyard tool call NAME JSON --db ID call one tool
     rlyard serve KIND                  run one service in the foreground (used by up/compose/k8s)
+    rlyard worker [--concurrency N]    a Celery rollout worker on the Redis broker (RLYARD_WORKERS_*)
     rlyard reward score --spec S --input I --output O   score a JSONL file (embedded services by default)
     rlyard train -c CONFIG             run an experiment (SFT, RL stages) with a live progress view
     rlyard eval -c CONFIG --checkpoint DIR [--spider-dev N]   evaluate a policy (accuracy, tool calls, errors)
@@ -253,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", help="service kind, e.g. tools")
     p.set_defaults(fn=_cmd_serve)
 
+    from rlyard_app.cli import worker
+
+    worker.add_parser(sub)
+
     p = sub.add_parser("up", help="start a profile's services as local processes")
     p.add_argument("--profile", default="all")
     p.add_argument("--ephemeral-ports", action="store_true", help="bind free ports instead of the table's")
@@ -355,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlyard`` console script."""
     ns = build_parser().parse_args(argv)
-    if ns.command != "serve":
+    if ns.command not in ("serve", "worker"):
         logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,48 @@
+"""Settings of the Celery rollout workers and of the trainer's side of them (prefix ``RLYARD_WORKERS``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlyard.errors import ConfigError
+from rlyard.settings import EnvSettings
+
+
+@dataclass(frozen=True)
+class WorkerSettings(EnvSettings):
+    """Where the broker and the result backend are, and how long a delivered group may stay unacked.
+
+    ``visibility_timeout_s``: a group delivered to a worker and not acknowledged within this time
+    (the worker died, or the group runs longer) is delivered again; it must exceed the longest
+    group. ``restore_interval_s``: how often a worker looks for such groups. ``result_ttl_s``: how
+    long a finished group waits in the backend for the trainer. ``concurrency``: groups one worker
+    process rolls out at once (they share its sampler and channels). The tokens are a worker's
+    bearer tokens for the tool server, the reward service and the sampler service: a worker reads
+    them here, jobs never carry secrets through the broker.
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_url: str = ""                 # "" = the broker's Redis
+    queue: str = "rlyard.rollouts"
+    visibility_timeout_s: float = 600.0
+    restore_interval_s: float = 10.0
+    result_ttl_s: float = 3600.0
+    concurrency: int = 4
+    connect_timeout_s: float = 5.0
+    tools_auth_token: str | None = None
+    reward_auth_token: str | None = None
+    sampler_auth_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"RLYARD_WORKERS_BROKER_URL={self.broker_url!r}: the workers use Redis "
+                              "(redis://host:port/db)")
+        if self.visibility_timeout_s <= 0 or self.restore_interval_s <= 0:
+            raise ConfigError("RLYARD_WORKERS_VISIBILITY_TIMEOUT_S and _RESTORE_INTERVAL_S must be > 0 seconds")
+        if self.concurrency < 1:
+            raise ConfigError(f"RLYARD_WORKERS_CONCURRENCY={self.concurrency}: must be >= 1")
+
+    @property
+    def backend_url(self) -> str:
+        """The result backend's URL."""
+        return self.result_url or self.broker_url
