@@ -57,6 +57,8 @@ RUN pip install ${WHEELS_URL:+--no-index --find-links "$WHEELS_URL"} --no-deps -
 # data/generated/poi belongs to the user above: a named volume mounted there starts with that
 # owner, and the POI services write their corpus indexes into it at first start.
 USER 10001:10001
+# caches of matplotlib (the trainer's curves) in the writable /tmp; the user has no home
+ENV MPLCONFIGDIR=/tmp/matplotlib
 
 # Defaults for a bare `docker run` of the CMD below (the sql-tools entry of the
 # table); Compose and Kubernetes set every variable of the service explicitly.

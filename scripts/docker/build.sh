@@ -15,7 +15,12 @@ WHEELS=${RLYARD_DOCKER_CACHE:-.docker-cache}/wheels
 RLYARD_BASE_IMAGE=$BASE bash scripts/docker/base.sh
 PIP=${PIP:-$PYTHON -m pip} bash scripts/docker/wheelhouse.sh
 
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# a fixed port: WHEELS_URL is part of the install step's cache key, so a new port would rebuild it
+port=${RLYARD_WHEELS_PORT:-38765}
+if "$PYTHON" -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; then
+  echo "port $port is in use: set RLYARD_WHEELS_PORT to a free one (it becomes part of the build cache key)" >&2
+  exit 1
+fi
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$port" >/dev/null 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
