@@ -121,19 +121,24 @@ def _rpc_count(text: str) -> float:
 
 
 def _config() -> dict[str, Any]:
-    """configs/smoke_sql.yaml, pointed at the compose services and the trainer's scratch; more GRPO
-    steps, so that there are steps after the crash; no retries: a lost session fails at once."""
+    """configs/smoke_sql.yaml, pointed at the compose services and the trainer's scratch, with more
+    GRPO steps so that there are steps after the crash. The tiny policy makes no tool call after a
+    short SFT, so the crash reaches the trajectories through their scoring (the reward service runs
+    each query on the SQL tool server). No retry window (``retry_window_s: 0``): a call to the
+    crashed server fails at once instead of waiting out the restart, so the trajectories scored
+    while it is down are INFRA_FAILED; every trajectory of those steps fails, so
+    ``max_failed_steps`` lets the run ride over the seconds of the restart."""
     config = yaml.safe_load((ROOT / "configs" / "smoke_sql.yaml").read_text())
     config["name"] = "compose-e2e"
     config["model"] = {"path": f"{WORK}/policy"}
     config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "retry_window_s": 0,
-                          "timeout_s": 10, "max_failed_steps": 3}
+                          "max_failed_steps": 10}
     config["checkpoint"] = {"every_steps": 4, "keep": 2}
     sft, rl = config["stages"]
     sft["data"] = f"{WORK}/data/text_to_sql_demos.jsonl"
     sft["steps"] = 4
     rl["tasks"] = {"path": f"{WORK}/data/text_to_sql_tasks.jsonl"}
-    rl["steps"] = 6
+    rl["steps"] = 12
     return dict(config)
 
 
@@ -205,7 +210,7 @@ def test_compose_runs_sft_and_grpo_and_survives_a_crashed_tool_server(stack: tup
     reader.start()
 
     # mid-rollout: once GRPO's first step is in, wait until the SQL tool server is being called
-    # for the next one (its RPC counter moves), then crash it
+    # for the next one (its RPC counter moves: the step's rollouts are being scored), then crash it
     sql_tools = compose.container("sql-tools")
     assert first_rl.wait(900), f"no GRPO step reported; events: {[(e.stage, e.step) for e in events]}"
     before = _rpc_count(_metrics(ports["sql-tools"][1]))
@@ -226,8 +231,8 @@ def test_compose_runs_sft_and_grpo_and_survives_a_crashed_tool_server(stack: tup
     steps = [(e.stage, e.step) for e in events if e.values]  # steps count within their stage
     assert steps == [("warm", s) for s in range(1, sft_steps + 1)] + [("grpo", s) for s in range(1, rl_steps + 1)]
     grpo = {e.step: dict(e.values) for e in events if e.stage == "grpo" and e.values}
-    print("grpo steps (trajectories, infra_failed, kept):",
-          {s: (v["trajectories"], v.get("infra_failed"), v.get("kept")) for s, v in grpo.items()})
+    print("grpo steps (trajectories, tool_calls, infra_failed, kept):",
+          {s: (v["trajectories"], v.get("tool_calls"), v.get("infra_failed"), v.get("kept")) for s, v in grpo.items()})
     failed = {step: v["infra_failed"] for step, v in grpo.items() if v.get("infra_failed", 0) > 0}
     assert failed, f"no trajectory failed after the crash at step {killed_at_step}: {grpo}"
     assert min(failed) > killed_at_step
