@@ -115,23 +115,16 @@ def _metrics(port: int) -> str:
         return str(reply.read().decode())
 
 
-def _rpc_count(text: str) -> float:
-    """Every RPC a server has handled (rlyard_rpc_total summed over methods and codes)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("rlyard_rpc_total{"))
-
-
 def _config() -> dict[str, Any]:
     """configs/smoke_sql.yaml, pointed at the compose services and the trainer's scratch, with more
     GRPO steps so that there are steps after the crash. The tiny policy makes no tool call after a
     short SFT, so the crash reaches the trajectories through their scoring (the reward service runs
-    each query on the SQL tool server). No retry window (``retry_window_s: 0``): a call to the
-    crashed server fails at once instead of waiting out the restart, so the trajectories scored
-    while it is down are INFRA_FAILED; every trajectory of those steps fails, so
-    ``max_failed_steps`` lets the run ride over the seconds of the restart."""
+    each query on the SQL tool server): a 10 s deadline on the services, and ``max_failed_steps``
+    room for the steps that fail whole while the server hangs and restarts."""
     config = yaml.safe_load((ROOT / "configs" / "smoke_sql.yaml").read_text())
     config["name"] = "compose-e2e"
     config["model"] = {"path": f"{WORK}/policy"}
-    config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "retry_window_s": 0,
+    config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "timeout_s": 10,
                           "max_failed_steps": 10}
     config["checkpoint"] = {"every_steps": 4, "keep": 2}
     sft, rl = config["stages"]
@@ -209,17 +202,19 @@ def test_compose_runs_sft_and_grpo_and_survives_a_crashed_tool_server(stack: tup
     reader = threading.Thread(target=stream, daemon=True)
     reader.start()
 
-    # mid-rollout: once GRPO's first step is in, wait until the SQL tool server is being called
-    # for the next one (its RPC counter moves: the step's rollouts are being scored), then crash it
+    # mid-rollout: once GRPO's first step is in, the SQL tool server hangs (SIGSTOP) while the next
+    # step rolls out, so that step's scoring (the reward service runs its queries there) hits its
+    # deadline; once that step is reported, the server is SIGKILLed (a watchdog killing a hung
+    # process) and Compose's restart policy brings it back
     sql_tools = compose.container("sql-tools")
     assert first_rl.wait(900), f"no GRPO step reported; events: {[(e.stage, e.step) for e in events]}"
-    before = _rpc_count(_metrics(ports["sql-tools"][1]))
-    deadline = time.monotonic() + 120
-    while _rpc_count(_metrics(ports["sql-tools"][1])) == before:
-        assert time.monotonic() < deadline, "the SQL tool server got no call during GRPO's second step"
-        time.sleep(0.02)
-    killed_at_step = max(e.step for e in events if e.stage == "grpo" and e.values)
     pid = int(_inspect(sql_tools, "{{.State.Pid}}"))
+    subprocess.run(["kill", "-STOP", str(pid)], check=True)
+    killed_at_step = max(e.step for e in events if e.stage == "grpo" and e.values)
+    deadline = time.monotonic() + 300
+    while max(e.step for e in events if e.stage == "grpo" and e.values) == killed_at_step:
+        assert time.monotonic() < deadline and reader.is_alive(), "the run reported no step while the server hung"
+        time.sleep(0.1)
     subprocess.run(["kill", "-9", str(pid)], check=True)
 
     reader.join(1200)
@@ -235,7 +230,7 @@ def test_compose_runs_sft_and_grpo_and_survives_a_crashed_tool_server(stack: tup
           {s: (v["trajectories"], v.get("tool_calls"), v.get("infra_failed"), v.get("kept")) for s, v in grpo.items()})
     failed = {step: v["infra_failed"] for step, v in grpo.items() if v.get("infra_failed", 0) > 0}
     assert failed, f"no trajectory failed after the crash at step {killed_at_step}: {grpo}"
-    assert min(failed) > killed_at_step
+    assert min(failed) == killed_at_step + 1 and failed[min(failed)] == grpo[min(failed)]["trajectories"]
     for step, n in failed.items():  # failed trajectories are masked: dropped, never learned from
         assert grpo[step]["dropped/infra_failed"] == n
         assert grpo[step]["kept"] <= grpo[step]["trajectories"] - n
