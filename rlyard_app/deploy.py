@@ -25,7 +25,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.settings import ServerSettings
-from rlyard_app.services import BackingService, Resources, ServiceSpec, ServiceTable
+from rlyard_app.services import BackingService, Resources, ServiceSpec, ServiceTable, VolumeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ CONTAINER_HOST = "0.0.0.0"
 PUBLISH_HOST = "127.0.0.1"
 # The non-root user of the Dockerfile (``USER 10001:10001``).
 RUN_AS = 10001
+# The image's working directory: relative volume mount paths of the table resolve under it.
+APP_DIR = "/app"
 # Seconds past RLYARD_GRACE_S before SIGKILL: the drain itself, on_stop hooks, closing /metrics.
 KILL_MARGIN_S = 5
 # TLS and tokens (``table.tls``): what ``rlyard certs`` makes, as Compose secrets and a Kubernetes Secret
@@ -179,20 +181,63 @@ def _check_names(table: ServiceTable) -> None:
             )
 
 
+def mount_path(path: str) -> str:
+    """A volume's mount path in the container: relative paths resolve under the image's /app."""
+    return path if path.startswith("/") else f"{APP_DIR}/{path}"
+
+
+def init_name(volume: VolumeSpec) -> str:
+    """The one-shot init that fills a volume (a Compose service, a Kubernetes initContainer)."""
+    return f"{volume.name}-init"
+
+
 # --- Compose ------------------------------------------------------------------------------
+
+
+def compose_build(table: ServiceTable, image: str) -> dict[str, Any] | str:
+    """How Compose builds image ``image`` of the table: the Dockerfile with its extras (the public
+    base image and index by default; scripts/docker/build.sh builds the same images offline)."""
+    if not image:
+        return "."
+    return {"context": ".", "args": {"EXTRAS": _Quoted(",".join(table.images[image]))}}
+
+
+def _volume_users(table: ServiceTable, volume: VolumeSpec) -> list[ServiceSpec]:
+    return [s for s in table.services if volume.name in s.volumes]
+
+
+def compose_volume_init(table: ServiceTable, volume: VolumeSpec) -> dict[str, Any]:
+    """A volume's init under Compose: a one-shot service the volume's users wait for (it exits 0);
+    in every profile of those users."""
+    service: dict[str, Any] = {"image": table.image_ref(volume.image), "build": compose_build(table, volume.image)}
+    profiles = list(dict.fromkeys(p for s in _volume_users(table, volume) for p in s.profiles))
+    if "all" not in profiles:
+        service["profiles"] = profiles
+    paths = sorted({mount_path(s.volumes[volume.name]) for s in _volume_users(table, volume)})
+    return service | {
+        "command": list(volume.init),
+        "volumes": [f"{volume.name}:{path}" for path in paths],
+        "read_only": True,
+        "tmpfs": ["/tmp"],
+        "restart": "no",
+    }
 
 
 def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """One Compose service: one replica, ports published on loopback."""
     grace = stop_grace_s(spec)
-    service: dict[str, Any] = {"image": table.image, "build": "."}
-    if spec.depends_on or spec.wants or spec.backing:
+    service: dict[str, Any] = {"image": table.image_of(spec), "build": compose_build(table, spec.image)}
+    inits = [v for v in table.volumes if v.name in spec.volumes and v.init]
+    if spec.depends_on or spec.wants or spec.backing or inits:
         # start after the services it calls are healthy, as `rlyard up` does; a wanted service
-        # only when its profile is enabled (required: false, Compose >= 2.20)
+        # only when its profile is enabled (required: false, Compose >= 2.20); after its
+        # volumes' inits have filled them
         needed = (*spec.backing, *spec.depends_on)
-        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in needed} | {
-            peer: {"condition": "service_healthy", "required": False} for peer in spec.wants
-        }
+        service["depends_on"] = (
+            {init_name(v): {"condition": "service_completed_successfully"} for v in inits}
+            | {dep: {"condition": "service_healthy"} for dep in needed}
+            | {peer: {"condition": "service_healthy", "required": False} for peer in spec.wants}
+        )
     if "all" not in spec.profiles:
         # a service of the default profile starts with a plain `docker compose up`,
         # as it does with a plain `rlyard up`; others wait for `--profile NAME`
@@ -201,12 +246,14 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         # the certificates as Compose secrets, the service's own tokens from its env file (rlyard certs)
         service["secrets"] = [{"source": _compose_secret(key), "target": key} for key in TLS_FILES.values()]
         service["env_file"] = [{"path": f"{table.tls.dir}/tokens/{spec.name}.env", "required": True}]
+    volumes = {"volumes": [f"{name}:{mount_path(path)}" for name, path in spec.volumes.items()]} if spec.volumes else {}
     return service | {
         "command": list(spec.command),
         "environment": _quoted(service_env(table, spec)),
         "ports": [_Quoted(f"{PUBLISH_HOST}:{p}:{p}") for p in (spec.port, spec.metrics_port)],
         "read_only": True,
         "tmpfs": ["/tmp"],
+        **volumes,
         "healthcheck": {
             "test": _probe(table, spec),
             "interval": "10s",
@@ -262,10 +309,11 @@ def render_compose(table: ServiceTable) -> str:
     doc: dict[str, Any] = {
         "name": PROJECT,
         "services": {store.name: compose_backing(store) for store in table.backing}
+        | {init_name(v): compose_volume_init(table, v) for v in table.volumes if v.init}
         | {spec.name: compose_service(table, spec) for spec in table.services},
     }
-    if table.backing:
-        doc["volumes"] = {volume_name(store): {} for store in table.backing}
+    if table.backing or table.volumes:
+        doc["volumes"] = {volume_name(store): {} for store in table.backing} | {v.name: {} for v in table.volumes}
     if table.tls.enabled:
         doc["secrets"] = compose_secrets(table)
     return _dump(doc)
@@ -353,9 +401,10 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's pods: same command and environment as ``rlyard up``."""
     labels = _labels(table, spec)
     env = k8s_env(table, spec) | tls_env(table)
+    image = table.image_of(spec)
     container = {
         "name": spec.name,
-        "image": table.image,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(spec.command),
         "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
@@ -370,18 +419,47 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
         "resources": _k8s_resources(spec.resources),
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+        + [{"name": name, "mountPath": mount_path(path)} for name, path in spec.volumes.items()],
     }
-    pod_security: dict[str, Any] = {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
+    pod_volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    # the table's volumes: one per pod, filled by their init before the server starts (which then
+    # builds its indexes into it, NOT_SERVING until they are loaded)
+    pod_volumes += [{"name": name, "emptyDir": {}} for name in spec.volumes]
+    inits = [
+        {
+            "name": init_name(v),
+            "image": table.image_ref(v.image),
+            "imagePullPolicy": "IfNotPresent",
+            "command": list(v.init),
+            "resources": _k8s_resources(spec.resources),
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                             {"name": v.name, "mountPath": mount_path(spec.volumes[v.name])}],
+        }
+        for v in table.volumes
+        if v.name in spec.volumes and v.init
+    ]
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        # no FOO_SERVICE_HOST/FOO_PORT variables: the environment is exactly the table's
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": stop_grace_s(spec),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            # the volumes' files belong to the containers' group
+            **({"fsGroup": RUN_AS} if spec.volumes else {}),
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **({"initContainers": inits} if inits else {}),
+        "containers": [container],
+        "volumes": pod_volumes,
     }
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     if table.tls.enabled:
-        _add_tls(table, spec, container, volumes)
-        pod_security["fsGroup"] = RUN_AS   # the Secret's files are group-readable (0440) by the service's user
+        _add_tls(table, spec, container, pod_volumes)
+        pod_spec["securityContext"]["fsGroup"] = RUN_AS   # the Secret's files are group-readable (0440)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -406,15 +484,7 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
                         }
                     ),
                 },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    # no FOO_SERVICE_HOST/FOO_PORT variables: the environment is exactly the table's
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": stop_grace_s(spec),
-                    "securityContext": pod_security,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod_spec,
             },
         },
     }

@@ -61,6 +61,12 @@ class ServiceSpec:
     # settings only containers get, over ``env`` (the memory store: PostgreSQL in containers, a
     # SQLite file under ``rlyard up``)
     container_env: dict[str, str] = field(default_factory=dict)
+    # the entry of ``ServiceTable.images`` its containers run (the extras its kind imports); empty
+    # in a table without images: then every service runs ``ServiceTable.image``
+    image: str = ""
+    # container volumes: name (``ServiceTable.volumes``) -> mount path (relative: under /app, the
+    # image's working directory), e.g. the POI corpus and the indexes the service builds into it
+    volumes: dict[str, str] = field(default_factory=dict)
 
     @property
     def command(self) -> list[str]:
@@ -119,6 +125,18 @@ class TlsDeployment:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A container volume services share (Compose: a named volume; Kubernetes: an emptyDir per pod),
+    filled at first start by ``init`` run once in ``image`` before its services start (Compose: a
+    one-shot service; Kubernetes: an initContainer). Large data and indexes live here, never in an
+    image. ``init`` must skip what is already there: it runs at every start."""
+
+    name: str
+    image: str
+    init: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServiceTable:
     """Every service, the backing stores they use, the image that runs them in containers, and
     whether containers talk TLS with tokens."""
@@ -127,6 +145,21 @@ class ServiceTable:
     services: tuple[ServiceSpec, ...]
     backing: tuple[BackingService, ...] = ()
     tls: TlsDeployment = TlsDeployment()
+    # image name -> the pyproject extras it installs (the Dockerfile's EXTRAS); each is tagged
+    # ``image_ref(name)``, so the SQL tool server's image carries no torch
+    images: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    volumes: tuple[VolumeSpec, ...] = ()
+
+    def image_ref(self, name: str) -> str:
+        """The reference of image ``name``: ``rlyard:0.1.0`` and ``sql`` -> ``rlyard-sql:0.1.0``."""
+        repo, sep, tag = self.image.rpartition(":")
+        if not sep or "/" in tag:
+            repo, tag = self.image, "latest"
+        return f"{repo}-{name}:{tag}"
+
+    def image_of(self, spec: ServiceSpec) -> str:
+        """The image reference a service's containers run (``image`` itself in a table without images)."""
+        return self.image_ref(spec.image) if spec.image else self.image
 
     def profile(self, name: str) -> list[ServiceSpec]:
         """The services of a profile; a ConfigError names the known profiles."""
@@ -161,6 +194,8 @@ def _spec(raw: dict[str, Any]) -> ServiceSpec:
             startup_s=int(raw.get("startup_s", 60)),
             backing=tuple(str(b) for b in raw.get("backing", [])),
             container_env={str(k): str(v) for k, v in (raw.get("container_env") or {}).items()},
+            image=str(raw.get("image", "")),
+            volumes={str(k): str(v) for k, v in (raw.get("volumes") or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad service entry {raw!r} in the service table: {exc}") from None
@@ -193,6 +228,24 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     names = [s.name for s in services] + [b.name for b in backing]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: service and backing names must be unique, got {names}")
+    images = {str(k): tuple(str(e) for e in (v or [])) for k, v in (data.get("images") or {}).items()}
+    for s in services:
+        if (s.image or images) and s.image not in images:
+            raise ConfigError(f"{path}: {s.name} runs image {s.image!r}, which the table's images do not define "
+                              f"(known: {', '.join(sorted(images)) or 'none'})")
+    try:
+        volumes = tuple(VolumeSpec(name=str(v["name"]), image=str(v["image"]),
+                                   init=tuple(str(a) for a in v.get("init", [])))
+                        for v in data.get("volumes") or [])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: bad volumes entry: {exc}") from None
+    for v in volumes:
+        if v.image not in images:
+            raise ConfigError(f"{path}: volume {v.name} runs its init in image {v.image!r}, which images do not define")
+    for s in services:
+        unknown = sorted(set(s.volumes) - {v.name for v in volumes})
+        if unknown:
+            raise ConfigError(f"{path}: {s.name} mounts {', '.join(unknown)}, which the table's volumes do not define")
     stores = {b.name for b in backing}
     for s in services:
         unknown = sorted(set(s.backing) - stores)
@@ -237,4 +290,5 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     if unknown:
         raise ConfigError(f"{path}: unknown tls setting(s) {', '.join(unknown)}; valid: enabled, dir, "
                           "require_client_cert")
-    return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing, tls=tls)
+    return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing, tls=tls,
+                        images=images, volumes=volumes)

@@ -13,6 +13,7 @@
                                        --vision: a Qwen2-VL)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard certs [--out secrets]       a local CA, TLS certificates and per-service tokens (docs/deployment.md)
+    rlyard deploy images               the images to build: reference and extras, one a line
     rlyard demo                        the learning demo: services embedded, SFT + GRPO, held-out accuracy, a report
     rlyard tour                        services up, a scripted session of real calls and rewards, a report
 """
@@ -172,6 +173,11 @@ def _cmd_deploy(ns: argparse.Namespace) -> int:
     from rlyard_app import deploy
 
     table = load_table(ns.table)
+    if ns.deploy_cmd == "images":
+        # one line per image: its reference and the extras it installs (scripts/docker/build.sh)
+        for name, extras in table.images.items():
+            print(table.image_ref(name), ",".join(extras))
+        return 0
     if ns.check:
         stale = deploy.check_all(table, ROOT)
         if stale:
@@ -289,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="deploy_cmd", required=True)
     r = dsub.add_parser("render", help="regenerate docker-compose.yml and k8s/ from the service table")
     r.add_argument("--check", action="store_true", help="fail if the committed files are out of date")
+    dsub.add_parser("images", help="the images of the service table: reference and extras, one a line")
     p.set_defaults(fn=_cmd_deploy)
 
     p = sub.add_parser("certs", help="make a local CA, TLS certificates and per-service tokens")

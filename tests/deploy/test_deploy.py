@@ -201,10 +201,12 @@ def _unescape(env: dict[str, str | None]) -> dict[str, str | None]:
 
 def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
     services = _compose_model()["services"]
-    assert sorted(services) == sorted([s.name for s in table.services] + [b.name for b in table.backing])
+    inits = [deploy.init_name(v) for v in table.volumes if v.init]
+    assert sorted(services) == sorted([s.name for s in table.services] + [b.name for b in table.backing] + inits)
     for spec in table.services:
         svc = services[spec.name]
-        assert svc["image"] == table.image
+        assert svc["image"] == table.image_of(spec)
+        assert svc["build"]["args"] == {"EXTRAS": ",".join(table.images[spec.image])}
         assert svc["command"] == spec.command
         assert _unescape(svc["environment"]) == (spec.runtime_env("0.0.0.0", spec.port, spec.metrics_port)
                                                  | spec.container_env)
@@ -259,7 +261,7 @@ def test_k8s_agrees_with_the_table(table: ServiceTable) -> None:
         assert pod["spec"]["terminationGracePeriodSeconds"] > grace
         assert pod["spec"]["enableServiceLinks"] is False  # no injected *_PORT variables
         [container] = pod["spec"]["containers"]
-        assert container["image"] == table.image
+        assert container["image"] == table.image_of(spec)
         assert container["command"] == spec.command
         assert "args" not in container
         assert "env" not in container  # the ConfigMap is the whole environment
@@ -379,12 +381,17 @@ def test_table_refuses_bad_references(tmp_path: Path) -> None:
         )
         return path
 
-    assert load_table(table_with("wants: [tools], env: {T: '{tools}'}")).get("reward").peer_ports == {"tools": 1}
+    plain = load_table(table_with("wants: [tools], env: {T: '{tools}'}"))
+    assert plain.get("reward").peer_ports == {"tools": 1}
+    assert plain.image_of(plain.get("reward")) == "x:1"  # no images: every service runs `image`
+    assert plain.image_ref("sql") == "x-sql:1"
     for reward, message in [
         ("env: {T: '{tools}'}", "add tools to depends_on"),
         ("wants: [late], env: {T: '{late}'}", "wants 'late', which must be a service listed before it"),
         ("depends_on: [tools], wants: [tools]", "in both depends_on and wants"),
         ("backing: [postgres]", "uses backing postgres, which the table's backing list does not define"),
+        ("image: nope", "runs image 'nope', which the table's images do not define (known: none)"),
+        ("volumes: {scratch: d}", "mounts scratch, which the table's volumes do not define"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_table(table_with(reward))
@@ -426,6 +433,58 @@ def test_dockerfile_agrees_with_the_table(table: ServiceTable) -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".venv", ".git", "runs", "bench/results"):
         assert path in ignored, path
+
+
+def test_each_kind_gets_an_image_with_only_its_extras(table: ServiceTable) -> None:
+    """The SQL tool server and the reward service carry no torch (nor the POI models); the
+    trainer's image does; every image is one the table defines, so `rlyard deploy images` and
+    scripts/docker/build.sh build what Compose and Kubernetes run."""
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+    def names(service: str) -> set[str]:
+        extras = list(table.images[table.get(service).image])
+        return {re.split(r"[=<>\[]", r, maxsplit=1)[0] for r in requirements(pyproject, extras)}
+
+    heavy = {"torch", "sentence-transformers", "transformers"}
+    assert not names("sql-tools") & heavy and not names("reward") & heavy
+    assert {"sqlalchemy", "grpcio"} <= names("sql-tools")
+    assert "torch" in names("trainer") and "faiss-cpu" in names("search")
+    assert "torch" in {r.split("==")[0] for r in requirements(pyproject, ["all"])}  # rlyard[...] expanded
+    with pytest.raises(SystemExit, match="unknown extra 'nope'"):
+        requirements(pyproject, ["nope"])
+    assert len({table.image_of(s) for s in table.services}) == len(table.images)
+
+
+def test_volumes_are_filled_at_first_start_never_in_the_image(table: ServiceTable) -> None:
+    """The POI corpus and indexes live in a volume: Compose runs its init once before the services
+    that mount it (and they wait for it to exit 0); Kubernetes runs it as an initContainer of each
+    pod, over that pod's emptyDir. The Dockerfile builds no index."""
+    services = _compose_model()["services"]
+    [poi] = [v for v in table.volumes if v.name == "poi-data"]
+    users = [s for s in table.services if poi.name in s.volumes]
+    assert {s.name for s in users} == {"search", "retrieve"}
+    init = services[deploy.init_name(poi)]
+    assert init["command"] == list(poi.init) and init["restart"] == "no"
+    assert [v["source"] for v in init["volumes"]] == [poi.name]
+    for spec in users:
+        svc = services[spec.name]
+        assert svc["depends_on"][deploy.init_name(poi)]["condition"] == "service_completed_successfully"
+        assert {(v["source"], v["target"]) for v in svc["volumes"]} == {(poi.name, "/app/data/generated/poi")}
+        pod = _k8s_objects(spec)["Deployment"]["spec"]["template"]["spec"]
+        [k8s_init] = pod["initContainers"]
+        assert k8s_init["command"] == list(poi.init) and k8s_init["image"] == table.image_ref(poi.image)
+        assert {"name": poi.name, "emptyDir": {}} in pod["volumes"]
+        assert pod["securityContext"]["fsGroup"] == deploy.RUN_AS
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "poi_corpus" not in dockerfile and "tool_servers.poi" not in dockerfile
+    assert "data/generated" in (ROOT / ".dockerignore").read_text().split()
 
 
 # --- the Compose healthcheck works against a real server ------------------------------------

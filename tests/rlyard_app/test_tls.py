@@ -338,7 +338,10 @@ def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
     out = tmp_path / "s"
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--days", "30"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 14 files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    # 6 PEMs, client.env, k8s-secrets.yaml and a token file a service
+    assert len(written) == 8 + len(load_table(DEFAULT_TABLE).services)
+    assert f"wrote {len(written)} files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
     assert (out / "tls" / "server.pem").is_file()
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
