@@ -8,7 +8,6 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +29,8 @@ from rlyard_app.launcher import check_health
 from rlyard_app.services import DEFAULT_TABLE, load_table
 
 StartTools = Callable[..., Awaitable[RunningServer]]
+Pki = Any   # tests/conftest.py: the files `rlyard certs` wrote (fixture ``pki``)
 GT = {"db_id": "concert_singer", "query": "SELECT name, age FROM singer"}
-
-
-@dataclass(frozen=True)
-class Pki:
-    """The files ``rlyard certs`` wrote, and a second, unrelated CA's."""
-
-    out: Path
-    other: Path
-
-    def tls(self, name: str) -> Path:
-        return self.out / "tls" / name
-
-    def server(self, **kwargs: Any) -> ServerSettings:
-        """Server settings on 127.0.0.1:0 with the made server certificate."""
-        return ServerSettings(host="127.0.0.1", port=0, tls_cert=self.tls("server.pem"),
-                              tls_key=self.tls("server-key.pem"), **kwargs)
-
-    def mutual(self, **kwargs: Any) -> ServerSettings:
-        """... and client certificates required, signed by the made CA."""
-        return self.server(tls_client_ca=self.tls("ca.pem"), tls_require_client_cert=True, **kwargs)
-
-    def client(self, *, cert: bool = True) -> ClientTLS:
-        """TLS trusting the made CA, with the made client certificate (``cert``)."""
-        if not cert:
-            return ClientTLS(self.tls("ca.pem"))
-        return ClientTLS(self.tls("ca.pem"), self.tls("client.pem"), self.tls("client-key.pem"))
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    root = tmp_path_factory.mktemp("pki")
-    write_certs(load_table(DEFAULT_TABLE), root / "secrets")
-    other = root / "other"
-    other.mkdir()
-    for name, pem in make_tls(["localhost", "127.0.0.1"]).items():
-        (other / name).write_bytes(pem)
-    return Pki(root / "secrets", other)
 
 
 async def _refused(client: ToolClient) -> grpc.aio.AioRpcError:
@@ -184,6 +147,51 @@ async def test_per_target_tokens_reach_the_right_tool_server(
     assert [r.status for r in swapped] == [ScoreStatus.SYSTEM_ERROR] * 2
 
 
+async def test_a_routed_client_dials_tls_replicas_by_ip_checking_the_service_name(
+        pki: Pki, start_tools: StartTools, tmp_path: Path) -> None:
+    """Sessions routed over 2 TLS replicas on 127.0.0.1 whose certificate names the service only (as
+    a pod's does): dialled by IP, the name to check is the routed name (``routed:///``) or
+    ``RLYARD_CLIENT_TLS_SERVER_NAME`` (a static list); the token is found by the routed name."""
+    from rlyard.routing import RoutedToolClient, tool_client_for
+
+    for name, pem in make_tls(["sql-tools", "sql-tools-headless"]).items():
+        (tmp_path / name).write_bytes(pem)
+    server = ServerSettings(host="127.0.0.1", port=0, tls_cert=tmp_path / "server.pem",
+                            tls_key=tmp_path / "server-key.pem", auth_token="t-tools")
+    replicas = [await start_tools(server=server) for _ in range(2)]
+    addresses = [r.address for r in replicas]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert host == "sql-tools-headless"
+        return addresses
+
+    target = "routed:///sql-tools-headless:50051"
+    dial = ClientSettings(tls_ca=tmp_path / "ca.pem", auth_tokens=("sql-tools-headless=t-tools",))
+    assert dial.token_for(target) == "t-tools"
+    async with RoutedToolClient(target, resolve=resolve, retry=NO_RETRY, auth_token=dial.token_for(target),
+                                tls=dial.channel_tls()) as client:
+        sessions = [await client.open_session({"db_id": "concert_singer"}) for _ in range(12)]
+        assert {client.replica_of(sid) for sid in sessions} == set(addresses)     # both replicas hold some
+        for sid in sessions:
+            result = await client.call_tool("sql_query", {"query": "SELECT count(*) FROM singer"}, session_id=sid)
+            assert not result.is_error and not result.system_error, result
+
+    static = ",".join(addresses)
+    # without a name to check, 127.0.0.1 is not in the certificate: no replica answers
+    async with tool_client_for(static, retry=NO_RETRY, auth_token="t-tools", tls=dial.channel_tls()) as blind:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(blind.list_tools(timeout=3.0), 20)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    named = ClientSettings.from_env("RLYARD_CLIENT", {"RLYARD_CLIENT_TLS_CA": str(tmp_path / "ca.pem"),
+                                                      "RLYARD_CLIENT_TLS_SERVER_NAME": "sql-tools",
+                                                      "RLYARD_CLIENT_AUTH_TOKEN": "t-tools"})
+    async with tool_client_for(static, retry=NO_RETRY, auth_token=named.token_for(static),
+                               tls=named.channel_tls()) as client:
+        assert "sql_query" in {t.name for t in await client.list_tools()}
+        sessions = [await client.open_session({"db_id": "concert_singer"}) for _ in range(12)]
+        assert {client.replica_of(sid) for sid in sessions} == set(addresses)
+
+
 # --- settings -----------------------------------------------------------------------------
 
 
@@ -197,7 +205,8 @@ def test_client_settings_from_env_and_token_lookup(pki: Pki) -> None:
     assert s.token_for("127.0.0.1:50051") == "shared"      # fallback
     assert ClientSettings().channel_tls() is None and ClientSettings().token_for("x:1") is None
     assert ClientSettings(tls=True).channel_tls() == ClientTLS()      # the system's roots
-    assert [target_host(t) for t in ("a:1", "[::1]:5", "a", "10.0.0.1:80")] == ["a", "::1", "a", "10.0.0.1"]
+    assert [target_host(t) for t in ("a:1", "[::1]:5", "a", "10.0.0.1:80", "routed:///a-headless:1")] == \
+        ["a", "::1", "a", "10.0.0.1", "a-headless"]
     with pytest.raises(ConfigError, match="name=token"):
         ClientSettings(auth_tokens=("sql-tools",))
     with pytest.raises(ConfigError, match="both"):
@@ -248,6 +257,8 @@ def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(t
     assert reward.token_for("sql-tools:50051") == own["sql-tools"]   # what it depends on
     assert reward.token_for("search:50055") == own["search"]         # what it wants
     assert reward.token_for("memory:50053") is None                  # not what it calls
+    # a tool service's routed target in Kubernetes: found by its headless name
+    assert reward.token_for("routed:///sql-tools-headless:50051") == own["sql-tools"]
     trainer = ClientSettings(auth_tokens=tuple(env("trainer")["RLYARD_CLIENT_AUTH_TOKENS"].split(",")))
     assert {trainer.token_for(f"{s.name}:1") for s in table.services if s.name != "trainer"} == \
         {v for k, v in own.items() if k != "trainer"}
@@ -338,7 +349,8 @@ def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
     out = tmp_path / "s"
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--days", "30"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 14 files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
+    n_files = 6 + len(load_table(DEFAULT_TABLE).services) + 2   # tls/*, tokens/*, client.env, k8s-secrets.yaml
+    assert f"wrote {n_files} files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
     assert (out / "tls" / "server.pem").is_file()
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
