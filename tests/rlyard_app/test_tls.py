@@ -19,7 +19,7 @@ from reward_service.app import reward_service
 from reward_service.settings import RewardSettings
 from rlyard.client import NO_RETRY, ToolClient, make_channel
 from rlyard.domain import ScoreStatus, ScoringItem, load_spec
-from rlyard.errors import ConfigError
+from rlyard.errors import ConfigError, Unauthenticated
 from rlyard.reward_client import RewardClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
@@ -337,6 +337,50 @@ def test_a_run_dials_a_given_tool_server_with_tls_and_its_token(pki: Pki, tmp_pa
             with compose.open_stack(config):
                 pass
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_run_dials_the_sampler_service_with_tls_and_its_token(
+        pki: Pki, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.backend: remote``: the run's sampler dials the sampler service over mutual TLS with
+    the sampler's token from RLYARD_CLIENT_* (the embedded tools stay plaintext on loopback)."""
+    from trainer import compose
+    from trainer.config import parse_config
+    from trainer.policy.hf import HFPolicy
+    from trainer.rollout import EngineThread
+    from trainer.sampler.remote import RemoteSampler
+    from trainer.sampler.service import sampler_service
+    from trainer.sampler.serving import SamplerHost
+    from trainer.sampler.settings import SamplerSettings
+
+    with EngineThread(name="sampler-service") as thread:
+        async def up() -> RunningServer:
+            host = SamplerHost(HFPolicy(tiny_model_dir), model_name="tiny")
+            return await start_server(sampler_service(SamplerSettings(), host=host), pki.mutual(auth_token="t-smp"))
+
+        sampler_server = thread.run(up(), timeout=60)
+        try:
+            for key, name in (("TLS_CA", "ca.pem"), ("TLS_CERT", "client.pem"), ("TLS_KEY", "client-key.pem")):
+                monkeypatch.setenv(f"RLYARD_CLIENT_{key}", str(pki.tls(name)))
+            config = parse_config({"name": "tls", "services": {"timeout_s": 10},
+                                   "model": {"path": str(tiny_model_dir), "backend": "remote",
+                                             "sampler": sampler_server.address, "weights_dir": str(tmp_path / "w")},
+                                   "stages": [{"kind": "sft", "data": "demos.jsonl", "steps": 1}]})
+            for tokens, answers in (("127.0.0.1=t-smp", True), ("127.0.0.1=wrong", False)):
+                monkeypatch.setenv("RLYARD_CLIENT_AUTH_TOKENS", tokens)
+                with compose.open_stack(config) as stack:
+                    sampler = stack.sampler(HFPolicy(tiny_model_dir))
+                    assert isinstance(sampler, RemoteSampler)
+
+                    async def info(remote: RemoteSampler = sampler) -> str:
+                        return (await remote.client.info()).model    # the channel is made on the stack's loop
+
+                    if answers:
+                        assert stack.run(info()) == "tiny"
+                    else:
+                        with pytest.raises(Unauthenticated):
+                            stack.run(info())
+        finally:
+            thread.run(sampler_server.stop(0), timeout=30)
 
 
 def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
