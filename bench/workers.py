@@ -53,6 +53,7 @@ from bench.latency_tool import MEDIAN_S, P99_S
 from bench.rollout import ForcedToolSampler, make_tasks, rollout_config, tool_server
 from rlyard.client import ToolClient
 from rlyard.domain import Task, TrajectoryStatus
+from rlyard.tls import ClientSettings
 from trainer.config import RolloutConfig
 from trainer.model import init_policy
 from trainer.policy.hf import HFPolicy
@@ -72,7 +73,8 @@ _RECEIVED = re.compile(r"rlyard\.rollout_group\[([^\]]+)\] received")
 # ---------------------------------------------------------------- the sampler kind of the workers
 
 
-async def forced_tool_sampler(spec: dict[str, Any], settings: WorkerSettings | None = None) -> BuiltSampler:
+async def forced_tool_sampler(spec: dict[str, Any], settings: WorkerSettings | None = None,
+                              client: ClientSettings | None = None) -> BuiltSampler:
     """``{"kind": "forced-tool", "path": checkpoint, "turns": 3, "think_tokens": 16, "version": 0}``:
     ``ForcedToolSampler`` over the checkpoint, behind a ``LocalSampler``."""
     policy = await asyncio.to_thread(HFPolicy, str(spec["path"]))

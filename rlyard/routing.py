@@ -28,6 +28,7 @@ Targets (``tool_client_for``): ``"host1:50051,host2:50051"`` — a static list o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -43,6 +44,7 @@ from rlyard.client import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, ToolClient, To
 from rlyard.domain import ImagePart, ToolResult
 from rlyard.errors import RequestTooLarge, Unavailable
 from rlyard.hashring import DEFAULT_VNODES, HashRing
+from rlyard.tls import ClientTLS
 from rlyard.tools.v1 import tools_pb2
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,8 @@ class RoutedToolClient:
     """The interface of ``ToolClient`` over the replicas of one tool service; see the module
     docstring. ``retry`` bounds how long an open, a stateless call or ``ListTools`` waits when no
     replica answers (the whole service restarting); a session's calls are not retried elsewhere.
-    ``resolve`` replaces DNS (tests)."""
+    ``resolve`` replaces DNS (tests). Over TLS the replicas of ``routed:///name:port`` are dialled
+    by IP, so their certificates are checked against ``name`` unless ``tls`` names another server name."""
 
     def __init__(
         self,
@@ -139,8 +142,11 @@ class RoutedToolClient:
         self.refresh_s = refresh_s
         self.down_s = down_s
         self.max_message_bytes: int = client_kwargs.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
-        self._client_kwargs = client_kwargs | {"timeout": timeout, "retry": REPLICA_RETRY}
         self._dns = parsed[1]
+        tls: ClientTLS | None = client_kwargs.get("tls")
+        if tls is not None and not tls.server_name and self._dns is not None:
+            client_kwargs["tls"] = dataclasses.replace(tls, server_name=self._dns[0])
+        self._client_kwargs = client_kwargs | {"timeout": timeout, "retry": REPLICA_RETRY}
         self._resolve = resolve
         self.ring = HashRing(vnodes=vnodes)
         self.replicas: dict[str, ToolClient] = {}

@@ -65,7 +65,9 @@ def server_credentials(cert_file: Path, key_file: Path, client_ca: Path | None,
 
 
 def target_host(target: str) -> str:
-    """The host of ``host:port`` (``[v6]:port`` too; a target without a port is all host)."""
+    """The host of ``host:port`` (``[v6]:port`` too; a target without a port is all host; a scheme
+    such as ``routed:///`` or ``dns:///`` before it is dropped)."""
+    target = target.split(":///", 1)[-1]
     if target.startswith("["):
         return target[1:].split("]", 1)[0]
     host, sep, port = target.rpartition(":")

@@ -30,7 +30,7 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.tls import ClientTLS
-from rlyard_app.deploy import NAMESPACE, PROJECT, TLS_FILES, TLS_SECRET, tokens_secret
+from rlyard_app.deploy import NAMESPACE, PROJECT, TLS_FILES, TLS_SECRET, headless_name, routes_sessions, tokens_secret
 from rlyard_app.services import ServiceSpec, ServiceTable
 
 try:
@@ -118,8 +118,17 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def server_names(table: ServiceTable) -> list[str]:
-    """The server certificate's SANs: every service name of the table, then the loopback names."""
-    return [*(s.name for s in table.services), *LOOPBACK]
+    """The server certificate's SANs: every service name of the table, the headless Service names
+    of the tool services (clients routing sessions dial pod IPs and check that name), then the
+    loopback names."""
+    return [*(s.name for s in table.services), *(headless_name(s) for s in table.services if routes_sessions(s)),
+            *LOOPBACK]
+
+
+def _token_names(spec: ServiceSpec) -> list[str]:
+    """The names a client finds ``spec``'s token by: its service name, and for a tool service the
+    headless name of its routed target (``routed:///<name>-headless:<port>`` in Kubernetes)."""
+    return [spec.name, headless_name(spec)] if routes_sessions(spec) else [spec.name]
 
 
 def make_tls(names: Sequence[str], days: int = 365) -> dict[str, bytes]:
@@ -157,13 +166,14 @@ def make_tokens(table: ServiceTable) -> dict[str, str]:
 def service_token_env(table: ServiceTable, spec: ServiceSpec, tokens: dict[str, str]) -> dict[str, str]:
     """A service's token variables: its own token, and one per service it calls (by service name)."""
     return {"RLYARD_AUTH_TOKEN": tokens[spec.name],
-            "RLYARD_CLIENT_AUTH_TOKENS": ",".join(f"{s.name}={tokens[s.name]}" for s in callees(table, spec))}
+            "RLYARD_CLIENT_AUTH_TOKENS": ",".join(f"{n}={tokens[s.name]}" for s in callees(table, spec)
+                                                  for n in _token_names(s))}
 
 
 def client_env(table: ServiceTable, tokens: dict[str, str], tls_dir: Path) -> dict[str, str]:
     """What a process on the host needs to call every service: TLS from ``tls_dir``, and each
     service's token by name and by its published loopback address."""
-    entries = [f"{s.name}={tokens[s.name]}" for s in table.services]
+    entries = [f"{n}={tokens[s.name]}" for s in table.services for n in _token_names(s)]
     entries += [f"127.0.0.1:{s.port}={tokens[s.name]}" for s in table.services]
     return {"RLYARD_CLIENT_TLS_CA": str(tls_dir / "ca.pem"),
             "RLYARD_CLIENT_TLS_CERT": str(tls_dir / "client.pem"),

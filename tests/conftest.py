@@ -31,6 +31,7 @@ from rlyard.client import RetryPolicy, ToolClient
 from rlyard.domain import ImagePart, ToolResult
 from rlyard.server import RunningServer, ServiceDefinition, start_server
 from rlyard.settings import ServerSettings
+from rlyard.tls import ClientTLS
 from tool_servers.app import build_executor, tool_service
 from tool_servers.executor import ToolExecutor
 from tool_servers.poi.settings import PoiSettings
@@ -70,6 +71,48 @@ def repo() -> Repo:
 def endless_count_sql() -> str:
     """A statement that never ends on its own: only the tool's time limit stops it."""
     return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The files ``rlyard certs`` wrote, and a second, unrelated CA's."""
+
+    out: Path
+    other: Path
+
+    def tls(self, name: str) -> Path:
+        return self.out / "tls" / name
+
+    def server(self, **kwargs: Any) -> ServerSettings:
+        """Server settings on 127.0.0.1:0 with the made server certificate."""
+        return ServerSettings(host="127.0.0.1", port=0, tls_cert=self.tls("server.pem"),
+                              tls_key=self.tls("server-key.pem"), **kwargs)
+
+    def mutual(self, **kwargs: Any) -> ServerSettings:
+        """... and client certificates required, signed by the made CA."""
+        return self.server(tls_client_ca=self.tls("ca.pem"), tls_require_client_cert=True, **kwargs)
+
+    def client(self, *, cert: bool = True) -> ClientTLS:
+        """TLS trusting the made CA, with the made client certificate (``cert``)."""
+        if not cert:
+            return ClientTLS(self.tls("ca.pem"))
+        return ClientTLS(self.tls("ca.pem"), self.tls("client.pem"), self.tls("client-key.pem"))
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """TLS files and tokens that ``rlyard certs`` (``write_certs``) made for the default table, and an
+    unrelated CA's (tests of TLS and tokens between services)."""
+    from rlyard_app.certs import make_tls, write_certs
+    from rlyard_app.services import DEFAULT_TABLE, load_table
+
+    root = tmp_path_factory.mktemp("pki")
+    write_certs(load_table(DEFAULT_TABLE), root / "secrets")
+    other = root / "other"
+    other.mkdir()
+    for name, pem in make_tls(["localhost", "127.0.0.1"]).items():
+        (other / name).write_bytes(pem)
+    return Pki(root / "secrets", other)
 
 
 @dataclass(frozen=True)

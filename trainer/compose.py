@@ -64,8 +64,9 @@ class Stack:
 
     def __init__(self, config: ExperimentConfig, thread: EngineThread, services: embedded.Services,
                  tool_client: AnyToolClient, reward_client: RewardClient, tools: list[dict[str, Any]],
-                 memory_client: MemoryClient | None = None) -> None:
+                 memory_client: MemoryClient | None = None, dial: ClientSettings | None = None) -> None:
         self.config = config
+        self.dial = dial or ClientSettings()    # TLS and tokens of the services given by address
         self.thread = thread
         self.services = services
         self.tool_client = tool_client
@@ -89,8 +90,10 @@ class Stack:
         backend = "hf" if in_process else self.config.model.backend
         options: dict[str, Any] = {}
         if backend == "remote":
-            options = {"target": self.config.model.sampler, "weights_root": self.config.model.weights_dir,
-                       "retry_window_s": self.config.services.retry_window_s}
+            target = self.config.model.sampler      # always given by address: TLS and its token
+            options = {"target": target, "weights_root": self.config.model.weights_dir,
+                       "retry_window_s": self.config.services.retry_window_s,
+                       **_security(self.dial, target, given=True)}
         elif max_batch_size is not None:
             options = {"max_batch_size": max_batch_size}
         sampler: Sampler = build_sampler(backend, policy, **options)
@@ -305,7 +308,7 @@ def open_stack(config: ExperimentConfig, *, loop_name: str = "rollout-loop",
         logger.info("services: tools at %s (%s), reward at %s%s", services.tools,
                     ", ".join(t["function"]["name"] for t in tools), services.reward,
                     f", memory at {services.memory}" if services.memory else "")
-        return Stack(config, thread, services, tool_client, reward_client, tools, memory_client)
+        return Stack(config, thread, services, tool_client, reward_client, tools, memory_client, dial)
 
     try:
         stack = thread.run(start(), timeout=config.services.embedded.ready_timeout_s + 120)

@@ -8,7 +8,6 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from reward_service.app import reward_service
 from reward_service.settings import RewardSettings
 from rlyard.client import NO_RETRY, ToolClient, make_channel
 from rlyard.domain import ScoreStatus, ScoringItem, load_spec
-from rlyard.errors import ConfigError
+from rlyard.errors import ConfigError, Unauthenticated
 from rlyard.reward_client import RewardClient
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
@@ -30,44 +29,8 @@ from rlyard_app.launcher import check_health
 from rlyard_app.services import DEFAULT_TABLE, load_table
 
 StartTools = Callable[..., Awaitable[RunningServer]]
+Pki = Any   # tests/conftest.py: the files `rlyard certs` wrote (fixture ``pki``)
 GT = {"db_id": "concert_singer", "query": "SELECT name, age FROM singer"}
-
-
-@dataclass(frozen=True)
-class Pki:
-    """The files ``rlyard certs`` wrote, and a second, unrelated CA's."""
-
-    out: Path
-    other: Path
-
-    def tls(self, name: str) -> Path:
-        return self.out / "tls" / name
-
-    def server(self, **kwargs: Any) -> ServerSettings:
-        """Server settings on 127.0.0.1:0 with the made server certificate."""
-        return ServerSettings(host="127.0.0.1", port=0, tls_cert=self.tls("server.pem"),
-                              tls_key=self.tls("server-key.pem"), **kwargs)
-
-    def mutual(self, **kwargs: Any) -> ServerSettings:
-        """... and client certificates required, signed by the made CA."""
-        return self.server(tls_client_ca=self.tls("ca.pem"), tls_require_client_cert=True, **kwargs)
-
-    def client(self, *, cert: bool = True) -> ClientTLS:
-        """TLS trusting the made CA, with the made client certificate (``cert``)."""
-        if not cert:
-            return ClientTLS(self.tls("ca.pem"))
-        return ClientTLS(self.tls("ca.pem"), self.tls("client.pem"), self.tls("client-key.pem"))
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    root = tmp_path_factory.mktemp("pki")
-    write_certs(load_table(DEFAULT_TABLE), root / "secrets")
-    other = root / "other"
-    other.mkdir()
-    for name, pem in make_tls(["localhost", "127.0.0.1"]).items():
-        (other / name).write_bytes(pem)
-    return Pki(root / "secrets", other)
 
 
 async def _refused(client: ToolClient) -> grpc.aio.AioRpcError:
@@ -184,6 +147,51 @@ async def test_per_target_tokens_reach_the_right_tool_server(
     assert [r.status for r in swapped] == [ScoreStatus.SYSTEM_ERROR] * 2
 
 
+async def test_a_routed_client_dials_tls_replicas_by_ip_checking_the_service_name(
+        pki: Pki, start_tools: StartTools, tmp_path: Path) -> None:
+    """Sessions routed over 2 TLS replicas on 127.0.0.1 whose certificate names the service only (as
+    a pod's does): dialled by IP, the name to check is the routed name (``routed:///``) or
+    ``RLYARD_CLIENT_TLS_SERVER_NAME`` (a static list); the token is found by the routed name."""
+    from rlyard.routing import RoutedToolClient, tool_client_for
+
+    for name, pem in make_tls(["sql-tools", "sql-tools-headless"]).items():
+        (tmp_path / name).write_bytes(pem)
+    server = ServerSettings(host="127.0.0.1", port=0, tls_cert=tmp_path / "server.pem",
+                            tls_key=tmp_path / "server-key.pem", auth_token="t-tools")
+    replicas = [await start_tools(server=server) for _ in range(2)]
+    addresses = [r.address for r in replicas]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert host == "sql-tools-headless"
+        return addresses
+
+    target = "routed:///sql-tools-headless:50051"
+    dial = ClientSettings(tls_ca=tmp_path / "ca.pem", auth_tokens=("sql-tools-headless=t-tools",))
+    assert dial.token_for(target) == "t-tools"
+    async with RoutedToolClient(target, resolve=resolve, retry=NO_RETRY, auth_token=dial.token_for(target),
+                                tls=dial.channel_tls()) as client:
+        sessions = [await client.open_session({"db_id": "concert_singer"}) for _ in range(12)]
+        assert {client.replica_of(sid) for sid in sessions} == set(addresses)     # both replicas hold some
+        for sid in sessions:
+            result = await client.call_tool("sql_query", {"query": "SELECT count(*) FROM singer"}, session_id=sid)
+            assert not result.is_error and not result.system_error, result
+
+    static = ",".join(addresses)
+    # without a name to check, 127.0.0.1 is not in the certificate: no replica answers
+    async with tool_client_for(static, retry=NO_RETRY, auth_token="t-tools", tls=dial.channel_tls()) as blind:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(blind.list_tools(timeout=3.0), 20)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    named = ClientSettings.from_env("RLYARD_CLIENT", {"RLYARD_CLIENT_TLS_CA": str(tmp_path / "ca.pem"),
+                                                      "RLYARD_CLIENT_TLS_SERVER_NAME": "sql-tools",
+                                                      "RLYARD_CLIENT_AUTH_TOKEN": "t-tools"})
+    async with tool_client_for(static, retry=NO_RETRY, auth_token=named.token_for(static),
+                               tls=named.channel_tls()) as client:
+        assert "sql_query" in {t.name for t in await client.list_tools()}
+        sessions = [await client.open_session({"db_id": "concert_singer"}) for _ in range(12)]
+        assert {client.replica_of(sid) for sid in sessions} == set(addresses)
+
+
 # --- settings -----------------------------------------------------------------------------
 
 
@@ -197,7 +205,8 @@ def test_client_settings_from_env_and_token_lookup(pki: Pki) -> None:
     assert s.token_for("127.0.0.1:50051") == "shared"      # fallback
     assert ClientSettings().channel_tls() is None and ClientSettings().token_for("x:1") is None
     assert ClientSettings(tls=True).channel_tls() == ClientTLS()      # the system's roots
-    assert [target_host(t) for t in ("a:1", "[::1]:5", "a", "10.0.0.1:80")] == ["a", "::1", "a", "10.0.0.1"]
+    assert [target_host(t) for t in ("a:1", "[::1]:5", "a", "10.0.0.1:80", "routed:///a-headless:1")] == \
+        ["a", "::1", "a", "10.0.0.1", "a-headless"]
     with pytest.raises(ConfigError, match="name=token"):
         ClientSettings(auth_tokens=("sql-tools",))
     with pytest.raises(ConfigError, match="both"):
@@ -248,6 +257,8 @@ def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(t
     assert reward.token_for("sql-tools:50051") == own["sql-tools"]   # what it depends on
     assert reward.token_for("search:50055") == own["search"]         # what it wants
     assert reward.token_for("memory:50053") is None                  # not what it calls
+    # a tool service's routed target in Kubernetes: found by its headless name
+    assert reward.token_for("routed:///sql-tools-headless:50051") == own["sql-tools"]
     trainer = ClientSettings(auth_tokens=tuple(env("trainer")["RLYARD_CLIENT_AUTH_TOKENS"].split(",")))
     assert {trainer.token_for(f"{s.name}:1") for s in table.services if s.name != "trainer"} == \
         {v for k, v in own.items() if k != "trainer"}
@@ -326,6 +337,50 @@ def test_a_run_dials_a_given_tool_server_with_tls_and_its_token(pki: Pki, tmp_pa
             with compose.open_stack(config):
                 pass
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_run_dials_the_sampler_service_with_tls_and_its_token(
+        pki: Pki, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.backend: remote``: the run's sampler dials the sampler service over mutual TLS with
+    the sampler's token from RLYARD_CLIENT_* (the embedded tools stay plaintext on loopback)."""
+    from trainer import compose
+    from trainer.config import parse_config
+    from trainer.policy.hf import HFPolicy
+    from trainer.rollout import EngineThread
+    from trainer.sampler.remote import RemoteSampler
+    from trainer.sampler.service import sampler_service
+    from trainer.sampler.serving import SamplerHost
+    from trainer.sampler.settings import SamplerSettings
+
+    with EngineThread(name="sampler-service") as thread:
+        async def up() -> RunningServer:
+            host = SamplerHost(HFPolicy(tiny_model_dir), model_name="tiny")
+            return await start_server(sampler_service(SamplerSettings(), host=host), pki.mutual(auth_token="t-smp"))
+
+        sampler_server = thread.run(up(), timeout=60)
+        try:
+            for key, name in (("TLS_CA", "ca.pem"), ("TLS_CERT", "client.pem"), ("TLS_KEY", "client-key.pem")):
+                monkeypatch.setenv(f"RLYARD_CLIENT_{key}", str(pki.tls(name)))
+            config = parse_config({"name": "tls", "services": {"timeout_s": 10},
+                                   "model": {"path": str(tiny_model_dir), "backend": "remote",
+                                             "sampler": sampler_server.address, "weights_dir": str(tmp_path / "w")},
+                                   "stages": [{"kind": "sft", "data": "demos.jsonl", "steps": 1}]})
+            for tokens, answers in (("127.0.0.1=t-smp", True), ("127.0.0.1=wrong", False)):
+                monkeypatch.setenv("RLYARD_CLIENT_AUTH_TOKENS", tokens)
+                with compose.open_stack(config) as stack:
+                    sampler = stack.sampler(HFPolicy(tiny_model_dir))
+                    assert isinstance(sampler, RemoteSampler)
+
+                    async def info(remote: RemoteSampler = sampler) -> str:
+                        return (await remote.client.info()).model    # the channel is made on the stack's loop
+
+                    if answers:
+                        assert stack.run(info()) == "tiny"
+                    else:
+                        with pytest.raises(Unauthenticated):
+                            stack.run(info())
+        finally:
+            thread.run(sampler_server.stop(0), timeout=30)
 
 
 def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(

@@ -10,16 +10,18 @@ import copy
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import torch
 
 from rlyard.domain import ImagePart
-from rlyard.errors import InvalidArgument, NotFound, Unauthenticated
+from rlyard.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from rlyard.sampler.v1 import sampler_pb2, sampler_pb2_grpc
 from rlyard.server import RunningServer, start_server
 from rlyard.settings import ServerSettings
+from rlyard.tls import ClientSettings
 from trainer.model import init_policy
 from trainer.policy import HFPolicy, SamplingParams, VLMPolicy, load_policy
 from trainer.sampler import LocalSampler, Sampler, SampleRequest, WeightVersionUnavailable, build_sampler
@@ -222,21 +224,32 @@ def vision_prompt(policy: VLMPolicy, shown: list[ImagePart]) -> list[int]:
     return out
 
 
-async def test_a_token_protected_service_answers_only_a_sampler_that_sends_its_token(
-    tiny_model_dir: Path, policy: HFPolicy
+async def test_a_tls_service_with_a_token_answers_only_a_sampler_that_sends_its_token(
+    tiny_model_dir: Path, policy: HFPolicy, pki: Any
 ) -> None:
+    """The sampler service over TLS with a token (certificates of ``rlyard certs``); samplers dialled
+    as the trainer and the workers dial it, from ``ClientSettings`` (RLYARD_CLIENT_*)."""
     server = await start_server(sampler_service(SamplerSettings(), host=SamplerHost(HFPolicy(tiny_model_dir))),
-                                ServerSettings(port=0, auth_token="s3cret"))
-    without = RemoteSampler(server.address, retry_window_s=0)
-    with_token = RemoteSampler(server.address, auth_token="s3cret")
+                                pki.mutual(auth_token="s3cret"))
+    tls = {"tls_ca": pki.tls("ca.pem"), "tls_cert": pki.tls("client.pem"), "tls_key": pki.tls("client-key.pem")}
+
+    def dial(client: ClientSettings) -> RemoteSampler:
+        return RemoteSampler(server.address, retry_window_s=0, auth_token=client.token_for(server.address),
+                             tls=client.channel_tls())
+
+    with_token = dial(ClientSettings(**tls, auth_token="other", auth_tokens=(f"{server.address}=s3cret",)))
+    without = dial(ClientSettings(**tls))
+    plaintext = RemoteSampler(server.address, retry_window_s=0, auth_token="s3cret")
     try:
         await server.wait_ready(30)
         request = SampleRequest(prompts(policy)[0], GREEDY)
-        with pytest.raises(Unauthenticated):
-            await without.sample(request)
         want = policy.generate([prompts(policy)[0]], GREEDY)[0].token_ids
         assert (await with_token.sample(request)).token_ids == want
+        with pytest.raises(Unauthenticated):
+            await without.sample(request)
+        with pytest.raises(Unavailable):       # no TLS handshake: the port never answers
+            await asyncio.wait_for(plaintext.sample(request), 20)
     finally:
-        await without.aclose()
-        await with_token.aclose()
+        for sampler in (with_token, without, plaintext):
+            await sampler.aclose()
         await server.stop(0)

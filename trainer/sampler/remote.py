@@ -26,6 +26,7 @@ from rlyard.client import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, _BaseClient
 from rlyard.domain import ImagePart
 from rlyard.errors import DeadlineExceeded, ServiceError
 from rlyard.sampler.v1 import sampler_pb2, sampler_pb2_grpc
+from rlyard.tls import ClientTLS
 from trainer.policy.base import Generation, ImageTokenizer
 from trainer.sampler.base import SampleRequest
 from trainer.sampler.convert import generation_from_pb, request_to_pb, service_error
@@ -112,19 +113,22 @@ class RemoteSampler:
     vision-language model (the engine asks it how many tokens an image takes). ``batch``: send
     a tick's requests as one ``GenerateBatch`` (False: one ``Generate`` each). ``timeout_s``: the
     deadline of one call; ``retry_window_s``: how long UNAVAILABLE is retried (a restart).
-    ``keep_published``: published versions kept on disk (the highest; None: all).
+    ``keep_published``: published versions kept on disk (the highest; None: all). ``auth_token``
+    and ``tls``: the bearer token and TLS of the channel (``ClientSettings.token_for(target)`` and
+    ``channel_tls()``; None: plaintext).
     """
 
     def __init__(self, target: str, *, weights_root: str | Path | None = None, auth_token: str | None = None,
                  sync: SyncMode = "wait", sync_timeout_s: float = 300.0, timeout_s: float = 300.0,
                  retry_window_s: float = 30.0, batch: bool = True,
                  image_tokenizer: ImageTokenizer | None = None, keep_published: int | None = 4,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: ClientTLS | None = None) -> None:
         if sync not in ("wait", "publish"):
             raise ValueError(f"sync={sync!r}: use 'wait' or 'publish'")
         self._target = target
         self._client_options: dict[str, Any] = {"timeout": timeout_s, "retry": RetryPolicy.within(retry_window_s),
-                                                "auth_token": auth_token, "max_message_bytes": max_message_bytes}
+                                                "auth_token": auth_token, "tls": tls,
+                                                "max_message_bytes": max_message_bytes}
         self._client: SamplerClient | None = None
         self.max_message_bytes = max_message_bytes
         self.weights_root = None if weights_root is None else Path(weights_root)

@@ -18,8 +18,10 @@ import threading
 import time
 from typing import Any
 
-from rlyard.client import RetryPolicy, ToolClient
+from rlyard.client import RetryPolicy
 from rlyard.reward_client import RewardClient
+from rlyard.routing import AnyToolClient, tool_client_for
+from rlyard.tls import ClientSettings
 from trainer.rollout import EngineThread, RolloutEngine
 from trainer.scoring import score_trajectories
 from trainer.workers import samplers
@@ -40,13 +42,15 @@ class _Entry:
 
 
 class WorkerRuntime:
-    """What one worker process keeps between groups (see the module docstring)."""
+    """What one worker process keeps between groups (see the module docstring). ``client``: how it
+    dials the tool, reward and sampler services a job names (default: ``RLYARD_CLIENT_*``)."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, client: ClientSettings | None = None) -> None:
         self.settings = settings
+        self.client = ClientSettings.from_env("RLYARD_CLIENT") if client is None else client
         self.thread = EngineThread(name="rollout-worker-loop")
         self._samplers: dict[str, _Entry] = {}
-        self._tools: dict[str, ToolClient] = {}
+        self._tools: dict[str, AnyToolClient] = {}
         self._rewards: dict[str, RewardClient] = {}
         self._building: asyncio.Lock | None = None
 
@@ -95,7 +99,7 @@ class WorkerRuntime:
     async def _acquire_locked(self, key: str, spec: dict[str, Any]) -> _Entry:
         entry = self._samplers.get(key)
         if entry is None:
-            entry = _Entry(await samplers.build(spec, self.settings))
+            entry = _Entry(await samplers.build(spec, self.settings, self.client))
             family = _family(spec)
             for other_key, other in list(self._samplers.items()):
                 if _family(json.loads(other_key)) == family and not other.retired:
@@ -116,18 +120,20 @@ class WorkerRuntime:
         self._samplers.pop(key, None)
         await entry.built.sampler.aclose()
 
-    def _tool_client(self, job: GroupJob) -> ToolClient:
-        if job.tools not in self._tools:
-            self._tools[job.tools] = ToolClient(job.tools, timeout=job.tool_timeout_s,
+    def _tool_client(self, job: GroupJob) -> AnyToolClient:
+        if job.tools not in self._tools:   # several replicas (a,b or routed:///): sessions routed by id
+            self._tools[job.tools] = tool_client_for(job.tools, timeout=job.tool_timeout_s,
                                                 retry=RetryPolicy.within(RETRY_WINDOW_S),
-                                                auth_token=self.settings.tools_auth_token)
+                                                auth_token=self.client.token_for(job.tools),
+                                                tls=self.client.channel_tls())
         return self._tools[job.tools]
 
     def _reward_client(self, job: GroupJob) -> RewardClient:
         if job.reward not in self._rewards:
             self._rewards[job.reward] = RewardClient(job.reward, timeout=job.reward_timeout_s,
                                                      retry=RetryPolicy.within(RETRY_WINDOW_S),
-                                                     auth_token=self.settings.reward_auth_token)
+                                                     auth_token=self.client.token_for(job.reward),
+                                                     tls=self.client.channel_tls())
         return self._rewards[job.reward]
 
     def close(self) -> None:

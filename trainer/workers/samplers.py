@@ -1,16 +1,16 @@
 """Sampler kinds a group job can name (``GroupJob.sampler = {"kind": ..., options}``).
 
-- ``remote``: the sampler service at ``target`` (``RemoteSampler``, with the worker's
-  ``RLYARD_WORKERS_SAMPLER_AUTH_TOKEN``),
-  with the tokenizer of the checkpoint at ``tokenizer``. The service loads the versions the trainer
-  publishes; every generation says which one sampled it. Text policies only, for now.
+- ``remote``: the sampler service at ``target`` (``RemoteSampler``, dialled with the worker's
+  ``RLYARD_CLIENT_*``: TLS and the target's token), with the tokenizer of the checkpoint at
+  ``tokenizer``. The service loads the versions the trainer publishes; every generation says
+  which one sampled it. Text policies only, for now.
 - ``local``: the HF checkpoint at ``path`` sampled in the worker's own process (``LocalSampler``),
   its samples recorded as weight version ``version`` (the trainer exported that version there).
 - More kinds are plug-ins: ``register_sampler(kind, factory)`` in a module the worker imports
   (``rlyard worker --include module``); the bench registers its forced-tool sampler this way.
 
-A factory is a coroutine run on the worker's event loop, given the job's spec and the worker's
-settings; it returns the sampler with the tokenizer its token
+A factory is a coroutine run on the worker's event loop, given the job's spec, the worker's
+settings and its client settings (TLS and tokens); it returns the sampler with the tokenizer its token
 ids belong to (the rollout engine renders prompts and observations with it).
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rlyard.tls import ClientSettings
 from trainer.sampler import LocalSampler, Sampler
 from trainer.workers.settings import WorkerSettings
 
@@ -33,7 +34,7 @@ class BuiltSampler:
     tokenizer: Any
 
 
-SamplerFactory = Callable[[dict[str, Any], WorkerSettings], Awaitable[BuiltSampler]]
+SamplerFactory = Callable[[dict[str, Any], WorkerSettings, ClientSettings], Awaitable[BuiltSampler]]
 SAMPLER_KINDS: dict[str, SamplerFactory] = {}
 
 
@@ -44,17 +45,17 @@ def register_sampler(kind: str, factory: SamplerFactory) -> None:
     SAMPLER_KINDS[kind] = factory
 
 
-async def build(spec: dict[str, Any], settings: WorkerSettings) -> BuiltSampler:
+async def build(spec: dict[str, Any], settings: WorkerSettings, client: ClientSettings) -> BuiltSampler:
     """The sampler that ``spec`` names; ValueError for an unknown kind or bad options."""
     kind = str(spec.get("kind", ""))
     factory = SAMPLER_KINDS.get(kind)
     if factory is None:
         raise ValueError(f"unknown sampler kind {kind!r} in a group job; this worker knows "
                          f"{', '.join(sorted(SAMPLER_KINDS))} (plug-ins: rlyard worker --include MODULE)")
-    return await factory(spec, settings)
+    return await factory(spec, settings, client)
 
 
-async def _local(spec: dict[str, Any], settings: WorkerSettings) -> BuiltSampler:
+async def _local(spec: dict[str, Any], settings: WorkerSettings, client: ClientSettings) -> BuiltSampler:
     from trainer.policy.loading import load_policy
 
     if "path" not in spec:
@@ -67,7 +68,7 @@ async def _local(spec: dict[str, Any], settings: WorkerSettings) -> BuiltSampler
     return BuiltSampler(sampler, policy.tokenizer)
 
 
-async def _remote(spec: dict[str, Any], settings: WorkerSettings) -> BuiltSampler:
+async def _remote(spec: dict[str, Any], settings: WorkerSettings, client: ClientSettings) -> BuiltSampler:
     from transformers import AutoTokenizer
 
     from trainer.sampler.remote import RemoteSampler
@@ -77,7 +78,8 @@ async def _remote(spec: dict[str, Any], settings: WorkerSettings) -> BuiltSample
         raise ValueError(f"sampler kind 'remote' needs {' and '.join(missing)} (the service's address and a "
                          f"checkpoint directory with its tokenizer); got {spec!r}")
     tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(spec["tokenizer"]))
-    sampler = RemoteSampler(str(spec["target"]), auth_token=settings.sampler_auth_token,
+    target = str(spec["target"])
+    sampler = RemoteSampler(target, auth_token=client.token_for(target), tls=client.channel_tls(),
                             timeout_s=float(spec.get("timeout_s", 300.0)))
     return BuiltSampler(sampler, tokenizer)
 

@@ -16,9 +16,9 @@ class WorkerSettings(EnvSettings):
     (the worker died, or the group runs longer) is delivered again; it must exceed the longest
     group. ``restore_interval_s``: how often a worker looks for such groups. ``result_ttl_s``: how
     long a finished group waits in the backend for the trainer. ``concurrency``: groups one worker
-    process rolls out at once (they share its sampler and channels). The tokens are a worker's
-    bearer tokens for the tool server, the reward service and the sampler service: a worker reads
-    them here, jobs never carry secrets through the broker.
+    process rolls out at once (they share its sampler and channels). How a worker dials the
+    services a job names (TLS, a token per target) is the process's ``ClientSettings``
+    (``RLYARD_CLIENT_*``, rlyard/tls.py), as for the trainer: jobs never carry secrets through the broker.
     """
 
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -29,9 +29,6 @@ class WorkerSettings(EnvSettings):
     result_ttl_s: float = 3600.0
     concurrency: int = 4
     connect_timeout_s: float = 5.0
-    tools_auth_token: str | None = None
-    reward_auth_token: str | None = None
-    sampler_auth_token: str | None = None
 
     def __post_init__(self) -> None:
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):

@@ -1,5 +1,6 @@
 """Groups on real Celery workers (``rlyard worker`` processes) over a real redis-server: a group end
-to end with the local sampler (the tiny policy) and the reward service, the staleness bound, two
+to end with the local sampler (the tiny policy) and the reward service, a group against services
+that serve mutual TLS with a token each, the staleness bound, two
 workers sharing groups, a worker SIGKILLed mid-group (the other redoes it: nothing lost), and a
 broker that is not there."""
 
@@ -111,6 +112,44 @@ def test_a_worker_samples_through_the_sampler_service(
                                           compute_entropy=False)
         mask = torch.tensor(t.loss_mask, dtype=torch.bool)
         assert torch.allclose(logp[0, len(t.prompt_ids) - 1:][mask], torch.tensor(t.old_logprobs)[mask], atol=1e-4)
+
+
+def test_a_worker_dials_tls_services_with_the_token_of_each(
+    redis_url: str, secure_services: Any, start_worker: Any, tiny_model_dir: Path, pki: Any
+) -> None:
+    """A worker with the environment of ``rlyard certs``' ``client.env`` (mutual TLS, the token of
+    each service) plus the test servers' addresses: groups through the sampler service and the
+    reward service, and through the tool server (the forced-tool sampler calls ``wait``), each over
+    TLS with its own token; a tool target it holds no token for is refused (UNAUTHENTICATED), which
+    fails that group's trajectories, never the worker."""
+    services = secure_services
+    env = dict(line.split("=", 1) for line in (pki.out / "client.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    env["RLYARD_CLIENT_AUTH_TOKENS"] += "".join(f",{address}={token}" for address, token in services.tokens.items())
+    start_worker("w1", env=env)
+    source = _source(redis_url, max_staleness=1)
+    task = make_tasks(1, seed=0, scale=0.0)[0]
+    task.ground_truth = {"answers": ["done"]}
+    remote = {"kind": "remote", "target": services.sampler, "tokenizer": str(tiny_model_dir)}
+    forced = {**_forced(tiny_model_dir), "version": 2}
+    unknown = services.tools.replace("127.0.0.1", "localhost")      # a name without a token entry
+    try:
+        for key, sampler, tools in (("tls/sampler", remote, services.tools), ("tls/tools", forced, services.tools),
+                                    ("tls/no-token", forced, unknown)):
+            source.submit(_job(key, task, sampler, tools, group_size=2, reward=services.reward,
+                               reward_spec={"qa_em": 1.0}))
+        groups = {g.key: g for g in source.wait(current_version=2, timeout=180)}
+    finally:
+        source.close()
+    for key in ("tls/sampler", "tls/tools"):
+        trajs = groups[key].trajectories
+        assert groups[key].outcome == "ok" and len(trajs) == 2, key
+        assert all(t.status is not TrajectoryStatus.INFRA_FAILED for t in trajs), [t.infra_error for t in trajs]
+        assert all(t.weight_versions == {2} and set(t.reward_components) == {"qa_em"} for t in trajs), key
+    assert all(t.num_tool_calls > 0 for t in groups["tls/tools"].trajectories)   # the calls went through
+    refused = groups["tls/no-token"].trajectories
+    assert refused and all(t.status is TrajectoryStatus.INFRA_FAILED and "UNAUTHENTICATED" in (t.infra_error or "")
+                           for t in refused), [t.infra_error for t in refused]
 
 
 def test_two_workers_share_the_groups(
