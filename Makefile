@@ -16,9 +16,9 @@ render:
 bench:
 	bash -c 'source scripts/bootstrap.sh && python bench/tool_call.py'
 
-# `docker compose up` for real (tests/e2e/test_compose.py): builds the images offline
+# `docker compose up` for real (tests/e2e/test_docker_compose.py): builds the images offline
 # (scripts/docker/build.sh; needs root, debootstrap and a running dockerd), starts the sql profile
 # plus the trainer, runs a short SFT + GRPO config through the trainer service, crashes the SQL
 # tool server mid-rollout. See docs/deployment.md.
 compose-e2e:
-	bash -c 'source scripts/bootstrap.sh && python -m pytest tests/e2e/test_compose.py -m slow -s -q'
+	bash -c 'source scripts/bootstrap.sh && python -m pytest tests/e2e/test_docker_compose.py -m slow -s -q'
