@@ -47,6 +47,8 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import random
+import re
 import shutil
 import statistics
 import sys
@@ -80,10 +82,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "memory.json"
 BAR_AUC = 0.9
 BAR_POINTS = 10.0
-# GRPO seconds per seed, as bench/sql_learning.py. An estimate from that bench's seeds on 2 cores:
-# the world with its copy warm-up ~18 min (skipped with --worlds-dir over an existing world), SFT and
-# the evaluations ~8-10 min, seeding ~1 min: ~20 min a seed on a reused world, ~38 min on a new one.
-BENCH_RL_SECONDS = 600.0
+# GRPO seconds and SFT steps per seed. A new world with its copy warm-up takes ~18 min more (skipped
+# with --worlds-dir over an existing world).
+BENCH_RL_SECONDS = 420.0
+BENCH_SFT_STEPS = 400
+# GRPO groups of 4 (2 prompted with the memory, 2 without) and 16 questions a step: the same
+# rollouts a step as the learning demo's 8 x 8, twice the utility updates
+BENCH_GROUP_SIZE = 4
+BENCH_PROMPTS_PER_STEP = 16
+RANK_ALL = 512                     # Retrieve's top_k when the bench ranks every meta-cognition
+SHAPE_ADVICE = "an answer of this shape"   # what Distill's shape rule says (memory_service.distill)
 HEADER = "Strategies learned from earlier attempts at similar tasks:"
 
 
@@ -92,10 +100,13 @@ class MemoryBenchConfig:
     """The bench's knobs: the learning world and training (``learning``; its seed is set per seed)
     and the memory's."""
 
-    learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(rl_seconds=BENCH_RL_SECONDS))
-    gold_per_template: int = 8      # successful trajectories recorded per train template
+    learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(
+        rl_seconds=BENCH_RL_SECONDS, sft_steps=BENCH_SFT_STEPS, group_size=BENCH_GROUP_SIZE,
+        prompts_per_step=BENCH_PROMPTS_PER_STEP))
+    gold_per_template: int = 8      # successful trajectories recorded per memory type
     fail_per_template: int = 4      # failing ones (half answer after the error, half without a call)
-    top_k: int = 3
+    decoys_per_template: int = 3    # decoy memory types per train template (its wording, another's content)
+    top_k: int = 1                  # one memory a prompt: the utility update credits exactly the one shown
     token_budget: int = 256         # the trainer's default
     memory_lr: float = 0.0          # the utility update's learning rate; 0 = the service's default
     sft_memory: bool = True         # SFT demonstrations carry their retrieved memories
@@ -106,7 +117,7 @@ def quick_config(cfg: MemoryBenchConfig) -> MemoryBenchConfig:
     warm-up, two SFT steps of two demonstrations, one GRPO step of two groups of two)."""
     learning = dataclasses.replace(quick(cfg.learning), n_train=80, copy_steps=0, sft_steps=2, sft_batch_size=2,
                                    rl_steps=1)
-    return dataclasses.replace(cfg, learning=learning, gold_per_template=4, fail_per_template=4)
+    return dataclasses.replace(cfg, learning=learning, gold_per_template=4, fail_per_template=4, decoys_per_template=1)
 
 
 # ---------------------------------------------------------------------------------------- pure figures
@@ -155,21 +166,55 @@ def _trajectory(tid: str, line: dict[str, Any], steps: list[tuple[str, str, bool
                       status=TrajectoryStatus.COMPLETED)
 
 
-async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tuple[Trajectory, float, str]]]:
-    """Per train template: its gold and failing trajectories with their rewards and question texts."""
+@dataclasses.dataclass(frozen=True)
+class MemoryType:
+    """One task type the bench records and distills: the questions of template ``wording`` (their
+    texts, so their relevance) with the gold and failing paths of template ``content`` (their SQL).
+    ``wording == content``: the template's own memory; otherwise a decoy, as relevant to
+    ``wording``'s questions as its own memory but carrying another template's query shape."""
+
+    name: str
+    wording: str
+    content: str
+
+    @property
+    def helpful_for(self) -> str:
+        return self.content
+
+
+def memory_types(templates: list[str], decoys: int, seed: int) -> list[MemoryType]:
+    """Every template's own type and ``decoys`` decoy types per template (``<T>~<i>``, the content
+    of distinct other templates, drawn from ``seed``)."""
+    rng = random.Random(seed)
+    out = []
+    for t in sorted(templates):
+        out.append(MemoryType(t, t, t))
+        others = [u for u in sorted(templates) if u != t]
+        out += [MemoryType(f"{t}~{i}", t, u) for i, u in enumerate(rng.sample(others, min(decoys, len(others))))]
+    return out
+
+
+async def _examples(prep: Prepared, cfg: MemoryBenchConfig,
+                    types: list[MemoryType]) -> dict[str, list[tuple[Trajectory, float, str]]]:
+    """Per memory type: gold trajectories (the content template's gold query through the real
+    ``sql_query`` tool, its rows, the answer; every ``error_every``-th first runs a query with a
+    misnamed table and fixes it) and failing ones (the misnamed query answered as it is, after its
+    error or without running it: execution reward 0), each prompted with a question of the wording
+    template, with their rewards and question texts."""
     by_template: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in _lines(prep.train_tasks):
         by_template[line["template"]].append(line)
     every = cfg.learning.error_every
     out: dict[str, list[tuple[Trajectory, float, str]]] = {}
     with SqlToolbox(prep.db_dir) as toolbox:
-        for template, lines in sorted(by_template.items()):
+        for mt in types:
+            asked, answered = by_template[mt.wording], by_template[mt.content]
             items: list[tuple[Trajectory, float, str]] = []
             for i in range(cfg.gold_per_template + cfg.fail_per_template):
-                line = lines[i % len(lines)]
-                db_id, gold = line["ground_truth"]["db_id"], line["ground_truth"]["query"]
+                line, source = asked[i % len(asked)], answered[i % len(answered)]
+                db_id, gold = source["ground_truth"]["db_id"], source["ground_truth"]["query"]
                 broken = _broken(gold)
-                tid = f"seed/{template}/{i}"
+                tid = f"seed/{mt.name}/{i}"
                 if i < cfg.gold_per_template:
                     steps = []
                     if broken is not None and every and i % every == every - 1:
@@ -177,7 +222,7 @@ async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tu
                         steps.append((broken, text, is_error))
                     text, is_error, _ = await toolbox.call(db_id, "sql_query", {"query": gold})
                     if is_error:
-                        raise RuntimeError(f"gold query of {line['task_id']} fails: {text}")
+                        raise RuntimeError(f"gold query of {source['task_id']} fails: {text}")
                     items.append((_trajectory(tid, line, [*steps, (gold, text, False)], gold), 1.0, _user_text(line)))
                 elif broken is not None:
                     # the misnamed table's query cannot run, so its execution reward is 0
@@ -187,7 +232,7 @@ async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tu
                     called = (i - cfg.gold_per_template) % 2 == 0
                     steps = [(broken, text, True)] if called else []
                     items.append((_trajectory(tid, line, steps, broken), 0.0, _user_text(line)))
-            out[template] = items
+            out[mt.name] = items
     return out
 
 
@@ -199,7 +244,7 @@ async def _with_service(db_url: str, work: Any) -> Any:
     from rlyard.server import start_server
     from rlyard.settings import ServerSettings
 
-    running = await start_server(memory_service(MemorySettings(db_url=db_url)),
+    running = await start_server(memory_service(MemorySettings(db_url=db_url, max_top_k=RANK_ALL)),
                                  ServerSettings(host="127.0.0.1", port=0))
     try:
         await running.wait_ready(timeout=600)
@@ -210,55 +255,114 @@ async def _with_service(db_url: str, work: Any) -> Any:
 
 
 async def _rank_all(client: Any, tasks: list[dict[str, Any]], n: int) -> list[list[ScoredMetaCognition]]:
-    """Every task's Retrieve over all types, with all ``n`` meta-cognitions (at most 64) ranked."""
-    return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, 64))) for t in tasks]
+    """Every task's Retrieve over all types, with all ``n`` meta-cognitions (at most ``RANK_ALL``) ranked."""
+    return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, RANK_ALL))) for t in tasks]
 
 
 def auc_figures(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str, Any]],
-                source: dict[str, str]) -> dict[str, Any]:
-    """Per task AUC by Retrieve score, its mean and minimum, and the utilities as read."""
-    by_score = [task_auc({s.meta_cognition.id: s.score for s in ranked}, source, t["template"])
-                for ranked, t in zip(rankings, tasks, strict=True)]
+                source: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per task, the AUC of its helpful meta-cognitions (content: its own template) against the
+    unhelpful ones, over the candidates of its own wording (its own memory and its decoys, equally
+    relevant: ``auc``) by Retrieve's score, and by the learned utility alone (``auc_utility``), and
+    over every meta-cognition by score (``auc_all``: relevance does most of it); their means over
+    the tasks, the minimum of ``auc`` and the utilities as read."""
+    helpful = {mid: s["content"] for mid, s in source.items()}
+    by_score, by_utility, everything = [], [], []
+    for ranked, task in zip(rankings, tasks, strict=True):
+        own = {mid: s for mid, s in source.items() if s["wording"] == task["template"]}
+        score = {s.meta_cognition.id: s.score for s in ranked}
+        utility = {s.meta_cognition.id: s.meta_cognition.utility for s in ranked}
+        by_score.append(task_auc({m: score.get(m, 0.0) for m in own}, {m: helpful[m] for m in own}, task["template"]))
+        by_utility.append(task_auc({m: utility.get(m, 0.0) for m in own}, {m: helpful[m] for m in own},
+                                   task["template"]))
+        everything.append(task_auc(score, helpful, task["template"]))
     utility = {s.meta_cognition.id: s.meta_cognition.utility for ranked in rankings for s in ranked}
-    return {"auc": mean_or_none(by_score), "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
+    return {"auc": mean_or_none(by_score), "auc_utility": mean_or_none(by_utility), "auc_all": mean_or_none(everything),
+            "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
             "auc_min": min((a for a in by_score if a is not None), default=None),
             "tasks": sum(a is not None for a in by_score),
             "utility": {mid: round(u, 4) for mid, u in sorted(utility.items())}}
 
 
+def _answer(demo: dict[str, Any]) -> str:
+    """The final answer of a demonstration (its last ``<answer>``)."""
+    found = re.findall(r"<answer>(.*?)</answer>", str(demo["messages"][-1].get("content", "")), flags=re.DOTALL)
+    return found[-1].strip() if found else ""
+
+
+def demo_templates(demos: list[dict[str, Any]], train: list[dict[str, Any]]) -> list[str]:
+    """Each demonstration's template, known by the shape of its gold query (``answer_shape``: its
+    values blanked) among the train questions' shapes; "" when the shape is none of theirs or
+    several templates share it."""
+    from memory_service.distill import answer_shape
+
+    owners: dict[str, set[str]] = defaultdict(set)
+    for line in train:
+        owners[answer_shape(line["ground_truth"]["query"])].add(line["template"])
+    out = []
+    for demo in demos:
+        found = owners.get(answer_shape(_answer(demo)), set())
+        out.append(next(iter(found)) if len(found) == 1 else "")
+    return out
+
+
 def seed_memory(prep: Prepared, cfg: MemoryBenchConfig, db_url: str, auc_tasks: list[dict[str, Any]],
-                sft_out: Path | None) -> dict[str, Any]:
-    """Record, distill per template, take the before-training AUC and (with ``sft_out``) write the
-    memory-augmented demonstrations. Returns the meta-cognitions' source templates and figures."""
-    examples = asyncio.run(_examples(prep, cfg))
+                sft_out: Path | None, seed: int) -> dict[str, Any]:
+    """Record, distill each memory type (its strongest advice: the shape rule), take the
+    before-training AUC and (with ``sft_out``) write the SFT demonstrations: each one plain and,
+    when its template has a memory, once more with that memory in its system message (Retrieve
+    typed by the template). Returns the meta-cognitions' sources and figures."""
+    train = _lines(prep.train_tasks)
+    types = memory_types(sorted({line["template"] for line in train}), cfg.decoys_per_template, seed)
+    examples = asyncio.run(_examples(prep, cfg, types))
 
     async def work(client: Any) -> dict[str, Any]:
-        source: dict[str, str] = {}
+        source: dict[str, dict[str, str]] = {}
         texts: dict[str, str] = {}
-        for template, items in examples.items():
-            for trajectory, reward, text in items:
-                await client.record_trajectory(trajectory, reward, template, text)
-            for m in await client.distill(template, timeout=300):
-                source[m.id], texts[m.id] = template, m.text
+        for mt in types:
+            for trajectory, reward, text in examples[mt.name]:
+                await client.record_trajectory(trajectory, reward, mt.name, text)
+            made = await client.distill(mt.name, max_new=1, timeout=300)
+            if len(made) != 1 or SHAPE_ADVICE not in made[0].text:
+                raise RuntimeError(f"Distill({mt.name}) gave {[m.text for m in made]}, not one shape advice")
+            (m,) = made
+            source[m.id] = {"type": mt.name, "wording": mt.wording, "content": mt.content}
+            texts[m.id] = m.text
         before = auc_figures(await _rank_all(client, auc_tasks, len(source)), auc_tasks, source)
         shown, demos = 0, []
         if sft_out is not None:
-            demos = _lines(prep.demos)
-            for demo in demos:
-                items = await client.retrieve(_user_text(demo), "", top_k=cfg.top_k)
-                block = _block(items, prep, cfg)
+            plain = _lines(prep.demos)
+            for demo, template in zip(plain, demo_templates(plain, train), strict=True):
+                demos.append(demo)
+                if not template:
+                    continue
+                block = _block(await client.retrieve(_user_text(demo), template, top_k=cfg.top_k), prep, cfg)
                 if block:
                     shown += 1
-                    system = demo["messages"][0]
-                    system["content"] = f"{system['content']}\n\n{block}"
+                    copy = json.loads(json.dumps(demo))
+                    copy["task_id"] = f"{demo['task_id']}+memory"
+                    copy["messages"][0]["content"] = f"{copy['messages'][0]['content']}\n\n{block}"
+                    demos.append(copy)
         return {"source": source, "texts": texts, "before": before, "sft_demos_with_memory": shown, "demos": demos}
 
     found: dict[str, Any] = asyncio.run(_with_service(db_url, work))
     demos = found.pop("demos")
     if sft_out is not None:
+        rng = random.Random(seed)
+        rng.shuffle(demos)
         sft_out.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos), encoding="utf-8")
     found["recorded"] = {t: len(items) for t, items in examples.items()}
+    found["sft_demos"] = len(demos)
     return found
+
+
+def rank_again(db_url: str, tasks: list[dict[str, Any]], n: int) -> list[list[ScoredMetaCognition]]:
+    """Every task's ranking from a fresh service over the store (after training)."""
+    async def work(client: Any) -> list[list[ScoredMetaCognition]]:
+        return await _rank_all(client, tasks, n)
+
+    rankings: list[list[ScoredMetaCognition]] = asyncio.run(_with_service(db_url, work))
+    return rankings
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -329,12 +433,13 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
     db_url = f"sqlite:///{(run_dir / 'memory.sqlite').resolve()}"
     log(PhaseEvent("memory"))
     sft_data = run_dir / "demos_with_memory.jsonl" if cfg.sft_memory else None
-    seeded = seed_memory(prep, cfg, db_url, auc_tasks, sft_data)
+    seeded = seed_memory(prep, cfg, db_url, auc_tasks, sft_data, seed)
     source = seeded["source"]
     if not source:
         raise RuntimeError(f"seed {seed}: Distill made no meta-cognition from the gold and failing paths")
-    console.print(f"  seed {seed} · {len(source)} meta-cognitions from {len(set(source.values()))} templates; "
-                  f"AUC before training {seeded['before']['auc']}")
+    console.print(f"  seed {seed} · {len(source)} meta-cognitions of {len(train_templates)} templates (with decoys); "
+                  f"AUC before training {seeded['before']['auc']} (utility alone {seeded['before']['auc_utility']}, "
+                  f"all candidates {seeded['before']['auc_all']})")
 
     config_dict = experiment(lcfg, prep)
     if sft_data is not None:
@@ -351,10 +456,7 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
             raise RuntimeError(f"seed {seed}: the training run ended {report['state']}: {report.get('error', '')}")
         log(PhaseEvent("evaluate"))
         assert stack.memory_client is not None
-        client = stack.memory_client
-        rankings = stack.run(_rank_all(client, auc_tasks, len(source)))
-        after = auc_figures(rankings, auc_tasks, source)
-        stats = stack.run(client.stats())
+        stats = stack.run(stack.memory_client.stats())
         rollout = RolloutConfig(**{**lcfg.rollout(), "group_size": 2, "prompts_per_step": 1})
         tasks = stack.tasks(prep.heldout_tasks)
         evals = {}
@@ -365,6 +467,9 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
             log(EvalEvent(key, "done", len(tasks), evals[key].execution_accuracy))
             (run_dir / f"eval_{key}.json").write_text(json.dumps(evals[key].to_json(), indent=1) + "\n",
                                                       encoding="utf-8")
+    after = auc_figures(rank_again(db_url, auc_tasks, len(source)), auc_tasks, source)
+    console.print(f"  seed {seed} · AUC after training {after['auc']} (utility alone {after['auc_utility']}, "
+                  f"all candidates {after['auc_all']})")
     slice_of = heldout_slices(prep)
     slices = {key: by_slice(r, slice_of) for key, r in evals.items()}
     overall = {key: slice_accuracy(sum(r.correct for r in e.results), len(e.results)) for key, e in evals.items()}
@@ -373,17 +478,22 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
     return {
         "seed": seed,
         "meta_cognitions": len(source),
-        "templates_with_memory": len(set(source.values())),
+        "templates_with_memory": len({s["content"] for s in source.values()}),
         "train_templates": len(train_templates),
         "recorded_per_template": seeded["recorded"],
         "sft_demos_with_memory": seeded["sft_demos_with_memory"],
+        "sft_demos": seeded["sft_demos"],
         "auc_tasks": after["tasks"],
         "auc_before": seeded["before"]["auc"],
         "auc_after": after["auc"],
+        "auc_utility_before": seeded["before"]["auc_utility"],
+        "auc_utility_after": after["auc_utility"],
+        "auc_all_before": seeded["before"]["auc_all"],
+        "auc_all_after": after["auc_all"],
         "auc_after_min": after["auc_min"],
         "auc_after_by_task": after["by_task"],
-        "memory_source": source,           # meta-cognition id -> the template it was distilled from
-        "utility_after": {mid: {"utility": u, "template": source.get(mid, "")} for mid, u in after["utility"].items()},
+        "memory_source": source,           # meta-cognition id -> its type, wording and content templates
+        "utility_after": {mid: {"utility": u, **source.get(mid, {})} for mid, u in after["utility"].items()},
         "memory_texts": seeded["texts"],
         "memory_stats": {"trajectories": stats.num_trajectories, "meta_cognitions": stats.num_meta_cognitions},
         "accuracy": {key: value["accuracy"] for key, value in overall.items()},
@@ -461,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rl-seconds", type=float, default=BENCH_RL_SECONDS,
                         help=f"GRPO seconds per seed (default {BENCH_RL_SECONDS:.0f})")
+    parser.add_argument("--sft-steps", type=int, default=BENCH_SFT_STEPS,
+                        help=f"SFT steps on the demonstrations, plain and with memory (default {BENCH_SFT_STEPS})")
+    parser.add_argument("--decoys", type=int, default=MemoryBenchConfig.decoys_per_template,
+                        help="decoy memory types per train template")
     parser.add_argument("--gold-per-template", type=int, default=MemoryBenchConfig.gold_per_template)
     parser.add_argument("--fail-per-template", type=int, default=MemoryBenchConfig.fail_per_template)
     parser.add_argument("--top-k", type=int, default=MemoryBenchConfig.top_k)
@@ -475,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the seeds that --output already holds for this configuration; run the rest")
     ns = parser.parse_args(argv)
     console = Console()
-    learning = dataclasses.replace(LearningConfig(), rl_seconds=ns.rl_seconds)
-    cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template,
+    learning = dataclasses.replace(MemoryBenchConfig().learning, rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps)
+    cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template, decoys_per_template=ns.decoys,
                             fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory)
     if ns.quick:
         cfg = quick_config(cfg)
