@@ -6,30 +6,34 @@ For each seed:
 1. **World.** ``experiments.learning.prepare_for``: database, train and held-out tasks (slices a, b,
    c), demonstrations and a fresh tiny policy with its copying warm-up, all from the seed.
 2. **Seeded memory.** The memory service runs embedded (``memory_service.app`` on 127.0.0.1 through
-   the real client; a SQLite file in the seed's run directory). For every train template, gold
-   trajectories of its RL questions (the gold query through the real ``sql_query`` tool, its rows,
-   the answer; every ``error_every``-th first runs a query with a misnamed table and fixes it) and
-   failing ones (the misnamed query answered as it is, after its error or without running it; its
-   execution reward is 0 since it cannot run) are recorded with ``task_type`` = the template, and
-   ``Distill(task_type=template)`` turns them into meta-cognitions. So every meta-cognition has a
-   source template: for a task it is **helpful** when distilled from the task's own template,
-   **unhelpful** when from another.
-3. **Training.** SFT on the demonstrations, each with the memories the service retrieves for its
-   question in its system message (``--sft-memory``, on by default: the policy learns to read
-   them), then GRPO with ``memory.enabled``: every question's top-k over *all* task types
-   (``task_type: ""``, so other templates' memories compete and get shown too), half of each group
-   prompted with them and half without, one ``UpdateUtility`` per step from the halves' reward gap,
-   every trajectory recorded; for ``--rl-seconds``.
-4. **AUC.** Over the held-out questions of the train templates (slices a and b; slice c's templates
-   have no memory of their own), each question's candidates are all the meta-cognitions, ranked by
-   the service's Retrieve score (relevance × learned utility, top_k = every one of them); ROC AUC of
-   helpful against unhelpful per question (ties count half), then the mean. Reported before the
-   training (every utility at the prior: relevance alone) and after it (the bar's figure). The
-   utility alone is one number per meta-cognition, the same for every task: averaged over the tasks
-   of all templates its AUC is 0.5 by construction, so it is not a figure here (the utilities after
-   training are in the JSON).
+   the real client; a SQLite file in the seed's run directory). Memory types: every train template
+   T (its *own* type) and ``decoys_per_template`` decoys ``T~i``. A type's trajectories are
+   questions of its *wording* template answered with the paths of its *content* template: gold ones
+   (the content's gold query through the real ``sql_query`` tool, its rows, the answer; every
+   ``error_every``-th first runs a query with a misnamed table and fixes it) and failing ones (the
+   misnamed query answered as it is, after its error or without running it: execution reward 0).
+   The own type has wording = content = T; a decoy has T's wording and another template's content.
+   ``Distill(type, max_new=1)`` gives each type its strongest advice, the shape rule
+   (``memory_service.distill``: the successful answer with its values blanked, i.e. the query
+   skeleton). A meta-cognition is **helpful** for a task when its content is the task's template.
+   A decoy is as relevant to T's questions as T's own memory (its embedding holds the centroid of
+   the same questions), so only the learned utility can tell them apart.
+3. **Training.** SFT on the demonstrations, each one plain and, when its template is known (by its
+   gold query's shape), once more with its template's memory in its system message (Retrieve typed
+   by the template: the policy learns to read a skeleton and fill in the question's values; it also
+   learns the plain prompt). Then GRPO with ``memory.enabled``: every question's top-1 over *all*
+   types (``task_type: ""``, so decoys compete), half of each group prompted with it and half
+   without, one ``UpdateUtility`` per step from the halves' reward gap (top-1: the memory shown gets
+   its own credit), every trajectory recorded; for ``--rl-seconds``.
+4. **AUC.** Over the held-out questions of the train templates (slices a and b), each question's
+   own memory against its decoys (the candidates of the same wording), ranked by the service's
+   Retrieve score (relevance × learned utility): ROC AUC per question (ties count half), then the
+   mean — before the training (every utility at the prior: relevance alone) and after it (the bar's
+   figure). Also reported: the same candidates by utility alone (0.5 before by construction) and
+   every meta-cognition by score (``auc_all``: the other wordings are far away, so relevance
+   does most of it).
 5. **Accuracy.** The trained policy, greedy, on every held-out question with the retrieved
-   memories in its prompt (``evaluate(memory=True)``) and without; the gain in points per slice
+   memory in its prompt (``evaluate(memory=True)``) and without; the gain in points per slice
    and overall.
 
 The bar (issue 22): mean over seeds of the AUC after training >= 0.9, and mean overall held-out gain
@@ -80,15 +84,19 @@ from rlyard.domain.memory import ScoredMetaCognition
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "memory.json"
+RETRIEVAL = REPO / "bench" / "results" / "memory_retrieval.json"   # bench/memory_retrieval.py's runs
+BAR_RETRIEVAL_MS = 20.0
 BAR_AUC = 0.9
 BAR_POINTS = 10.0
 # GRPO seconds and SFT steps per seed. A new world with its copy warm-up takes ~18 min more (skipped
 # with --worlds-dir over an existing world).
-BENCH_RL_SECONDS = 420.0
-BENCH_SFT_STEPS = 400
-# GRPO groups of 4 (2 prompted with the memory, 2 without) and 16 questions a step: the same
-# rollouts a step as the learning demo's 8 x 8, twice the utility updates
-BENCH_GROUP_SIZE = 4
+# Sized for one loaded core (about an hour for three seeds): 150 SFT steps of 16 over the plain and
+# the memory-augmented demonstrations (~4 passes), 300 s of GRPO in groups of 2 (one sample prompted
+# with the memory, one without) over 16 questions a step: half the rollouts of a learning-demo step,
+# twice its utility updates.
+BENCH_RL_SECONDS = 300.0
+BENCH_SFT_STEPS = 150
+BENCH_GROUP_SIZE = 2
 BENCH_PROMPTS_PER_STEP = 16
 RANK_ALL = 512                     # Retrieve's top_k when the bench ranks every meta-cognition
 SHAPE_ADVICE = "an answer of this shape"   # what Distill's shape rule says (memory_service.distill)
@@ -531,6 +539,24 @@ def _memory_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- summary
+def retrieval_figures(path: Path = RETRIEVAL) -> dict[str, Any]:
+    """The bar's latency half, as ``bench/memory_retrieval.py`` measured it (not measured here): per
+    backend, its latest run's Retrieve p50 at its size, with a task type and over every type."""
+    if not path.is_file():
+        return {"source": str(path), "measured": False}
+    latest: dict[str, dict[str, Any]] = {}
+    for run in json.loads(path.read_text(encoding="utf-8")):
+        latest[run["backend"]] = run
+    backends = {name: {"when": r["when"], "meta_cognitions": r["meta_cognitions"],
+                       "typed_p50_ms": r["typed"]["p50_ms"], "all_types_p50_ms": r["all_types"]["p50_ms"],
+                       "typed_after_update_p50_ms": r["typed_after_update"]["p50_ms"]}
+                for name, r in sorted(latest.items())}
+    return {"source": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "measured": True,
+            "bar_ms": BAR_RETRIEVAL_MS, "backends": backends,
+            "typed_under_bar": {n: b["typed_p50_ms"] < BAR_RETRIEVAL_MS for n, b in backends.items()},
+            "all_types_under_bar": {n: b["all_types_p50_ms"] < BAR_RETRIEVAL_MS for n, b in backends.items()}}
+
+
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over seeds and the bar: AUC after training >= 0.9, gain >= 10 points (both means)."""
     if not seeds:
@@ -541,11 +567,16 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "mean_auc_before": mean_or_none([s["auc_before"] for s in seeds]),
         "mean_auc_after": auc,
+        **{f"mean_{key}": mean_or_none([s.get(key) for s in seeds])
+           for key in ("auc_utility_before", "auc_utility_after", "auc_all_before", "auc_all_after")},
         "mean_accuracy_with_memory": mean_or_none([s["accuracy"]["with_memory"] for s in seeds]),
         "mean_accuracy_without_memory": mean_or_none([s["accuracy"]["without_memory"] for s in seeds]),
         "mean_gain_points": gain,
         "mean_gain_points_by_slice": {name: mean_or_none([s["gain_points_by_slice"][name] for s in seeds], 2)
                                       for name in SLICES},
+        "mean_accuracy_by_slice": {key: {name: mean_or_none([s["slices"][key][name]["accuracy"] for s in seeds
+                                                             if "slices" in s])
+                                         for name in SLICES} for key in ("with_memory", "without_memory")},
         "bar_auc": BAR_AUC,
         "bar_points": BAR_POINTS,
         "bar": bar,
@@ -600,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(complete: bool) -> None:
         write_report(ns.output, "memory", cfg, quick=ns.quick, complete=complete, seeds=seeds,
-                     summary=summarize(seeds))
+                     summary=summarize(seeds), extra={"retrieval": retrieval_figures()})
 
     for seed in ns.seeds:
         if any(s["seed"] == seed for s in seeds):
