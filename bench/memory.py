@@ -90,12 +90,15 @@ BAR_AUC = 0.9
 BAR_POINTS = 10.0
 # GRPO seconds and SFT steps per seed. A new world with its copy warm-up takes ~18 min more (skipped
 # with --worlds-dir over an existing world).
-# Sized for one loaded core (about an hour for three seeds): 150 SFT steps of 16 over the plain and
-# the memory-augmented demonstrations (~4 passes), 300 s of GRPO in groups of 2 (one sample prompted
-# with the memory, one without) over 16 questions a step: half the rollouts of a learning-demo step,
-# twice its utility updates.
+# Sized for one loaded core (about an hour for three seeds): 120 SFT steps of 16 over the plain and
+# the memory-augmented demonstrations (~3 passes) from an SFT checkpoint (--sft-from: the policy
+# must already answer, or GRPO's rewards are all 0 and no utility moves; 150 steps from the copy
+# warm-up were not enough), 300 s of GRPO in groups of 2 (one sample prompted with the memory, one
+# without) over 16 questions a step: half the rollouts of a learning-demo step, twice its utility
+# updates.
 BENCH_RL_SECONDS = 300.0
-BENCH_SFT_STEPS = 150
+BENCH_SFT_STEPS = 120
+BENCH_SFT_LR = 5e-4
 BENCH_GROUP_SIZE = 2
 BENCH_PROMPTS_PER_STEP = 16
 RANK_ALL = 512                     # Retrieve's top_k when the bench ranks every meta-cognition
@@ -109,7 +112,7 @@ class MemoryBenchConfig:
     and the memory's."""
 
     learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(
-        rl_seconds=BENCH_RL_SECONDS, sft_steps=BENCH_SFT_STEPS, group_size=BENCH_GROUP_SIZE,
+        rl_seconds=BENCH_RL_SECONDS, sft_steps=BENCH_SFT_STEPS, sft_lr=BENCH_SFT_LR, group_size=BENCH_GROUP_SIZE,
         prompts_per_step=BENCH_PROMPTS_PER_STEP))
     gold_per_template: int = 8      # successful trajectories recorded per memory type
     fail_per_template: int = 4      # failing ones (half answer after the error, half without a call)
@@ -118,6 +121,8 @@ class MemoryBenchConfig:
     token_budget: int = 256         # the trainer's default
     memory_lr: float = 0.0          # the utility update's learning rate; 0 = the service's default
     sft_memory: bool = True         # SFT demonstrations carry their retrieved memories
+    sft_from: str = ""              # start SFT from <sft_from>/seed<N>-grpo/models/sft (an SFT checkpoint
+                                    # of the same world), not from the world's copy-warmed policy
 
 
 def quick_config(cfg: MemoryBenchConfig) -> MemoryBenchConfig:
@@ -409,6 +414,21 @@ def existing_world(worlds_dir: Path | None, lcfg: LearningConfig) -> Prepared | 
         return None
 
 
+def sft_start(cfg: MemoryBenchConfig, seed: int, prep: Prepared) -> Path:
+    """The model SFT starts from: the world's policy, or with ``sft_from`` that directory's SFT
+    checkpoint of this seed, which must sit beside the world used (``<sft_from>/seed<N>-work``)."""
+    if not cfg.sft_from:
+        return Path(prep.policy)
+    root = Path(cfg.sft_from)
+    model = root / f"seed{seed}-grpo" / "models" / "sft"
+    if not (model / "config.json").is_file():
+        raise RuntimeError(f"--sft-from {root}: no SFT checkpoint {model}")
+    if Path(prep.root).resolve() != (root / f"seed{seed}-work").resolve():
+        raise RuntimeError(f"--sft-from {root}: its checkpoint belongs to {root / f'seed{seed}-work'}, not to the "
+                           f"world {prep.root} (pass the same directory as --worlds-dir)")
+    return model
+
+
 def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console,
              worlds_dir: Path | None = None) -> dict[str, Any]:
     """World, seeded memory, training with memory, AUC before and after, accuracy with and without."""
@@ -450,6 +470,8 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
                   f"all candidates {seeded['before']['auc_all']})")
 
     config_dict = experiment(lcfg, prep)
+    start = sft_start(cfg, seed, prep)
+    config_dict["model"]["path"] = str(start)
     if sft_data is not None:
         config_dict["stages"][0]["data"] = str(sft_data)
     config_dict["name"] = "memory-bench"
@@ -491,6 +513,7 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         "recorded_per_template": seeded["recorded"],
         "sft_demos_with_memory": seeded["sft_demos_with_memory"],
         "sft_demos": seeded["sft_demos"],
+        "sft_start": str(start),
         "auc_tasks": after["tasks"],
         "auc_before": seeded["before"]["auc"],
         "auc_after": after["auc"],
@@ -604,6 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"GRPO seconds per seed (default {BENCH_RL_SECONDS:.0f})")
     parser.add_argument("--sft-steps", type=int, default=BENCH_SFT_STEPS,
                         help=f"SFT steps on the demonstrations, plain and with memory (default {BENCH_SFT_STEPS})")
+    parser.add_argument("--sft-from", type=Path, default=None,
+                        help="start SFT from DIR/seed<N>-grpo/models/sft (an SFT checkpoint of the world in "
+                             "DIR/seed<N>-work, e.g. bench/sql_learning.py's runs; pass DIR as --worlds-dir too)")
+    parser.add_argument("--sft-lr", type=float, default=BENCH_SFT_LR)
     parser.add_argument("--decoys", type=int, default=MemoryBenchConfig.decoys_per_template,
                         help="decoy memory types per train template")
     parser.add_argument("--gold-per-template", type=int, default=MemoryBenchConfig.gold_per_template)
@@ -620,8 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the seeds that --output already holds for this configuration; run the rest")
     ns = parser.parse_args(argv)
     console = Console()
-    learning = dataclasses.replace(MemoryBenchConfig().learning, rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps)
+    learning = dataclasses.replace(MemoryBenchConfig().learning, rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps,
+                                   sft_lr=ns.sft_lr)
     cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template, decoys_per_template=ns.decoys,
+                            sft_from=str(ns.sft_from or ""),
                             fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory)
     if ns.quick:
         cfg = quick_config(cfg)

@@ -24,6 +24,7 @@ from bench.memory import (
     memory_types,
     quick_config,
     roc_auc,
+    sft_start,
     summarize,
     task_auc,
 )
@@ -65,6 +66,25 @@ def test_a_demonstration_is_known_by_its_query_shape() -> None:
              demo("SELECT avg_price  FROM merchant WHERE name = 'Q'"), demo("SELECT 3"), demo("SELECT name FROM city")]
     # the last two: a shape two templates share, a shape no template has
     assert demo_templates(demos, train) == ["phone", "price", "", ""]
+
+
+def test_sft_starts_from_the_world_policy_or_an_sft_checkpoint_of_the_same_world(tmp_path: Path) -> None:
+    from experiments.sql_learning import Prepared
+
+    world = tmp_path / "seed3-work"
+    prep = Prepared(root=world, db_dir=world / "db", train_tasks=world / "t", heldout_tasks=world / "h",
+                    demos=world / "d", policy=world / "policy", n_train=1, n_heldout=1, n_demos=1, split_info={})
+    assert sft_start(MemoryBenchConfig(), 3, prep) == world / "policy"
+    cfg = MemoryBenchConfig(sft_from=str(tmp_path))
+    with pytest.raises(RuntimeError, match="no SFT checkpoint"):
+        sft_start(cfg, 3, prep)
+    model = tmp_path / "seed3-grpo" / "models" / "sft"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert sft_start(cfg, 3, prep) == model
+    other = dataclasses.replace(prep, root=tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="not to the world"):
+        sft_start(cfg, 3, other)
 
 
 def _seed(seed: int, auc: float, gain: float) -> dict[str, Any]:
