@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -505,6 +506,8 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
     overall = {key: slice_accuracy(sum(r.correct for r in e.results), len(e.results)) for key, e in evals.items()}
     grpo = next(s for s in report["stages"] if s["name"] == "grpo")
     metrics = _memory_metrics(run_dir)
+    by_shown = rl_reward_by_shown(run_dir, source, seeded["texts"], prep.train_tasks)
+    eval_shown = eval_by_shown(run_dir, source, prep.heldout_tasks)
     return {
         "seed": seed,
         "meta_cognitions": len(source),
@@ -538,10 +541,57 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         "rl_seconds": round(float(grpo.get("seconds", 0.0)), 1),
         "rl_steps": grpo["steps_done"],
         "rl_memory": metrics,
+        "rl_reward_by_shown": by_shown,
+        "eval_by_shown": eval_shown,
         "wall_seconds": round(time.monotonic() - tic, 1),
         "world": str(prep.root),
         "run": str(run_dir),
     }
+
+
+def rl_reward_by_shown(run_dir: Path, source: dict[str, dict[str, str]], texts: dict[str, str],
+                       train_tasks: Path) -> dict[str, dict[str, Any]]:
+    """GRPO's rewards on the train questions by what the prompt showed, read from the trajectories the
+    run recorded in the store (each with its system message): ``own`` (the question's template's
+    memory), ``decoy`` (a decoy of its wording), ``other`` (another wording's), ``none`` (the ablation's
+    half without memory); ``{n, mean_reward}`` each."""
+    import sqlite3
+
+    kinds: dict[str, dict[str, str]] = {" ".join(texts[mid].split()): s for mid, s in source.items()}
+    template = {line["task_id"]: line["template"] for line in _lines(train_tasks)}
+    rewards: dict[str, list[float]] = {k: [] for k in ("own", "decoy", "other", "none")}
+    with contextlib.closing(sqlite3.connect(f"file:{run_dir / 'memory.sqlite'}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT task_id, turns_json, reward FROM trajectories WHERE task_type = ''").fetchall()
+    for task_id, turns_json, reward in rows:
+        system = json.loads(turns_json)["turns"][0]
+        text = str(system.get("text", "")) if system.get("role") == "system" else ""
+        shown = text.split(f"{HEADER}\n- ", 1)[1] if HEADER in text else ""
+        kind = "none"
+        if shown:
+            found = kinds.get(" ".join(shown.split()))
+            own = template.get(task_id, "")
+            kind = "other" if found is None else ("own" if found["content"] == own else
+                                                  "decoy" if found["wording"] == own else "other")
+        rewards[kind].append(float(reward))
+    return {k: {"n": len(v), "mean_reward": round(statistics.mean(v), 4) if v else None} for k, v in rewards.items()}
+
+
+def eval_by_shown(run_dir: Path, source: dict[str, dict[str, str]], heldout_tasks: Path) -> dict[str, dict[str, Any]]:
+    """The evaluation with memory by what each held-out prompt showed (``own``, ``decoy``, ``other``,
+    ``none``, as ``rl_reward_by_shown``), per slice: ``{slice: {kind: {n, correct}}}``."""
+    tasks = {line["task_id"]: line for line in _lines(heldout_tasks)}
+    out: dict[str, dict[str, Any]] = {name: {k: {"n": 0, "correct": 0} for k in ("own", "decoy", "other", "none")}
+                                      for name in SLICES}
+    for r in json.loads((run_dir / "eval_with_memory.json").read_text(encoding="utf-8"))["results"]:
+        task = tasks[r["task_id"]]
+        found = source.get(r["memory_ids"][0]) if r["memory_ids"] else None
+        kind = "none" if not r["memory_ids"] else "other" if found is None else (
+            "own" if found["content"] == task["template"] else "decoy" if found["wording"] == task["template"]
+            else "other")
+        cell = out[task["slice"]][kind]
+        cell["n"] += 1
+        cell["correct"] += int(r["correct"])
+    return out
 
 
 def _memory_metrics(run_dir: Path) -> dict[str, Any]:
@@ -657,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []
     for s in seeds:
         console.print(f"seed {s['seed']}: kept from {ns.output} (AUC {s['auc_after']}, gain {s['gain_points']:+.1f})")
+        if "rl_reward_by_shown" not in s and (Path(s["run"]) / "memory.sqlite").is_file():   # a seed of an older run
+            s["rl_reward_by_shown"] = rl_reward_by_shown(Path(s["run"]), s["memory_source"], s["memory_texts"],
+                                                         Path(s["world"]) / "train_tasks.jsonl")
+        if "eval_by_shown" not in s and (Path(s["run"]) / "eval_with_memory.json").is_file():
+            s["eval_by_shown"] = eval_by_shown(Path(s["run"]), s["memory_source"],
+                                               Path(s["world"]) / "heldout_tasks.jsonl")
 
     def write(complete: bool) -> None:
         write_report(ns.output, "memory", cfg, quick=ns.quick, complete=complete, seeds=seeds,

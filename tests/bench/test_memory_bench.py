@@ -127,7 +127,8 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
         report["config"])
     (seed,) = report["seeds"]
     for key in ("auc_before", "auc_after", "auc_after_by_task", "memory_source", "utility_after", "accuracy",
-                "slices", "gain_points", "gain_points_by_slice", "rl_steps", "rl_memory", "memory_texts"):
+                "slices", "gain_points", "gain_points_by_slice", "rl_steps", "rl_memory", "memory_texts",
+                "rl_reward_by_shown", "eval_by_shown"):
         assert key in seed, key
     summary = report["summary"]
     assert {"mean_auc_before", "mean_auc_after", "mean_gain_points", "bar", "pass"} <= set(summary)
@@ -169,6 +170,13 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
         results = evaluated["results"]
         assert len(results) == sum(s["n"] for s in seed["slices"][key].values())
         assert seed["accuracy"][key] == pytest.approx(sum(r["correct"] for r in results) / len(results), abs=1e-4)
+    # what each prompt showed: every evaluated question once, every recorded GRPO trajectory once
+    by_slice = {name: sum(c["n"] for c in kinds.values()) for name, kinds in seed["eval_by_shown"].items()}
+    assert by_slice == {name: s["n"] for name, s in seed["slices"]["with_memory"].items()}
+    with sqlite3.connect(run / "memory.sqlite") as conn:
+        (recorded,) = conn.execute("SELECT COUNT(*) FROM trajectories WHERE task_type = ''").fetchone()
+    assert sum(c["n"] for c in seed["rl_reward_by_shown"].values()) == recorded > 0
+    assert seed["rl_reward_by_shown"]["none"]["n"] > 0              # the ablation's half without memory
     with_ids = json.loads((run / "eval_with_memory.json").read_text())["results"]
     assert any(r["memory_ids"] for r in with_ids)                        # prompts showed memories
     without_ids = json.loads((run / "eval_without_memory.json").read_text())["results"]
