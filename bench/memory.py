@@ -6,30 +6,34 @@ For each seed:
 1. **World.** ``experiments.learning.prepare_for``: database, train and held-out tasks (slices a, b,
    c), demonstrations and a fresh tiny policy with its copying warm-up, all from the seed.
 2. **Seeded memory.** The memory service runs embedded (``memory_service.app`` on 127.0.0.1 through
-   the real client; a SQLite file in the seed's run directory). For every train template, gold
-   trajectories of its RL questions (the gold query through the real ``sql_query`` tool, its rows,
-   the answer; every ``error_every``-th first runs a query with a misnamed table and fixes it) and
-   failing ones (the misnamed query answered as it is, after its error or without running it; its
-   execution reward is 0 since it cannot run) are recorded with ``task_type`` = the template, and
-   ``Distill(task_type=template)`` turns them into meta-cognitions. So every meta-cognition has a
-   source template: for a task it is **helpful** when distilled from the task's own template,
-   **unhelpful** when from another.
-3. **Training.** SFT on the demonstrations, each with the memories the service retrieves for its
-   question in its system message (``--sft-memory``, on by default: the policy learns to read
-   them), then GRPO with ``memory.enabled``: every question's top-k over *all* task types
-   (``task_type: ""``, so other templates' memories compete and get shown too), half of each group
-   prompted with them and half without, one ``UpdateUtility`` per step from the halves' reward gap,
-   every trajectory recorded; for ``--rl-seconds``.
-4. **AUC.** Over the held-out questions of the train templates (slices a and b; slice c's templates
-   have no memory of their own), each question's candidates are all the meta-cognitions, ranked by
-   the service's Retrieve score (relevance × learned utility, top_k = every one of them); ROC AUC of
-   helpful against unhelpful per question (ties count half), then the mean. Reported before the
-   training (every utility at the prior: relevance alone) and after it (the bar's figure). The
-   utility alone is one number per meta-cognition, the same for every task: averaged over the tasks
-   of all templates its AUC is 0.5 by construction, so it is not a figure here (the utilities after
-   training are in the JSON).
+   the real client; a SQLite file in the seed's run directory). Memory types: every train template
+   T (its *own* type) and ``decoys_per_template`` decoys ``T~i``. A type's trajectories are
+   questions of its *wording* template answered with the paths of its *content* template: gold ones
+   (the content's gold query through the real ``sql_query`` tool, its rows, the answer; every
+   ``error_every``-th first runs a query with a misnamed table and fixes it) and failing ones (the
+   misnamed query answered as it is, after its error or without running it: execution reward 0).
+   The own type has wording = content = T; a decoy has T's wording and another template's content.
+   ``Distill(type, max_new=1)`` gives each type its strongest advice, the shape rule
+   (``memory_service.distill``: the successful answer with its values blanked, i.e. the query
+   skeleton). A meta-cognition is **helpful** for a task when its content is the task's template.
+   A decoy is as relevant to T's questions as T's own memory (its embedding holds the centroid of
+   the same questions), so only the learned utility can tell them apart.
+3. **Training.** SFT on the demonstrations, each one plain and, when its template is known (by its
+   gold query's shape), once more with its template's memory in its system message (Retrieve typed
+   by the template: the policy learns to read a skeleton and fill in the question's values; it also
+   learns the plain prompt). Then GRPO with ``memory.enabled``: every question's top-1 over *all*
+   types (``task_type: ""``, so decoys compete), half of each group prompted with it and half
+   without, one ``UpdateUtility`` per step from the halves' reward gap (top-1: the memory shown gets
+   its own credit), every trajectory recorded; for ``--rl-seconds``.
+4. **AUC.** Over the held-out questions of the train templates (slices a and b), each question's
+   own memory against its decoys (the candidates of the same wording), ranked by the service's
+   Retrieve score (relevance × learned utility): ROC AUC per question (ties count half), then the
+   mean — before the training (every utility at the prior: relevance alone) and after it (the bar's
+   figure). Also reported: the same candidates by utility alone (0.5 before by construction) and
+   every meta-cognition by score (``auc_all``: the other wordings are far away, so relevance
+   does most of it).
 5. **Accuracy.** The trained policy, greedy, on every held-out question with the retrieved
-   memories in its prompt (``evaluate(memory=True)``) and without; the gain in points per slice
+   memory in its prompt (``evaluate(memory=True)``) and without; the gain in points per slice
    and overall.
 
 The bar (issue 22): mean over seeds of the AUC after training >= 0.9, and mean overall held-out gain
@@ -45,8 +49,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import random
+import re
 import shutil
 import statistics
 import sys
@@ -78,12 +85,25 @@ from rlyard.domain.memory import ScoredMetaCognition
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "memory.json"
+RETRIEVAL = REPO / "bench" / "results" / "memory_retrieval.json"   # bench/memory_retrieval.py's runs
+BAR_RETRIEVAL_MS = 20.0
 BAR_AUC = 0.9
 BAR_POINTS = 10.0
-# GRPO seconds per seed, as bench/sql_learning.py. An estimate from that bench's seeds on 2 cores:
-# the world with its copy warm-up ~18 min (skipped with --worlds-dir over an existing world), SFT and
-# the evaluations ~8-10 min, seeding ~1 min: ~20 min a seed on a reused world, ~38 min on a new one.
-BENCH_RL_SECONDS = 600.0
+# GRPO seconds and SFT steps per seed. A new world with its copy warm-up takes ~18 min more (skipped
+# with --worlds-dir over an existing world).
+# Sized for one loaded core (about an hour for three seeds): 120 SFT steps of 16 over the plain and
+# the memory-augmented demonstrations (~3 passes) from an SFT checkpoint (--sft-from: the policy
+# must already answer, or GRPO's rewards are all 0 and no utility moves; 150 steps from the copy
+# warm-up were not enough), 300 s of GRPO in groups of 2 (one sample prompted with the memory, one
+# without) over 16 questions a step: half the rollouts of a learning-demo step, twice its utility
+# updates.
+BENCH_RL_SECONDS = 300.0
+BENCH_SFT_STEPS = 120
+BENCH_SFT_LR = 5e-4
+BENCH_GROUP_SIZE = 2
+BENCH_PROMPTS_PER_STEP = 16
+RANK_ALL = 512                     # Retrieve's top_k when the bench ranks every meta-cognition
+SHAPE_ADVICE = "an answer of this shape"   # what Distill's shape rule says (memory_service.distill)
 HEADER = "Strategies learned from earlier attempts at similar tasks:"
 
 
@@ -92,13 +112,18 @@ class MemoryBenchConfig:
     """The bench's knobs: the learning world and training (``learning``; its seed is set per seed)
     and the memory's."""
 
-    learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(rl_seconds=BENCH_RL_SECONDS))
-    gold_per_template: int = 8      # successful trajectories recorded per train template
+    learning: LearningConfig = dataclasses.field(default_factory=lambda: LearningConfig(
+        rl_seconds=BENCH_RL_SECONDS, sft_steps=BENCH_SFT_STEPS, sft_lr=BENCH_SFT_LR, group_size=BENCH_GROUP_SIZE,
+        prompts_per_step=BENCH_PROMPTS_PER_STEP))
+    gold_per_template: int = 8      # successful trajectories recorded per memory type
     fail_per_template: int = 4      # failing ones (half answer after the error, half without a call)
-    top_k: int = 3
+    decoys_per_template: int = 3    # decoy memory types per train template (its wording, another's content)
+    top_k: int = 1                  # one memory a prompt: the utility update credits exactly the one shown
     token_budget: int = 256         # the trainer's default
     memory_lr: float = 0.0          # the utility update's learning rate; 0 = the service's default
     sft_memory: bool = True         # SFT demonstrations carry their retrieved memories
+    sft_from: str = ""              # start SFT from <sft_from>/seed<N>-grpo/models/sft (an SFT checkpoint
+                                    # of the same world), not from the world's copy-warmed policy
 
 
 def quick_config(cfg: MemoryBenchConfig) -> MemoryBenchConfig:
@@ -106,7 +131,7 @@ def quick_config(cfg: MemoryBenchConfig) -> MemoryBenchConfig:
     warm-up, two SFT steps of two demonstrations, one GRPO step of two groups of two)."""
     learning = dataclasses.replace(quick(cfg.learning), n_train=80, copy_steps=0, sft_steps=2, sft_batch_size=2,
                                    rl_steps=1)
-    return dataclasses.replace(cfg, learning=learning, gold_per_template=4, fail_per_template=4)
+    return dataclasses.replace(cfg, learning=learning, gold_per_template=4, fail_per_template=4, decoys_per_template=1)
 
 
 # ---------------------------------------------------------------------------------------- pure figures
@@ -155,21 +180,55 @@ def _trajectory(tid: str, line: dict[str, Any], steps: list[tuple[str, str, bool
                       status=TrajectoryStatus.COMPLETED)
 
 
-async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tuple[Trajectory, float, str]]]:
-    """Per train template: its gold and failing trajectories with their rewards and question texts."""
+@dataclasses.dataclass(frozen=True)
+class MemoryType:
+    """One task type the bench records and distills: the questions of template ``wording`` (their
+    texts, so their relevance) with the gold and failing paths of template ``content`` (their SQL).
+    ``wording == content``: the template's own memory; otherwise a decoy, as relevant to
+    ``wording``'s questions as its own memory but carrying another template's query shape."""
+
+    name: str
+    wording: str
+    content: str
+
+    @property
+    def helpful_for(self) -> str:
+        return self.content
+
+
+def memory_types(templates: list[str], decoys: int, seed: int) -> list[MemoryType]:
+    """Every template's own type and ``decoys`` decoy types per template (``<T>~<i>``, the content
+    of distinct other templates, drawn from ``seed``)."""
+    rng = random.Random(seed)
+    out = []
+    for t in sorted(templates):
+        out.append(MemoryType(t, t, t))
+        others = [u for u in sorted(templates) if u != t]
+        out += [MemoryType(f"{t}~{i}", t, u) for i, u in enumerate(rng.sample(others, min(decoys, len(others))))]
+    return out
+
+
+async def _examples(prep: Prepared, cfg: MemoryBenchConfig,
+                    types: list[MemoryType]) -> dict[str, list[tuple[Trajectory, float, str]]]:
+    """Per memory type: gold trajectories (the content template's gold query through the real
+    ``sql_query`` tool, its rows, the answer; every ``error_every``-th first runs a query with a
+    misnamed table and fixes it) and failing ones (the misnamed query answered as it is, after its
+    error or without running it: execution reward 0), each prompted with a question of the wording
+    template, with their rewards and question texts."""
     by_template: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in _lines(prep.train_tasks):
         by_template[line["template"]].append(line)
     every = cfg.learning.error_every
     out: dict[str, list[tuple[Trajectory, float, str]]] = {}
     with SqlToolbox(prep.db_dir) as toolbox:
-        for template, lines in sorted(by_template.items()):
+        for mt in types:
+            asked, answered = by_template[mt.wording], by_template[mt.content]
             items: list[tuple[Trajectory, float, str]] = []
             for i in range(cfg.gold_per_template + cfg.fail_per_template):
-                line = lines[i % len(lines)]
-                db_id, gold = line["ground_truth"]["db_id"], line["ground_truth"]["query"]
+                line, source = asked[i % len(asked)], answered[i % len(answered)]
+                db_id, gold = source["ground_truth"]["db_id"], source["ground_truth"]["query"]
                 broken = _broken(gold)
-                tid = f"seed/{template}/{i}"
+                tid = f"seed/{mt.name}/{i}"
                 if i < cfg.gold_per_template:
                     steps = []
                     if broken is not None and every and i % every == every - 1:
@@ -177,7 +236,7 @@ async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tu
                         steps.append((broken, text, is_error))
                     text, is_error, _ = await toolbox.call(db_id, "sql_query", {"query": gold})
                     if is_error:
-                        raise RuntimeError(f"gold query of {line['task_id']} fails: {text}")
+                        raise RuntimeError(f"gold query of {source['task_id']} fails: {text}")
                     items.append((_trajectory(tid, line, [*steps, (gold, text, False)], gold), 1.0, _user_text(line)))
                 elif broken is not None:
                     # the misnamed table's query cannot run, so its execution reward is 0
@@ -187,7 +246,7 @@ async def _examples(prep: Prepared, cfg: MemoryBenchConfig) -> dict[str, list[tu
                     called = (i - cfg.gold_per_template) % 2 == 0
                     steps = [(broken, text, True)] if called else []
                     items.append((_trajectory(tid, line, steps, broken), 0.0, _user_text(line)))
-            out[template] = items
+            out[mt.name] = items
     return out
 
 
@@ -199,7 +258,7 @@ async def _with_service(db_url: str, work: Any) -> Any:
     from rlyard.server import start_server
     from rlyard.settings import ServerSettings
 
-    running = await start_server(memory_service(MemorySettings(db_url=db_url)),
+    running = await start_server(memory_service(MemorySettings(db_url=db_url, max_top_k=RANK_ALL)),
                                  ServerSettings(host="127.0.0.1", port=0))
     try:
         await running.wait_ready(timeout=600)
@@ -210,55 +269,114 @@ async def _with_service(db_url: str, work: Any) -> Any:
 
 
 async def _rank_all(client: Any, tasks: list[dict[str, Any]], n: int) -> list[list[ScoredMetaCognition]]:
-    """Every task's Retrieve over all types, with all ``n`` meta-cognitions (at most 64) ranked."""
-    return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, 64))) for t in tasks]
+    """Every task's Retrieve over all types, with all ``n`` meta-cognitions (at most ``RANK_ALL``) ranked."""
+    return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, RANK_ALL))) for t in tasks]
 
 
 def auc_figures(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str, Any]],
-                source: dict[str, str]) -> dict[str, Any]:
-    """Per task AUC by Retrieve score, its mean and minimum, and the utilities as read."""
-    by_score = [task_auc({s.meta_cognition.id: s.score for s in ranked}, source, t["template"])
-                for ranked, t in zip(rankings, tasks, strict=True)]
+                source: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per task, the AUC of its helpful meta-cognitions (content: its own template) against the
+    unhelpful ones, over the candidates of its own wording (its own memory and its decoys, equally
+    relevant: ``auc``) by Retrieve's score, and by the learned utility alone (``auc_utility``), and
+    over every meta-cognition by score (``auc_all``: relevance does most of it); their means over
+    the tasks, the minimum of ``auc`` and the utilities as read."""
+    helpful = {mid: s["content"] for mid, s in source.items()}
+    by_score, by_utility, everything = [], [], []
+    for ranked, task in zip(rankings, tasks, strict=True):
+        own = {mid: s for mid, s in source.items() if s["wording"] == task["template"]}
+        score = {s.meta_cognition.id: s.score for s in ranked}
+        utility = {s.meta_cognition.id: s.meta_cognition.utility for s in ranked}
+        by_score.append(task_auc({m: score.get(m, 0.0) for m in own}, {m: helpful[m] for m in own}, task["template"]))
+        by_utility.append(task_auc({m: utility.get(m, 0.0) for m in own}, {m: helpful[m] for m in own},
+                                   task["template"]))
+        everything.append(task_auc(score, helpful, task["template"]))
     utility = {s.meta_cognition.id: s.meta_cognition.utility for ranked in rankings for s in ranked}
-    return {"auc": mean_or_none(by_score), "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
+    return {"auc": mean_or_none(by_score), "auc_utility": mean_or_none(by_utility), "auc_all": mean_or_none(everything),
+            "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
             "auc_min": min((a for a in by_score if a is not None), default=None),
             "tasks": sum(a is not None for a in by_score),
             "utility": {mid: round(u, 4) for mid, u in sorted(utility.items())}}
 
 
+def _answer(demo: dict[str, Any]) -> str:
+    """The final answer of a demonstration (its last ``<answer>``)."""
+    found = re.findall(r"<answer>(.*?)</answer>", str(demo["messages"][-1].get("content", "")), flags=re.DOTALL)
+    return found[-1].strip() if found else ""
+
+
+def demo_templates(demos: list[dict[str, Any]], train: list[dict[str, Any]]) -> list[str]:
+    """Each demonstration's template, known by the shape of its gold query (``answer_shape``: its
+    values blanked) among the train questions' shapes; "" when the shape is none of theirs or
+    several templates share it."""
+    from memory_service.distill import answer_shape
+
+    owners: dict[str, set[str]] = defaultdict(set)
+    for line in train:
+        owners[answer_shape(line["ground_truth"]["query"])].add(line["template"])
+    out = []
+    for demo in demos:
+        found = owners.get(answer_shape(_answer(demo)), set())
+        out.append(next(iter(found)) if len(found) == 1 else "")
+    return out
+
+
 def seed_memory(prep: Prepared, cfg: MemoryBenchConfig, db_url: str, auc_tasks: list[dict[str, Any]],
-                sft_out: Path | None) -> dict[str, Any]:
-    """Record, distill per template, take the before-training AUC and (with ``sft_out``) write the
-    memory-augmented demonstrations. Returns the meta-cognitions' source templates and figures."""
-    examples = asyncio.run(_examples(prep, cfg))
+                sft_out: Path | None, seed: int) -> dict[str, Any]:
+    """Record, distill each memory type (its strongest advice: the shape rule), take the
+    before-training AUC and (with ``sft_out``) write the SFT demonstrations: each one plain and,
+    when its template has a memory, once more with that memory in its system message (Retrieve
+    typed by the template). Returns the meta-cognitions' sources and figures."""
+    train = _lines(prep.train_tasks)
+    types = memory_types(sorted({line["template"] for line in train}), cfg.decoys_per_template, seed)
+    examples = asyncio.run(_examples(prep, cfg, types))
 
     async def work(client: Any) -> dict[str, Any]:
-        source: dict[str, str] = {}
+        source: dict[str, dict[str, str]] = {}
         texts: dict[str, str] = {}
-        for template, items in examples.items():
-            for trajectory, reward, text in items:
-                await client.record_trajectory(trajectory, reward, template, text)
-            for m in await client.distill(template, timeout=300):
-                source[m.id], texts[m.id] = template, m.text
+        for mt in types:
+            for trajectory, reward, text in examples[mt.name]:
+                await client.record_trajectory(trajectory, reward, mt.name, text)
+            made = await client.distill(mt.name, max_new=1, timeout=300)
+            if len(made) != 1 or SHAPE_ADVICE not in made[0].text:
+                raise RuntimeError(f"Distill({mt.name}) gave {[m.text for m in made]}, not one shape advice")
+            (m,) = made
+            source[m.id] = {"type": mt.name, "wording": mt.wording, "content": mt.content}
+            texts[m.id] = m.text
         before = auc_figures(await _rank_all(client, auc_tasks, len(source)), auc_tasks, source)
         shown, demos = 0, []
         if sft_out is not None:
-            demos = _lines(prep.demos)
-            for demo in demos:
-                items = await client.retrieve(_user_text(demo), "", top_k=cfg.top_k)
-                block = _block(items, prep, cfg)
+            plain = _lines(prep.demos)
+            for demo, template in zip(plain, demo_templates(plain, train), strict=True):
+                demos.append(demo)
+                if not template:
+                    continue
+                block = _block(await client.retrieve(_user_text(demo), template, top_k=cfg.top_k), prep, cfg)
                 if block:
                     shown += 1
-                    system = demo["messages"][0]
-                    system["content"] = f"{system['content']}\n\n{block}"
+                    copy = json.loads(json.dumps(demo))
+                    copy["task_id"] = f"{demo['task_id']}+memory"
+                    copy["messages"][0]["content"] = f"{copy['messages'][0]['content']}\n\n{block}"
+                    demos.append(copy)
         return {"source": source, "texts": texts, "before": before, "sft_demos_with_memory": shown, "demos": demos}
 
     found: dict[str, Any] = asyncio.run(_with_service(db_url, work))
     demos = found.pop("demos")
     if sft_out is not None:
+        rng = random.Random(seed)
+        rng.shuffle(demos)
         sft_out.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos), encoding="utf-8")
     found["recorded"] = {t: len(items) for t, items in examples.items()}
+    found["sft_demos"] = len(demos)
     return found
+
+
+def rank_again(db_url: str, tasks: list[dict[str, Any]], n: int) -> list[list[ScoredMetaCognition]]:
+    """Every task's ranking from a fresh service over the store (after training)."""
+    async def work(client: Any) -> list[list[ScoredMetaCognition]]:
+        return await _rank_all(client, tasks, n)
+
+    rankings: list[list[ScoredMetaCognition]] = asyncio.run(_with_service(db_url, work))
+    return rankings
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -297,6 +415,21 @@ def existing_world(worlds_dir: Path | None, lcfg: LearningConfig) -> Prepared | 
         return None
 
 
+def sft_start(cfg: MemoryBenchConfig, seed: int, prep: Prepared) -> Path:
+    """The model SFT starts from: the world's policy, or with ``sft_from`` that directory's SFT
+    checkpoint of this seed, which must sit beside the world used (``<sft_from>/seed<N>-work``)."""
+    if not cfg.sft_from:
+        return Path(prep.policy)
+    root = Path(cfg.sft_from)
+    model = root / f"seed{seed}-grpo" / "models" / "sft"
+    if not (model / "config.json").is_file():
+        raise RuntimeError(f"--sft-from {root}: no SFT checkpoint {model}")
+    if Path(prep.root).resolve() != (root / f"seed{seed}-work").resolve():
+        raise RuntimeError(f"--sft-from {root}: its checkpoint belongs to {root / f'seed{seed}-work'}, not to the "
+                           f"world {prep.root} (pass the same directory as --worlds-dir)")
+    return model
+
+
 def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console,
              worlds_dir: Path | None = None) -> dict[str, Any]:
     """World, seeded memory, training with memory, AUC before and after, accuracy with and without."""
@@ -329,14 +462,17 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
     db_url = f"sqlite:///{(run_dir / 'memory.sqlite').resolve()}"
     log(PhaseEvent("memory"))
     sft_data = run_dir / "demos_with_memory.jsonl" if cfg.sft_memory else None
-    seeded = seed_memory(prep, cfg, db_url, auc_tasks, sft_data)
+    seeded = seed_memory(prep, cfg, db_url, auc_tasks, sft_data, seed)
     source = seeded["source"]
     if not source:
         raise RuntimeError(f"seed {seed}: Distill made no meta-cognition from the gold and failing paths")
-    console.print(f"  seed {seed} · {len(source)} meta-cognitions from {len(set(source.values()))} templates; "
-                  f"AUC before training {seeded['before']['auc']}")
+    console.print(f"  seed {seed} · {len(source)} meta-cognitions of {len(train_templates)} templates (with decoys); "
+                  f"AUC before training {seeded['before']['auc']} (utility alone {seeded['before']['auc_utility']}, "
+                  f"all candidates {seeded['before']['auc_all']})")
 
     config_dict = experiment(lcfg, prep)
+    start = sft_start(cfg, seed, prep)
+    config_dict["model"]["path"] = str(start)
     if sft_data is not None:
         config_dict["stages"][0]["data"] = str(sft_data)
     config_dict["name"] = "memory-bench"
@@ -351,10 +487,7 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
             raise RuntimeError(f"seed {seed}: the training run ended {report['state']}: {report.get('error', '')}")
         log(PhaseEvent("evaluate"))
         assert stack.memory_client is not None
-        client = stack.memory_client
-        rankings = stack.run(_rank_all(client, auc_tasks, len(source)))
-        after = auc_figures(rankings, auc_tasks, source)
-        stats = stack.run(client.stats())
+        stats = stack.run(stack.memory_client.stats())
         rollout = RolloutConfig(**{**lcfg.rollout(), "group_size": 2, "prompts_per_step": 1})
         tasks = stack.tasks(prep.heldout_tasks)
         evals = {}
@@ -365,25 +498,36 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
             log(EvalEvent(key, "done", len(tasks), evals[key].execution_accuracy))
             (run_dir / f"eval_{key}.json").write_text(json.dumps(evals[key].to_json(), indent=1) + "\n",
                                                       encoding="utf-8")
+    after = auc_figures(rank_again(db_url, auc_tasks, len(source)), auc_tasks, source)
+    console.print(f"  seed {seed} · AUC after training {after['auc']} (utility alone {after['auc_utility']}, "
+                  f"all candidates {after['auc_all']})")
     slice_of = heldout_slices(prep)
     slices = {key: by_slice(r, slice_of) for key, r in evals.items()}
     overall = {key: slice_accuracy(sum(r.correct for r in e.results), len(e.results)) for key, e in evals.items()}
     grpo = next(s for s in report["stages"] if s["name"] == "grpo")
     metrics = _memory_metrics(run_dir)
+    by_shown = rl_reward_by_shown(run_dir, source, seeded["texts"], prep.train_tasks)
+    eval_shown = eval_by_shown(run_dir, source, prep.heldout_tasks)
     return {
         "seed": seed,
         "meta_cognitions": len(source),
-        "templates_with_memory": len(set(source.values())),
+        "templates_with_memory": len({s["content"] for s in source.values()}),
         "train_templates": len(train_templates),
         "recorded_per_template": seeded["recorded"],
         "sft_demos_with_memory": seeded["sft_demos_with_memory"],
+        "sft_demos": seeded["sft_demos"],
+        "sft_start": str(start),
         "auc_tasks": after["tasks"],
         "auc_before": seeded["before"]["auc"],
         "auc_after": after["auc"],
+        "auc_utility_before": seeded["before"]["auc_utility"],
+        "auc_utility_after": after["auc_utility"],
+        "auc_all_before": seeded["before"]["auc_all"],
+        "auc_all_after": after["auc_all"],
         "auc_after_min": after["auc_min"],
         "auc_after_by_task": after["by_task"],
-        "memory_source": source,           # meta-cognition id -> the template it was distilled from
-        "utility_after": {mid: {"utility": u, "template": source.get(mid, "")} for mid, u in after["utility"].items()},
+        "memory_source": source,           # meta-cognition id -> its type, wording and content templates
+        "utility_after": {mid: {"utility": u, **source.get(mid, {})} for mid, u in after["utility"].items()},
         "memory_texts": seeded["texts"],
         "memory_stats": {"trajectories": stats.num_trajectories, "meta_cognitions": stats.num_meta_cognitions},
         "accuracy": {key: value["accuracy"] for key, value in overall.items()},
@@ -397,10 +541,57 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         "rl_seconds": round(float(grpo.get("seconds", 0.0)), 1),
         "rl_steps": grpo["steps_done"],
         "rl_memory": metrics,
+        "rl_reward_by_shown": by_shown,
+        "eval_by_shown": eval_shown,
         "wall_seconds": round(time.monotonic() - tic, 1),
         "world": str(prep.root),
         "run": str(run_dir),
     }
+
+
+def rl_reward_by_shown(run_dir: Path, source: dict[str, dict[str, str]], texts: dict[str, str],
+                       train_tasks: Path) -> dict[str, dict[str, Any]]:
+    """GRPO's rewards on the train questions by what the prompt showed, read from the trajectories the
+    run recorded in the store (each with its system message): ``own`` (the question's template's
+    memory), ``decoy`` (a decoy of its wording), ``other`` (another wording's), ``none`` (the ablation's
+    half without memory); ``{n, mean_reward}`` each."""
+    import sqlite3
+
+    kinds: dict[str, dict[str, str]] = {" ".join(texts[mid].split()): s for mid, s in source.items()}
+    template = {line["task_id"]: line["template"] for line in _lines(train_tasks)}
+    rewards: dict[str, list[float]] = {k: [] for k in ("own", "decoy", "other", "none")}
+    with contextlib.closing(sqlite3.connect(f"file:{run_dir / 'memory.sqlite'}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT task_id, turns_json, reward FROM trajectories WHERE task_type = ''").fetchall()
+    for task_id, turns_json, reward in rows:
+        system = json.loads(turns_json)["turns"][0]
+        text = str(system.get("text", "")) if system.get("role") == "system" else ""
+        shown = text.split(f"{HEADER}\n- ", 1)[1] if HEADER in text else ""
+        kind = "none"
+        if shown:
+            found = kinds.get(" ".join(shown.split()))
+            own = template.get(task_id, "")
+            kind = "other" if found is None else ("own" if found["content"] == own else
+                                                  "decoy" if found["wording"] == own else "other")
+        rewards[kind].append(float(reward))
+    return {k: {"n": len(v), "mean_reward": round(statistics.mean(v), 4) if v else None} for k, v in rewards.items()}
+
+
+def eval_by_shown(run_dir: Path, source: dict[str, dict[str, str]], heldout_tasks: Path) -> dict[str, dict[str, Any]]:
+    """The evaluation with memory by what each held-out prompt showed (``own``, ``decoy``, ``other``,
+    ``none``, as ``rl_reward_by_shown``), per slice: ``{slice: {kind: {n, correct}}}``."""
+    tasks = {line["task_id"]: line for line in _lines(heldout_tasks)}
+    out: dict[str, dict[str, Any]] = {name: {k: {"n": 0, "correct": 0} for k in ("own", "decoy", "other", "none")}
+                                      for name in SLICES}
+    for r in json.loads((run_dir / "eval_with_memory.json").read_text(encoding="utf-8"))["results"]:
+        task = tasks[r["task_id"]]
+        found = source.get(r["memory_ids"][0]) if r["memory_ids"] else None
+        kind = "none" if not r["memory_ids"] else "other" if found is None else (
+            "own" if found["content"] == task["template"] else "decoy" if found["wording"] == task["template"]
+            else "other")
+        cell = out[task["slice"]][kind]
+        cell["n"] += 1
+        cell["correct"] += int(r["correct"])
+    return out
 
 
 def _memory_metrics(run_dir: Path) -> dict[str, Any]:
@@ -421,6 +612,24 @@ def _memory_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- summary
+def retrieval_figures(path: Path = RETRIEVAL) -> dict[str, Any]:
+    """The bar's latency half, as ``bench/memory_retrieval.py`` measured it (not measured here): per
+    backend, its latest run's Retrieve p50 at its size, with a task type and over every type."""
+    if not path.is_file():
+        return {"source": str(path), "measured": False}
+    latest: dict[str, dict[str, Any]] = {}
+    for run in json.loads(path.read_text(encoding="utf-8")):
+        latest[run["backend"]] = run
+    backends = {name: {"when": r["when"], "meta_cognitions": r["meta_cognitions"],
+                       "typed_p50_ms": r["typed"]["p50_ms"], "all_types_p50_ms": r["all_types"]["p50_ms"],
+                       "typed_after_update_p50_ms": r["typed_after_update"]["p50_ms"]}
+                for name, r in sorted(latest.items())}
+    return {"source": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "measured": True,
+            "bar_ms": BAR_RETRIEVAL_MS, "backends": backends,
+            "typed_under_bar": {n: b["typed_p50_ms"] < BAR_RETRIEVAL_MS for n, b in backends.items()},
+            "all_types_under_bar": {n: b["all_types_p50_ms"] < BAR_RETRIEVAL_MS for n, b in backends.items()}}
+
+
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over seeds and the bar: AUC after training >= 0.9, gain >= 10 points (both means)."""
     if not seeds:
@@ -431,11 +640,16 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "mean_auc_before": mean_or_none([s["auc_before"] for s in seeds]),
         "mean_auc_after": auc,
+        **{f"mean_{key}": mean_or_none([s.get(key) for s in seeds])
+           for key in ("auc_utility_before", "auc_utility_after", "auc_all_before", "auc_all_after")},
         "mean_accuracy_with_memory": mean_or_none([s["accuracy"]["with_memory"] for s in seeds]),
         "mean_accuracy_without_memory": mean_or_none([s["accuracy"]["without_memory"] for s in seeds]),
         "mean_gain_points": gain,
         "mean_gain_points_by_slice": {name: mean_or_none([s["gain_points_by_slice"][name] for s in seeds], 2)
                                       for name in SLICES},
+        "mean_accuracy_by_slice": {key: {name: mean_or_none([s["slices"][key][name]["accuracy"] for s in seeds
+                                                             if "slices" in s])
+                                         for name in SLICES} for key in ("with_memory", "without_memory")},
         "bar_auc": BAR_AUC,
         "bar_points": BAR_POINTS,
         "bar": bar,
@@ -461,6 +675,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rl-seconds", type=float, default=BENCH_RL_SECONDS,
                         help=f"GRPO seconds per seed (default {BENCH_RL_SECONDS:.0f})")
+    parser.add_argument("--sft-steps", type=int, default=BENCH_SFT_STEPS,
+                        help=f"SFT steps on the demonstrations, plain and with memory (default {BENCH_SFT_STEPS})")
+    parser.add_argument("--sft-from", type=Path, default=None,
+                        help="start SFT from DIR/seed<N>-grpo/models/sft (an SFT checkpoint of the world in "
+                             "DIR/seed<N>-work, e.g. bench/sql_learning.py's runs; pass DIR as --worlds-dir too)")
+    parser.add_argument("--sft-lr", type=float, default=BENCH_SFT_LR)
+    parser.add_argument("--decoys", type=int, default=MemoryBenchConfig.decoys_per_template,
+                        help="decoy memory types per train template")
     parser.add_argument("--gold-per-template", type=int, default=MemoryBenchConfig.gold_per_template)
     parser.add_argument("--fail-per-template", type=int, default=MemoryBenchConfig.fail_per_template)
     parser.add_argument("--top-k", type=int, default=MemoryBenchConfig.top_k)
@@ -475,18 +697,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the seeds that --output already holds for this configuration; run the rest")
     ns = parser.parse_args(argv)
     console = Console()
-    learning = dataclasses.replace(LearningConfig(), rl_seconds=ns.rl_seconds)
-    cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template,
+    learning = dataclasses.replace(MemoryBenchConfig().learning, rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps,
+                                   sft_lr=ns.sft_lr)
+    cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template, decoys_per_template=ns.decoys,
+                            sft_from=str(ns.sft_from or ""),
                             fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory)
     if ns.quick:
         cfg = quick_config(cfg)
     seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []
     for s in seeds:
         console.print(f"seed {s['seed']}: kept from {ns.output} (AUC {s['auc_after']}, gain {s['gain_points']:+.1f})")
+        if "rl_reward_by_shown" not in s and (Path(s["run"]) / "memory.sqlite").is_file():   # a seed of an older run
+            s["rl_reward_by_shown"] = rl_reward_by_shown(Path(s["run"]), s["memory_source"], s["memory_texts"],
+                                                         Path(s["world"]) / "train_tasks.jsonl")
+        if "eval_by_shown" not in s and (Path(s["run"]) / "eval_with_memory.json").is_file():
+            s["eval_by_shown"] = eval_by_shown(Path(s["run"]), s["memory_source"],
+                                               Path(s["world"]) / "heldout_tasks.jsonl")
 
     def write(complete: bool) -> None:
         write_report(ns.output, "memory", cfg, quick=ns.quick, complete=complete, seeds=seeds,
-                     summary=summarize(seeds))
+                     summary=summarize(seeds), extra={"retrieval": retrieval_figures()})
 
     for seed in ns.seeds:
         if any(s["seed"] == seed for s in seeds):

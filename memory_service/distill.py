@@ -10,13 +10,18 @@ fires when both groups hold at least ``min_support`` paths and the rates differ 
 - ``avoid:T``     paths that never called T vs those that did (fires when calling T hurts);
 - ``retry:T``     after an error of T, paths that called a tool again vs those that stopped;
 - ``answer``      paths that ended with an answer vs those that did not;
-- ``sequence:…``  paths with the most frequent successful tool sequence vs all others.
+- ``sequence:…``  paths with the most frequent successful tool sequence vs all others;
+- ``shape:…``     paths whose final answer has the most frequent successful shape (the answer with
+  its literal values blanked: for SQL, the query skeleton) vs all others; its text carries the
+  shape, so a policy can fill in its own task's values.
 
 A candidate's ``rule_key`` identifies what it says, so Distill never adds the same advice twice."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +30,11 @@ from memory_service.fsm import ANSWER, INFRA_FAILED, TOOL_ERROR, tool_of, tools_
 from memory_service.store import StoredPath
 
 MAX_SOURCES = 64   # source path ids kept per meta-cognition
+MAX_SHAPE_CHARS = 800   # a longer answer gives no shape (advice goes into a prompt)
+BLANK = "?"
+# a quoted string ('it''s' included), or a number that is not part of a name (m2) or a LIMIT
+_STRING = re.compile(r"'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w.])(?<!LIMIT )-?\d+(?:\.\d+)?(?![\w.])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,16 @@ def _compare(key: str, paths: Sequence[StoredPath], good: Callable[[StoredPath],
     tasks = tuple(dict.fromkeys(p.task_text for p in (*yes.paths, *no.paths) if p.task_text))[:MAX_SOURCES]
     return Candidate(key, text(yes, no), sources, (yes.rate - no.rate) * math.sqrt(min(yes.n, no.n)), evidence,
                      tasks)
+
+
+def answer_shape(answer: str) -> str:
+    """The answer with its literal values blanked and its whitespace collapsed: quoted strings become
+    ``'?'``, numbers ``?`` (a ``LIMIT`` count stays: it is part of the shape); "" for an empty answer
+    or one over ``MAX_SHAPE_CHARS``."""
+    text = " ".join(answer.split())
+    if not text or len(text) > MAX_SHAPE_CHARS:
+        return ""
+    return _NUMBER.sub(BLANK, _STRING.sub(f"'{BLANK}'", text))
 
 
 def _condensed(tools: Sequence[str]) -> tuple[str, ...]:
@@ -154,4 +174,12 @@ def candidates(task_type: str, paths: Sequence[StoredPath], rules: Rules) -> lis
             "sequence:" + ">".join(best), paths, lambda p: _condensed(tools[p.id]) == best, rules,
             lambda y, n: f"A sequence that works for {what}: {' → '.join(best)} → answer ({y.wins}/{y.n} such "
                          f"paths succeeded, against {n.wins}/{n.n} of the others)."))
+    shapes = {p.id: answer_shape(p.final_answer) for p in paths}
+    won = Counter(shapes[p.id] for p in paths if p.reward >= rules.success_threshold and shapes[p.id])
+    if won:
+        shape = min(won, key=lambda s: (-won[s], s))
+        found.append(_compare(
+            "shape:" + hashlib.sha1(shape.encode()).hexdigest()[:16], paths, lambda p: shapes[p.id] == shape, rules,
+            lambda y, n: f"For {what}, an answer of this shape succeeded ({y.wins}/{y.n} paths, against "
+                         f"{n.wins}/{n.n} of the others); put in the task's own values for {BLANK}: {shape}"))
     return sorted((c for c in found if c is not None), key=lambda c: (-c.strength, c.rule_key))

@@ -44,6 +44,7 @@ class StoredPath:
     states: tuple[str, ...]
     reward: float
     task_text: str = ""
+    final_answer: str = ""
 
 
 @dataclass(frozen=True)
@@ -230,10 +231,11 @@ class MemoryStore:
         """Every decision path of ``task_type``, oldest first."""
         p, t = schema.decision_paths, schema.trajectories
         with self._errors(), self.reader.connect() as conn:
-            rows = conn.execute(select(p.c.id, p.c.states_json, p.c.reward, t.c.task_text)
+            rows = conn.execute(select(p.c.id, p.c.states_json, p.c.reward, t.c.task_text, t.c.final_answer)
                                 .join(t, t.c.id == p.c.trajectory_id).where(p.c.task_type == task_type)
                                 .order_by(p.c.created_at, p.c.id)).all()
-        return [StoredPath(r.id, tuple(json.loads(r.states_json)), r.reward, r.task_text) for r in rows]
+        return [StoredPath(r.id, tuple(json.loads(r.states_json)), r.reward, r.task_text, r.final_answer)
+                for r in rows]
 
     def task_types(self) -> list[str]:
         """The task types that have paths."""

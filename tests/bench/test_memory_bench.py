@@ -18,10 +18,13 @@ from bench.memory import (
     BAR_AUC,
     BAR_POINTS,
     MemoryBenchConfig,
+    demo_templates,
     existing_world,
     main,
+    memory_types,
     quick_config,
     roc_auc,
+    sft_start,
     summarize,
     task_auc,
 )
@@ -36,6 +39,52 @@ def test_roc_auc_counts_ties_half() -> None:
     # m2 was not retrieved: it counts 0, below m3 (0.2) and tied with m4 (0.0)
     assert task_auc({"m1": 0.8, "m3": 0.2, "m4": 0.0}, source, "t1") == pytest.approx((1 + 1 + 0 + 0.5) / 4)
     assert task_auc({"m1": 0.8}, source, "t9") is None          # no helpful candidate
+
+
+def test_every_template_gets_its_own_memory_type_and_decoys_of_other_content() -> None:
+    types = memory_types(["t1", "t2", "t3"], 2, seed=0)
+    assert [(m.name, m.wording) for m in types] == [(n, w) for w in ("t1", "t2", "t3")
+                                                    for n in (w, f"{w}~0", f"{w}~1")]
+    for m in types:
+        assert (m.content == m.wording) == (m.name == m.wording)
+    assert {m.content for m in types if m.wording == "t1"} == {"t1", "t2", "t3"}   # two decoys: both others
+    assert memory_types(["t1", "t2", "t3"], 2, seed=0) == types                     # drawn from the seed
+    assert len(memory_types(["t1", "t2"], 5, seed=0)) == 4                         # at most the other templates
+
+
+def test_a_demonstration_is_known_by_its_query_shape() -> None:
+    train = [{"template": "phone", "ground_truth": {"query": "SELECT phone FROM merchant WHERE name = 'A'"}},
+             {"template": "price", "ground_truth": {"query": "SELECT avg_price FROM merchant WHERE name = 'B'"}},
+             {"template": "x", "ground_truth": {"query": "SELECT 1"}},
+             {"template": "y", "ground_truth": {"query": "SELECT 2"}}]
+
+    def demo(answer: str) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": "?"},
+                             {"role": "assistant", "content": f"<answer>{answer}</answer>"}]}
+
+    demos = [demo("SELECT phone FROM merchant WHERE name = 'Z'"),
+             demo("SELECT avg_price  FROM merchant WHERE name = 'Q'"), demo("SELECT 3"), demo("SELECT name FROM city")]
+    # the last two: a shape two templates share, a shape no template has
+    assert demo_templates(demos, train) == ["phone", "price", "", ""]
+
+
+def test_sft_starts_from_the_world_policy_or_an_sft_checkpoint_of_the_same_world(tmp_path: Path) -> None:
+    from experiments.sql_learning import Prepared
+
+    world = tmp_path / "seed3-work"
+    prep = Prepared(root=world, db_dir=world / "db", train_tasks=world / "t", heldout_tasks=world / "h",
+                    demos=world / "d", policy=world / "policy", n_train=1, n_heldout=1, n_demos=1, split_info={})
+    assert sft_start(MemoryBenchConfig(), 3, prep) == world / "policy"
+    cfg = MemoryBenchConfig(sft_from=str(tmp_path))
+    with pytest.raises(RuntimeError, match="no SFT checkpoint"):
+        sft_start(cfg, 3, prep)
+    model = tmp_path / "seed3-grpo" / "models" / "sft"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert sft_start(cfg, 3, prep) == model
+    other = dataclasses.replace(prep, root=tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="not to the world"):
+        sft_start(cfg, 3, other)
 
 
 def _seed(seed: int, auc: float, gain: float) -> dict[str, Any]:
@@ -78,7 +127,8 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
         report["config"])
     (seed,) = report["seeds"]
     for key in ("auc_before", "auc_after", "auc_after_by_task", "memory_source", "utility_after", "accuracy",
-                "slices", "gain_points", "gain_points_by_slice", "rl_steps", "rl_memory", "memory_texts"):
+                "slices", "gain_points", "gain_points_by_slice", "rl_steps", "rl_memory", "memory_texts",
+                "rl_reward_by_shown", "eval_by_shown"):
         assert key in seed, key
     summary = report["summary"]
     assert {"mean_auc_before", "mean_auc_after", "mean_gain_points", "bar", "pass"} <= set(summary)
@@ -90,17 +140,26 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
     assert source and seed["meta_cognitions"] == len(source)
     with sqlite3.connect(run / "memory.sqlite") as conn:
         stored = {row[0]: row[1] for row in conn.execute("SELECT id, task_type FROM meta_cognitions")}
-    assert stored == source
+    assert stored == {mid: s["type"] for mid, s in source.items()}
+    # every train template has its own memory and its decoys: its wording, another template's content
+    own = {s["wording"] for s in source.values() if s["wording"] == s["content"]}
+    assert own == {s["wording"] for s in source.values()}
+    assert all(s["type"] == s["wording"] if s["wording"] == s["content"] else s["type"].startswith(s["wording"] + "~")
+               for s in source.values())
+    assert seed["auc_utility_before"] == 0.5                            # every utility at the prior
     # the training run's steps sent utility updates through the service
     assert seed["rl_steps"] >= 1 and seed["rl_memory"]["steps_with_updates"] >= 1
-    assert seed["sft_demos_with_memory"] > 0
+    assert 0 < seed["sft_demos_with_memory"] and seed["sft_demos"] == 12 + seed["sft_demos_with_memory"]
 
     # the AUC is what the service's ranking gives: ask a fresh service over the same store
     heldout = [json.loads(line) for line in (runs / "seed0-work" / "heldout_tasks.jsonl").read_text().splitlines()]
     tasks = [t for t in heldout if t["task_id"] in seed["auc_after_by_task"]]
     assert tasks and len(tasks) == seed["auc_tasks"]
     scores = _retrieve_again(run / "memory.sqlite", tasks, len(source))
-    by_task = {t["task_id"]: task_auc(scores[t["task_id"]], source, t["template"]) for t in tasks}
+    by_task = {}
+    for t in tasks:     # the task's own memory against its decoys (same wording), by Retrieve's score
+        own = {mid: s["content"] for mid, s in source.items() if s["wording"] == t["template"]}
+        by_task[t["task_id"]] = task_auc({m: scores[t["task_id"]].get(m, 0.0) for m in own}, own, t["template"])
     assert by_task == pytest.approx(seed["auc_after_by_task"])
     got = [a for a in by_task.values() if a is not None]
     assert seed["auc_after"] == pytest.approx(sum(got) / len(got), abs=1e-4)
@@ -111,6 +170,13 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
         results = evaluated["results"]
         assert len(results) == sum(s["n"] for s in seed["slices"][key].values())
         assert seed["accuracy"][key] == pytest.approx(sum(r["correct"] for r in results) / len(results), abs=1e-4)
+    # what each prompt showed: every evaluated question once, every recorded GRPO trajectory once
+    by_slice = {name: sum(c["n"] for c in kinds.values()) for name, kinds in seed["eval_by_shown"].items()}
+    assert by_slice == {name: s["n"] for name, s in seed["slices"]["with_memory"].items()}
+    with sqlite3.connect(run / "memory.sqlite") as conn:
+        (recorded,) = conn.execute("SELECT COUNT(*) FROM trajectories WHERE task_type = ''").fetchone()
+    assert sum(c["n"] for c in seed["rl_reward_by_shown"].values()) == recorded > 0
+    assert seed["rl_reward_by_shown"]["none"]["n"] > 0              # the ablation's half without memory
     with_ids = json.loads((run / "eval_with_memory.json").read_text())["results"]
     assert any(r["memory_ids"] for r in with_ids)                        # prompts showed memories
     without_ids = json.loads((run / "eval_without_memory.json").read_text())["results"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memory_service.distill import Rules, candidates
+from memory_service.distill import Rules, answer_shape, candidates
 from memory_service.store import StoredPath
 
 DESCRIBE_FIRST = ("START", "TOOL_CALL:describe_table", "TOOL_OK", "TOOL_CALL:sql_query", "TOOL_OK", "ANSWER")
@@ -53,3 +53,32 @@ def test_retrying_after_an_error_and_answering_at_all_are_rules_too() -> None:
                                     "within the turn budget: 3/3 paths that did not failed.")
     # system failures are not the model's: the infra paths are in no group
     assert all(not {f"p{i}" for i in range(6, 11)} & set(c.source_path_ids) for c in found.values())
+
+
+def test_an_answer_shape_blanks_the_values_and_keeps_the_query_skeleton() -> None:
+    query = ("SELECT m.name, p.price FROM product AS p JOIN merchant AS m2 ON p.merchant_id = m2.merchant_id\n"
+             "WHERE m.name = 'Xi''an Noodles' AND p.price < 35 AND r.rating >= 4.5 AND r.created_at LIKE '2023-%' "
+             "ORDER BY p.price LIMIT 1")
+    assert answer_shape(query) == ("SELECT m.name, p.price FROM product AS p JOIN merchant AS m2 ON p.merchant_id = "
+                                   "m2.merchant_id WHERE m.name = '?' AND p.price < ? AND r.rating >= ? AND "
+                                   "r.created_at LIKE '?' ORDER BY p.price LIMIT 1")
+    assert answer_shape("  ") == "" and answer_shape("SELECT 1 " * 200) == ""
+
+
+def test_the_most_frequent_successful_answer_shape_becomes_advice_with_the_skeleton() -> None:
+    ok = ("START", "TOOL_CALL:sql_query", "TOOL_OK", "ANSWER")
+    answers = ["SELECT phone FROM merchant WHERE name = 'A'", "SELECT phone FROM merchant WHERE name = 'B'",
+               "SELECT phone FROM merchant WHERE name = 'C'", "SELECT phone FROM merchant_tbl WHERE name = 'D'",
+               "SELECT phone FROM merchant_tbl WHERE name = 'E'", "SELECT phone FROM merchant WHERE name = 'F'"]
+    rewards = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    paths = [StoredPath(f"p{i}", ok, r, f"question {i}", a)
+             for i, (a, r) in enumerate(zip(answers, rewards, strict=True))]
+    (shape,) = [c for c in candidates("merchant_phone", paths, RULES) if c.rule_key.startswith("shape:")]
+    assert shape.text == ("For merchant_phone tasks, an answer of this shape succeeded (3/4 paths, against 0/2 of "
+                          "the others); put in the task's own values for ?: SELECT phone FROM merchant WHERE name "
+                          "= '?'")
+    # 0.75 - 0 on groups of 4 and 2
+    assert shape.strength == 0.75 * 2 ** 0.5 and shape.source_path_ids == ("p0", "p1", "p2", "p5", "p3", "p4")
+    # without answers (or with one shape for everyone) there is nothing to tell apart
+    blank = [StoredPath(p.id, p.states, p.reward, p.task_text) for p in paths]
+    assert not [c for c in candidates("merchant_phone", blank, RULES) if c.rule_key.startswith("shape:")]
