@@ -304,9 +304,12 @@ class Reply:
 
 @dataclass
 class ChatServer:
-    """An OpenAI-compatible ``/v1/chat/completions`` server with scripted replies."""
+    """An OpenAI-compatible ``/v1/chat/completions`` server with scripted replies, or, with
+    ``respond``, the content that function gives for the request's JSON (a reply that depends on
+    what is asked, not on when: concurrent requests arrive in any order)."""
 
     replies: deque[Reply]
+    respond: Callable[[Any], str] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     port: int = 0
@@ -320,9 +323,12 @@ class ChatServer:
         self.requests.append({"path": path, "headers": headers, "json": payload})
         if path != "/v1/chat/completions":
             return 404, json.dumps({"error": {"message": f"no route {path}"}})
-        if not self.replies:
+        if self.respond is not None:
+            reply = Reply(self.respond(payload))
+        elif not self.replies:
             return 500, json.dumps({"error": {"message": "the test scripted no more replies"}})
-        reply = self.replies.popleft()
+        else:
+            reply = self.replies.popleft()
         if reply.hang:
             self.stopping.wait(10.0)
         if reply.body is not None or reply.status != 200:
@@ -373,12 +379,13 @@ def chat_server() -> Iterator[StartChatServer]:
 
     A reply is the content of a chat completion (``str``) or the fields of a ``Reply``
     (``dict``: ``status``, ``body``, ``content``, ``hang``); the server answers them in order.
+    ``chat_server(respond=fn)`` answers each request with ``fn(request JSON)`` instead.
     """
     running: list[tuple[ChatServer, ThreadingHTTPServer, threading.Thread]] = []
 
-    def start(*replies: str | dict[str, Any]) -> ChatServer:
+    def start(*replies: str | dict[str, Any], respond: Callable[[Any], str] | None = None) -> ChatServer:
         script = [Reply(r) if isinstance(r, str) else Reply(**r) for r in replies]
-        server = ChatServer(deque(script))
+        server = ChatServer(deque(script), respond=respond)
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
         httpd.daemon_threads = True
         server.port = httpd.server_address[1]

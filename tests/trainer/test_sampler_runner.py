@@ -4,6 +4,7 @@ with it, and the run trains the same weights as one with the in-process sampler.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -47,6 +48,19 @@ def rl_tasks(tmp_path: Path) -> Path:
     return path
 
 
+def scripted_judge(request: Any) -> str:
+    """The judge's answer as a function of what it is asked (the trajectory in its messages).
+
+    The reward service scores a step's trajectories concurrently, so their judge requests arrive
+    in any order: replies scripted in order of arrival would give a trajectory another's score
+    depending on timing (the flakiness this test once had). A reply that depends on the content
+    gives the same trajectory the same score in both runs, and a different one if the remote run
+    sampled different text."""
+    text = json.dumps(request["messages"], sort_keys=True)
+    score = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=2).digest(), "big") % 10
+    return f"Score: {score}\nReason: scripted."
+
+
 def run(config: ExperimentConfig, out: Path) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, torch.Tensor]]:
     events: list[Any] = []
     with open_stack(config) as stack:
@@ -60,9 +74,8 @@ def run(config: ExperimentConfig, out: Path) -> tuple[dict[str, Any], list[dict[
 def test_grpo_with_the_remote_sampler_trains_what_the_local_one_trains(
     tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any
 ) -> None:
-    replies = [f"Score: {s}\nReason: scripted." for s in (0, 3, 6, 9) * 2]
     local_report, local_steps, local_params = run(
-        rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url, {}), tmp_path / "local")
+        rl_config(tiny_model_dir, rl_tasks, chat_server(respond=scripted_judge).url, {}), tmp_path / "local")
 
     root = tmp_path / "weights"
     ready = tmp_path / "ready.json"
@@ -78,7 +91,7 @@ def test_grpo_with_the_remote_sampler_trains_what_the_local_one_trains(
             assert time.monotonic() < deadline, "the sampler service did not start listening"
             time.sleep(0.05)
         address = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
-        config = rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url,
+        config = rl_config(tiny_model_dir, rl_tasks, chat_server(respond=scripted_judge).url,
                            {"backend": "remote", "sampler": address, "weights_dir": str(root)})
         report, steps, params = run(config, tmp_path / "remote")
     finally:
