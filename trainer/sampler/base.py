@@ -49,6 +49,24 @@ class WeightVersionUnavailable(FailedPrecondition):
     while the trajectory ran): the trajectory cannot go on without mixing versions."""
 
 
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What a sampler service serves: ``SamplerHost.info`` on the server, ``GetInfo`` through
+    ``SamplerClient.info`` on the client."""
+
+    model: str
+    backend: str
+    weight_version: int
+    weight_publication: str
+    loaded_versions: tuple[int, ...]
+    latest_published: int | None
+    weights_root: str
+    max_model_len: int
+    vocab_size: int
+    supports_images: bool
+    max_batch_size: int
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """Samples continuations for the rollout engine (many concurrent ``sample`` calls; the

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,30 +27,13 @@ from rlyard.errors import DeadlineExceeded, ServiceError
 from rlyard.sampler.v1 import sampler_pb2, sampler_pb2_grpc
 from rlyard.tls import ClientTLS
 from trainer.policy.base import Generation, ImageTokenizer
-from trainer.sampler.base import SampleRequest
+from trainer.sampler.base import SampleRequest, SamplerInfo
 from trainer.sampler.convert import generation_from_pb, request_to_pb, service_error
 from trainer.sampler.weights import META_FILE, publish_weights
 
 logger = logging.getLogger(__name__)
 
 SyncMode = Literal["wait", "publish"]
-
-
-@dataclass(frozen=True)
-class SamplerInfo:
-    """What the service serves (``GetInfo``)."""
-
-    model: str
-    backend: str
-    weight_version: int
-    weight_publication: str
-    loaded_versions: tuple[int, ...]
-    latest_published: int | None
-    weights_root: str
-    max_model_len: int
-    vocab_size: int
-    supports_images: bool
-    max_batch_size: int
 
 
 class SamplerClient(_BaseClient):

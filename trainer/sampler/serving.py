@@ -25,7 +25,7 @@ from rlyard.errors import InvalidArgument, NotFound, Unavailable
 from trainer.policy.base import Generation
 from trainer.policy.hf import HFPolicy
 from trainer.policy.prefix_cache import DEFAULT_MAX_TOKENS
-from trainer.sampler.base import SampleRequest, WeightVersionUnavailable
+from trainer.sampler.base import SampleRequest, SamplerInfo, WeightVersionUnavailable
 from trainer.sampler.local import LocalSampler
 from trainer.sampler.weights import Published, latest, load_weights, published
 
@@ -50,23 +50,6 @@ class _Held:
         self.inflight -= 1
         if not self.inflight:
             self.idle.set()
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    """What ``SamplerHost.info`` reports."""
-
-    model: str
-    backend: str
-    weight_version: int
-    weight_publication: str
-    loaded_versions: tuple[int, ...]
-    latest_published: int | None
-    weights_root: str
-    max_model_len: int
-    vocab_size: int
-    supports_images: bool
-    max_batch_size: int
 
 
 @dataclass
@@ -234,10 +217,10 @@ class SamplerHost:
         return freed
 
     # ------------------------------------------------------------------ versions
-    async def info(self) -> HostInfo:
+    async def info(self) -> SamplerInfo:
         """What is served now (after a look at ``LATEST``)."""
         found = await self.refresh() if self.weights_root is not None else None
-        return HostInfo(
+        return SamplerInfo(
             model=self.model_name, backend="hf", weight_version=self.weight_version,
             weight_publication=self._current.publication if self._current is not None else "",
             loaded_versions=self.loaded_versions, latest_published=None if found is None else found.version,
