@@ -552,3 +552,12 @@ def tiny_tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerFast:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
     return tokenizer
+
+
+@pytest.fixture
+def rl_tasks(tmp_path: Path) -> Path:
+    """Four one-turn QA tasks ("how many singer i" -> "i") for short GRPO runs of the tiny policy."""
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
+                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
+    return path

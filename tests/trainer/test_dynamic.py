@@ -40,13 +40,6 @@ def _config(model_dir: Path, tasks: Path, judge_url: str, *, steps: int, dynamic
     })
 
 
-@pytest.fixture
-def rl_tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
-                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
-    return path
-
 
 def _scores(*groups: tuple[int, int]) -> list[str]:
     """The judge's replies for groups of two samples (scores 0–10, normalised to [0, 1])."""

@@ -202,13 +202,6 @@ def _rl_config(model_dir: Path, tasks: Path, judge_url: str, steps: int = 2,
     })
 
 
-@pytest.fixture
-def rl_tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
-                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
-    return path
-
 
 def test_rl_stage_through_the_composition_root(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path,
                                                chat_server: Any) -> None:

@@ -40,13 +40,6 @@ def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any
     })
 
 
-@pytest.fixture
-def rl_tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
-                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
-    return path
-
 
 def scripted_judge(request: Any) -> str:
     """The judge's answer as a function of what it is asked (the trajectory in its messages).

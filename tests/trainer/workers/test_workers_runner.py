@@ -40,13 +40,6 @@ def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any
     })
 
 
-@pytest.fixture
-def rl_tasks(tmp_path: Path) -> Path:
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"how many singer {i}", "tools": [],
-                                        "ground_truth": {"answers": [str(i)]}}) + "\n" for i in range(4)))
-    return path
-
 
 def test_grpo_rolls_out_on_the_workers(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any,
                                        redis_url: str, start_worker: Any) -> None:
