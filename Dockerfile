@@ -51,11 +51,12 @@ COPY . .
 # hadolint ignore=DL3042
 RUN pip install ${WHEELS_URL:+--no-index --find-links "$WHEELS_URL"} --no-deps -e . \
  && rm -rf build ./*.egg-info \
- && mkdir -p data/generated/poi \
- && chown 10001:10001 data/generated/poi
+ && mkdir -p data/generated/poi runs/models \
+ && chown 10001:10001 data/generated/poi runs/models
 
-# data/generated/poi belongs to the user above: a named volume mounted there starts with that
-# owner, and the POI services write their corpus indexes into it at first start.
+# data/generated/poi and runs/models belong to the user above: a named volume mounted there starts
+# with that owner. The POI services write their corpus indexes into the first at first start; the
+# trainer writes the base checkpoint and the weights it publishes for the sampler into the second.
 USER 10001:10001
 # caches of matplotlib (the trainer's curves) in the writable /tmp; the user has no home
 ENV MPLCONFIGDIR=/tmp/matplotlib

@@ -8,6 +8,8 @@ Writes, under one directory (``secrets/`` by default, which git ignores):
     tls/client.pem, tls/client-key.pem  the client certificate services and the CLI show (mutual TLS)
     tokens/<service>.env                RLYARD_AUTH_TOKEN (the service's own token) and
                                         RLYARD_CLIENT_AUTH_TOKENS (the tokens of what it calls)
+    tokens/<worker>.env                 the workers' RLYARD_CLIENT_AUTH_TOKENS (every service's: a job
+                                        may name any; they serve nothing, so no token of their own)
     client.env                          what a process on the host needs to call the services
                                         (``set -a; . secrets/client.env; set +a``)
     k8s-secrets.yaml                    the same as Kubernetes Secrets (``kubectl apply -f``)
@@ -170,6 +172,13 @@ def service_token_env(table: ServiceTable, spec: ServiceSpec, tokens: dict[str, 
                                                   for n in _token_names(s))}
 
 
+def worker_token_env(table: ServiceTable, tokens: dict[str, str]) -> dict[str, str]:
+    """A worker's token variable: every service's token (by name), as the trainer has them: the jobs
+    it takes may name any service. A worker serves nothing, so it has no token of its own."""
+    return {"RLYARD_CLIENT_AUTH_TOKENS": ",".join(f"{n}={tokens[s.name]}" for s in table.services
+                                                  for n in _token_names(s))}
+
+
 def client_env(table: ServiceTable, tokens: dict[str, str], tls_dir: Path) -> dict[str, str]:
     """What a process on the host needs to call every service: TLS from ``tls_dir``, and each
     service's token by name and by its published loopback address."""
@@ -201,7 +210,7 @@ def _env_text(header: str, env: dict[str, str]) -> str:
 
 def k8s_secrets(table: ServiceTable, pems: dict[str, bytes], tokens: dict[str, str],
                 namespace: str) -> list[dict[str, object]]:
-    """The TLS Secret (without the CA's key) and each service's token Secret."""
+    """The TLS Secret (without the CA's key), each service's and each worker's token Secret."""
     labels = {"app.kubernetes.io/part-of": PROJECT}
     docs: list[dict[str, object]] = [{
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -213,6 +222,12 @@ def k8s_secrets(table: ServiceTable, pems: dict[str, bytes], tokens: dict[str, s
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": tokens_secret(spec), "namespace": namespace, "labels": labels},
             "stringData": service_token_env(table, spec, tokens),
+        })
+    for worker in table.workers:
+        docs.append({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": tokens_secret(worker), "namespace": namespace, "labels": labels},
+            "stringData": worker_token_env(table, tokens),
         })
     return docs
 
@@ -250,6 +265,11 @@ def write_certs(table: ServiceTable, out: Path, *, days: int = 365, force: bool 
         text = _env_text(f"tokens of {spec.name} (rlyard certs): its own, and those of what it calls", env)
         files.append((Written(out / "tokens" / f"{spec.name}.env",
                               f"{spec.name}'s token and its callees' ({callee_names})"), text.encode(), True))
+    for worker in table.workers:
+        text = _env_text(f"tokens of the {worker.name}s (rlyard certs): those of every service",
+                         worker_token_env(table, tokens))
+        files.append((Written(out / "tokens" / f"{worker.name}.env", f"the {worker.name}s' tokens of every service"),
+                      text.encode(), True))
     host_env = client_env(table, tokens, tls_dir.resolve())
     files.append((Written(out / "client.env", "TLS and tokens for clients on this host"),
                   _env_text("set -a; . client.env; set +a  (rlyard certs)", host_env).encode(), True))

@@ -25,13 +25,23 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.settings import ServerSettings
-from rlyard_app.services import BackingService, Resources, ServiceSpec, ServiceTable, VolumeSpec
+from rlyard_app.services import (
+    BackingService,
+    Resources,
+    ServiceSpec,
+    ServiceTable,
+    VolumeSpec,
+    WorkerSpec,
+    split_mount,
+)
 
 logger = logging.getLogger(__name__)
 
 HEADER = "# generated from configs/services.yaml by `rlyard deploy render`; do not edit\n"
 COMPOSE_FILE = "docker-compose.yml"
 K8S_DIR = "k8s"
+# the shared volumes' PersistentVolumeClaims: sorts after the namespace, and no service can be named so
+VOLUMES_FILE = "00-volumes.yaml"
 NAMESPACE = "rlyard"
 PROJECT = "rlyard"
 # Containers listen on every interface; Compose publishes the ports on loopback only.
@@ -102,9 +112,21 @@ def container_env(spec: ServiceSpec) -> dict[str, str]:
     return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port) | spec.container_env
 
 
-def tokens_secret(spec: ServiceSpec) -> str:
+def tokens_secret(spec: ServiceSpec | WorkerSpec) -> str:
     """The Kubernetes Secret with a service's tokens (``<dir>/tokens/<name>.env`` under Compose)."""
     return f"{spec.name}-tokens"
+
+
+def client_tls_env(table: ServiceTable) -> dict[str, str]:
+    """What makes a container dial its peers with TLS and the client certificate (empty when the
+    table's tls is off): all a worker needs, which serves nothing."""
+    if not table.tls.enabled:
+        return {}
+    return {
+        "RLYARD_CLIENT_TLS_CA": f"{SECRETS_MOUNT}/ca.crt",
+        "RLYARD_CLIENT_TLS_CERT": f"{SECRETS_MOUNT}/client.crt",
+        "RLYARD_CLIENT_TLS_KEY": f"{SECRETS_MOUNT}/client.key",
+    }
 
 
 def tls_env(table: ServiceTable) -> dict[str, str]:
@@ -118,10 +140,12 @@ def tls_env(table: ServiceTable) -> dict[str, str]:
         "RLYARD_TLS_KEY": path["tls.key"],
         "RLYARD_TLS_CLIENT_CA": path["ca.crt"],
         "RLYARD_TLS_REQUIRE_CLIENT_CERT": "true" if table.tls.require_client_cert else "false",
-        "RLYARD_CLIENT_TLS_CA": path["ca.crt"],
-        "RLYARD_CLIENT_TLS_CERT": path["client.crt"],
-        "RLYARD_CLIENT_TLS_KEY": path["client.key"],
-    }
+    } | client_tls_env(table)
+
+
+def worker_env(table: ServiceTable, worker: WorkerSpec) -> dict[str, str]:
+    """A worker container's environment besides its tokens: the table's ``env`` and the client TLS."""
+    return worker.env | client_tls_env(table)
 
 
 def service_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
@@ -173,7 +197,8 @@ def _probe(table: ServiceTable, spec: ServiceSpec) -> list[str]:
 
 
 def _check_names(table: ServiceTable) -> None:
-    for name in [s.name for s in table.services] + [b.name for b in table.backing]:
+    names = [s.name for s in table.services] + [b.name for b in table.backing] + [w.name for w in table.workers]
+    for name in names + [v.name for v in table.volumes]:
         if not _DNS_LABEL.match(name):
             raise ConfigError(
                 f"service name {name!r} cannot name a Kubernetes Service: use lower-case "
@@ -182,8 +207,20 @@ def _check_names(table: ServiceTable) -> None:
 
 
 def mount_path(path: str) -> str:
-    """A volume's mount path in the container: relative paths resolve under the image's /app."""
+    """A volume's mount path in the container: relative paths resolve under the image's /app
+    (a table mount's ``:ro`` is dropped: ``mounts`` keeps it)."""
+    path, _ = split_mount(path)
     return path if path.startswith("/") else f"{APP_DIR}/{path}"
+
+
+def mounts(spec: ServiceSpec | WorkerSpec) -> list[tuple[str, str, bool]]:
+    """(volume, path in the container, read-only) of each volume ``spec`` mounts, in table order."""
+    return [(name, mount_path(mount), split_mount(mount)[1]) for name, mount in spec.volumes.items()]
+
+
+def _volume(table: ServiceTable, name: str) -> VolumeSpec:
+    [volume] = [v for v in table.volumes if v.name == name]
+    return volume
 
 
 def init_name(volume: VolumeSpec) -> str:
@@ -204,6 +241,11 @@ def compose_build(table: ServiceTable, image: str) -> dict[str, Any] | str:
 
 def _volume_users(table: ServiceTable, volume: VolumeSpec) -> list[ServiceSpec]:
     return [s for s in table.services if volume.name in s.volumes]
+
+
+def _compose_mounts(spec: ServiceSpec | WorkerSpec) -> dict[str, list[str]]:
+    return {"volumes": [f"{name}:{path}" + (":ro" if ro else "") for name, path, ro in mounts(spec)]} \
+        if spec.volumes else {}
 
 
 def compose_volume_init(table: ServiceTable, volume: VolumeSpec) -> dict[str, Any]:
@@ -246,14 +288,13 @@ def compose_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         # the certificates as Compose secrets, the service's own tokens from its env file (rlyard certs)
         service["secrets"] = [{"source": _compose_secret(key), "target": key} for key in TLS_FILES.values()]
         service["env_file"] = [{"path": f"{table.tls.dir}/tokens/{spec.name}.env", "required": True}]
-    volumes = {"volumes": [f"{name}:{mount_path(path)}" for name, path in spec.volumes.items()]} if spec.volumes else {}
     return service | {
         "command": list(spec.command),
         "environment": _quoted(service_env(table, spec)),
         "ports": [_Quoted(f"{PUBLISH_HOST}:{p}:{p}") for p in (spec.port, spec.metrics_port)],
         "read_only": True,
         "tmpfs": ["/tmp"],
-        **volumes,
+        **_compose_mounts(spec),
         "healthcheck": {
             "test": _probe(table, spec),
             "interval": "10s",
@@ -280,18 +321,27 @@ def volume_name(store: BackingService) -> str:
     return f"{store.name}-data"
 
 
+def compose_image(store: BackingService) -> str:
+    """A backing store's image under Compose: the table's, unless ``RLYARD_<NAME>_IMAGE`` names
+    another (the offline build's, e.g. ``RLYARD_REDIS_IMAGE=rlyard-redis:bookworm``)."""
+    return f"${{{store.image_variable}:-{store.image}}}"
+
+
 def compose_backing(store: BackingService) -> dict[str, Any]:
-    """A backing store under Compose: its own image, a named volume, healthy when its probe passes;
-    not published on the host (only the services reach it)."""
-    service: dict[str, Any] = {"image": store.image}
+    """A backing store under Compose: its own image, a named volume (a tmpfs when it is not
+    persistent), healthy when its probe passes; not published on the host (only the services reach it)."""
+    service: dict[str, Any] = {"image": _Quoted(compose_image(store))}
     if "all" not in store.profiles:
         service["profiles"] = list(store.profiles)
+    if store.command:
+        service["command"] = list(store.command)
+    data = {"volumes": [f"{volume_name(store)}:{store.data_dir}"]} if store.persistent else {}
     return service | {
         "user": _Quoted(f"{store.run_as}:{store.run_as}"),
         "environment": _quoted(store.env),
-        "volumes": [f"{volume_name(store)}:{store.data_dir}"],
+        **data,
         "read_only": True,
-        "tmpfs": list(store.writable),
+        "tmpfs": list(store.writable) + ([] if store.persistent else [store.data_dir]),
         "healthcheck": {
             "test": ["CMD", *store.probe],
             "interval": "5s",
@@ -303,17 +353,63 @@ def compose_backing(store: BackingService) -> dict[str, Any]:
     }
 
 
+# How often Compose checks that a worker consumes its queue (the file ``rlyard worker --ready-file``
+# writes), and how long its start (Celery, torch) may take.
+WORKER_HEALTH_INTERVAL_S = 10
+WORKER_START_S = 120
+
+
+def worker_probe(worker: WorkerSpec) -> list[str]:
+    """A worker's readiness: the file it writes once it consumes its queue exists."""
+    return ["test", "-f", worker.READY_FILE]
+
+
+def compose_worker(table: ServiceTable, worker: WorkerSpec) -> dict[str, Any]:
+    """Rollout workers under Compose: ``replicas`` containers (``--scale worker=N`` changes it; no
+    ports, so they do not collide), started after their broker is healthy and after the services
+    they call have started, restarted when they exit."""
+    service: dict[str, Any] = {"image": table.image_of(worker), "build": compose_build(table, worker.image)}
+    service["depends_on"] = ({store: {"condition": "service_healthy"} for store in worker.backing}
+                             | {peer: {"condition": "service_started", "required": False} for peer in worker.wants})
+    if "all" not in worker.profiles:
+        service["profiles"] = list(worker.profiles)
+    if table.tls.enabled:
+        # the CA and the client certificate; its tokens (one per service it calls) from its env file
+        service["secrets"] = [{"source": _compose_secret(key), "target": key}
+                              for key in ("ca.crt", "client.crt", "client.key")]
+        service["env_file"] = [{"path": f"{table.tls.dir}/tokens/{worker.name}.env", "required": True}]
+    return service | {
+        "command": worker.command,
+        "environment": _quoted(worker_env(table, worker)),
+        "read_only": True,
+        "tmpfs": ["/tmp"],
+        **_compose_mounts(worker),
+        "healthcheck": {
+            "test": ["CMD", *worker_probe(worker)],
+            "interval": f"{WORKER_HEALTH_INTERVAL_S}s",
+            "timeout": "5s",
+            "retries": 3,
+            "start_period": f"{WORKER_START_S}s",
+        },
+        "deploy": {"replicas": worker.replicas},
+        "restart": "unless-stopped",
+        "stop_grace_period": f"{worker.stop_grace_s}s",
+    }
+
+
 def render_compose(table: ServiceTable) -> str:
-    """docker-compose.yml for every service and backing store of the table."""
+    """docker-compose.yml for every service, backing store and worker of the table."""
     _check_names(table)
     doc: dict[str, Any] = {
         "name": PROJECT,
         "services": {store.name: compose_backing(store) for store in table.backing}
         | {init_name(v): compose_volume_init(table, v) for v in table.volumes if v.init}
-        | {spec.name: compose_service(table, spec) for spec in table.services},
+        | {spec.name: compose_service(table, spec) for spec in table.services}
+        | {worker.name: compose_worker(table, worker) for worker in table.workers},
     }
-    if table.backing or table.volumes:
-        doc["volumes"] = {volume_name(store): {} for store in table.backing} | {v.name: {} for v in table.volumes}
+    stores = [store for store in table.backing if store.persistent]
+    if stores or table.volumes:
+        doc["volumes"] = {volume_name(store): {} for store in stores} | {v.name: {} for v in table.volumes}
     if table.tls.enabled:
         doc["secrets"] = compose_secrets(table)
     return _dump(doc)
@@ -331,12 +427,12 @@ def _image_version(image: str) -> str | None:
     return tag if _LABEL_VALUE.match(tag) else None
 
 
-def selector_labels(spec: ServiceSpec) -> dict[str, str]:
+def selector_labels(spec: ServiceSpec | WorkerSpec) -> dict[str, str]:
     """The labels that select the service's pods (immutable in a Deployment)."""
     return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": PROJECT}
 
 
-def _labels(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+def _labels(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> dict[str, str]:
     labels = {
         "app.kubernetes.io/name": spec.name,
         "app.kubernetes.io/component": spec.kind,
@@ -349,7 +445,7 @@ def _labels(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
     return labels
 
 
-def configmap_name(spec: ServiceSpec) -> str:
+def configmap_name(spec: ServiceSpec | WorkerSpec) -> str:
     """The ConfigMap holding the service's environment."""
     return f"{spec.name}-env"
 
@@ -397,6 +493,42 @@ def k8s_configmap(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
+def k8s_volume_mounts(spec: ServiceSpec | WorkerSpec) -> list[dict[str, Any]]:
+    """The container's mounts of the table's volumes (``readOnly`` for a ``path:ro`` mount)."""
+    return [{"name": name, "mountPath": path, **({"readOnly": True} if ro else {})} for name, path, ro in mounts(spec)]
+
+
+def k8s_pod_volumes(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> list[dict[str, Any]]:
+    """A pod's volumes: a small ``/tmp``, then each table volume it mounts: a shared one is its
+    PersistentVolumeClaim (read-only where every mount of this pod is), any other an emptyDir of
+    this pod, filled by its init before the server starts (which then builds its indexes into it,
+    NOT_SERVING until they are loaded)."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    for name, _, ro in mounts(spec):
+        if _volume(table, name).shared:
+            claim: dict[str, Any] = {"claimName": name, **({"readOnly": True} if ro else {})}
+            volumes.append({"name": name, "persistentVolumeClaim": claim})
+        else:
+            volumes.append({"name": name, "emptyDir": {}})
+    return volumes
+
+
+def k8s_volume_claim(volume: VolumeSpec) -> dict[str, Any]:
+    """The PersistentVolumeClaim of a shared volume: every pod that mounts it mounts this claim."""
+    spec: dict[str, Any] = {"accessModes": [volume.access_mode],
+                            "resources": {"requests": {"storage": volume.storage}}}
+    if volume.storage_class:
+        spec["storageClassName"] = volume.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": volume.name, "namespace": NAMESPACE,
+                     "labels": {"app.kubernetes.io/name": volume.name, "app.kubernetes.io/part-of": PROJECT,
+                                "app.kubernetes.io/managed-by": "rlyard-deploy"}},
+        "spec": spec,
+    }
+
+
 def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
     """The service's pods: same command and environment as ``rlyard up``."""
     labels = _labels(table, spec)
@@ -419,13 +551,9 @@ def k8s_deployment(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
         "livenessProbe": _grpc_probe(spec.port, period_s=10, failures=3),
         "resources": _k8s_resources(spec.resources),
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
-        + [{"name": name, "mountPath": mount_path(path)} for name, path in spec.volumes.items()],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *k8s_volume_mounts(spec)],
     }
-    pod_volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
-    # the table's volumes: one per pod, filled by their init before the server starts (which then
-    # builds its indexes into it, NOT_SERVING until they are loaded)
-    pod_volumes += [{"name": name, "emptyDir": {}} for name in spec.volumes]
+    pod_volumes = k8s_pod_volumes(table, spec)
     inits = [
         {
             "name": init_name(v),
@@ -566,10 +694,12 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
     meta = {"name": store.name, "namespace": NAMESPACE, "labels": labels}
     probe = {"exec": {"command": list(store.probe)}, "timeoutSeconds": 5}
     scratch = [(f"scratch-{i}", path) for i, path in enumerate(store.writable)]
-    container = {
+    container: dict[str, Any] = {
         "name": store.name,
         "image": store.image,
         "imagePullPolicy": "IfNotPresent",
+        # the image's entrypoint stays, as under Compose
+        **({"args": list(store.command)} if store.command else {}),
         "envFrom": [{"configMapRef": {"name": f"{store.name}-env"}}],
         "ports": [{"name": "db", "containerPort": store.port, "protocol": "TCP"}],
         "startupProbe": probe | {"periodSeconds": 2, "failureThreshold": 60},
@@ -583,7 +713,7 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": f"{store.name}-env", "namespace": NAMESPACE, "labels": labels},
                  "data": _quoted(store.env)}
-    statefulset = {
+    statefulset: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": meta,
@@ -605,15 +735,17 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": name, "emptyDir": {"sizeLimit": "64Mi"}} for name, _ in scratch],
+                    "volumes": [{"name": name, "emptyDir": {"sizeLimit": "64Mi"}} for name, _ in scratch]
+                    + ([] if store.persistent else [{"name": "data", "emptyDir": {}}]),
                 },
             },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": store.storage}}},
-            }],
         },
     }
+    if store.persistent:
+        statefulset["spec"]["volumeClaimTemplates"] = [{
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": store.storage}}},
+        }]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -667,7 +799,7 @@ def k8s_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
     return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port, peers) | spec.container_env
 
 
-def pod_labels(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
+def pod_labels(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> dict[str, str]:
     """The labels of the service's pods: the object labels, and ``CLIENT_LABEL`` on client kinds."""
     labels = _labels(table, spec)
     if spec.kind in CLIENT_KINDS:
@@ -701,7 +833,7 @@ def k8s_headless_service(table: ServiceTable, spec: ServiceSpec) -> dict[str, An
     }
 
 
-def k8s_pdb(table: ServiceTable, spec: ServiceSpec) -> dict[str, Any]:
+def k8s_pdb(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> dict[str, Any]:
     """Voluntary disruptions (node drains, upgrades) take one pod of the service at a time."""
     return {
         "apiVersion": "policy/v1",
@@ -777,8 +909,11 @@ def k8s_serving_extras(table: ServiceTable, spec: ServiceSpec) -> list[dict[str,
 
 
 def k8s_backing_network_policy(table: ServiceTable, store: BackingService) -> dict[str, Any]:
-    """A backing store is reached only by the services that list it in ``backing``."""
-    users = [{"podSelector": {"matchLabels": selector_labels(s)}} for s in table.services if store.name in s.backing]
+    """A backing store is reached only by the services and workers that list it in ``backing``, and,
+    for a store of the ``clients`` (the workers' Redis, to which the trainer submits), by client pods."""
+    users: list[dict[str, Any]] = [{"podSelector": {"matchLabels": dict([CLIENT_LABEL])}}] if store.clients else []
+    specs: tuple[ServiceSpec | WorkerSpec, ...] = (*table.services, *table.workers)
+    users += [{"podSelector": {"matchLabels": selector_labels(s)}} for s in specs if store.name in s.backing]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -790,6 +925,66 @@ def k8s_backing_network_policy(table: ServiceTable, store: BackingService) -> di
             "ingress": [{"from": users, "ports": [{"protocol": "TCP", "port": store.port}]}],
         },
     }
+
+
+def k8s_worker(table: ServiceTable, worker: WorkerSpec) -> list[dict[str, Any]]:
+    """Rollout workers on Kubernetes: their environment (ConfigMap), ``replicas`` pods labelled as
+    clients (so the tools', rewards' and the sampler's NetworkPolicies admit them), and a
+    PodDisruptionBudget when there are several. No Service: nothing calls a worker, and the
+    namespace's default deny keeps all ingress out."""
+    labels = _labels(table, worker)
+    env = worker_env(table, worker)
+    ready = {"exec": {"command": worker_probe(worker)}, "timeoutSeconds": 5}
+    container: dict[str, Any] = {
+        "name": worker.name,
+        "image": table.image_of(worker),
+        "imagePullPolicy": "IfNotPresent",
+        "command": worker.command,
+        "envFrom": [{"configMapRef": {"name": configmap_name(worker)}}],
+        # ready once it consumes its queue; no liveness probe: a group that hangs is the visibility
+        # timeout's to redeliver, and a worker that exits is restarted
+        "startupProbe": ready | {"periodSeconds": 5, "failureThreshold": math.ceil(WORKER_START_S / 5)},
+        "readinessProbe": ready | {"periodSeconds": 10, "failureThreshold": 3},
+        "resources": _k8s_resources(worker.resources),
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *k8s_volume_mounts(worker)],
+    }
+    volumes = k8s_pod_volumes(table, worker)
+    security: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                                "seccompProfile": {"type": "RuntimeDefault"}}
+    if worker.volumes or table.tls.enabled:
+        security["fsGroup"] = RUN_AS     # the volumes' and the TLS Secret's files are group-readable
+    if table.tls.enabled:
+        container["envFrom"].append({"secretRef": {"name": tokens_secret(worker)}})
+        container["volumeMounts"].append({"name": "tls", "mountPath": SECRETS_MOUNT, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": TLS_SECRET, "defaultMode": 0o440}})
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": configmap_name(worker), "namespace": NAMESPACE, "labels": labels},
+                 "data": _quoted(env)}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": worker.name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": worker.replicas,
+            "selector": {"matchLabels": selector_labels(worker)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels(table, worker),
+                             "annotations": _quoted({"rlyard.dev/env-sha256": _config_hash(env)})},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    # Celery's warm shutdown lets running groups finish; one cut short is redelivered
+                    "terminationGracePeriodSeconds": worker.stop_grace_s,
+                    "securityContext": security,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    return [configmap, deployment] + ([k8s_pdb(table, worker)] if worker.replicas > 1 else [])
 
 
 def k8s_default_deny() -> dict[str, Any]:
@@ -811,10 +1006,15 @@ def render_k8s(table: ServiceTable) -> dict[str, str]:
     ``k8s/<service>.yaml`` holds the service's ConfigMap, Deployment and Service, then
     (``k8s_serving_extras``) a tool service's headless Service, a PodDisruptionBudget when
     it runs several replicas, an HPA when it autoscales, and its NetworkPolicy;
-    ``k8s/<store>.yaml`` a backing store's ConfigMap, StatefulSet, Service and NetworkPolicy.
+    ``k8s/<store>.yaml`` a backing store's ConfigMap, StatefulSet, Service and NetworkPolicy;
+    ``k8s/00-volumes.yaml`` the shared volumes' PersistentVolumeClaims (before the pods that mount
+    them); ``k8s/<worker>.yaml`` the workers' ConfigMap, Deployment and PodDisruptionBudget.
     """
     _check_names(table)
     files = {f"{K8S_DIR}/00-namespace.yaml": _dump(k8s_namespace(), k8s_default_deny())}
+    claims = [k8s_volume_claim(v) for v in table.volumes if v.shared]
+    if claims:
+        files[f"{K8S_DIR}/{VOLUMES_FILE}"] = _dump(*claims)
     for store in table.backing:
         files[f"{K8S_DIR}/{store.name}.yaml"] = _dump(*k8s_backing(table, store),
                                                       k8s_backing_network_policy(table, store))
@@ -823,6 +1023,8 @@ def render_k8s(table: ServiceTable) -> dict[str, str]:
             k8s_configmap(table, spec), k8s_scaled_deployment(table, spec), k8s_service(table, spec),
             *k8s_serving_extras(table, spec),
         )
+    for worker in table.workers:
+        files[f"{K8S_DIR}/{worker.name}.yaml"] = _dump(*k8s_worker(table, worker))
     return files
 
 

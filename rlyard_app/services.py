@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -18,6 +18,7 @@ from rlyard.errors import ConfigError
 from rlyard.paths import ROOT
 
 DEFAULT_TABLE = ROOT / "configs" / "services.yaml"
+ACCESS_MODES = ("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
 _PLACEHOLDER = re.compile(r"\{([a-z0-9][a-z0-9-]*)\}")
 
 
@@ -65,7 +66,8 @@ class ServiceSpec:
     # in a table without images: then every service runs ``ServiceTable.image``
     image: str = ""
     # container volumes: name (``ServiceTable.volumes``) -> mount path (relative: under /app, the
-    # image's working directory), e.g. the POI corpus and the indexes the service builds into it
+    # image's working directory), e.g. the POI corpus and the indexes the service builds into it;
+    # ``path:ro`` mounts it read-only (``split_mount``)
     volumes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -94,6 +96,48 @@ class ServiceSpec:
         return env
 
 
+def split_mount(mount: str) -> tuple[str, bool]:
+    """A mount of a table's ``volumes`` as (path, read-only): ``runs/models:ro`` -> ``("runs/models", True)``."""
+    path, sep, mode = mount.rpartition(":")
+    if sep and mode == "ro":
+        return path, True
+    if sep and mode == "rw":
+        return path, False
+    return mount, False
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Celery rollout workers (``rlyard worker``, trainer/workers): no gRPC port, no Service. They take
+    group jobs from the Redis of ``backing`` (``RLYARD_WORKERS_BROKER_URL`` in ``env``) and dial the
+    sampler, tool and reward services each job names (jobs carry the targets; the worker's
+    ``RLYARD_CLIENT_*`` says how to dial them). ``wants``: services they call, started first when
+    deployed together. Compose scales them with ``--scale``; Kubernetes runs ``replicas`` pods.
+    ``rlyard up`` does not start them."""
+
+    name: str
+    image: str = ""
+    profiles: tuple[str, ...] = ("workers",)
+    replicas: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    resources: Resources = Resources()
+    backing: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    volumes: dict[str, str] = field(default_factory=dict)
+    # seconds between SIGTERM (Celery's warm shutdown: running groups finish) and SIGKILL; a group
+    # cut short is delivered again after the visibility timeout
+    stop_grace_s: int = 60
+
+    kind: ClassVar[str] = "worker"
+    # written by the worker once it consumes its queue: the containers' readiness
+    READY_FILE: ClassVar[str] = "/tmp/rlyard-worker.ready"
+
+    @property
+    def command(self) -> list[str]:
+        """The command every deployment runs."""
+        return ["rlyard", "worker", "--ready-file", self.READY_FILE]
+
+
 @dataclass(frozen=True)
 class BackingService:
     """A store the services use that is not an rlyard service (PostgreSQL for the memory): Compose and
@@ -111,6 +155,22 @@ class BackingService:
     writable: tuple[str, ...] = ("/tmp",)  # paths it writes besides data_dir (root is read-only)
     storage: str = "1Gi"
     resources: Resources = Resources()
+    # arguments of the image's entrypoint (Compose ``command``, Kubernetes ``args``); empty: its CMD
+    command: tuple[str, ...] = ()
+    # false: data_dir is scratch (Compose tmpfs, Kubernetes emptyDir), lost with the container
+    persistent: bool = True
+    # true: every rlyard client pod (``rlyard.dev/role: client``: the trainer, the workers) may reach
+    # it in Kubernetes, not only the services that list it in ``backing``
+    clients: bool = False
+    # a Dockerfile that builds the image from the offline base (scripts/docker/build.sh <name>), and
+    # the reference it is tagged with; Compose runs it when RLYARD_<NAME>_IMAGE names it
+    offline_dockerfile: str = ""
+    offline_image: str = ""
+
+    @property
+    def image_variable(self) -> str:
+        """The variable that replaces ``image`` under Compose (``RLYARD_REDIS_IMAGE``)."""
+        return "RLYARD_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper()) + "_IMAGE"
 
 
 @dataclass(frozen=True)
@@ -132,8 +192,15 @@ class VolumeSpec:
     image. ``init`` must skip what is already there: it runs at every start."""
 
     name: str
-    image: str
+    image: str = ""
     init: tuple[str, ...] = ()
+    # one volume every pod mounts (Kubernetes: a ReadWriteMany PersistentVolumeClaim of ``storage``,
+    # ``storage_class`` if given) instead of an emptyDir per pod; for data one service writes and
+    # others read, e.g. the weights the trainer publishes for the samplers
+    shared: bool = False
+    storage: str = "1Gi"
+    storage_class: str = ""
+    access_mode: str = "ReadWriteMany"   # pods on several nodes; ReadWriteOnce serves pods of one node
 
 
 @dataclass(frozen=True)
@@ -149,6 +216,7 @@ class ServiceTable:
     # ``image_ref(name)``, so the SQL tool server's image carries no torch
     images: dict[str, tuple[str, ...]] = field(default_factory=dict)
     volumes: tuple[VolumeSpec, ...] = ()
+    workers: tuple[WorkerSpec, ...] = ()
 
     def image_ref(self, name: str) -> str:
         """The reference of image ``name``: ``rlyard:0.1.0`` and ``sql`` -> ``rlyard-sql:0.1.0``."""
@@ -157,7 +225,7 @@ class ServiceTable:
             repo, tag = self.image, "latest"
         return f"{repo}-{name}:{tag}"
 
-    def image_of(self, spec: ServiceSpec) -> str:
+    def image_of(self, spec: ServiceSpec | WorkerSpec) -> str:
         """The image reference a service's containers run (``image`` itself in a table without images)."""
         return self.image_ref(spec.image) if spec.image else self.image
 
@@ -215,9 +283,42 @@ def _backing(raw: dict[str, Any]) -> BackingService:
             writable=tuple(str(w) for w in raw.get("writable", ["/tmp"])),
             storage=str(raw.get("storage", "1Gi")),
             resources=Resources(**(raw.get("resources") or {})),
+            command=tuple(str(a) for a in raw.get("command", [])),
+            persistent=bool(raw.get("persistent", True)),
+            clients=bool(raw.get("clients", False)),
+            offline_dockerfile=str(raw.get("offline_dockerfile", "")),
+            offline_image=str(raw.get("offline_image", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad backing entry {raw!r} in the service table: {exc}") from None
+
+
+def _worker(raw: dict[str, Any]) -> WorkerSpec:
+    try:
+        return WorkerSpec(
+            name=str(raw["name"]),
+            image=str(raw.get("image", "")),
+            profiles=tuple(raw.get("profiles", ["workers"])),
+            replicas=int(raw.get("replicas", 1)),
+            env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+            resources=Resources(**(raw.get("resources") or {})),
+            backing=tuple(str(b) for b in raw.get("backing", [])),
+            wants=tuple(str(w) for w in raw.get("wants", [])),
+            volumes={str(k): str(v) for k, v in (raw.get("volumes") or {}).items()},
+            stop_grace_s=int(raw.get("stop_grace_s", 60)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad workers entry {raw!r} in the service table: {exc}") from None
+
+
+def _volume(raw: dict[str, Any]) -> VolumeSpec:
+    try:
+        return VolumeSpec(name=str(raw["name"]), image=str(raw.get("image", "")),
+                          init=tuple(str(a) for a in raw.get("init", [])), shared=bool(raw.get("shared", False)),
+                          storage=str(raw.get("storage", "1Gi")), storage_class=str(raw.get("storage_class", "")),
+                          access_mode=str(raw.get("access_mode", "ReadWriteMany")))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"bad volumes entry {raw!r} in the service table: {exc}") from None
 
 
 def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
@@ -225,33 +326,50 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
     data = yaml.safe_load(path.read_text())
     services = tuple(_spec(s) for s in data.get("services", []))
     backing = tuple(_backing(b) for b in data.get("backing") or [])
-    names = [s.name for s in services] + [b.name for b in backing]
+    workers = tuple(_worker(w) for w in data.get("workers") or [])
+    names = [s.name for s in services] + [b.name for b in backing] + [w.name for w in workers]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: service and backing names must be unique, got {names}")
+        raise ConfigError(f"{path}: service, backing and worker names must be unique, got {names}")
     images = {str(k): tuple(str(e) for e in (v or [])) for k, v in (data.get("images") or {}).items()}
-    for s in services:
-        if (s.image or images) and s.image not in images:
-            raise ConfigError(f"{path}: {s.name} runs image {s.image!r}, which the table's images do not define "
+    users: tuple[ServiceSpec | WorkerSpec, ...] = (*services, *workers)
+    for u in users:
+        if (u.image or images) and u.image not in images:
+            raise ConfigError(f"{path}: {u.name} runs image {u.image!r}, which the table's images do not define "
                               f"(known: {', '.join(sorted(images)) or 'none'})")
-    try:
-        volumes = tuple(VolumeSpec(name=str(v["name"]), image=str(v["image"]),
-                                   init=tuple(str(a) for a in v.get("init", [])))
-                        for v in data.get("volumes") or [])
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: bad volumes entry: {exc}") from None
+    volumes = tuple(_volume(v) for v in data.get("volumes") or [])
     for v in volumes:
-        if v.image not in images:
+        if v.init and v.image not in images:
             raise ConfigError(f"{path}: volume {v.name} runs its init in image {v.image!r}, which images do not define")
-    for s in services:
-        unknown = sorted(set(s.volumes) - {v.name for v in volumes})
+        if v.access_mode not in ACCESS_MODES:
+            raise ConfigError(f"{path}: volume {v.name} has access_mode {v.access_mode!r}; use one of "
+                              f"{', '.join(ACCESS_MODES)}")
+        if v.init and v.shared:
+            # every pod of every user would run it at once on the one shared volume
+            raise ConfigError(f"{path}: volume {v.name} is shared and has an init; fill a shared volume from "
+                              "the service that writes it")
+    for u in users:
+        unknown = sorted(set(u.volumes) - {v.name for v in volumes})
         if unknown:
-            raise ConfigError(f"{path}: {s.name} mounts {', '.join(unknown)}, which the table's volumes do not define")
+            raise ConfigError(f"{path}: {u.name} mounts {', '.join(unknown)}, which the table's volumes do not define")
+        for name, mount in u.volumes.items():
+            mount_path, _ = split_mount(mount)
+            if not mount_path or ":" in mount_path:
+                raise ConfigError(f"{path}: {u.name} mounts {name} at {mount!r}; give a path, or path:ro for "
+                                  "read-only")
     stores = {b.name for b in backing}
-    for s in services:
-        unknown = sorted(set(s.backing) - stores)
+    for u in users:
+        unknown = sorted(set(u.backing) - stores)
         if unknown:
-            raise ConfigError(f"{path}: {s.name} uses backing {', '.join(unknown)}, which the table's "
+            raise ConfigError(f"{path}: {u.name} uses backing {', '.join(unknown)}, which the table's "
                               "backing list does not define")
+    known = {s.name for s in services}
+    for w in workers:
+        unknown = sorted(set(w.wants) - known)
+        if unknown:
+            raise ConfigError(f"{path}: worker {w.name} wants {', '.join(unknown)}, which the table's services "
+                              "do not define")
+        if w.replicas < 1:
+            raise ConfigError(f"{path}: worker {w.name} has replicas {w.replicas}; run at least 1")
     for s in services:
         if s.replicas < 1 or (s.max_replicas and s.max_replicas <= s.replicas):
             raise ConfigError(f"{path}: {s.name} has replicas {s.replicas} and max_replicas {s.max_replicas}; "
@@ -291,4 +409,4 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
         raise ConfigError(f"{path}: unknown tls setting(s) {', '.join(unknown)}; valid: enabled, dir, "
                           "require_client_cert")
     return ServiceTable(image=str(data["image"]), services=tuple(resolved), backing=backing, tls=tls,
-                        images=images, volumes=volumes)
+                        images=images, volumes=volumes, workers=workers)

@@ -13,7 +13,7 @@
                                        --vision: a Qwen2-VL)
     rlyard deploy render [--check]     regenerate docker-compose.yml and k8s/ from the service table
     rlyard certs [--out secrets]       a local CA, TLS certificates and per-service tokens (docs/deployment.md)
-    rlyard deploy images               the images to build: reference and extras, one a line
+    rlyard deploy images [--backing]   the images to build: reference and extras (or Dockerfile), one a line
     rlyard demo                        the learning demo: services embedded, SFT + GRPO, held-out accuracy, a report
     rlyard tour                        services up, a scripted session of real calls and rewards, a report
 """
@@ -174,6 +174,12 @@ def _cmd_deploy(ns: argparse.Namespace) -> int:
 
     table = load_table(ns.table)
     if ns.deploy_cmd == "images":
+        if ns.backing:
+            # one line per backing store built offline: its image, the Dockerfile, the store's name
+            for store in table.backing:
+                if store.offline_dockerfile:
+                    print(store.offline_image, store.offline_dockerfile, store.name)
+            return 0
         # one line per image: its reference and the extras it installs (scripts/docker/build.sh)
         for name, extras in table.images.items():
             print(table.image_ref(name), ",".join(extras))
@@ -295,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="deploy_cmd", required=True)
     r = dsub.add_parser("render", help="regenerate docker-compose.yml and k8s/ from the service table")
     r.add_argument("--check", action="store_true", help="fail if the committed files are out of date")
-    dsub.add_parser("images", help="the images of the service table: reference and extras, one a line")
+    i = dsub.add_parser("images", help="the images of the service table: reference and extras, one a line")
+    i.add_argument("--backing", action="store_true",
+                   help="instead, the backing stores' offline images: reference, Dockerfile and store, one a line")
     p.set_defaults(fn=_cmd_deploy)
 
     p = sub.add_parser("certs", help="make a local CA, TLS certificates and per-service tokens")

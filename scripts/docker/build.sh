@@ -3,8 +3,10 @@
 # (like this one): the offline base (scripts/docker/base.sh), the wheelhouse
 # (scripts/docker/wheelhouse.sh), then one `docker build` per image, its wheels served to the
 # build on loopback (WHEELS_URL; the build runs on the host network).
-#   bash scripts/docker/build.sh               # every image (`rlyard deploy images`)
+#   bash scripts/docker/build.sh               # every image (`rlyard deploy images`, and the backing
+#                                              # stores' offline images: `rlyard deploy images --backing`)
 #   bash scripts/docker/build.sh sql trainer   # only these entries of the table's images
+#   bash scripts/docker/build.sh redis         # only the redis backing store's (scripts/docker/Dockerfile.redis)
 # Where the public registry and index are reachable, `docker compose build` needs none of this.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,4 +40,14 @@ wanted=" $* "
   docker build --network host --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$extras" \
     --build-arg WHEELS_URL="http://127.0.0.1:$port/" -t "$ref" .
   echo "== $ref built in $(( $(date +%s) - start )) s"
+done
+
+# the backing stores with an offline Dockerfile (the workers' Redis): Debian packages on the same base,
+# from the mirror the base's apt sources name; Compose runs them with RLYARD_<STORE>_IMAGE=<ref>
+"$PYTHON" -m rlyard_app.cli.main deploy images --backing | while read -r ref dockerfile store; do
+  if [[ $# -gt 0 && "$wanted" != *" $store "* ]]; then continue; fi
+  echo "== $ref ($dockerfile)"
+  start=$(date +%s)
+  docker build --network host --build-arg BASE_IMAGE="$BASE" -f "$dockerfile" -t "$ref" scripts/docker
+  echo "== $ref built in $(( $(date +%s) - start )) s; run it with RLYARD_$(echo "$store" | tr 'a-z-' 'A-Z_')_IMAGE=$ref"
 done

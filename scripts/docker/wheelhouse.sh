@@ -9,12 +9,15 @@ cd "$(dirname "$0")/../.."
 read -r -a PIP <<< "${PIP:-pip}"
 WHEELS=${RLYARD_DOCKER_CACHE:-.docker-cache}/wheels
 STAMP=$WHEELS/.pyproject.sha256
-sum=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# the requirements and this script (what it downloads) make the wheelhouse
+sum=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$sum" ]]; then
   echo "wheelhouse $WHEELS is current ($(find "$WHEELS" -name '*.whl' | wc -l) wheels)"; exit 0
 fi
 mkdir -p "$WHEELS"
-"${PIP[@]}" download ".[all]" "setuptools==80.9.0" "wheel" -d "$WHEELS" --only-binary=:all: \
+# async-timeout: redis (the workers extra) needs it on Python < 3.11.3, such as the offline base's
+# Debian 3.11.2, and pip evaluates that marker with this interpreter's version, not --python-version's
+"${PIP[@]}" download ".[all]" "setuptools==80.9.0" "wheel" "async-timeout==5.0.1" -d "$WHEELS" --only-binary=:all: \
   --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64
 if find "$WHEELS" -name 'nvidia_*' -o -name 'torch-*' ! -name '*+cpu*' | grep -q .; then

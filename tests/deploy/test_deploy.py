@@ -23,7 +23,7 @@ import yaml
 
 from rlyard_app import deploy
 from rlyard_app.launcher import Endpoint, Launcher
-from rlyard_app.services import DEFAULT_TABLE, ROOT, ServiceSpec, ServiceTable, load_table
+from rlyard_app.services import DEFAULT_TABLE, ROOT, BackingService, ServiceSpec, ServiceTable, WorkerSpec, load_table
 
 RENDER_HINT = "generated deployment files are out of date: run `rlyard deploy render`"
 BIN = Path(sys.executable).parent
@@ -50,15 +50,19 @@ def _compose_bin() -> Path:
     return path
 
 
-def _run(cmd: list[str | Path], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    # no DOCKER_HOST or COMPOSE_* from the caller's shell: the result depends on the files only
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
+def _run(cmd: list[str | Path], cwd: Path = ROOT, extra_env: dict[str, str] | None = None,
+         ) -> subprocess.CompletedProcess[str]:
+    # no DOCKER_HOST, COMPOSE_* or RLYARD_*_IMAGE from the caller's shell: the result depends on the
+    # files (and ``extra_env``) only
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DOCKER_", "COMPOSE_")) and not (k.startswith("RLYARD_") and k.endswith("_IMAGE"))}
+    env.update(extra_env or {})
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
-def _compose_config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _compose_config(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # every profile, so services that only start under a profile are validated too
-    return _run([_compose_bin(), "-f", path, "--profile", "*", "config", *args], cwd=path.parent)
+    return _run([_compose_bin(), "-f", path, "--profile", "*", "config", *args], cwd=path.parent, extra_env=env)
 
 
 def _k8s_validate(path: Path) -> subprocess.CompletedProcess[str]:
@@ -84,8 +88,10 @@ def test_render_covers_every_service_and_is_deterministic(table: ServiceTable) -
     assert set(files) == {
         ROOT / "docker-compose.yml",
         ROOT / "k8s" / "00-namespace.yaml",
+        ROOT / "k8s" / "00-volumes.yaml",       # the shared volumes' claims
         *(ROOT / "k8s" / f"{s.name}.yaml" for s in table.services),
         *(ROOT / "k8s" / f"{b.name}.yaml" for b in table.backing),
+        *(ROOT / "k8s" / f"{w.name}.yaml" for w in table.workers),
     }
     for path, text in files.items():
         assert text.startswith(deploy.HEADER), path
@@ -186,9 +192,9 @@ def test_hadolint_rejects_a_broken_dockerfile(tmp_path: Path) -> None:
 # --- (e) every deployment runs the table's command with the table's environment -------------
 
 
-def _compose_model() -> dict[str, Any]:
-    """The Compose file as Compose itself resolves it."""
-    result = _compose_config(ROOT / "docker-compose.yml", "--format", "json")
+def _compose_model(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Compose file as Compose itself resolves it (with ``env`` in its environment)."""
+    result = _compose_config(ROOT / "docker-compose.yml", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     model: dict[str, Any] = json.loads(result.stdout)
     return model
@@ -202,7 +208,8 @@ def _unescape(env: dict[str, str | None]) -> dict[str, str | None]:
 def test_compose_agrees_with_the_table(table: ServiceTable) -> None:
     services = _compose_model()["services"]
     inits = [deploy.init_name(v) for v in table.volumes if v.init]
-    assert sorted(services) == sorted([s.name for s in table.services] + [b.name for b in table.backing] + inits)
+    assert sorted(services) == sorted([s.name for s in table.services] + [b.name for b in table.backing] + inits
+                                      + [w.name for w in table.workers])
     for spec in table.services:
         svc = services[spec.name]
         assert svc["image"] == table.image_of(spec)
@@ -300,10 +307,10 @@ def test_launcher_uses_the_same_environment(table: ServiceTable, tmp_path: Path)
                 value = value.replace(f"{dep}:{spec.peer_ports[dep]}", launcher.endpoints[dep].target)
             for peer in spec.wants:  # a wanted service not started here: its table port on loopback
                 value = value.replace(f"{peer}:{spec.peer_ports[peer]}", f"127.0.0.1:{spec.peer_ports[peer]}")
-            if key.endswith("_DIR") and not os.path.isabs(value):
-                value = str(ROOT / value)
             if key in spec.container_env:  # containers only (the memory's PostgreSQL): the table's env here
                 value = spec.env[key]
+            if key.endswith("_DIR") and not os.path.isabs(value):
+                value = str(ROOT / value)
             assert env[key] == value, key
 
 
@@ -321,7 +328,7 @@ def test_the_memory_service_reaches_its_backing_postgres_in_containers(table: Se
     services = _compose_model()["services"]
     assert services["memory"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": True}
     db = services["postgres"]
-    assert db["image"] == postgres.image and db["healthcheck"]["test"] == ["CMD", *postgres.probe]
+    assert db["image"] == postgres.image and db["healthcheck"]["test"] == ["CMD", *postgres.probe]   # no override set
     assert [(v["source"], v["target"]) for v in db["volumes"]] == [("postgres-data", postgres.data_dir)]
     assert "ports" not in db   # only the services reach it
 
@@ -716,3 +723,285 @@ def test_table_refuses_max_replicas_not_above_replicas(tmp_path: Path) -> None:
     bad.write_text(text)
     with pytest.raises(ConfigError, match="max_replicas 2"):
         load_table(bad)
+
+
+# --- the workers, their Redis, and the models volume the trainer shares with the sampler -------
+
+
+def _worker(table: ServiceTable) -> WorkerSpec:
+    [worker] = table.workers
+    return worker
+
+
+def _store(table: ServiceTable, name: str) -> BackingService:
+    [store] = [b for b in table.backing if b.name == name]
+    return store
+
+
+def test_redis_backs_the_workers_under_compose(table: ServiceTable) -> None:
+    """Redis runs in the workers' profile from the table's image (or RLYARD_REDIS_IMAGE's, the offline
+    build), with the table's command, a persistent volume for its append-only file, a healthcheck
+    that passes only on PONG, and no port on the host."""
+    redis = _store(table, "redis")
+    services = _compose_model()["services"]
+    svc = services["redis"]
+    assert svc["image"] == redis.image == "redis:7-alpine"
+    assert svc["profiles"] == ["workers"] and "ports" not in svc
+    assert svc["command"] == list(redis.command)
+    assert "--appendonly" in redis.command and redis.command[redis.command.index("--appendonly") + 1] == "yes"
+    assert [(v["source"], v["target"]) for v in svc["volumes"]] == [("redis-data", redis.data_dir)]
+    assert svc["user"] == f"{redis.run_as}:{redis.run_as}" and svc["read_only"] is True
+    assert svc["healthcheck"]["test"] == ["CMD", *redis.probe]
+    assert svc["restart"] == "unless-stopped"
+    offline = _compose_model({redis.image_variable: redis.offline_image})["services"]["redis"]
+    assert (redis.image_variable, offline["image"]) == ("RLYARD_REDIS_IMAGE", "rlyard-redis:bookworm")
+    # a store that is not persistent keeps its data in a tmpfs instead of a volume
+    from dataclasses import replace
+
+    scratch = yaml.safe_load(deploy.render_compose(replace(table, backing=(replace(redis, persistent=False),))))
+    assert "volumes" not in scratch["services"]["redis"] and redis.data_dir in scratch["services"]["redis"]["tmpfs"]
+    assert "redis-data" not in scratch["volumes"]
+
+
+def test_redis_on_kubernetes_admits_only_client_pods(table: ServiceTable) -> None:
+    redis, worker = _store(table, "redis"), _worker(table)
+    objects = {d["kind"]: d for d in _docs(ROOT / "k8s" / "redis.yaml")}
+    assert sorted(objects) == ["ConfigMap", "NetworkPolicy", "Service", "StatefulSet"]
+    pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == redis.image and container["args"] == list(redis.command)
+    assert "command" not in container     # the image's entrypoint stays, as under Compose
+    assert container["readinessProbe"]["exec"]["command"] == list(redis.probe)
+    assert container["resources"]["requests"] == {"cpu": redis.resources.cpu, "memory": redis.resources.memory}
+    assert pod["securityContext"]["runAsUser"] == redis.run_as == pod["securityContext"]["fsGroup"]
+    [claim] = objects["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == redis.storage
+    assert objects["Service"]["metadata"]["name"] == "redis"
+    # the trainer submits groups and the workers take them: client pods, and the workers by name
+    [rule] = objects["NetworkPolicy"]["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": redis.port}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"rlyard.dev/role": "client"}}},
+                            {"podSelector": {"matchLabels": deploy.selector_labels(worker)}}]
+    for name in ("trainer", "memory"):
+        labels = _k8s_objects(table.get(name))["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        assert (labels.get("rlyard.dev/role") == "client") == (name == "trainer")
+
+
+def test_redis_probe_needs_a_pong(tmp_path: Path, table: ServiceTable) -> None:
+    """The probe against a real redis-server: PONG passes; no server, or an error reply (a server
+    still loading its append-only file answers LOADING; here one that wants a password answers
+    NOAUTH), fails, where a bare `redis-cli ping` would exit 0."""
+    from bench.workers import redis_server
+
+    redis = _store(table, "redis")
+    [shell, flag, script] = redis.probe
+    assert (shell, flag) == ("sh", "-c") and script.startswith("redis-cli ping")
+
+    def probe(port: int) -> int:    # the table's probe, pointed at the test's port
+        command = script.replace("redis-cli ping", f"redis-cli -p {port} ping", 1)
+        return subprocess.run([shell, flag, command], capture_output=True, timeout=30).returncode
+
+    with redis_server(tmp_path / "ok") as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert probe(port) == 0
+    assert probe(port) != 0                   # stopped
+    with redis_server(tmp_path / "auth") as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        subprocess.run(["redis-cli", "-p", str(port), "config", "set", "requirepass", "s3cret"], check=True,
+                       capture_output=True, timeout=30)
+        bare = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=30)
+        assert bare.returncode == 0 and "NOAUTH" in bare.stdout   # what the grep is for
+        assert probe(port) != 0
+
+
+def test_workers_under_compose(table: ServiceTable) -> None:
+    """`rlyard worker` in the workers profile: the broker URL names the redis store, it starts after
+    redis is healthy and after the services it calls have started (when deployed), runs the table's
+    replicas (`--scale` changes them: no ports to collide), is healthy once it consumes its queue,
+    restarts, and reads the models volume read-only."""
+    worker, redis = _worker(table), _store(table, "redis")
+    svc = _compose_model()["services"][worker.name]
+    assert svc["command"] == ["rlyard", "worker", "--ready-file", worker.READY_FILE]
+    assert svc["image"] == table.image_of(worker) == table.image_of(table.get("trainer"))
+    assert svc["profiles"] == ["workers"] and "ports" not in svc
+    env = _unescape(svc["environment"])
+    assert env == worker.env
+    assert env["RLYARD_WORKERS_BROKER_URL"] == f"redis://{redis.name}:{redis.port}/0"
+    assert worker.backing == ("redis",)
+    assert svc["depends_on"]["redis"] == {"condition": "service_healthy", "required": True}
+    for peer in ("sampler", "sql-tools", "reward"):
+        assert svc["depends_on"][peer] == {"condition": "service_started", "required": False}, peer
+    assert svc["deploy"]["replicas"] == worker.replicas
+    assert svc["healthcheck"]["test"] == ["CMD", "test", "-f", worker.READY_FILE]
+    assert svc["restart"] == "unless-stopped"
+    assert svc["stop_grace_period"] == "1m0s" and worker.stop_grace_s == 60    # as Compose writes 60 s
+    assert [(v["source"], v["target"], v.get("read_only", False)) for v in svc["volumes"]] == [
+        ("models", "/app/runs/models", True)]
+    # the command parses: the flags are `rlyard worker`'s
+    from rlyard_app.cli.main import build_parser
+
+    ns = build_parser().parse_args(worker.command[1:])
+    assert ns.command == "worker" and str(ns.ready_file) == worker.READY_FILE
+
+
+def test_workers_on_kubernetes(table: ServiceTable) -> None:
+    """A Deployment of `replicas` client-labelled pods (the tools', rewards' and sampler's policies
+    admit them), ready once consuming, a PodDisruptionBudget, and no Service or ingress."""
+    worker = _worker(table)
+    assert worker.replicas > 1
+    docs = _docs(ROOT / "k8s" / f"{worker.name}.yaml")
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "PodDisruptionBudget"]
+    configmap, deployment, pdb = docs
+    assert configmap["data"] == worker.env
+    assert deployment["spec"]["replicas"] == worker.replicas
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["rlyard.dev/role"] == "client"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == worker.command and container["image"] == table.image_of(worker)
+    assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == ["test", "-f", worker.READY_FILE]
+    assert "livenessProbe" not in container and "ports" not in container
+    assert container["resources"]["requests"] == {"cpu": worker.resources.cpu, "memory": worker.resources.memory}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["terminationGracePeriodSeconds"] == worker.stop_grace_s
+    assert {"name": "models", "mountPath": "/app/runs/models", "readOnly": True} in container["volumeMounts"]
+    claim = {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    assert claim in pod["spec"]["volumes"]
+    # the services the workers call admit client pods
+    for name in ("sql-tools", "reward", "sampler"):
+        [grpc, _] = _k8s_objects(table.get(name))["NetworkPolicy"]["spec"]["ingress"]
+        assert {"podSelector": {"matchLabels": {"rlyard.dev/role": "client"}}} in grpc["from"], name
+
+
+def test_the_image_the_workers_and_trainer_run_has_celery(table: ServiceTable) -> None:
+    """The trainer submits groups through Celery and the workers run them: their image installs the
+    workers extra (celery, redis) with the trainer's."""
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    worker = _worker(table)
+    names = {re.split(r"[=<>\[]", r, maxsplit=1)[0] for r in requirements(pyproject, list(table.images[worker.image]))}
+    assert {"celery", "redis", "torch", "transformers"} <= names
+    assert worker.image == table.get("trainer").image == table.get("sampler").image
+
+
+def test_models_volume_is_shared_by_the_trainer_and_read_by_the_sampler(table: ServiceTable) -> None:
+    """The trainer (publisher) mounts the models volume read-write, the sampler and the workers
+    read-only, at the same path; the sampler's weights root and policy in containers are under it, so
+    a `model.backend: remote` run naming them publishes where the sampler reads. Compose: a named
+    volume; Kubernetes: one ReadWriteMany claim."""
+    from trainer.config import ModelConfig
+
+    [models] = [v for v in table.volumes if v.name == "models"]
+    assert models.shared and not models.init
+    users = {s.name: deploy.mounts(s) for s in (*table.services, *table.workers) if "models" in s.volumes}
+    assert users == {"trainer": [("models", "/app/runs/models", False)],
+                     "sampler": [("models", "/app/runs/models", True)],
+                     "worker": [("models", "/app/runs/models", True)]}
+    services = _compose_model()["services"]
+    for name, [(_, path, ro)] in users.items():
+        [volume] = [v for v in services[name]["volumes"] if v["source"] == "models"]
+        assert (volume["type"], volume["target"], volume.get("read_only", False)) == ("volume", path, ro), name
+    env = _unescape(services["sampler"]["environment"])
+    weights, policy = env["RLYARD_SAMPLER_WEIGHTS_ROOT"], env["RLYARD_SAMPLER_POLICY_DIR"]
+    assert weights == "/app/runs/models/weights" and policy == "/app/runs/models/policy"
+    assert deploy.container_env(table.get("sampler"))["RLYARD_SAMPLER_WEIGHTS_ROOT"] == weights
+    # under `rlyard up` both are processes of one machine: the table's own directory
+    assert table.get("sampler").env["RLYARD_SAMPLER_WEIGHTS_ROOT"] == "/tmp/rlyard-weights"
+    # what a compose run's config names (docs/deployment.md)
+    model = ModelConfig(path=policy, backend="remote", sampler="sampler:50057", weights_dir=weights)
+    assert model.weights_dir.startswith("/app/runs/models/") and model.path.startswith("/app/runs/models/")
+    # Kubernetes: the claim, and each pod mounts it as Compose does
+    [claim] = _docs(ROOT / "k8s" / "00-volumes.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "models"
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": models.storage}}}
+    for name in ("trainer", "sampler"):
+        pod = _k8s_objects(table.get(name))["Deployment"]["spec"]["template"]["spec"]
+        [(_, path, ro)] = users[name]
+        claim_ref = {"claimName": "models", **({"readOnly": True} if ro else {})}
+        assert {"name": "models", "persistentVolumeClaim": claim_ref} in pod["volumes"]
+        [container] = pod["containers"]
+        assert {"name": "models", "mountPath": path, **({"readOnly": True} if ro else {})} in container["volumeMounts"]
+        assert pod["securityContext"]["fsGroup"] == deploy.RUN_AS
+    # the image makes the mount point, owned by the containers' user (a fresh volume takes its owner)
+    dockerfile = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    assert re.search(r"mkdir -p [^&]*\bruns/models\b", dockerfile)
+    assert re.search(rf"chown {deploy.RUN_AS}:{deploy.RUN_AS} [^&]*\bruns/models\b", dockerfile)
+
+
+def test_tls_reaches_the_workers(tls_tree: tuple[ServiceTable, Path]) -> None:
+    """With TLS on, the workers dial with the CA and the client certificate and every service's
+    token (they serve nothing: no server certificate, no token of their own)."""
+    table, root = tls_tree
+    worker = _worker(table)
+    model = json.loads(_compose_config(root / "docker-compose.yml", "--format", "json").stdout)
+    svc = model["services"][worker.name]
+    assert {s["target"] for s in svc["secrets"]} == {"ca.crt", "client.crt", "client.key"}
+    env = _unescape(svc["environment"])
+    assert env["RLYARD_CLIENT_TLS_CA"] == "/run/secrets/ca.crt" and "RLYARD_TLS_CERT" not in env
+    assert "RLYARD_AUTH_TOKEN" not in env
+    tokens = (root / "secrets" / "tokens" / f"{worker.name}.env").read_text()
+    trainer = (root / "secrets" / "tokens" / "trainer.env").read_text()
+    [entries] = [ln.split("=", 1)[1] for ln in tokens.splitlines() if ln.startswith("RLYARD_CLIENT_AUTH_TOKENS=")]
+    names = {e.split("=", 1)[0] for e in entries.split(",")}
+    assert {s.name for s in table.services} <= names and "sql-tools-headless" in names
+    for entry in entries.split(","):       # the same tokens the trainer holds for the services it calls
+        if not entry.startswith("trainer="):
+            assert entry in trainer, entry.split("=", 1)[0]
+    objects = {d["kind"]: d for d in _docs(root / "k8s" / f"{worker.name}.yaml")}
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    secrets = {d["metadata"]["name"] for d in _docs(root / "secrets" / "k8s-secrets.yaml")}
+    assert {"secretRef": {"name": deploy.tokens_secret(worker)}} in container["envFrom"]
+    assert deploy.tokens_secret(worker) in secrets
+    assert {"name": "tls", "mountPath": "/run/secrets", "readOnly": True} in container["volumeMounts"]
+    assert pod["securityContext"]["fsGroup"] == deploy.RUN_AS
+
+
+def test_offline_redis_image_agrees_with_the_table(table: ServiceTable, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/docker/Dockerfile.redis lints clean, runs as the table's user and has the probe's
+    redis-cli; `rlyard deploy images --backing` hands it to scripts/docker/build.sh."""
+    from rlyard_app.cli.main import main
+
+    redis = _store(table, "redis")
+    dockerfile = ROOT / redis.offline_dockerfile
+    result = _run([_tool("hadolint"), dockerfile])
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = dockerfile.read_text()
+    assert f"USER {redis.run_as}:{redis.run_as}" in text and "redis-tools" in text
+    assert re.search(rf"chown {redis.run_as}:{redis.run_as} {redis.data_dir}\b", text)
+    assert main(["--table", str(DEFAULT_TABLE), "deploy", "images", "--backing"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{redis.offline_image} {redis.offline_dockerfile} redis"]
+    assert "deploy images --backing" in (ROOT / "scripts" / "docker" / "build.sh").read_text()
+
+
+def test_table_refuses_bad_workers_and_volumes(tmp_path: Path) -> None:
+    from rlyard.errors import ConfigError
+
+    def load(old: str, new: str) -> ServiceTable:
+        text = DEFAULT_TABLE.read_text()
+        assert text.count(old) == 1, old
+        path = tmp_path / "services.yaml"
+        path.write_text(text.replace(old, new))
+        return load_table(path)
+
+    with pytest.raises(ConfigError, match="worker worker wants nope"):
+        load("wants: [sql-tools, reward, sampler]", "wants: [sql-tools, nope]")
+    with pytest.raises(ConfigError, match="worker uses backing cache"):
+        load("    backing: [redis]\n", "    backing: [cache]\n")
+    with pytest.raises(ConfigError, match="shared and has an init"):
+        load("  - name: models\n    shared: true\n",
+             "  - name: models\n    shared: true\n    image: trainer\n    init: [true]\n")
+    with pytest.raises(ConfigError, match="access_mode 'ReadMany'"):
+        load("access_mode: ReadWriteMany", "access_mode: ReadMany")
+    with pytest.raises(ConfigError, match="path:ro"):
+        load('    volumes: {models: "runs/models:ro"}\n    stop_grace_s',
+             '    volumes: {models: "runs/models:xx"}\n    stop_grace_s')

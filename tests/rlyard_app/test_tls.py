@@ -263,7 +263,12 @@ def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(t
     assert {trainer.token_for(f"{s.name}:1") for s in table.services if s.name != "trainer"} == \
         {v for k, v in own.items() if k != "trainer"}
     secrets = list(yaml.safe_load_all((out / "k8s-secrets.yaml").read_text()))
-    assert {d["metadata"]["name"] for d in secrets} == {"rlyard-tls", *(f"{s.name}-tokens" for s in table.services)}
+    # a worker takes jobs naming any service: every service's token, the trainer's for the others
+    worker = ClientSettings(auth_tokens=tuple(env("worker")["RLYARD_CLIENT_AUTH_TOKENS"].split(",")))
+    assert {s.name: worker.token_for(f"{s.name}:1") for s in table.services} == own
+    assert "RLYARD_AUTH_TOKEN" not in env("worker")                  # it serves nothing
+    assert {d["metadata"]["name"] for d in secrets} == {"rlyard-tls", *(f"{s.name}-tokens" for s in table.services),
+                                                        *(f"{w.name}-tokens" for w in table.workers)}
     assert "ca-key.pem" not in str(secrets) and "ca.key" not in secrets[0]["data"]
 
     before = (out / "tls" / "ca.pem").read_bytes()
@@ -394,8 +399,9 @@ def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--days", "30"]) == 0
     printed = capsys.readouterr().out
     written = sorted(p for p in out.rglob("*") if p.is_file())
-    # 6 PEMs, client.env, k8s-secrets.yaml and a token file a service
-    assert len(written) == 8 + len(load_table(DEFAULT_TABLE).services)
+    # 6 PEMs, client.env, k8s-secrets.yaml and a token file a service and a worker entry
+    table = load_table(DEFAULT_TABLE)
+    assert len(written) == 8 + len(table.services) + len(table.workers)
     assert f"wrote {len(written)} files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
     assert (out / "tls" / "server.pem").is_file()
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2
