@@ -370,6 +370,10 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
                               "do not define")
         if w.replicas < 1:
             raise ConfigError(f"{path}: worker {w.name} has replicas {w.replicas}; run at least 1")
+        filled = sorted(v.name for v in volumes if v.name in w.volumes and v.init)
+        if filled:
+            raise ConfigError(f"{path}: worker {w.name} mounts {', '.join(filled)}, which an init fills; workers "
+                              "mount volumes without one (a shared volume, or one a service fills)")
     for s in services:
         if s.replicas < 1 or (s.max_replicas and s.max_replicas <= s.replicas):
             raise ConfigError(f"{path}: {s.name} has replicas {s.replicas} and max_replicas {s.max_replicas}; "

