@@ -121,6 +121,8 @@ class MemoryBenchConfig:
     top_k: int = 1                  # one memory a prompt: the utility update credits exactly the one shown
     token_budget: int = 256         # the trainer's default
     memory_lr: float = 0.0          # the utility update's learning rate; 0 = the service's default
+    explore: float = 0.0            # the trainer's memory.explore (UCB bonus during GRPO; 0 = greedy)
+    candidates: int = 0             # memory.candidates: the exploration chooses among the service's top N
     sft_memory: bool = True         # SFT demonstrations carry their retrieved memories
     sft_from: str = ""              # start SFT from <sft_from>/seed<N>-grpo/models/sft (an SFT checkpoint
                                     # of the same world), not from the world's copy-warmed policy
@@ -478,7 +480,8 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
     config_dict["name"] = "memory-bench"
     config_dict["memory"] = {"enabled": True, "embedded": {"db_url": db_url}, "top_k": cfg.top_k,
                              "token_budget": cfg.token_budget, "header": HEADER, "record": True, "ablation": True,
-                             "learning_rate": cfg.memory_lr, "task_type": "", "timeout_s": 30.0}
+                             "learning_rate": cfg.memory_lr, "task_type": "", "timeout_s": 30.0,
+                             "explore": cfg.explore, "candidates": cfg.candidates}
     config = parse_config(config_dict)
     with open_stack(config) as stack:
         log(PhaseEvent("train"))
@@ -686,6 +689,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gold-per-template", type=int, default=MemoryBenchConfig.gold_per_template)
     parser.add_argument("--fail-per-template", type=int, default=MemoryBenchConfig.fail_per_template)
     parser.add_argument("--top-k", type=int, default=MemoryBenchConfig.top_k)
+    parser.add_argument("--rl-steps", type=int, default=MemoryBenchConfig().learning.rl_steps,
+                        help="GRPO steps at most (the stage also stops at --rl-seconds)")
+    parser.add_argument("--memory-lr", type=float, default=MemoryBenchConfig.memory_lr,
+                        help="the utility update's learning rate (0 = the service's default)")
+    parser.add_argument("--explore", type=float, default=MemoryBenchConfig.explore,
+                        help="UCB bonus for meta-cognitions with little feedback during GRPO (0 = greedy)")
+    parser.add_argument("--candidates", type=int, default=MemoryBenchConfig.candidates,
+                        help="the exploration chooses among the service's top N (0 = 4 x top-k)")
     parser.add_argument("--no-sft-memory", action="store_true", help="SFT demonstrations without memories")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench-memory")
@@ -698,10 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     console = Console()
     learning = dataclasses.replace(MemoryBenchConfig().learning, rl_seconds=ns.rl_seconds, sft_steps=ns.sft_steps,
-                                   sft_lr=ns.sft_lr)
+                                   sft_lr=ns.sft_lr, rl_steps=ns.rl_steps)
     cfg = MemoryBenchConfig(learning=learning, gold_per_template=ns.gold_per_template, decoys_per_template=ns.decoys,
                             sft_from=str(ns.sft_from or ""),
-                            fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory)
+                            fail_per_template=ns.fail_per_template, top_k=ns.top_k, sft_memory=not ns.no_sft_memory,
+                            memory_lr=ns.memory_lr, explore=ns.explore, candidates=ns.candidates)
     if ns.quick:
         cfg = quick_config(cfg)
     seeds: list[dict[str, Any]] = earlier_seeds(ns.output, cfg, ns.quick, ns.seeds) if ns.resume else []

@@ -29,6 +29,7 @@ back silently to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ class MemoryConfig:
     task line, e.g. ``label:template``), ``context:<key>`` (its tool session's context, e.g.
     ``context:db_id``), ``fixed:<name>``, or empty (no type). ``timeout_s`` and ``retry_window_s``
     bound each call: a memory service that fails costs a step its memories, never the run.
+    ``explore``: during RL (not evaluation) the top_k shown are chosen among the service's top
+    ``candidates`` (0 = 4 × top_k) by an upper confidence bound, relevance × (utility + explore /
+    sqrt(1 + uses)), so meta-cognitions with little feedback get tried (``trainer.memory.explore_order``);
+    0 = the service's ranking.
     """
 
     enabled: bool = False
@@ -203,6 +208,8 @@ class MemoryConfig:
     timeout_s: float = 5.0
     retry_window_s: float = 1.0
     max_backlog: int = 4096
+    explore: float = 0.0
+    candidates: int = 0
 
     def __post_init__(self) -> None:
         if self.target and self.embedded:
@@ -215,6 +222,15 @@ class MemoryConfig:
                                          f"got {self.token_budget})")
         if self.learning_rate < 0:
             _fail("memory.learning_rate", f"must be >= 0 (0 = the service's default; got {self.learning_rate})")
+        if not (math.isfinite(self.explore) and self.explore >= 0):
+            _fail("memory.explore", f"must be a finite number >= 0 (the exploration bonus; 0 = none; "
+                                    f"got {self.explore})")
+        if self.candidates and not self.top_k <= self.candidates <= 256:
+            _fail("memory.candidates", f"must be 0 (4 x top_k) or in [top_k, 256] (meta-cognitions the exploration "
+                                       f"chooses among; got {self.candidates} with top_k {self.top_k})")
+        if self.candidates and not self.explore:
+            _fail("memory.candidates", "sets how many meta-cognitions the exploration chooses among: set "
+                                       "memory.explore > 0 too, or leave candidates at 0")
         if self.learning_rate and not self.ablation:
             _fail("memory.learning_rate", "sets the utility update, which needs the reward with and without "
                                           "memory: turn memory.ablation on or leave learning_rate at 0")

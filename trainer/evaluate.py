@@ -285,7 +285,8 @@ def evaluate(
     prompting = None
     if memory and stack.memory_client is not None:    # every task prompted; nothing recorded or updated
         prompting = StageMemory(stack.memory_client, dataclasses.replace(stack.config.memory, ablation=False,
-                                                                         record=False, learning_rate=0.0),
+                                                                         record=False, learning_rate=0.0,
+                                                                         explore=0.0, candidates=0),
                                 loaded.tokenizer, group_size=1)
         settings["memory"] = {"top_k": stack.config.memory.top_k, "token_budget": stack.config.memory.token_budget}
 

@@ -21,8 +21,8 @@ from rlyard.domain import Task, TrajectoryStatus
 from rlyard.domain.memory import ScoredMetaCognition, UtilityUpdate
 from trainer.types import RolloutTrajectory
 
-__all__ = ["GroupOutcome", "MemoryBlock", "group_outcomes", "memory_block", "memory_metrics", "memory_samples",
-           "reward_gap", "task_text", "task_type", "utility_updates", "with_memory"]
+__all__ = ["GroupOutcome", "MemoryBlock", "explore_order", "group_outcomes", "memory_block", "memory_metrics",
+           "memory_samples", "reward_gap", "task_text", "task_type", "utility_updates", "with_memory"]
 
 
 def task_type(task: Task, source: str) -> str:
@@ -105,6 +105,16 @@ def with_memory(task: Task, block: MemoryBlock) -> Task:
     else:
         messages.insert(0, {"role": "system", "content": block.text})
     return dataclasses.replace(task, messages=messages)
+
+
+def explore_order(items: Sequence[ScoredMetaCognition], bonus: float) -> list[ScoredMetaCognition]:
+    """``items`` by an upper confidence bound on their score, best first: score + relevance × bonus /
+    sqrt(1 + uses), i.e. relevance × (utility + bonus / sqrt(1 + uses)). A meta-cognition with little
+    feedback is tried before its learned utility is trusted (the ablation's ΔR is noisy); ties keep
+    the service's order."""
+    def ucb(item: ScoredMetaCognition) -> float:
+        return item.score + item.relevance * bonus / math.sqrt(1 + max(item.meta_cognition.uses, 0))
+    return sorted(items, key=ucb, reverse=True)
 
 
 def memory_samples(group_size: int, ablation: bool) -> tuple[bool, ...]:

@@ -33,6 +33,7 @@ from rlyard.memory_client import MemoryClient
 from trainer.config import MemoryConfig
 from trainer.memory import (
     MemoryBlock,
+    explore_order,
     group_outcomes,
     memory_block,
     memory_metrics,
@@ -109,11 +110,14 @@ class StageMemory:
         text = task_text(task)
         if not text.strip():        # nothing to match the memories by
             return MemoryBlock()
+        asked = (cfg.candidates or 4 * cfg.top_k) if cfg.explore else cfg.top_k
         try:
-            items = await self.client.retrieve(text, task_type(task, cfg.task_type), cfg.top_k, timeout=cfg.timeout_s)
+            items = await self.client.retrieve(text, task_type(task, cfg.task_type), asked, timeout=cfg.timeout_s)
         except grpc.aio.AioRpcError as exc:
             self._failed("retrieve", exc)
             return MemoryBlock()
+        if cfg.explore:
+            items = explore_order(items, cfg.explore)[:cfg.top_k]
         block = memory_block(items, self.tokenizer, cfg.token_budget, cfg.header)
         self.counts.budget_dropped += block.dropped
         if block.items:

@@ -120,8 +120,10 @@ def _retrieve_again(db: Path, tasks: list[dict[str, Any]], n: int) -> dict[str, 
 
 def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
     out, runs = tmp_path / "memory.json", tmp_path / "runs"
-    assert main(["--quick", "--seeds", "0", "--output", str(out), "--runs-dir", str(runs)]) == 0
+    levers = ["--explore", "0.5", "--memory-lr", "0.25"]        # the GRPO stage explores (trainer.memory)
+    assert main(["--quick", "--seeds", "0", "--output", str(out), "--runs-dir", str(runs), *levers]) == 0
     report = json.loads(out.read_text())
+    assert (report["config"]["explore"], report["config"]["memory_lr"]) == (0.5, 0.25)
     assert report["benchmark"] == "memory" and report["quick"] and report["complete"]
     assert {"learning", "gold_per_template", "fail_per_template", "top_k", "token_budget", "sft_memory"} <= set(
         report["config"])
@@ -193,6 +195,6 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
 
     # --resume keeps the finished seed (same configuration): nothing runs again
     written = out.read_text()
-    assert main(["--quick", "--seeds", "0", "--output", str(out), "--runs-dir", str(runs), "--resume"]) == 0
+    assert main(["--quick", "--seeds", "0", "--output", str(out), "--runs-dir", str(runs), "--resume", *levers]) == 0
     again = json.loads(out.read_text())
     assert again["seeds"] == json.loads(written)["seeds"]

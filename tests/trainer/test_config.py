@@ -151,7 +151,11 @@ def test_the_memory_section_is_typed_and_off_by_default() -> None:
          "memory.embedded: configures the embedded memory service, but memory.target is '10.0.0.7:50053'"),
         ({"distill": {"every": -1}}, "memory.distill.every: must be >= 0 (0 = never"),
         ({"timeout_s": 0}, "memory.timeout_s: must be > 0 seconds"),
-        ({"topk": 3}, "memory: unknown key(s) topk; valid keys: ablation, distill, embedded, enabled"),
+        ({"explore": -1.0}, "memory.explore: must be a finite number >= 0"),
+        ({"explore": float("nan")}, "memory.explore: must be a finite number >= 0"),
+        ({"explore": 0.5, "top_k": 2, "candidates": 1}, "memory.candidates: must be 0 (4 x top_k) or in [top_k, 256]"),
+        ({"candidates": 8}, "memory.candidates: sets how many meta-cognitions the exploration chooses among"),
+        ({"topk": 3}, "memory: unknown key(s) topk; valid keys: ablation, candidates, distill, embedded, enabled"),
     ],
 )
 def test_bad_memory_values_say_how_to_fix_them(memory: dict[str, Any], message: str) -> None:

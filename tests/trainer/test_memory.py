@@ -9,6 +9,7 @@ import pytest
 from rlyard.domain import MetaCognition, ScoredMetaCognition, Task, TrajectoryStatus, UtilityUpdate
 from trainer.memory import (
     GroupOutcome,
+    explore_order,
     group_outcomes,
     memory_block,
     memory_metrics,
@@ -100,6 +101,22 @@ def test_the_ablation_prompts_the_first_half_of_a_group() -> None:
     assert memory_samples(4, ablation=True) == (True, True, False, False)
     assert memory_samples(3, ablation=True) == (True, True, False)
     assert memory_samples(3, ablation=False) == (True, True, True)
+
+
+def test_exploration_ranks_by_an_upper_confidence_bound_on_the_score() -> None:
+    def item(mid: str, score: float, relevance: float, uses: int) -> ScoredMetaCognition:
+        return ScoredMetaCognition(MetaCognition(mid, mid, score / relevance, uses=uses), score=score,
+                                   relevance=relevance)
+
+    a, b, c = item("a", 0.8, 1.0, 3), item("b", 0.5, 1.0, 0), item("c", 0.3, 0.5, 0)
+    # by hand, score + relevance · bonus / sqrt(1 + uses):
+    # bonus 0.5: a 0.8 + 0.5/2 = 1.05, b 0.5 + 0.5 = 1.0, c 0.3 + 0.25 = 0.55
+    assert [i.meta_cognition.id for i in explore_order([c, b, a], 0.5)] == ["a", "b", "c"]
+    # bonus 1: a 0.8 + 0.5 = 1.3, b 1.5, c 0.3 + 0.5 = 0.8: the untried one first
+    assert [i.meta_cognition.id for i in explore_order([a, b, c], 1.0)] == ["b", "a", "c"]
+    assert [i.meta_cognition.id for i in explore_order([a, c, b], 0.0)] == ["a", "b", "c"]     # the score alone
+    twin = item("a2", 0.8, 1.0, 3)
+    assert [i.meta_cognition.id for i in explore_order([twin, a], 0.5)] == ["a2", "a"]          # ties keep order
 
 
 def test_the_reward_gap_is_the_difference_of_the_halves_means() -> None:

@@ -130,6 +130,33 @@ async def test_half_of_each_group_reads_the_memories_and_their_gap_updates_the_u
         assert "memory/distilled" in await memory.feedback([], step=2)           # step 2: Distill ran
 
 
+async def test_exploration_tries_the_meta_cognition_without_feedback_before_trusting_the_one_with(
+    memory_servers: Any, engine: RolloutEngine, policy: HFPolicy
+) -> None:
+    server = memory_servers.start()
+    async with MemoryClient(server.address, timeout=10.0) as client:
+        ids = await _seeded(client)
+        assert len(ids) >= 2, "the seeded paths give at least two meta-cognitions"
+        greedy = StageMemory(client, _memory(top_k=1), policy.tokenizer, group_size=4)
+        explore = StageMemory(client, _memory(top_k=1, explore=1.0), policy.tokenizer, group_size=4)
+        first = await greedy.rollout(engine, [_task("q1", "count")], step=1)
+        shown = first[0].memories[0].meta_cognition.id
+        # it helped a little (ΔR = 0.25: utility 0.5 -> 0.625, one use): the service now ranks it first
+        _set_rewards(first, {(0, 0): 1.0, (0, 1): 0.5, (0, 2): 0.5, (0, 3): 0.5})
+        assert (await greedy.feedback(first, step=1))["memory/utility_updates"] == 1.0
+        ranked = await client.retrieve(QUESTION, "count", top_k=len(ids))
+        assert ranked[0].meta_cognition.id == shown and ranked[0].meta_cognition.uses == 1
+        again = await greedy.rollout(engine, [_task("q2", "count")], step=2)
+        assert again[0].memories[0].meta_cognition.id == shown
+        # with exploration the best untried one goes first: relevance · (0.5 + 1) beats relevance · (0.625 + 1/√2)
+        untried = next(s for s in ranked if s.meta_cognition.uses == 0)
+        expected = max(ranked, key=lambda s: s.score + s.relevance / (1 + s.meta_cognition.uses) ** 0.5)
+        assert expected.meta_cognition.id == untried.meta_cognition.id
+        tried = await explore.rollout(engine, [_task("q3", "count")], step=2)
+        assert [m.meta_cognition.id for m in tried[0].memories] == [untried.meta_cognition.id]
+        assert [bool(t.memories) for t in tried] == [True, True, False, False]
+
+
 async def test_a_memory_service_that_stops_costs_the_step_its_memories_and_loses_no_trajectory(
     memory_servers: Any, engine: RolloutEngine, policy: HFPolicy, caplog: pytest.LogCaptureFixture
 ) -> None:
