@@ -160,5 +160,11 @@ def test_configs_the_workers_cannot_serve_are_refused(tiny_model_dir: Path, rl_t
         rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, workers, memory=True)
     with pytest.raises(ConfigError, match=r"rollout\.workers\.max_staleness: must be >= 0"):
         rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, {**workers, "max_staleness": -1})
+    with pytest.raises(ConfigError, match=r"rollout\.workers\.prefetch_steps: must be in \[0, max_staleness = 1\]"):
+        rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote,
+                  {**workers, "max_staleness": 1, "prefetch_steps": 2})
+    with pytest.raises(ConfigError, match=r"rollout\.workers\.prefetch_steps: pipelines the Celery workers"):
+        rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote,
+                  {**workers, "enabled": False, "max_staleness": 1, "prefetch_steps": 1})
     with pytest.raises(ConfigError, match=r"rollout\.workers\.broker_url: the workers use Redis"):
         rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, {**workers, "broker_url": "amqp://x"})
