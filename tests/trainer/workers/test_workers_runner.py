@@ -5,27 +5,19 @@ trainer scores and trains on what comes back. And the configs that cannot work a
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.workers_pipeline import sampler_service
 from rlyard.errors import ConfigError
 from trainer.compose import open_stack
 from trainer.config import ExperimentConfig, parse_config
 from trainer.events import MetricsEvent, StopRequest
 from trainer.runner import run_experiment
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any], workers: dict[str, Any],
@@ -43,35 +35,13 @@ def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any
     })
 
 
-@contextlib.contextmanager
-def sampler_service(model_dir: Path, root: Path) -> Iterator[str]:
-    """``rlyard serve sampler`` in its own process over ``model_dir``, loading what is published
-    under ``root``; its address."""
-    ready = root.parent / "sampler-ready.json"
-    env = {**os.environ, "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_READY_FILE": str(ready),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RLYARD_SAMPLER_POLICY_DIR": str(model_dir),
-           "RLYARD_SAMPLER_WEIGHTS_ROOT": str(root), "RLYARD_SAMPLER_POLL_S": "0.1"}
-    server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
-                               "run_service('sampler')"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the sampler service did not start listening"
-            time.sleep(0.05)
-        yield f"127.0.0.1:{json.loads(ready.read_text())['port']}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-
-
 def test_grpo_rolls_out_on_the_workers(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any,
                                        redis_url: str, start_worker: Any) -> None:
     """Without prefetch (and with max_staleness 0) each step submits its own groups and waits for
     them: every group is on-policy and nothing is in flight while the update trains."""
     start_worker("w1", concurrency=2)
     root = tmp_path / "weights"
-    with sampler_service(tiny_model_dir, root) as address:
+    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
         replies = [f"Score: {s}\nReason: scripted." for s in (0, 3, 6, 9) * 2]
         config = rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url,
                            {"backend": "remote", "sampler": address, "weights_dir": str(root)},
@@ -104,7 +74,7 @@ def test_pipelined_grpo_trains_on_groups_a_version_behind_and_resumes(
     scores = itertools.cycle((0, 3, 6, 9, 9, 6, 3))   # the samples of a group score apart: every step updates
     judge = chat_server(respond=lambda request: f"Score: {next(scores)}\nReason: scripted.").url
     run_dir = tmp_path / "run"
-    with sampler_service(tiny_model_dir, root) as address:
+    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
         config = rl_config(tiny_model_dir, rl_tasks, judge, {"backend": "remote", "sampler": address,
                                                              "weights_dir": str(root)},
                            {"enabled": True, "broker_url": redis_url, "max_staleness": 1, "prefetch_steps": 1},
