@@ -316,7 +316,7 @@ class WorkersConfig:
     left out of the step, one sampled more than ``max_staleness`` weight versions behind is dropped;
     both are counted (``workers/*`` metrics). ``prefetch_steps`` > 0 pipelines the stage: the first
     round of the next ``prefetch_steps`` steps is drawn and submitted before the current step trains
-    (``trainer.prefetch``), so the workers roll out while the update runs; a group so prefetched is
+    (``trainer.dynamic.prefetch``), so the workers roll out while the update runs; a group so prefetched is
     up to ``prefetch_steps`` versions behind when its step takes it, hence ``prefetch_steps <=
     max_staleness``."""
 

@@ -6,7 +6,6 @@
         if group.kept: batch += group.trajectories
     groups = source.take([job.key], current_version=8)  # exactly these keys, once they finished
 
-
 Every submitted key ends as exactly one ``FinishedGroup``: ``ok`` (kept), ``stale`` (sampled more
 than ``max_staleness`` weight versions behind the trainer at consumption: dropped), ``failed``
 (the job raised on the worker: its error is kept) or ``timed_out`` (no result within

@@ -101,6 +101,8 @@ def test_pipelined_grpo_trains_on_groups_a_version_behind_and_resumes(
     assert steps[0]["workers/staleness_max"] == 0.0
     assert max(s["workers/staleness_max"] for s in steps) == 1.0
     assert all(s["workers/stale_dropped"] == 0.0 and s["workers/stale"] == 0.0 for s in steps)
+    # the runner publishes each update: step 3's groups, submitted after update 1, sample version >= 1
+    assert steps[2]["sampled_weight_version"] >= 1.0
     # the ratio is exp(logπ_θ − logπ_behaviour) over the recorded log-probs: 1 on-policy, not 1 a version behind
     assert abs(steps[0]["ratio_mean"] - 1.0) < 1e-4
     assert all(abs(s["ratio_mean"] - 1.0) > 1e-3 for s in steps if s["workers/staleness_mean"] == 1.0)
