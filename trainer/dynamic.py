@@ -87,6 +87,8 @@ def roll_step(rollouts: StageRollouts, draws: TaskDraws, version: int, last: int
     ahead = rollouts.prefetch_steps
     if ahead:
         prefetch(rollouts, draws, version, version + ahead if last is None else min(version + ahead, last))
+    elif draws.ahead:   # a pipelined checkpoint resumed without prefetch: its questions drawn ahead are passed over
+        draws.ahead.clear()
     rolled: list[RolloutTrajectory] = []
     signal: list[int] = []
     taken: set[str] = set()
