@@ -7,24 +7,34 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bench.workers_pipeline import sampler_service
 from rlyard.errors import ConfigError
+from trainer.checkpoint import latest_checkpoint
 from trainer.compose import open_stack
 from trainer.config import ExperimentConfig, parse_config
 from trainer.events import MetricsEvent, StopRequest
 from trainer.runner import run_experiment
 
+ROOT = Path(__file__).resolve().parents[3]
 
-def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any], workers: dict[str, Any],
-              memory: bool = False, steps: int = 2) -> ExperimentConfig:
-    """``steps`` GRPO steps of 2 groups of 2 on the tiny policy (exact match plus a scripted judge)."""
+
+def rl_raw(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any], workers: dict[str, Any],
+           memory: bool = False, steps: int = 2) -> dict[str, Any]:
+    """The YAML form of ``steps`` GRPO steps of 2 groups of 2 on the tiny policy (exact match plus a
+    scripted judge)."""
     judge = {"weight": 0.1, "backend": "openai", "endpoint": judge_url, "model": "grader", "require_reference": False}
-    return parse_config({
+    return {
         "name": "rl-workers", "seed": 3, "model": {"path": str(model_dir), **model},
         "checkpoint": {"every_steps": 2}, **({"memory": {"enabled": True}} if memory else {}),
         "stages": [{"kind": "rl", "name": "grpo", "steps": steps, "tasks": {"path": str(tasks)},
@@ -32,7 +42,12 @@ def rl_config(model_dir: Path, tasks: Path, judge_url: str, model: dict[str, Any
                     "rollout": {"group_size": 2, "prompts_per_step": 2, "max_turns": 1, "max_new_tokens_per_turn": 12,
                                 "max_total_tokens": 256, "workers": workers},
                     "algorithm": {"micro_batch_size": 2, "updates_per_batch": 1}, "optim": {"lr": 1e-3}}],
-    })
+    }
+
+
+def rl_config(*args: Any, **kwargs: Any) -> ExperimentConfig:
+    """``rl_raw``'s config, parsed."""
+    return parse_config(rl_raw(*args, **kwargs))
 
 
 def test_grpo_rolls_out_on_the_workers(tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any,
@@ -140,3 +155,58 @@ def test_configs_the_workers_cannot_serve_are_refused(tiny_model_dir: Path, rl_t
                   {**workers, "enabled": False, "max_staleness": 1, "prefetch_steps": 1})
     with pytest.raises(ConfigError, match=r"rollout\.workers\.broker_url: the workers use Redis"):
         rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, {**workers, "broker_url": "amqp://x"})
+
+
+@pytest.mark.slow   # a trainer process started, SIGKILLed and resumed: about a minute
+def test_a_sigkilled_pipelined_trainer_resumes_and_redoes_the_groups_in_flight(
+    tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any, redis_url: str, start_worker: Any
+) -> None:
+    """``rlyard train`` with ``prefetch_steps: 1`` SIGKILLed once it has finished step 3 (no clean
+    stop: nothing revokes its groups in flight). The run resumes from its last checkpoint; every step
+    after it submits its groups again under the new process's keys and takes exactly those, so each
+    step is counted once and the killed trainer's groups are never taken."""
+    start_worker("w1", concurrency=4)
+    root = tmp_path / "weights"
+    scores = itertools.cycle((0, 3, 6, 9, 9, 6, 3))
+    judge = chat_server(respond=lambda request: f"Score: {next(scores)}\nReason: scripted.").url
+    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
+        raw = {**rl_raw(tiny_model_dir, rl_tasks, judge, {"backend": "remote", "sampler": address,
+                                                          "weights_dir": str(root)},
+                        {"enabled": True, "broker_url": redis_url, "max_staleness": 1, "prefetch_steps": 1}, steps=6),
+               "output_dir": str(tmp_path / "runs")}
+        path = tmp_path / "pipelined.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        run_dir = tmp_path / "runs" / "killed"
+        metrics = run_dir / "metrics.jsonl"
+        trainer = subprocess.Popen([sys.executable, "-m", "rlyard_app.cli.main", "train", "-c", str(path),
+                                    "--run-id", "killed"], cwd=ROOT, start_new_session=True,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 240
+            while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+                assert trainer.poll() is None, trainer.stderr.read().decode()[-3000:] if trainer.stderr else ""
+                assert time.monotonic() < deadline, "the trainer did not finish 3 steps"
+                time.sleep(0.05)
+        finally:
+            os.killpg(trainer.pid, signal.SIGKILL)
+            trainer.wait(timeout=30)
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        assert ckpt is not None
+        saved = ckpt.trainer_state["global_step"]
+        assert saved in (2, 4) and list(ckpt.trainer_state["draws"]["ahead"]) == [str(saved + 1)]
+        config = parse_config(raw)
+        events: list[Any] = []
+        with open_stack(config) as stack:
+            report = run_experiment(config, run_dir, stack=stack, on_event=events.append)
+
+    again = [e for e in events if isinstance(e, MetricsEvent)]
+    assert report["state"] == "SUCCEEDED" and report["steps"] == 6
+    assert [e.global_step for e in again] == list(range(saved + 1, 7))
+    # this process submitted each step from the checkpoint on once (2 groups) and took only those
+    assert again[0].values["workers/submitted"] == 4.0
+    assert [e.values["workers/ok"] for e in again] == [2.0 * (i + 1) for i in range(len(again))]
+    assert again[-1].values["workers/submitted"] == 2.0 * len(again) and again[-1].values["workers/pending"] == 0.0
+    assert all(e.values["trajectories"] == 4.0 and e.values["workers/staleness_max"] <= 1.0 for e in again)
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [line["global_step"] for line in lines] == [1, 2, 3, 4, 5, 6]
