@@ -146,6 +146,26 @@ class StageRollouts:
         self.last_counts: dict[str, int] = {}
         self.workers = _worker_rollouts(stage) if stage.rollout.workers.enabled else None
         self._jobs_prefix = uuid.uuid4().hex[:12]   # group keys stay unique on a broker that runs share
+        self._ahead: dict[int, tuple[list[str], list[str]]] = {}   # global step -> its first round's keys, task ids
+        self._behind: list[int] = []      # versions behind of the groups taken since the last worker_metrics
+        self._dropped = 0                 # groups dropped as too stale since then
+
+    @property
+    def prefetch_steps(self) -> int:
+        """How many steps ahead the workers' groups are submitted (0: each step submits its own)."""
+        return self.stage.rollout.workers.prefetch_steps if self.workers is not None else 0
+
+    def submitted_ahead(self, global_step: int) -> bool:
+        """Whether this process submitted step ``global_step``'s first round ahead of the step."""
+        return global_step in self._ahead
+
+    def submit_ahead(self, tasks: list[Task], global_step: int) -> None:
+        """Submit step ``global_step``'s first round (``tasks``) to the workers now, with the weights
+        the sampler holds now; ``rollout(..., round_index=0)`` of that step takes them."""
+        if global_step in self._ahead:
+            raise ValueError(f"step {global_step}'s groups were submitted already")
+        keys = self._submit(tasks, global_step, self.stack.config.seed, 0)
+        self._ahead[global_step] = (keys, [t.task_id for t in tasks])
 
     def tasks(self, step: int) -> list[Task]:
         """The ``prompts_per_step`` tasks of stage step ``step`` (1-based)."""
@@ -173,26 +193,56 @@ class StageRollouts:
 
     def _on_workers(self, tasks: list[Task], global_step: int, seed: int, round_index: int) -> list[RolloutTrajectory]:
         """The tasks' groups as group jobs on the Celery workers, which sample through the sampler
-        service; group ids (and seeds) as in-process. Groups that failed, timed out or came back
-        too stale are left out (``workers/*`` metrics count them)."""
+        service; group ids (and seeds) as in-process. A step's first round submitted ahead
+        (``submit_ahead``) is taken as it is. Groups that failed, timed out or came back too stale at
+        this version are left out (``workers/*`` metrics count them)."""
+        assert self.workers is not None
+        ahead = self._ahead.pop(global_step, None) if round_index == 0 else None
+        if ahead is not None:
+            keys, task_ids = ahead
+            if task_ids != [t.task_id for t in tasks]:
+                raise RuntimeError(f"step {global_step}: the questions submitted ahead {task_ids} are not the step's "
+                                   f"{[t.task_id for t in tasks]}")
+        else:
+            keys = self._submit(tasks, global_step, seed, round_index)
+        groups = self.workers.take(keys, self.sampler.weight_version)
+        for g in groups:
+            if g.outcome == "ok":
+                self._behind.append(g.versions_behind)
+            elif g.outcome == "stale":
+                self._dropped += 1
+        return [t for g in groups for t in g.trajectories]
+
+    def _submit(self, tasks: list[Task], global_step: int, seed: int, round_index: int) -> list[str]:
+        """Submit one group job per task (group ``i`` for the ``i``-th); their keys."""
         from trainer.workers.wire import GroupJob
 
         assert self.workers is not None
         model = self.stack.config.model
         sampler = {"kind": "remote", "target": model.sampler, "tokenizer": model.path}
         version = self.sampler.weight_version
-        for i, task in enumerate(tasks):
+        keys = [f"{self._jobs_prefix}/step{global_step}/r{round_index}/g{i}" for i in range(len(tasks))]
+        for i, (key, task) in enumerate(zip(keys, tasks, strict=True)):
             self.workers.submit(GroupJob(
-                key=f"{self._jobs_prefix}/step{global_step}/r{round_index}/g{i}", task=task,
-                group_size=self.stage.rollout.group_size, rollout=self.stage.rollout, sampler=sampler,
-                tools=self.stack.services.tools, weight_version=version, step=global_step, group_id=i, seed=seed,
-                tool_timeout_s=self.stack.timeout_s))
-        groups = self.workers.wait(version)
-        return [t for g in sorted(groups, key=lambda g: g.job.group_id) for t in g.trajectories]
+                key=key, task=task, group_size=self.stage.rollout.group_size, rollout=self.stage.rollout,
+                sampler=sampler, tools=self.stack.services.tools, weight_version=version, step=global_step,
+                group_id=i, seed=seed, tool_timeout_s=self.stack.timeout_s))
+        return keys
 
     def worker_metrics(self) -> dict[str, float]:
-        """The workers' counts so far (``workers/*``); empty without workers."""
-        return {} if self.workers is None else self.workers.metrics()
+        """The workers' counts so far (``workers/*``; ``workers/pending``: groups in flight, i.e.
+        submitted and not taken yet) and, over the groups taken since the last call,
+        ``workers/staleness_mean`` and ``_max`` (kept groups, in weight versions; absent when none)
+        and ``workers/stale_dropped``. Empty without workers."""
+        if self.workers is None:
+            return {}
+        out = self.workers.metrics()
+        if self._behind:
+            out["workers/staleness_mean"] = sum(self._behind) / len(self._behind)
+            out["workers/staleness_max"] = float(max(self._behind))
+        out["workers/stale_dropped"] = float(self._dropped)
+        self._behind, self._dropped = [], 0
+        return out
 
     def score(self, trajectories: list[RolloutTrajectory], global_step: int) -> dict[str, int]:
         """Fill their rewards through the reward service (a system failure marks one INFRA_FAILED)."""

@@ -330,12 +330,17 @@ class WorkersConfig:
     sampler service (``model.backend: remote``) and call the run's tool server; the trainer scores
     what comes back. A group that fails on a worker or has no result within ``group_timeout_s`` is
     left out of the step, one sampled more than ``max_staleness`` weight versions behind is dropped;
-    both are counted (``workers/*`` metrics)."""
+    both are counted (``workers/*`` metrics). ``prefetch_steps`` > 0 pipelines the stage: the first
+    round of the next ``prefetch_steps`` steps is drawn and submitted before the current step trains
+    (``trainer.dynamic.prefetch``), so the workers roll out while the update runs; a group so prefetched is
+    up to ``prefetch_steps`` versions behind when its step takes it, hence ``prefetch_steps <=
+    max_staleness``."""
 
     enabled: bool = False
     broker_url: str = "redis://127.0.0.1:6379/0"
     max_staleness: int = 0
     group_timeout_s: float = 600.0
+    prefetch_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
@@ -346,6 +351,14 @@ class WorkersConfig:
                                                    f"got {self.max_staleness})")
         if self.group_timeout_s <= 0:
             _fail("rollout.workers.group_timeout_s", f"must be > 0 seconds (got {self.group_timeout_s})")
+        if not 0 <= self.prefetch_steps <= self.max_staleness:
+            _fail("rollout.workers.prefetch_steps",
+                  f"must be in [0, max_staleness = {self.max_staleness}] (got {self.prefetch_steps}): a group "
+                  "submitted n steps ahead is up to n weight versions behind when its step takes it, and one past "
+                  "max_staleness would be rolled out only to be dropped; raise max_staleness or lower prefetch_steps")
+        if self.prefetch_steps and not self.enabled:
+            _fail("rollout.workers.prefetch_steps", "pipelines the Celery workers' rollouts: set enabled: true, "
+                                                    "or leave prefetch_steps at 0")
 
 
 @dataclass(frozen=True)

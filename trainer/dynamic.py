@@ -8,6 +8,10 @@ questions. Groups with signal beyond the target are left out of the batch (the l
 DAPO's choice, which keeps the update's batch at its configured size and on-policy); a step whose
 last round ends short trains on what it has and counts a cap hit. Every group rolled out, kept or
 not, updates its question's pass-rate estimate.
+
+With pipelined workers (``rollout.workers.prefetch_steps``) a step's first round is drawn and
+submitted up to ``prefetch_steps`` steps earlier, before the pass rates of the steps between are
+known; later rounds are drawn when the step needs them, as without.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from dataclasses import dataclass, field
 
 from rlyard.domain import TrajectoryStatus
 from trainer.compose import StageRollouts
-from trainer.selection import TaskDraws, groups_with_signal, pass_rate_shares, record_groups, select
+from trainer.config import StageConfig
+from trainer.selection import Draw, Drawn, TaskDraws, groups_with_signal, pass_rate_shares, record_groups, select
 from trainer.types import RolloutTrajectory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepRollouts", "roll_step"]
+__all__ = ["StepRollouts", "first_round_size", "prefetch", "roll_step"]
 
 
 @dataclass
@@ -40,9 +45,38 @@ class StepRollouts:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def roll_step(rollouts: StageRollouts, draws: TaskDraws, version: int) -> StepRollouts:
+def first_round_size(stage: StageConfig) -> int:
+    """How many questions a step's first round draws."""
+    cfg = stage.rollout
+    dynamic = cfg.dynamic_sampling
+    return math.ceil(cfg.prompts_per_step * dynamic.oversample) if dynamic.enabled else cfg.prompts_per_step
+
+
+def prefetch(rollouts: StageRollouts, draws: TaskDraws, first: int, last: int) -> None:
+    """Pipelined workers: make sure the first rounds of global steps ``first`` … ``last`` are drawn
+    (once: ``draws.ahead`` keeps them, and a checkpoint with it) and submitted by this process
+    (once: a resumed process submits what its checkpoint drew again; groups a killed process had in
+    flight are never read). Draws of steps before ``first`` left by a checkpoint are dropped."""
+    for step in [s for s in draws.ahead if s < first]:
+        del draws.ahead[step]
+    stage = rollouts.stage
+    n = first_round_size(stage)
+    for step in range(first, last + 1):
+        drawn = draws.ahead.get(step)
+        if drawn is None:
+            draw = select(rollouts.source, draws, n, stage.rollout.selection, seed=rollouts.stack.config.seed)
+            draws.cursor = draw.cursor
+            drawn = draws.ahead[step] = Drawn.of(draw, rollouts.source.tasks)
+        if not rollouts.submitted_ahead(step):
+            rollouts.submit_ahead(drawn.tasks(rollouts.source.tasks), step)
+
+
+def roll_step(rollouts: StageRollouts, draws: TaskDraws, version: int, last: int | None = None) -> StepRollouts:
     """Draw, roll out and score the step's questions in rounds; ``draws`` (cursor, estimates, cap
-    hits) moves on. ``version`` is the step's global step (the engine's seeds, the reward's step)."""
+    hits) moves on. ``version`` is the step's global step (the engine's seeds, the reward's step).
+    With ``rollout.workers.prefetch_steps`` = k > 0 the first rounds of steps ``version`` … ``version
+    + k`` (never past ``last``, the stage's last global step) are submitted first (``prefetch``), and
+    this step's first round is the one drawn for it ahead."""
     stage = rollouts.stage
     cfg = stage.rollout
     dynamic = cfg.dynamic_sampling
@@ -50,16 +84,25 @@ def roll_step(rollouts: StageRollouts, draws: TaskDraws, version: int) -> StepRo
     rounds = dynamic.max_rounds if dynamic.enabled else 1
     first = next(iter(stage.reward), "")
     seed = rollouts.stack.config.seed
+    ahead = rollouts.prefetch_steps
+    if ahead:
+        prefetch(rollouts, draws, version, version + ahead if last is None else min(version + ahead, last))
+    elif draws.ahead:   # a pipelined checkpoint resumed without prefetch: its questions drawn ahead are passed over
+        draws.ahead.clear()
     rolled: list[RolloutTrajectory] = []
     signal: list[int] = []
     taken: set[str] = set()
     chosen: Counter[str] = Counter()
     seconds, system_errors, done, groups = 0.0, 0, 0, 0
     for round_index in range(rounds):
-        missing = target - len(signal)
-        n = math.ceil(missing * dynamic.oversample) if dynamic.enabled else target
-        draw = select(rollouts.source, draws, n, cfg.selection, seed=seed, taken=taken)
-        draws.cursor = draw.cursor
+        if ahead and round_index == 0:
+            drawn = draws.ahead.pop(version)
+            draw = Draw(drawn.tasks(rollouts.source.tasks), draws.cursor, drawn.counts)
+        else:
+            missing = target - len(signal)
+            n = math.ceil(missing * dynamic.oversample) if dynamic.enabled else target
+            draw = select(rollouts.source, draws, n, cfg.selection, seed=seed, taken=taken)
+            draws.cursor = draw.cursor
         chosen.update(draw.counts)
         taken.update(t.task_id for t in draw.tasks)
         tic = time.monotonic()

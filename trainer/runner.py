@@ -365,7 +365,8 @@ class _RlSteps:
         version = self.run.state.global_step + 1
         self.policy.model.eval()
         try:
-            rolled = roll_step(self.rollouts, self.draws, version)
+            # pipelined workers submit the next steps' groups up to the stage's last step
+            rolled = roll_step(self.rollouts, self.draws, version, last=version + self.stage.steps - step)
         finally:
             self.policy.model.train()
         trajectories = rolled.batch

@@ -39,25 +39,62 @@ class PassRate:
     last_step: int
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """A step's first draw, made before the step (pipelined workers, ``rollout.workers.prefetch_steps``):
+    its questions as indices into the stage's task list (their ids too, checked when it is read back)
+    and how each was chosen."""
+
+    indices: tuple[int, ...]
+    task_ids: tuple[str, ...]
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, draw: Draw, tasks: Sequence[Task]) -> Drawn:
+        """``draw``'s questions by their index in ``tasks`` (the objects ``TaskSampler`` hands out)."""
+        index = {id(t): i for i, t in enumerate(tasks)}
+        return cls(tuple(index[id(t)] for t in draw.tasks), tuple(t.task_id for t in draw.tasks), dict(draw.counts))
+
+    def tasks(self, tasks: Sequence[Task]) -> list[Task]:
+        """The questions back from ``tasks``.
+
+        Raises:
+            ValueError: ``tasks`` is not the list they were drawn from (the task file changed
+                since the checkpoint that saved them).
+        """
+        out = [tasks[i] if i < len(tasks) else None for i in self.indices]
+        if [None if t is None else t.task_id for t in out] != list(self.task_ids):
+            raise ValueError(f"questions {list(self.task_ids)[:4]} drawn ahead are not at their places in the stage's "
+                             "task file any more: resume with the task file the run started with")
+        return [t for t in out if t is not None]
+
+
 @dataclass
 class TaskDraws:
-    """An RL stage's draws so far: the stream's cursor, the pass-rate estimates and the steps that
-    ended short of their groups with signal (``dynamic/cap_hits``). A checkpoint saves it."""
+    """An RL stage's draws so far: the stream's cursor, the pass-rate estimates, the steps that
+    ended short of their groups with signal (``dynamic/cap_hits``) and the first draws of the steps
+    drawn ahead (by global step; pipelined workers). A checkpoint saves it."""
 
     cursor: int = 0
     rates: dict[str, PassRate] = field(default_factory=dict)
     cap_hits: int = 0
+    ahead: dict[int, Drawn] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """As JSON: an estimate is ``[estimate, groups, last_step]`` (floats round-trip exactly)."""
         return {"cursor": self.cursor, "cap_hits": self.cap_hits,
-                "rates": {k: [r.estimate, r.groups, r.last_step] for k, r in self.rates.items()}}
+                "rates": {k: [r.estimate, r.groups, r.last_step] for k, r in self.rates.items()},
+                "ahead": {str(step): {"indices": list(d.indices), "task_ids": list(d.task_ids), "counts": d.counts}
+                          for step, d in self.ahead.items()}}
 
     @classmethod
     def from_json(cls, saved: dict[str, Any]) -> TaskDraws:
         """What ``to_json`` wrote."""
         rates = {str(k): PassRate(float(e), int(g), int(s)) for k, (e, g, s) in saved.get("rates", {}).items()}
-        return cls(cursor=int(saved["cursor"]), rates=rates, cap_hits=int(saved.get("cap_hits", 0)))
+        ahead = {int(step): Drawn(tuple(int(i) for i in d["indices"]), tuple(str(t) for t in d["task_ids"]),
+                                  {str(k): int(v) for k, v in d["counts"].items()})
+                 for step, d in saved.get("ahead", {}).items()}
+        return cls(cursor=int(saved["cursor"]), rates=rates, cap_hits=int(saved.get("cap_hits", 0)), ahead=ahead)
 
 
 def band(rate: PassRate | None, config: SelectionConfig) -> Band:

@@ -184,6 +184,30 @@ def test_a_checkpoint_without_draws_resumes_the_stream_where_n_a_step_left_it(
     assert _questions(judge) == [q for q in _stream(rl_tasks, 4) for _ in range(2)]
 
 
+def test_a_pipelined_checkpoint_resumed_without_prefetch_passes_over_the_questions_drawn_ahead(
+    tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any
+) -> None:
+    """A checkpoint of a pipelined run holds step 2's questions drawn ahead (stream positions 2 and 3,
+    the cursor past them). Resumed without prefetch, step 2 draws from the cursor and the draws
+    ahead are dropped, not carried from checkpoint to checkpoint."""
+    judge = chat_server(*_scores((0, 9), (9, 0), (0, 9), (9, 0)))
+    config = _config(tiny_model_dir, rl_tasks, judge.url, steps=2, dynamic={"enabled": False})
+    report, _ = _run(config, tmp_path / "rl", stop_after=1)
+    ckpt = latest_checkpoint(tmp_path / "rl" / "checkpoints")
+    assert report["state"] == "STOPPED" and ckpt is not None
+    state = json.loads((ckpt.path / "trainer_state.json").read_text())
+    ahead = [t.task_id for t in TaskSampler(load_tasks(rl_tasks, []), SEED).take(2, 2)]
+    state["draws"]["ahead"] = {"2": {"indices": [int(t[1:]) for t in ahead], "task_ids": ahead,
+                                     "counts": {"unseen": 2}}}
+    state["draws"]["cursor"] = 4
+    (ckpt.path / "trainer_state.json").write_text(json.dumps(state))
+    report, _ = _run(config, tmp_path / "rl")
+    assert report["state"] == "SUCCEEDED"
+    assert _questions(judge) == [q for q in _stream(rl_tasks, 6)[:2] + _stream(rl_tasks, 6)[4:] for _ in range(2)]
+    final = latest_checkpoint(tmp_path / "rl" / "checkpoints")
+    assert final is not None and final.trainer_state["draws"]["ahead"] == {}
+
+
 def _responses(judge: Any) -> list[str]:
     """The graded response of each judge request, in order."""
     out = []

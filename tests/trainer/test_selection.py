@@ -13,6 +13,7 @@ from rlyard.errors import ConfigError
 from trainer.algorithms import FilterConfig
 from trainer.config import SelectionConfig, parse_config
 from trainer.selection import (
+    Drawn,
     PassRate,
     TaskDraws,
     band,
@@ -153,6 +154,23 @@ def test_draws_round_trip_through_json_exactly() -> None:
     draws = TaskDraws(cursor=17, cap_hits=2, rates={"a": PassRate(0.1 + 0.2, 3, 9), "b": PassRate(1 / 3, 1, 2)})
     again = TaskDraws.from_json(json.loads(json.dumps(draws.to_json())))
     assert again == draws and again.rates["a"].estimate == 0.1 + 0.2
+
+
+def test_a_draw_made_ahead_comes_back_from_a_checkpoint_as_the_same_questions() -> None:
+    # two questions share an id (a task file may repeat one): the draw keeps each by its place
+    tasks = [Task("q0", []), Task("q1", [{"role": "user", "content": "a"}]), Task("q1", [{"role": "user",
+                                                                                     "content": "b"}])]
+    stream = TaskSampler(tasks, seed=5)
+    draw = select(stream, TaskDraws(cursor=1), 3, SelectionConfig(), seed=5)
+    draws = TaskDraws(cursor=draw.cursor, ahead={7: Drawn.of(draw, tasks)})
+    again = TaskDraws.from_json(json.loads(json.dumps(draws.to_json())))
+    assert again == draws
+    assert [id(t) for t in again.ahead[7].tasks(tasks)] == [id(t) for t in draw.tasks]
+    assert again.ahead[7].counts == draw.counts
+    with pytest.raises(ValueError, match="not at their places in the stage's task file"):
+        again.ahead[7].tasks(list(reversed(tasks)))
+    with pytest.raises(ValueError, match="not at their places"):
+        again.ahead[7].tasks(tasks[:1])
 
 
 def test_pass_rate_shares_count_distinct_questions_per_band() -> None:

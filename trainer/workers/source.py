@@ -4,13 +4,15 @@
     source.submit(job)                                  # GroupJob; its key is the Celery task id
     for group in source.wait(current_version=7, count=4):
         if group.kept: batch += group.trajectories
+    groups = source.take([job.key], current_version=8)  # exactly these keys, once they finished
 
 Every submitted key ends as exactly one ``FinishedGroup``: ``ok`` (kept), ``stale`` (sampled more
 than ``max_staleness`` weight versions behind the trainer at consumption: dropped), ``failed``
 (the job raised on the worker: its error is kept) or ``timed_out`` (no result within
 ``group_timeout_s``: revoked and masked). A group whose worker died is redelivered by the broker
 and redone by another worker (``attempt`` > 1, counted as ``redone``); a key is taken once, so a
-group that ran twice is counted once. Finished groups are polled with one ``MGET`` per poll.
+group that ran twice is counted once. Finished groups are polled with one ``MGET`` per poll and
+judged when taken: a pipelined trainer takes a step's groups after other steps' groups finished.
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ class FinishedGroup:
         return self.outcome == "ok"
 
 
+@dataclass
+class _Finished:
+    """A group whose result came back (``ok``: judged when taken), failed or timed out."""
+
+    job: GroupJob
+    submitted: float
+    finished: float
+    outcome: str
+    payload: Any = None
+    error: str = ""
+
+
 class WorkerRollouts:
     """Submits group jobs to the Celery workers and yields them as they finish."""
 
@@ -75,7 +89,8 @@ class WorkerRollouts:
         self.poll_s = poll_s
         self.clock = clock
         self.app = make_app(settings)
-        self._pending: dict[str, tuple[GroupJob, float]] = {}
+        self._pending: dict[str, tuple[GroupJob, float]] = {}   # submitted, no result yet
+        self._ready: dict[str, _Finished] = {}                   # finished, not taken yet
         self.counts: Counter[str] = Counter()
         self._check(self.settings.broker_url, "broker")
         self._results = self._check(self.settings.backend_url, "result backend")
@@ -92,12 +107,12 @@ class WorkerRollouts:
 
     @property
     def pending(self) -> int:
-        """Groups submitted and not finished yet."""
-        return len(self._pending)
+        """Groups submitted and not taken yet (running, queued, or finished and waiting for ``take``)."""
+        return len(self._pending) + len(self._ready)
 
     def submit(self, job: GroupJob) -> None:
         """Queue ``job`` for the workers; its key must not be pending already."""
-        if job.key in self._pending:
+        if job.key in self._pending or job.key in self._ready:
             raise ValueError(f"group {job.key} is already pending; every group needs its own key")
         try:
             self.app.send_task(GROUP_TASK, args=[job.to_json()], task_id=job.key, queue=self.settings.queue)
@@ -109,30 +124,8 @@ class WorkerRollouts:
 
     def poll(self, current_version: int) -> list[FinishedGroup]:
         """The groups that finished since the last poll (no waiting), judged at ``current_version``."""
-        if not self._pending:
-            return []
-        keys = list(self._pending)
-        backend = self.app.backend
-        try:
-            raw = self._results.mget([backend.get_key_for_task(k) for k in keys])
-        except redis.RedisError as exc:
-            raise WorkersUnavailable(f"the workers' result backend at {self.settings.backend_url} failed: "
-                                     f"{exc}") from None
-        now = self.clock()
-        out: list[FinishedGroup] = []
-        for key, value in zip(keys, raw, strict=True):
-            job, submitted = self._pending[key]
-            if value is not None:
-                meta = backend.decode_result(value)
-                if meta["status"] == "SUCCESS":
-                    out.append(self._finish(key, job, submitted, now, meta["result"], current_version))
-                elif meta["status"] in ("FAILURE", "REVOKED"):
-                    out.append(self._close(key, job, submitted, now, "failed", _error_text(meta)))
-            elif now - submitted > self.group_timeout_s:
-                self.app.control.revoke(key)
-                out.append(self._close(key, job, submitted, now, "timed_out",
-                                       f"no result within group_timeout_s = {self.group_timeout_s:g} s"))
-        return out
+        self._collect()
+        return [self._take(key, current_version) for key in list(self._ready)]
 
     def wait(self, current_version: int | Callable[[], int], count: int | None = None,
              timeout: float | None = None) -> list[FinishedGroup]:
@@ -149,36 +142,82 @@ class WorkerRollouts:
             time.sleep(self.poll_s)
         return out
 
-    def _finish(self, key: str, job: GroupJob, submitted: float, now: float, payload: Any,
-                current_version: int) -> FinishedGroup:
-        try:
-            result = GroupResult.from_json(payload, job.task)
-        except WireError as exc:
-            return self._close(key, job, submitted, now, "failed", str(exc))
-        verdict = judge_staleness(result.weight_versions, current_version, self.max_staleness)
-        outcome = "ok" if verdict.keep else "stale"
-        group = self._close(key, job, submitted, now, outcome, "")
-        group.trajectories = result.trajectories if verdict.keep else []
-        group.versions_behind, group.attempt, group.worker = verdict.versions_behind, result.attempt, result.worker
-        group.rollout_s = result.rollout_seconds
-        if result.attempt > 1:
-            self.counts["redone"] += 1
-        if not verdict.keep:
-            logger.info("group %s dropped: sampled %d weight versions behind (max_staleness = %d)", key,
-                        verdict.versions_behind, self.max_staleness)
-        return group
+    def take(self, keys: list[str], current_version: int) -> list[FinishedGroup]:
+        """Wait until each of ``keys`` has finished (each within ``group_timeout_s`` of its
+        submission, or ``timed_out``) and take them, in that order, judged at ``current_version``:
+        the trainer's version when it consumes them, which is what their staleness is counted
+        from. Groups of other keys that finish meanwhile wait for their own ``take``."""
+        unknown = [k for k in keys if k not in self._pending and k not in self._ready]
+        if unknown:
+            raise ValueError(f"group(s) {unknown[:3]} were never submitted here, or were taken already")
+        while True:
+            self._collect()
+            if all(k in self._ready for k in keys):
+                return [self._take(k, current_version) for k in keys]
+            time.sleep(self.poll_s)
 
-    def _close(self, key: str, job: GroupJob, submitted: float, now: float, outcome: str,
-               error: str) -> FinishedGroup:
-        del self._pending[key]
-        self.counts[outcome] += 1
-        if error:
-            logger.warning("group %s %s: %s", key, outcome, error)
-        try:   # the key is taken: a later attempt's result is never read again
-            self._results.delete(self.app.backend.get_key_for_task(key), ATTEMPTS_PREFIX + key)
-        except redis.RedisError:
-            logger.debug("could not delete the result of group %s", key, exc_info=True)
-        return FinishedGroup(key=key, job=job, outcome=outcome, error=error, round_trip_s=now - submitted)
+    def _collect(self) -> None:
+        """Move the pending groups whose result came (or whose time ran out) to the finished ones;
+        one ``MGET`` for all of them. A finished key's result is deleted from the backend at once:
+        a later attempt's result under the same key is never read."""
+        if not self._pending:
+            return
+        keys = list(self._pending)
+        backend = self.app.backend
+        try:
+            raw = self._results.mget([backend.get_key_for_task(k) for k in keys])
+        except redis.RedisError as exc:
+            raise WorkersUnavailable(f"the workers' result backend at {self.settings.backend_url} failed: "
+                                     f"{exc}") from None
+        now = self.clock()
+        for key, value in zip(keys, raw, strict=True):
+            job, submitted = self._pending[key]
+            done: _Finished | None = None
+            if value is not None:
+                meta = backend.decode_result(value)
+                if meta["status"] == "SUCCESS":
+                    done = _Finished(job, submitted, now, "ok", payload=meta["result"])
+                elif meta["status"] in ("FAILURE", "REVOKED"):
+                    done = _Finished(job, submitted, now, "failed", error=_error_text(meta))
+            elif now - submitted > self.group_timeout_s:
+                self.app.control.revoke(key)
+                done = _Finished(job, submitted, now, "timed_out",
+                                 error=f"no result within group_timeout_s = {self.group_timeout_s:g} s")
+            if done is None:
+                continue
+            del self._pending[key]
+            self._ready[key] = done
+            try:
+                self._results.delete(backend.get_key_for_task(key), ATTEMPTS_PREFIX + key)
+            except redis.RedisError:
+                logger.debug("could not delete the result of group %s", key, exc_info=True)
+
+    def _take(self, key: str, current_version: int) -> FinishedGroup:
+        """The finished group of ``key``, its result judged at ``current_version`` and counted."""
+        done = self._ready.pop(key)
+        group = FinishedGroup(key=key, job=done.job, outcome=done.outcome, error=done.error,
+                              round_trip_s=done.finished - done.submitted)
+        if done.outcome == "ok":
+            try:
+                result = GroupResult.from_json(done.payload, done.job.task)
+            except WireError as exc:
+                group.outcome, group.error = "failed", str(exc)
+            else:
+                verdict = judge_staleness(result.weight_versions, current_version, self.max_staleness)
+                group.outcome = "ok" if verdict.keep else "stale"
+                group.trajectories = result.trajectories if verdict.keep else []
+                group.versions_behind, group.attempt, group.worker = (verdict.versions_behind, result.attempt,
+                                                                      result.worker)
+                group.rollout_s = result.rollout_seconds
+                if result.attempt > 1:
+                    self.counts["redone"] += 1
+                if not verdict.keep:
+                    logger.info("group %s dropped: sampled %d weight versions behind (max_staleness = %d)", key,
+                                verdict.versions_behind, self.max_staleness)
+        self.counts[group.outcome] += 1
+        if group.error:
+            logger.warning("group %s %s: %s", key, group.outcome, group.error)
+        return group
 
     def metrics(self) -> dict[str, float]:
         """``workers/<count>``: submitted, ok, stale, failed, timed_out, redone and pending."""
@@ -194,6 +233,7 @@ class WorkerRollouts:
         except Exception as exc:   # a broker that is gone: nothing to revoke on it
             logger.warning("could not revoke %d pending group(s): %s", len(self._pending), exc)
         self._pending.clear()
+        self._ready.clear()
         self._results.close()
         self.app.close()
 

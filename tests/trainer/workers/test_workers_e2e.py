@@ -1,11 +1,14 @@
 """Groups on real Celery workers (``rlyard worker`` processes) over a real redis-server: a group end
 to end with the local sampler (the tiny policy) and the reward service, a group against services
-that serve mutual TLS with a token each, the staleness bound, two
+that serve mutual TLS with a token each, the staleness bound and GRPO's ratio on a group one weight
+version behind (from the recorded behaviour log-probs), two
 workers sharing groups, a worker SIGKILLed mid-group (the other redoes it: nothing lost), and a
 broker that is not there."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import subprocess
 import sys
 import time
@@ -20,8 +23,10 @@ from bench.latency_tool import latency_s
 from bench.rollout import make_tasks
 from bench.workers import _free_port
 from rlyard.domain import Task, TrajectoryStatus
-from trainer.config import RolloutConfig
+from trainer.config import AlgorithmConfig, RolloutConfig, StageConfig
+from trainer.grpo import grpo_update
 from trainer.policy.hf import HFPolicy
+from trainer.types import RolloutTrajectory
 from trainer.workers.settings import WorkerSettings
 from trainer.workers.source import WorkerRollouts, WorkersUnavailable
 from trainer.workers.wire import GroupJob
@@ -88,6 +93,42 @@ def test_a_group_runs_on_a_worker_and_stale_groups_are_dropped(
         mask = torch.tensor(t.loss_mask, dtype=torch.bool)
         old = torch.tensor(t.old_logprobs)
         assert torch.allclose(scored[mask], old[mask], atol=1e-4), (scored[mask] - old[mask]).abs().max()
+    _stale_group_ratio(policy, trajs)
+
+
+def _ratio_by_hand(policy: HFPolicy, trajs: list[RolloutTrajectory]) -> float:
+    """Token mean of exp(logπ_θ − recorded log-prob) over the trained tokens."""
+    ratios = []
+    with torch.no_grad():
+        for t in trajs:
+            ids = torch.tensor([t.prompt_ids + t.token_ids])
+            logp, _ = policy.forward_logprobs(ids, torch.ones_like(ids), temperature=CFG.temperature,
+                                              compute_entropy=False)
+            mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+            old = torch.tensor(t.old_logprobs, dtype=logp.dtype)
+            ratios.append(torch.exp(logp[0, len(t.prompt_ids) - 1:][mask] - old[mask]))
+    return float(torch.cat(ratios).mean())
+
+
+def _stale_group_ratio(policy: HFPolicy, trajs: list[RolloutTrajectory]) -> None:
+    """GRPO on a worker's group, on-policy and then one weight version behind: the ratio comes from
+    the log-probs the worker recorded, so it is 1 on the weights that sampled and not 1 after an update."""
+    for t, reward in zip(trajs, (1.0, 0.0, 0.0), strict=True):
+        t.reward = reward
+    stage = StageConfig(kind="rl", steps=2, reward={"qa_em": 1.0}, rollout=CFG,
+                        algorithm=AlgorithmConfig(updates_per_batch=1, micro_batch_size=3))
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+    on_policy = grpo_update(policy, optimizer, trajs, stage, step=0)           # weights v3 -> v4
+    assert on_policy["updated"] == 1.0 and abs(on_policy["ratio_mean"] - 1.0) < 1e-4
+    expected = _ratio_by_hand(policy, trajs)
+    assert abs(expected - 1.0) > 1e-3, expected
+    frozen = torch.optim.SGD(policy.model.parameters(), lr=0.0)       # measures, leaves the weights as they are
+    stale = grpo_update(policy, frozen, trajs, stage, step=1)          # the group is now one version behind
+    assert stale["ratio_mean"] == pytest.approx(expected, rel=1e-5)
+    # recorded log-probs 0.1 lower: every token's ratio exp(0.1) times higher
+    shifted = [dataclasses.replace(t, old_logprobs=[x - 0.1 for x in t.old_logprobs]) for t in trajs]
+    assert grpo_update(policy, frozen, shifted, stage, step=1)["ratio_mean"] == pytest.approx(expected * math.exp(0.1),
+                                                                                             rel=1e-5)
 
 
 def test_a_worker_samples_through_the_sampler_service(
