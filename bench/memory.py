@@ -275,6 +275,28 @@ async def _rank_all(client: Any, tasks: list[dict[str, Any]], n: int) -> list[li
     return [await client.retrieve(_user_text(t), "", top_k=max(1, min(n, RANK_ALL))) for t in tasks]
 
 
+def shown_kind(mid: str, source: dict[str, dict[str, str]], template: str) -> str:
+    """What meta-cognition ``mid`` is to a question of ``template``: ``own`` (its content is the
+    template), ``decoy`` (its wording is), or ``other`` (another template's, or not seeded)."""
+    found = source.get(mid)
+    if found is None:
+        return "other"
+    return "own" if found["content"] == template else "decoy" if found["wording"] == template else "other"
+
+
+def top1_kinds(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str, Any]],
+               source: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
+    """How many tasks get which kind first, ranked by Retrieve's score (relevance × utility: what a
+    prompt shows) and by relevance alone (ties: the service's order)."""
+    out = {key: {"own": 0, "decoy": 0, "other": 0} for key in ("by_score", "by_relevance")}
+    for ranked, task in zip(rankings, tasks, strict=True):
+        if ranked:
+            out["by_score"][shown_kind(ranked[0].meta_cognition.id, source, task["template"])] += 1
+            first = max(ranked, key=lambda s: s.relevance)
+            out["by_relevance"][shown_kind(first.meta_cognition.id, source, task["template"])] += 1
+    return out
+
+
 def auc_figures(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str, Any]],
                 source: dict[str, dict[str, str]]) -> dict[str, Any]:
     """Per task, the AUC of its helpful meta-cognitions (content: its own template) against the
@@ -293,7 +315,8 @@ def auc_figures(rankings: list[list[ScoredMetaCognition]], tasks: list[dict[str,
                                    task["template"]))
         everything.append(task_auc(score, helpful, task["template"]))
     utility = {s.meta_cognition.id: s.meta_cognition.utility for ranked in rankings for s in ranked}
-    return {"auc": mean_or_none(by_score), "auc_utility": mean_or_none(by_utility), "auc_all": mean_or_none(everything),
+    return {"top1": top1_kinds(rankings, tasks, source),
+            "auc": mean_or_none(by_score), "auc_utility": mean_or_none(by_utility), "auc_all": mean_or_none(everything),
             "by_task": {t["task_id"]: a for t, a in zip(tasks, by_score, strict=True)},
             "auc_min": min((a for a in by_score if a is not None), default=None),
             "tasks": sum(a is not None for a in by_score),
@@ -529,6 +552,8 @@ def run_seed(seed: int, cfg: MemoryBenchConfig, runs_dir: Path, console: Console
         "auc_all_after": after["auc_all"],
         "auc_after_min": after["auc_min"],
         "auc_after_by_task": after["by_task"],
+        "top1_before": seeded["before"]["top1"],    # the kind each AUC task gets first (docs: top1_kinds)
+        "top1_after": after["top1"],
         "memory_source": source,           # meta-cognition id -> its type, wording and content templates
         "utility_after": {mid: {"utility": u, **source.get(mid, {})} for mid, u in after["utility"].items()},
         "memory_texts": seeded["texts"],
@@ -587,10 +612,7 @@ def eval_by_shown(run_dir: Path, source: dict[str, dict[str, str]], heldout_task
                                       for name in SLICES}
     for r in json.loads((run_dir / "eval_with_memory.json").read_text(encoding="utf-8"))["results"]:
         task = tasks[r["task_id"]]
-        found = source.get(r["memory_ids"][0]) if r["memory_ids"] else None
-        kind = "none" if not r["memory_ids"] else "other" if found is None else (
-            "own" if found["content"] == task["template"] else "decoy" if found["wording"] == task["template"]
-            else "other")
+        kind = shown_kind(r["memory_ids"][0], source, task["template"]) if r["memory_ids"] else "none"
         cell = out[task["slice"]][kind]
         cell["n"] += 1
         cell["correct"] += int(r["correct"])

@@ -201,8 +201,8 @@ def bench_dense(store: PoiStore, work: Path, queries: list[tuple[str, PoiFilter]
     in blocks of queries taken in turns (so that both see the same load), latency and recall@10 vs
     exact search."""
     try:
+        from rlyard.embedding import shared_encoder, shared_torch_encoder
         from tool_servers.poi import dense
-        from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder
     except ImportError:
         console.print("[yellow]tool_servers/poi/dense.py not present: dense retrieval not measured[/]")
         return None

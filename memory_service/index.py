@@ -85,7 +85,7 @@ class _Shard:
         n = self.size
         utility = self.effective_utility(round_, params)
         if n > EXACT_BELOW:
-            rough = (self.coarse[:n] @ torch.from_numpy(query).to(torch.bfloat16)).float().numpy()
+            rough = torch.mv(self.coarse[:n], torch.from_numpy(query).to(torch.bfloat16)).float().numpy()
             keep = min(n, max(CANDIDATES, 4 * k))
             rows = np.argpartition(-(np.maximum(rough, 0.0) * utility), keep - 1)[:keep]
             vectors, utility = self.vectors[rows], utility[rows]

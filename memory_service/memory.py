@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -33,12 +34,12 @@ class GraphMemory:
     """Record, Retrieve, UpdateUtility, Distill and Stats over one store. ``open`` connects (and
     migrates) the store and loads the encoder; until then every call is UNAVAILABLE."""
 
-    def __init__(self, settings: MemorySettings, encoder: Callable[[], Encoder] = shared_encoder) -> None:
+    def __init__(self, settings: MemorySettings, encoder: Callable[[], Encoder] | None = None) -> None:
         self.settings = settings
         self.params = settings.utility_params()
         self.rules = Rules(settings.success_threshold, settings.min_support, settings.min_gap)
         self.index = MetaIndex(self.params)
-        self._load_encoder = encoder
+        self._load_encoder = encoder or (lambda: shared_encoder(settings.encoder, Path(settings.encoder_dir)))
         self._store: MemoryStore | None = None
         self._encoder: Encoder | None = None
         self._slots = asyncio.Semaphore(settings.worker_threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memory_service.utility import UtilityParams
+from rlyard.embedding import ENCODERS
 from rlyard.errors import ConfigError
 from rlyard.settings import EnvSettings
 
@@ -44,6 +45,10 @@ class MemorySettings(EnvSettings):
     max_task_text_chars: int = 20_000
     max_updates: int = 4096               # utility updates in one request
     worker_threads: int = 4               # store and encoder work runs on these threads
+    # the MiniLM runtime of queries and new meta-cognitions (rlyard.embedding): ONNX Runtime, exported
+    # from the packaged weights into encoder_dir at the first start, or PyTorch
+    encoder: str = "onnx"
+    encoder_dir: str = "/tmp/rlyard-encoder"
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -55,6 +60,11 @@ class MemorySettings(EnvSettings):
                 raise ConfigError(f"RLYARD_MEMORY_{name.upper()} must be >= 1")
         if not 0 <= self.min_gap <= 1:
             raise ConfigError("RLYARD_MEMORY_MIN_GAP must be in [0, 1] (a difference of success rates)")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"RLYARD_MEMORY_ENCODER must be one of {', '.join(ENCODERS)} (got {self.encoder!r})")
+        if self.encoder == "onnx" and not self.encoder_dir:
+            raise ConfigError("RLYARD_MEMORY_ENCODER_DIR must name a writable folder for the ONNX export "
+                              "(or set RLYARD_MEMORY_ENCODER=torch)")
         if self.judge_timeout_s <= 0:
             raise ConfigError("RLYARD_MEMORY_JUDGE_TIMEOUT_S must be > 0 seconds")
 

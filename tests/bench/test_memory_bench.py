@@ -25,9 +25,12 @@ from bench.memory import (
     quick_config,
     roc_auc,
     sft_start,
+    shown_kind,
     summarize,
     task_auc,
+    top1_kinds,
 )
+from rlyard.domain import MetaCognition, ScoredMetaCognition
 
 
 def test_roc_auc_counts_ties_half() -> None:
@@ -93,6 +96,25 @@ def _seed(seed: int, auc: float, gain: float) -> dict[str, Any]:
             "gain_points_by_slice": {"a": gain, "b": gain, "c": None}}
 
 
+def test_the_first_meta_cognition_is_counted_by_kind_by_score_and_by_relevance() -> None:
+    source = {"own": {"wording": "t1", "content": "t1"}, "dec": {"wording": "t1", "content": "t2"},
+              "oth": {"wording": "t2", "content": "t2"}}
+
+    def scored(mid: str, relevance: float, utility: float) -> ScoredMetaCognition:
+        return ScoredMetaCognition(MetaCognition(mid, mid, utility), score=relevance * utility, relevance=relevance)
+
+    # task 1 (t1): "oth" first by score (0.5 · 1.0 > 0.8 · 0.5), "own" by relevance
+    # task 2 (t1): "dec" first both ways; task 3 (t2): "oth" is its own memory; an empty ranking counts nowhere
+    rankings = [[scored("oth", 0.5, 1.0), scored("own", 0.8, 0.5), scored("dec", 0.7, 0.1)],
+                [scored("dec", 0.9, 0.9), scored("own", 0.6, 0.9)],
+                [scored("oth", 0.9, 0.5), scored("unseeded", 0.95, 0.1)], []]
+    tasks = [{"template": "t1"}, {"template": "t1"}, {"template": "t2"}, {"template": "t2"}]
+    assert top1_kinds(rankings, tasks, source) == {"by_score": {"own": 1, "decoy": 1, "other": 1},
+                                                    "by_relevance": {"own": 1, "decoy": 1, "other": 1}}
+    assert [shown_kind(m, source, "t1") for m in ("own", "dec", "oth", "unseeded")] == ["own", "decoy", "other",
+                                                                                        "other"]
+
+
 def test_the_bar_needs_both_means_over_three_seeds() -> None:
     passing = [_seed(0, 0.95, 12.0), _seed(1, 0.9, 10.0), _seed(2, 0.92, 8.0)]
     summary = summarize(passing)
@@ -130,8 +152,11 @@ def test_quick_run_writes_figures_from_real_runs(tmp_path: Path) -> None:
     (seed,) = report["seeds"]
     for key in ("auc_before", "auc_after", "auc_after_by_task", "memory_source", "utility_after", "accuracy",
                 "slices", "gain_points", "gain_points_by_slice", "rl_steps", "rl_memory", "memory_texts",
-                "rl_reward_by_shown", "eval_by_shown"):
+                "rl_reward_by_shown", "eval_by_shown", "top1_before", "top1_after"):
         assert key in seed, key
+    for key in ("top1_before", "top1_after"):        # both rankings count the same tasks, at least the AUC's
+        counts = {sum(v.values()) for v in seed[key].values()}
+        assert len(counts) == 1 and counts.pop() >= seed["auc_tasks"], seed[key]
     summary = report["summary"]
     assert {"mean_auc_before", "mean_auc_after", "mean_gain_points", "bar", "pass"} <= set(summary)
     assert summary["pass"] is False                                     # one seed never passes

@@ -59,6 +59,8 @@ def test_rlyard_serve_memory_migrates_a_new_sqlite_file_and_serves(tmp_path: Pat
     ("RLYARD_MEMORY_MAX_TOP_K", "0", "RLYARD_MEMORY_MAX_TOP_K must be >= 1"),
     ("RLYARD_MEMORY_MIN_GAP", "1.5", "RLYARD_MEMORY_MIN_GAP"),
     ("RLYARD_MEMORY_DB_URL", "", "RLYARD_MEMORY_DB_URL"),
+    ("RLYARD_MEMORY_ENCODER", "tf", "RLYARD_MEMORY_ENCODER must be one of onnx, torch"),
+    ("RLYARD_MEMORY_ENCODER_DIR", "", "RLYARD_MEMORY_ENCODER_DIR must name a writable folder"),
 ])
 def test_bad_settings_are_refused_at_start_with_the_variable(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

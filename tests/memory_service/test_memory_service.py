@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import grpc
 import pytest
@@ -65,6 +66,21 @@ async def test_distilled_advice_is_retrieved_by_relevance_times_utility_and_neve
     await client.update_utility([UtilityUpdate(last.id, 1.0, 0.0), UtilityUpdate(first.id, 0.0, 1.0)])
     reranked = await client.retrieve("How many singers do we have?", "sql", top_k=total)
     assert reranked[0].meta_cognition.id == last.id and reranked[-1].meta_cognition.id == first.id
+
+
+async def test_the_onnx_and_torch_encoders_rank_alike(
+        start_memory: StartMemory, memory_client: MakeMemoryClient, tmp_path: Path) -> None:
+    # the default ONNX encoder exports the packaged weights into encoder_dir at the first start
+    onnx = memory_client(await start_memory(encoder="onnx", encoder_dir=str(tmp_path / "encoder")))
+    assert list((tmp_path / "encoder").glob("minilm-onnx*.onnx"))
+    await record_sql_paths(onnx)
+    made = await onnx.distill("sql")
+    torch = memory_client(await start_memory(encoder="torch"))      # the same store, read by PyTorch
+    for question in QUESTIONS[:3]:
+        a = await onnx.retrieve(question, "sql", top_k=len(made))
+        b = await torch.retrieve(question, "sql", top_k=len(made))
+        assert [h.meta_cognition.id for h in a] == [h.meta_cognition.id for h in b]
+        assert [h.relevance for h in a] == pytest.approx([h.relevance for h in b], abs=1e-5)
 
 
 async def test_utility_updates_follow_the_formula_with_baseline_and_decay(

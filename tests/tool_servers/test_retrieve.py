@@ -21,9 +21,9 @@ import pytest
 
 from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import NO_RETRY, ToolClient
+from rlyard.embedding import DIMENSION, OnnxEncoder, onnx_file, shared_encoder, shared_torch_encoder
 from rlyard.server import WarmUpError
 from tool_servers.poi import dense
-from tool_servers.poi.encoder import DIMENSION, OnnxEncoder, onnx_file, shared_encoder, shared_torch_encoder
 from tool_servers.poi.retrieve import DenseState
 from tool_servers.poi.store import PoiFilter, PoiStore
 
@@ -210,7 +210,7 @@ def test_with_the_onnx_model_and_the_index_cached_no_torch_is_loaded(onnx_encode
         "import sys\n"
         "from pathlib import Path\n"
         "from tool_servers.poi import dense\n"
-        "from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder\n"
+        "from rlyard.embedding import shared_encoder, shared_torch_encoder\n"
         "from tool_servers.poi.store import PoiStore\n"
         f"index_dir = Path({str(corpus.index_dir)!r})\n"
         f"store = PoiStore(Path({str(corpus.poi_dir / 'poi.sqlite')!r}))\n"

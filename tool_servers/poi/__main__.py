@@ -18,9 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rlyard.embedding import TorchEncoder, export_onnx, onnx_file
 from tool_servers.poi import dense
 from tool_servers.poi.bm25 import PoiBm25
-from tool_servers.poi.encoder import TorchEncoder, export_onnx, onnx_file
 from tool_servers.poi.store import DB_NAME, PoiStore
 
 

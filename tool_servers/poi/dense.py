@@ -41,8 +41,8 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
+from rlyard.embedding import DIMENSION, MODEL_NAME, Encoder, shared_torch_encoder
 from rlyard.files import fsync_path
-from tool_servers.poi.encoder import DIMENSION, MODEL_NAME, Encoder, shared_torch_encoder
 from tool_servers.poi.store import PoiStore
 from tool_servers.poi.text import document_text, tokenize
 

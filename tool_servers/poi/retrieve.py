@@ -17,11 +17,11 @@ from typing import Literal
 from pydantic import Field
 
 from rlyard.domain import ToolResult
+from rlyard.embedding import shared_encoder, shared_torch_encoder
 from rlyard.errors import Unavailable
 from tool_servers.poi import _common as poi
 from tool_servers.poi import dense
 from tool_servers.poi.bm25 import Hit, PoiBm25
-from tool_servers.poi.encoder import shared_encoder, shared_torch_encoder
 from tool_servers.poi.store import FilterError
 from tool_servers.poi.text import document_text
 from tool_servers.registry import ToolContext, register

@@ -21,7 +21,7 @@ class PoiSettings(EnvSettings):
     dir: Path = Path("data/generated/poi")
     index_dir: Path | None = None
     max_results: int = 20               # records one search/retrieve/nearby call returns at most
-    encoder: str = "onnx"               # "onnx" or "torch" (tool_servers.poi.encoder)
+    encoder: str = "onnx"               # "onnx" or "torch" (rlyard.embedding)
 
     def __post_init__(self) -> None:
         if self.encoder not in ("onnx", "torch"):
