@@ -91,8 +91,8 @@ def pack_results(finished: Sequence[Finished], budget: int,
 
 class _StreamCalls:
     """The calls of one ``CallTools`` stream: those running, by call_id, and those finished until
-    the writer takes them. Finishing one wakes the writer only when it waits (an ``asyncio.Queue``
-    wakes a getter per item)."""
+    the writer takes them (a list and one waiter: less per call than an ``asyncio.Queue``'s put
+    and get, and no task set with a done-callback per call)."""
 
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Task[None]] = {}
