@@ -10,13 +10,13 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
 from rlyard.common.v1 import common_pb2
 from rlyard.domain import ToolResult
-from rlyard.domain.convert import image_from_pb, system_failure_pb, tool_result_to_pb
+from rlyard.domain.convert import image_from_pb, system_failure_pb, tool_result_into_pb, tool_result_to_pb
 from rlyard.errors import InvalidArgument, ResourceExhausted, ServiceError, clip
 from rlyard.interceptors import Undecodable, accepts_undecodable
 from rlyard.logs import RateLimitedLog
@@ -60,19 +60,67 @@ def _failure(call: common_pb2.ToolCall, code: grpc.StatusCode, message: str) -> 
     return system_failure_pb(call_id, clip_name(call.name), code.value[0], clip(message))
 
 
-def split_by_size(results: list[common_pb2.ToolResult], budget: int) -> list[list[common_pb2.ToolResult]]:
-    """``results`` in order, as consecutive groups whose encoded size stays within ``budget``
-    bytes (each result is assumed to fit on its own)."""
-    groups: list[list[common_pb2.ToolResult]] = []
-    size = budget + 1
-    for result in results:
-        n = result.ByteSize() + 8   # the field's tag and length prefix
-        if size + n > budget:
-            groups.append([])
+def _as_field(size: int) -> int:
+    """Bytes a message of ``size`` bytes takes as a field of another: tag, length prefix, itself."""
+    return 1 + (max(size.bit_length(), 1) + 6) // 7 + size
+
+
+def pack_results(finished: Sequence[Finished], budget: int,
+                 write: Callable[[common_pb2.ToolResult, common_pb2.ToolCall, ToolResult | common_pb2.ToolResult], int],
+                 ) -> list[tools_pb2.CallToolsResponse]:
+    """The results of ``finished`` in order, each written in place by ``write`` (which returns its
+    encoded size) into consecutive ``CallToolsResponse`` messages whose results stay within
+    ``budget`` bytes (each result is assumed to fit on its own): no result is built apart and then
+    copied, and none is encoded twice to be measured."""
+    if not finished:
+        return []
+    messages = [tools_pb2.CallToolsResponse()]
+    size = 0
+    for call, result in finished:
+        results = messages[-1].results
+        pb = results.add()
+        n = _as_field(write(pb, call, result))
+        if size and size + n > budget:   # it does not fit beside the results before it: it opens the next message
+            messages.append(tools_pb2.CallToolsResponse())
+            messages[-1].results.append(pb)
+            del results[-1]
             size = 0
-        groups[-1].append(result)
         size += n
-    return groups
+    return messages
+
+
+class _StreamCalls:
+    """The calls of one ``CallTools`` stream: those running, by call_id, and those finished until
+    the writer takes them (a list and one waiter: less per call than an ``asyncio.Queue``'s put
+    and get, and no task set with a done-callback per call)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.finished: list[Finished] = []
+        self.reading = True          # more calls may come
+        self._waiter: asyncio.Future[None] | None = None
+
+    def finish(self, item: Finished) -> None:
+        self.finished.append(item)
+        self._wake()
+
+    def end_of_requests(self) -> None:
+        self.reading = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Finished]:
+        """What finished since the last take, waiting for at least one; empty once every call
+        has been answered and no more can come."""
+        while not self.finished and (self.reading or self.running):
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        finished, self.finished = self.finished, []
+        return finished
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
@@ -108,29 +156,33 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     def _to_pb(self, result: ToolResult) -> common_pb2.ToolResult:
         """The result on the wire; one over the message limit raises ``ResourceExhausted``."""
         pb = tool_result_to_pb(result)
-        size = pb.ByteSize()
+        self._check_size(pb.ByteSize(), result.name)
+        return pb
+
+    def _check_size(self, size: int, name: str) -> None:
         if size > self.budget:
             raise ResourceExhausted(
-                f"the result of {clip_name(result.name)} is {size} bytes, over this server's message limit of "
+                f"the result of {clip_name(name)} is {size} bytes, over this server's message limit of "
                 f"{self.max_message_bytes} bytes (RLYARD_MAX_MESSAGE_BYTES); ask for less (a smaller region, "
                 "fewer rows) or raise the limit on both ends"
             )
-        return pb
 
     async def CallTool(self, request: tools_pb2.CallToolRequest, context: object) -> tools_pb2.CallToolResponse:
         return tools_pb2.CallToolResponse(result=self._to_pb(await self._run(request)))
 
-    async def _run_in_stream(self, req: tools_pb2.CallToolRequest) -> ToolResult | common_pb2.ToolResult:
-        """The call's result, or the ``system_error`` result of a call that failed (never raises)."""
+    async def _run_in_stream(self, req: tools_pb2.CallToolRequest, call: common_pb2.ToolCall
+                             ) -> ToolResult | common_pb2.ToolResult:
+        """The result of ``call`` (``req.call``, its call_id checked), or the ``system_error`` result
+        of a call that failed (never raises)."""
         if not self.limiter.try_acquire():
-            return _failure(req.call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return _failure(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"at the limit of {self.limiter.limit} concurrent calls; retry later")
         try:
-            return await self._run(req)
+            return await self.executor.call(req.session_id, req.context, call.call_id, call.name, call.arguments_json)
         except ServiceError as exc:
-            return _failure(req.call, exc.code, exc.message)
+            return _failure(call, exc.code, exc.message)
         except Exception as exc:  # a bug in a tool must not kill the other calls of the stream
-            return self._unexpected(req.call, exc)
+            return self._unexpected(call, exc)
         finally:
             self.limiter.release()
 
@@ -139,21 +191,25 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
         self.log.error(f"tool:{name}:{type(exc).__name__}", "tool %s failed", name, exc_info=exc)
         return _failure(call, grpc.StatusCode.INTERNAL, f"{name} failed (an unexpected error; the server logged it)")
 
-    def _stream_pbs(self, finished: list[Finished]) -> list[common_pb2.ToolResult]:
-        """The results that finished together, converted in one pass; one that cannot be sent becomes
-        its call's ``system_error``."""
-        out = []
-        for call, result in finished:
+    def _write_result(self, pb: common_pb2.ToolResult, call: common_pb2.ToolCall,
+                      result: ToolResult | common_pb2.ToolResult) -> int:
+        """Write the result of ``call`` into ``pb`` (empty) and return its size; one that cannot be
+        sent becomes the call's ``system_error``."""
+        try:
             if isinstance(result, common_pb2.ToolResult):
-                out.append(result)
-                continue
-            try:
-                out.append(self._to_pb(result))
-            except ServiceError as exc:
-                out.append(_failure(call, exc.code, exc.message))
-            except Exception as exc:  # e.g. structured data that does not serialise
-                out.append(self._unexpected(call, exc))
-        return out
+                pb.MergeFrom(result)
+                return pb.ByteSize()
+            tool_result_into_pb(result, pb)
+            size = pb.ByteSize()
+            self._check_size(size, result.name)
+            return size
+        except ServiceError as exc:
+            failure = _failure(call, exc.code, exc.message)
+        except Exception as exc:  # e.g. structured data that does not serialise
+            failure = self._unexpected(call, exc)
+        pb.Clear()
+        pb.MergeFrom(failure)
+        return pb.ByteSize()
 
     def _calls_of(
         self, message: tools_pb2.CallToolsRequest | Undecodable,
@@ -171,63 +227,54 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def CallTools(
         self, request_iterator: AsyncIterator[tools_pb2.CallToolsRequest | Undecodable], context: object
     ) -> AsyncIterator[tools_pb2.CallToolsResponse]:
-        done: asyncio.Queue[Finished | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        running: set[str] = set()   # call_ids of the calls not answered yet
-        pending = 0
-        reading = True
+        calls = _StreamCalls()
+        running = calls.running
+        loop = asyncio.get_running_loop()
 
-        async def run(req: tools_pb2.CallToolRequest) -> None:
+        async def run(req: tools_pb2.CallToolRequest, call: common_pb2.ToolCall) -> None:
             try:
-                result = await self._run_in_stream(req)
+                result = await self._run_in_stream(req, call)
             finally:
-                running.discard(req.call.call_id)
-            done.put_nowait((req.call, result))
+                del running[call.call_id]
+            calls.finish((call, result))
+
+        def refuse(call: common_pb2.ToolCall, why: str) -> None:
+            calls.finish((call, _failure(call, grpc.StatusCode.INVALID_ARGUMENT, why)))
 
         async def read() -> None:
-            nonlocal pending, reading
             try:
                 async for message in request_iterator:
-                    calls, undecodable = self._calls_of(message)
-                    repeats = Counter([*(req.call.call_id for req in calls), *(cid for cid, _ in undecodable)])
+                    decoded, undecodable = self._calls_of(message)
+                    reqs = [(req, req.call) for req in decoded]
+                    ids = [call.call_id for _, call in reqs] + [cid for cid, _ in undecodable]
+                    repeats = Counter(ids) if len(set(ids)) < len(ids) else None
                     for cid, why in undecodable:
-                        pending += 1
-                        call = common_pb2.ToolCall(call_id=cid)
-                        done.put_nowait((call, _failure(
-                            call, grpc.StatusCode.INVALID_ARGUMENT, f"this call did not decode ({clip(why, 200)}); "
-                            "string fields (name, arguments_json, context, session_id) must be valid UTF-8")))
-                    for req in calls:
-                        pending += 1
-                        cid = req.call.call_id
-                        problem = call_id_problem(cid, in_stream=True, repeats=repeats[cid], in_flight=cid in running)
+                        refuse(common_pb2.ToolCall(call_id=cid), f"this call did not decode ({clip(why, 200)}); "
+                               "string fields (name, arguments_json, context, session_id) must be valid UTF-8")
+                    for req, call in reqs:
+                        cid = call.call_id
+                        problem = None
+                        if not cid or cid in running or len(cid) > MAX_CALL_ID_CHARS or repeats:   # the rare case
+                            problem = call_id_problem(cid, in_stream=True, repeats=repeats[cid] if repeats else 1,
+                                                      in_flight=cid in running)
                         if problem is not None:
-                            done.put_nowait((req.call, _failure(req.call, grpc.StatusCode.INVALID_ARGUMENT, problem)))
+                            refuse(call, problem)
                             continue
-                        running.add(cid)
-                        task = asyncio.get_running_loop().create_task(run(req))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        running[cid] = loop.create_task(run(req, call))
             finally:
-                reading = False
-                done.put_nowait(None)
+                calls.end_of_requests()
 
         # the calls that read() starts hand their blocking work to the pool a burst at a time
-        reader = asyncio.get_running_loop().create_task(
-            read(), context=batch_context(self.ctx.pool, self.ctx.settings.worker_threads))
+        reader = loop.create_task(read(), context=batch_context(self.ctx.pool, self.ctx.settings.worker_threads))
         try:
-            while reading or pending:
-                batch = [await done.get()]
-                while not done.empty():
-                    batch.append(done.get_nowait())
-                results = self._stream_pbs([r for r in batch if r is not None])
-                pending -= len(results)
+            while finished := await calls.take():
                 # calls that finished together travel together, in as few messages as the limit allows
-                for group in split_by_size(results, self.budget):
-                    yield tools_pb2.CallToolsResponse(results=group)
+                for response in pack_results(finished, self.budget, self._write_result):
+                    yield response
             await reader
         finally:
             reader.cancel()
-            for task in list(tasks):
+            for task in list(running.values()):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

@@ -51,6 +51,8 @@ _SCORE_STATUS_PB = {
     ScoreStatus.INVALID_INPUT: reward_pb2.SCORE_STATUS_INVALID_INPUT,
 }
 _SCORE_STATUS = {v: k for k, v in _SCORE_STATUS_PB.items()}
+# ``json.dumps(x, default=...)`` builds an encoder per call; one built once encodes the same text
+_STRUCTURED = json.JSONEncoder(default=to_jsonable)
 
 
 def _enum_name(enum: Any, number: int, field: str) -> str:
@@ -118,19 +120,30 @@ def tool_call_to_pb(call: ToolCall) -> common_pb2.ToolCall:
 
 def tool_result_to_pb(result: ToolResult) -> common_pb2.ToolResult:
     """``common.v1.ToolResult``."""
-    pb = common_pb2.ToolResult(
-        call_id=result.call_id,
-        name=result.name,
-        content=[content_to_pb(c) for c in result.content],
-        is_error=result.is_error,
-        latency_ms=result.latency_ms,
-        structured_json="" if result.structured is None else json.dumps(result.structured, default=to_jsonable),
-        truncated=result.truncated,
-    )
-    if result.system_error is not None:
-        pb.system_error.CopyFrom(common_pb2.ErrorStatus(code=result.system_error.code,
-                                                        message=result.system_error.message))
+    pb = common_pb2.ToolResult()
+    tool_result_into_pb(result, pb)
     return pb
+
+
+def tool_result_into_pb(result: ToolResult, pb: common_pb2.ToolResult) -> None:
+    """Write ``result`` into ``pb`` (an empty message, e.g. one just added to a response's results):
+    field by field, which costs less than building the message from keyword arguments."""
+    pb.call_id = result.call_id
+    pb.name = result.name
+    for part in result.content:
+        if isinstance(part, TextPart):
+            pb.content.add(text=part.text)
+        else:
+            pb.content.append(content_to_pb(part))
+    pb.is_error = result.is_error
+    pb.latency_ms = result.latency_ms
+    if result.structured is not None:
+        pb.structured_json = _STRUCTURED.encode(result.structured)
+    pb.truncated = result.truncated
+    if result.system_error is not None:
+        pb.system_error.SetInParent()
+        pb.system_error.code = result.system_error.code
+        pb.system_error.message = result.system_error.message
 
 
 def tool_result_from_pb(pb: common_pb2.ToolResult) -> ToolResult:

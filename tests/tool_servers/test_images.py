@@ -16,7 +16,7 @@ from rlyard.domain.convert import system_failure_pb
 from rlyard.server import RunningServer
 from rlyard.settings import ServerSettings
 from rlyard.tools.v1 import tools_pb2
-from tool_servers.servicer import result_budget, split_by_size
+from tool_servers.servicer import pack_results, result_budget
 
 
 async def _server(start_tools: Any, **server: Any) -> RunningServer:
@@ -76,14 +76,25 @@ async def test_an_attachment_of_an_unknown_type_is_invalid(image_tools: None, st
     assert "mime type 'application/pdf' is not one of image/png" in str(info.value.details())
 
 
-def test_results_are_split_into_groups_under_the_budget() -> None:
+def test_results_are_packed_in_place_into_messages_under_the_budget() -> None:
     results = [system_failure_pb(f"c{i}", "t", 0, "x" * n) for i, n in enumerate((100, 100, 120, 50, 400))]
-    sizes = [r.ByteSize() + 8 for r in results]
+    sizes = [tools_pb2.CallToolsResponse(results=[r]).ByteSize() for r in results]   # with tag and length prefix
     budget = sizes[0] + sizes[1] + 10
-    groups = split_by_size(results, budget)
-    assert [[r.call_id for r in g] for g in groups] == [["c0", "c1"], ["c2", "c3"], ["c4"]]
-    assert all(sum(r.ByteSize() + 8 for r in g) <= budget for g in groups[:-1])
-    assert split_by_size([], budget) == []
+    written: list[str] = []
+
+    def write(pb: common_pb2.ToolResult, call: common_pb2.ToolCall, result: object) -> int:
+        assert pb.ByteSize() == 0 and isinstance(result, common_pb2.ToolResult)
+        pb.MergeFrom(result)
+        written.append(call.call_id)
+        return pb.ByteSize()
+
+    finished = [(common_pb2.ToolCall(call_id=r.call_id), r) for r in results]
+    messages = pack_results(finished, budget, write)
+    assert [[r.call_id for r in m.results] for m in messages] == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    assert [r for m in messages for r in m.results] == results and written == ["c0", "c1", "c2", "c3", "c4"]
+    assert all(m.ByteSize() <= budget for m in messages[:-1])
+    assert sum(m.ByteSize() for m in messages) == sum(sizes)          # the sizes counted are the real ones
+    assert pack_results([], budget, write) == []
     assert result_budget(16 * 1024 * 1024) == 16 * 1024 * 1024 - 4096 and result_budget(4096) == 3584
 
 

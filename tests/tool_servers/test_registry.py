@@ -54,6 +54,8 @@ class Echo:
             raise RuntimeError("kaboom")
         if args.text == "down":
             raise Unavailable("the echo backend is down")
+        if args.text == "tuple-key":   # a result whose structured data JSON cannot hold (a key that is a tuple)
+            return ToolResult.of_text("written half", structured={(1, 2): "x"})
         return ToolResult.of_text(" ".join([args.text] * args.times), structured={"times": args.times})
 
 
@@ -256,7 +258,8 @@ async def test_a_bug_in_a_tool_does_not_break_the_other_calls_of_a_stream(echo_c
     call = echo_client.stub.CallTools(timeout=10)
     calls = [
         tools_pb2.CallToolRequest(call={"call_id": cid, "name": "test_echo", "arguments_json": json.dumps(args)})
-        for cid, args in [("a", {"text": "x"}), ("b", {"text": "boom"}), ("c", {"text": "down"}), ("d", {"text": "y"})]
+        for cid, args in [("a", {"text": "x"}), ("b", {"text": "boom"}), ("c", {"text": "down"}),
+                          ("e", {"text": "tuple-key"}), ("d", {"text": "y"})]
     ]
     await call.write(tools_pb2.CallToolsRequest(calls=calls))
     await call.done_writing()
@@ -266,3 +269,7 @@ async def test_a_bug_in_a_tool_does_not_break_the_other_calls_of_a_stream(echo_c
     assert results["b"].system_error.code == grpc.StatusCode.INTERNAL.value[0]
     assert results["b"].system_error.message == "test_echo failed (an unexpected error; the server logged it)"
     assert results["c"].system_error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    # written in place into the response, the result that failed half-way leaves nothing of itself behind
+    failed = results["e"]
+    assert failed.system_error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert (failed.name, list(failed.content), failed.structured_json) == ("test_echo", [], "")
