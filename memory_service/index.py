@@ -3,7 +3,7 @@ in memory, one shard per task type, refreshed from the store only when its gener
 and then only with the rows written since (``MemoryStore.changed_since``). A Retrieve costs one tiny
 query plus a matrix-vector product over its task type's shard (every shard for task type ""); a
 shard of more than ``EXACT_BELOW`` rows is scanned in bfloat16 first and its best rows rescored
-exactly.
+exactly (over several shards, each rescores its share of ``CANDIDATES``, at least 4·k).
 
 Ranking: relevance = max(cos(task, meta-cognition), 0) ∈ [0, 1]; the effective utility is the stored
 one decayed by the rounds since its last update (``memory_service.utility.decayed``); score =
@@ -78,15 +78,19 @@ class _Shard:
         unused = np.maximum(round_ - self.last_round[:n], 0)
         return params.prior + (self.utility[:n] - params.prior) * (1.0 - params.decay) ** unused
 
-    def top(self, query: np.ndarray, k: int, round_: int, params: UtilityParams) -> list[tuple[float, int, Hit]]:
+    def top(self, query: np.ndarray, k: int, round_: int, params: UtilityParams,
+            coarse_query: torch.Tensor | None = None, candidates: int = CANDIDATES) -> list[tuple[float, int, Hit]]:
         """The shard's ``k`` best as (−score, insertion order, hit). A large shard is scanned in
-        bfloat16 (half the bytes of float32: the scan is memory-bound) and its best ``CANDIDATES``
-        rescored exactly, so the scores returned are always the float32 ones."""
+        bfloat16 (half the bytes of float32: the scan is memory-bound) and its best ``candidates``
+        (at least 4·k) rescored exactly, so the scores returned are always the float32 ones.
+        ``coarse_query``: the query in bfloat16, when the caller scans several shards with it."""
         n = self.size
         utility = self.effective_utility(round_, params)
         if n > EXACT_BELOW:
-            rough = torch.mv(self.coarse[:n], torch.from_numpy(query).to(torch.bfloat16)).float().numpy()
-            keep = min(n, max(CANDIDATES, 4 * k))
+            if coarse_query is None:
+                coarse_query = torch.from_numpy(query).to(torch.bfloat16)
+            rough = torch.mv(self.coarse[:n], coarse_query).float().numpy()
+            keep = min(n, max(candidates, 4 * k))
             rows = np.argpartition(-(np.maximum(rough, 0.0) * utility), keep - 1)[:keep]
             vectors, utility = self.vectors[rows], utility[rows]
         else:
@@ -156,6 +160,11 @@ class MetaIndex:
                 shards = [self.shards[task_type]] if task_type in self.shards else []
             else:
                 shards = list(self.shards.values())
-            found = [t for s in shards if s.size for t in s.top(query, k, self.round, self.params)]
+            shards = [s for s in shards if s.size]
+            coarse_query = torch.from_numpy(query).to(torch.bfloat16)
+            # every shard's own top k is among its rescored rows, so with several shards each
+            # rescores its share of CANDIDATES (at least 4·k), not CANDIDATES each
+            share = CANDIDATES // max(len(shards), 1)
+            found = [t for s in shards for t in s.top(query, k, self.round, self.params, coarse_query, share)]
         found.sort(key=lambda t: (t[0], t[1]))
         return [hit for _, _, hit in found[:k]]
