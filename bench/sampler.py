@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +45,52 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "sampler.json"
 
 
-def start_service(model_dir: Path, threads: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``rlyard serve sampler`` over ``model_dir`` on 127.0.0.1 (a free port); its address once listening."""
-    ready = workdir / "sampler-ready.json"
+@contextlib.contextmanager
+def sampler_service(model_dir: Path, workdir: Path, *, weights_root: Path | None = None, threads: int = 1,
+                    log_level: str = "INFO") -> Iterator[str]:
+    """``rlyard serve sampler`` over ``model_dir`` in its own process on 127.0.0.1 (a free port),
+    loading the versions published under ``weights_root`` when given; yields its address once it
+    listens. At exit it is stopped with SIGTERM; a service that then exits non-zero is an error. Its
+    log goes to ``workdir/sampler.log`` (a pipe nobody reads would block it once full)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready, log = workdir / "sampler-ready.json", workdir / "sampler.log"
+    ready.unlink(missing_ok=True)
     env = {**os.environ, "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_READY_FILE": str(ready),
-           "RLYARD_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads),
+           "RLYARD_LOG_LEVEL": log_level, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads),
            "RLYARD_SAMPLER_POLICY_DIR": str(model_dir)}
-    server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
-                               "run_service('sampler')"], cwd=REPO, env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if server.poll() is not None:
-            raise RuntimeError(f"the sampler service exited: {server.stderr.read().decode() if server.stderr else ''}")
-        if time.monotonic() > deadline:
+    if weights_root is not None:
+        env.update(RLYARD_SAMPLER_WEIGHTS_ROOT=str(weights_root), RLYARD_SAMPLER_POLL_S="0.1")
+    with log.open("wb") as err:
+        server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
+                                   "run_service('sampler')"], cwd=REPO, env=env, stderr=err)
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-2000:]
+
+    def stop() -> int:
+        server.send_signal(signal.SIGTERM)
+        try:
+            return server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             server.kill()
-            raise RuntimeError("the sampler service did not start listening within 120 s")
-        time.sleep(0.05)
-    return server, f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+            server.wait(timeout=10)
+            return -signal.SIGKILL
+
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if server.poll() is not None:
+                raise RuntimeError(f"the sampler service exited {server.returncode}: {tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sampler service did not start listening within 120 s")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+    except BaseException:
+        stop()
+        raise
+    code = stop()
+    if code != 0:
+        raise RuntimeError(f"the sampler service exited {code} when stopped: {tail()}")
 
 
 async def measure(model_dir: Path, address: str, batch: int, max_new_tokens: int, repeats: int,
@@ -122,13 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(ns.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = ns.model or _policy_dir(Path(tmp))
-        server, address = start_service(model_dir, ns.threads, Path(tmp))
-        try:
-            with Progress(console=console, transient=True) as progress:
-                results = asyncio.run(measure(model_dir, address, ns.batch, ns.max_new_tokens, ns.repeats, progress))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+        with sampler_service(model_dir, Path(tmp), threads=ns.threads, log_level="WARNING") as address, \
+                Progress(console=console, transient=True) as progress:
+            results = asyncio.run(measure(model_dir, address, ns.batch, ns.max_new_tokens, ns.repeats, progress))
     calls, rows = results.pop("ways")
     report = {
         "benchmark": "sampler",

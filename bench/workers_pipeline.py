@@ -16,21 +16,18 @@ machine's load does not pass for a difference; the ratio is on / off of the summ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from bench.sampler import sampler_service
 from bench.workers import DEFAULT_OUTPUT, redis_server, workers
 from trainer.compose import open_stack
 from trainer.config import ExperimentConfig, parse_config
@@ -39,37 +36,6 @@ from trainer.model import init_policy
 from trainer.runner import run_experiment
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def sampler_service(model_dir: Path, weights_root: Path, workdir: Path, *, threads: int = 1) -> Iterator[str]:
-    """``rlyard serve sampler`` over ``model_dir`` in its own process, loading the versions
-    published under ``weights_root``; yields its address once it listens, stops it at exit."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready = workdir / "sampler-ready.json"
-    ready.unlink(missing_ok=True)
-    env = {**os.environ, "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_READY_FILE": str(ready),
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "RLYARD_SAMPLER_POLICY_DIR": str(model_dir),
-           "RLYARD_SAMPLER_WEIGHTS_ROOT": str(weights_root), "RLYARD_SAMPLER_POLL_S": "0.1"}
-    server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
-                               "run_service('sampler')"], cwd=REPO, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            if server.poll() is not None:
-                err = server.stderr.read().decode() if server.stderr else ""
-                raise RuntimeError(f"the sampler service exited: {err[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sampler service did not start listening within 120 s")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{json.loads(ready.read_text())['port']}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
 
 
 def write_tasks(path: Path, n: int) -> Path:
@@ -147,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         info = init_policy(tmp / "policy", seed=ns.seed)
         tasks = write_tasks(tmp / "tasks.jsonl", 4 * ns.prompts)
         root = tmp / "weights"
-        with redis_server(tmp / "redis") as broker, sampler_service(tmp / "policy", root, tmp / "sampler") as address, \
+        with redis_server(tmp / "redis") as broker, \
+                sampler_service(tmp / "policy", tmp / "sampler", weights_root=root) as address, \
                 workers(broker, tmp, [f"p{i}" for i in range(ns.workers)], concurrency=ns.concurrency):
             for repeat in range(ns.repeats):
                 for prefetch in (0, ns.prefetch):

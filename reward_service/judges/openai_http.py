@@ -14,14 +14,8 @@ __all__ = ["OpenAIChatJudge", "chat_completions_url"]
 
 
 class OpenAIChatJudge:
-    """Asks an OpenAI-compatible endpoint.
-
-    Args:
-        endpoint: the API base (``http://127.0.0.1:8000/v1``) or the full chat-completions URL.
-        model: the served model name sent as ``model`` (left out when empty: single-model servers).
-        api_key: sent as ``Authorization: Bearer <key>`` when set.
-        timeout_s: the limit on one request, connecting included.
-    """
+    """Asks an OpenAI-compatible endpoint; the arguments are ``rlyard.chat.ChatClient``'s (an empty
+    endpoint is refused here, with the setting that names it)."""
 
     def __init__(self, endpoint: str, model: str, *, api_key: str = "", timeout_s: float = 60.0) -> None:
         if not endpoint:

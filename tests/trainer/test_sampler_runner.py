@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from bench.sampler import sampler_service
 from trainer.checkpoint import latest_checkpoint
 from trainer.compose import open_stack
 from trainer.config import ExperimentConfig, parse_config
@@ -75,25 +71,11 @@ def test_grpo_with_the_remote_sampler_trains_what_the_local_one_trains(
         rl_config(tiny_model_dir, rl_tasks, chat_server(respond=scripted_judge).url, {}), tmp_path / "local")
 
     root = tmp_path / "weights"
-    ready = tmp_path / "ready.json"
-    env = {**os.environ, "RLYARD_HOST": "127.0.0.1", "RLYARD_PORT": "0", "RLYARD_READY_FILE": str(ready),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RLYARD_SAMPLER_POLICY_DIR": str(tiny_model_dir),
-           "RLYARD_SAMPLER_WEIGHTS_ROOT": str(root), "RLYARD_SAMPLER_POLL_S": "0.1"}
-    server = subprocess.Popen([sys.executable, "-c", "from rlyard_app.cli.serve import run_service; "
-                               "run_service('sampler')"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the sampler service did not start listening"
-            time.sleep(0.05)
-        address = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+    # the service's own process; leaving the block stops it and fails unless it exits 0
+    with sampler_service(tiny_model_dir, tmp_path / "sampler", weights_root=root) as address:
         config = rl_config(tiny_model_dir, rl_tasks, chat_server(respond=scripted_judge).url,
                            {"backend": "remote", "sampler": address, "weights_dir": str(root)})
         report, steps, params = run(config, tmp_path / "remote")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
 
     assert report["state"] == local_report["state"] == "SUCCEEDED" and report["steps"] == 2
     # the stage's start (version 0) and each update (1, 2) were published; step 2 sampled with update 1

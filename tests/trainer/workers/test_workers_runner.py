@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.workers_pipeline import sampler_service
+from bench.sampler import sampler_service
 from rlyard.errors import ConfigError
 from trainer.checkpoint import latest_checkpoint
 from trainer.compose import open_stack
@@ -56,7 +56,7 @@ def test_grpo_rolls_out_on_the_workers(tiny_model_dir: Path, rl_tasks: Path, tmp
     them: every group is on-policy and nothing is in flight while the update trains."""
     start_worker("w1", concurrency=2)
     root = tmp_path / "weights"
-    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
+    with sampler_service(tiny_model_dir, tmp_path / "sampler", weights_root=root) as address:
         replies = [f"Score: {s}\nReason: scripted." for s in (0, 3, 6, 9) * 2]
         config = rl_config(tiny_model_dir, rl_tasks, chat_server(*replies).url,
                            {"backend": "remote", "sampler": address, "weights_dir": str(root)},
@@ -89,7 +89,7 @@ def test_pipelined_grpo_trains_on_groups_a_version_behind_and_resumes(
     scores = itertools.cycle((0, 3, 6, 9, 9, 6, 3))   # the samples of a group score apart: every step updates
     judge = chat_server(respond=lambda request: f"Score: {next(scores)}\nReason: scripted.").url
     run_dir = tmp_path / "run"
-    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
+    with sampler_service(tiny_model_dir, tmp_path / "sampler", weights_root=root) as address:
         config = rl_config(tiny_model_dir, rl_tasks, judge, {"backend": "remote", "sampler": address,
                                                              "weights_dir": str(root)},
                            {"enabled": True, "broker_url": redis_url, "max_staleness": 1, "prefetch_steps": 1},
@@ -169,7 +169,7 @@ def test_a_sigkilled_pipelined_trainer_resumes_and_redoes_the_groups_in_flight(
     root = tmp_path / "weights"
     scores = itertools.cycle((0, 3, 6, 9, 9, 6, 3))
     judge = chat_server(respond=lambda request: f"Score: {next(scores)}\nReason: scripted.").url
-    with sampler_service(tiny_model_dir, root, tmp_path / "sampler") as address:
+    with sampler_service(tiny_model_dir, tmp_path / "sampler", weights_root=root) as address:
         raw = {**rl_raw(tiny_model_dir, rl_tasks, judge, {"backend": "remote", "sampler": address,
                                                           "weights_dir": str(root)},
                         {"enabled": True, "broker_url": redis_url, "max_staleness": 1, "prefetch_steps": 1}, steps=6),
