@@ -39,7 +39,8 @@ class GraphMemory:
         self.params = settings.utility_params()
         self.rules = Rules(settings.success_threshold, settings.min_support, settings.min_gap)
         self.index = MetaIndex(self.params)
-        self._load_encoder = encoder or (lambda: shared_encoder(settings.encoder, Path(settings.encoder_dir)))
+        self._load_encoder = encoder or (lambda: shared_encoder(
+            settings.encoder, Path(settings.encoder_dir), settings.encoder_threads))
         self._store: MemoryStore | None = None
         self._encoder: Encoder | None = None
         self._slots = asyncio.Semaphore(settings.worker_threads)

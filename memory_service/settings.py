@@ -49,6 +49,7 @@ class MemorySettings(EnvSettings):
     # from the packaged weights into encoder_dir at the first start, or PyTorch
     encoder: str = "onnx"
     encoder_dir: str = "/tmp/rlyard-encoder"
+    encoder_threads: int = 0              # the ONNX encoder's intra-op threads (0: two, or one on one CPU)
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -65,6 +66,8 @@ class MemorySettings(EnvSettings):
         if self.encoder == "onnx" and not self.encoder_dir:
             raise ConfigError("RLYARD_MEMORY_ENCODER_DIR must name a writable folder for the ONNX export "
                               "(or set RLYARD_MEMORY_ENCODER=torch)")
+        if self.encoder_threads < 0:
+            raise ConfigError(f"RLYARD_MEMORY_ENCODER_THREADS must be >= 0 (0: automatic), got {self.encoder_threads}")
         if self.judge_timeout_s <= 0:
             raise ConfigError("RLYARD_MEMORY_JUDGE_TIMEOUT_S must be > 0 seconds")
 

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSION = 384
 TORCH_THREADS = 1        # see TorchEncoder
-ONNX_THREADS = 1         # one query is one unit of work; the server's other threads need the cores
+ONNX_THREADS = 2         # intra-op threads of one query's forward (auto: at most the CPUs this process may use)
 ONNX_OPSET = 17
 ONNX_FORMAT = 1          # of the exported graph (inputs, outputs, pooling): part of the file's name
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -138,13 +138,30 @@ def max_seq_length(folder: Path) -> int:
     return int(json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"])
 
 
+def onnx_threads(wanted: int = 0) -> int:
+    """Intra-op threads for the ONNX encoder: ``wanted``, or with 0 ``ONNX_THREADS`` capped by the CPUs
+    this process may run on. A one-query forward is memory-bound; a second thread reads the other half
+    of the weights (bench/README.md, ``search.py``)."""
+    if wanted < 0:
+        raise EncoderError(f"encoder threads must be >= 0 (0: automatic), got {wanted}")
+    if wanted:
+        return wanted
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(ONNX_THREADS, cpus))
+
+
 class OnnxEncoder:
-    """The exported model in ONNX Runtime (one intra-op thread), with the model folder's fast
-    tokenizer (truncation at the model's ``max_seq_length``, padding to the longest text of a batch)."""
+    """The exported model in ONNX Runtime, with the model folder's fast tokenizer (truncation at the
+    model's ``max_seq_length``, padding to the longest text of a batch). With several intra-op threads
+    they sleep between queries instead of spinning (a spinning pool took a core from the server's other
+    threads and doubled the p50 under load)."""
 
     kind = "onnx"
 
-    def __init__(self, model_file: Path, threads: int = ONNX_THREADS) -> None:
+    def __init__(self, model_file: Path, threads: int = 0) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -153,8 +170,10 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_seq_length(folder))
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        self.threads = onnx_threads(threads)
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
@@ -243,18 +262,19 @@ def export_onnx(torch_encoder: TorchEncoder, path: Path) -> Path:
 
 
 _LOCK = threading.RLock()     # re-entered: making the onnx encoder may first make the torch one
-_ENCODERS: dict[tuple[str, Path | None], Encoder] = {}
+_ENCODERS: dict[tuple[str, Path | None, int], Encoder] = {}
 
 
-def shared_encoder(kind: str = "torch", index_dir: Path | None = None) -> Encoder:
+def shared_encoder(kind: str = "torch", index_dir: Path | None = None, threads: int = 0) -> Encoder:
     """This process's encoder of ``kind``, made on first use (the model is read-only; servers in a
     process share it). ``onnx`` exports the model into the folder ``index_dir`` first when it is not
-    there (e.g. the POI index folder, or the memory service's ``encoder_dir``)."""
+    there (e.g. the POI index folder, or the memory service's ``encoder_dir``) and runs with
+    ``threads`` intra-op threads (0: ``onnx_threads``' choice)."""
     if kind not in ENCODERS:
         raise EncoderError(f"unknown encoder {kind!r}; one of {', '.join(ENCODERS)}")
     if kind == "onnx" and index_dir is None:
         raise EncoderError("the onnx encoder needs the index folder that holds (or will hold) its model")
-    key = (kind, index_dir if kind == "onnx" else None)
+    key = (kind, index_dir, onnx_threads(threads)) if kind == "onnx" else (kind, None, 0)
     with _LOCK:
         found = _ENCODERS.get(key)
         if found is not None:
@@ -268,7 +288,7 @@ def shared_encoder(kind: str = "torch", index_dir: Path | None = None) -> Encode
             path = onnx_file(index_dir)
             if not path.is_file():
                 export_onnx(shared_torch_encoder(), path)
-            encoder = OnnxEncoder(path)
+            encoder = OnnxEncoder(path, threads)
         _ENCODERS[key] = encoder
         logger.info("loaded %s (%s) in %.1f s", MODEL_NAME, kind, time.perf_counter() - tic)
         return encoder

@@ -61,6 +61,7 @@ def test_rlyard_serve_memory_migrates_a_new_sqlite_file_and_serves(tmp_path: Pat
     ("RLYARD_MEMORY_DB_URL", "", "RLYARD_MEMORY_DB_URL"),
     ("RLYARD_MEMORY_ENCODER", "tf", "RLYARD_MEMORY_ENCODER must be one of onnx, torch"),
     ("RLYARD_MEMORY_ENCODER_DIR", "", "RLYARD_MEMORY_ENCODER_DIR must name a writable folder"),
+    ("RLYARD_MEMORY_ENCODER_THREADS", "-1", r"RLYARD_MEMORY_ENCODER_THREADS must be >= 0 \(0: automatic\), got -1"),
 ])
 def test_bad_settings_are_refused_at_start_with_the_variable(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

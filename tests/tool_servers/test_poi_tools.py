@@ -184,3 +184,7 @@ def test_poi_settings_pick_the_query_encoder_and_refuse_an_unknown_one() -> None
     assert PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER": "torch"}).encoder == "torch"
     with pytest.raises(ConfigError, match=r"RLYARD_TOOLS_POI_ENCODER must be 'onnx' or 'torch' \(got 'tensorrt'\)"):
         PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER": "tensorrt"})
+    assert PoiSettings.from_env("RLYARD_TOOLS_POI", {}).encoder_threads == 0          # automatic
+    assert PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER_THREADS": "1"}).encoder_threads == 1
+    with pytest.raises(ConfigError, match=r"RLYARD_TOOLS_POI_ENCODER_THREADS must be >= 0 \(0: automatic\), got -2"):
+        PoiSettings.from_env("RLYARD_TOOLS_POI", {"RLYARD_TOOLS_POI_ENCODER_THREADS": "-2"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 
 from envs.local_services.poi_corpus import build_corpus
 from rlyard.client import NO_RETRY, ToolClient
-from rlyard.embedding import DIMENSION, OnnxEncoder, onnx_file, shared_encoder, shared_torch_encoder
+from rlyard.embedding import DIMENSION, EncoderError, OnnxEncoder, onnx_file, shared_encoder, shared_torch_encoder
 from rlyard.server import WarmUpError
 from tool_servers.poi import dense
 from tool_servers.poi.retrieve import DenseState
@@ -201,6 +202,21 @@ def test_the_onnx_export_gives_the_vectors_of_pytorch(onnx_encoder: OnnxEncoder,
     assert batch.shape == (len(ENCODER_TEXTS), DIMENSION)
     assert np.all(1.0 - np.einsum("ij,ij->i", batch, reference_batch) < 1e-5)
     assert shared_encoder("onnx", corpus.index_dir) is onnx_encoder     # one per process and folder
+
+
+def test_the_onnx_encoder_gives_the_same_vectors_on_one_thread_or_two(onnx_encoder: OnnxEncoder,
+                                                                     corpus: Corpus) -> None:
+    """Threads split the forward's work, not the model: one thread and two give the same vectors; 0 picks
+    two where the process may use two CPUs; a negative count is refused."""
+    one = shared_encoder("onnx", corpus.index_dir, threads=1)
+    two = shared_encoder("onnx", corpus.index_dir, threads=2)
+    assert isinstance(one, OnnxEncoder) and isinstance(two, OnnxEncoder)
+    assert (one.threads, two.threads) == (1, 2) and one is not two
+    assert onnx_encoder.threads == min(2, len(os.sched_getaffinity(0)))
+    for text in ENCODER_TEXTS:
+        assert 1.0 - float(one.encode_one(text) @ two.encode_one(text)) < 1e-6, text[:40]
+    with pytest.raises(EncoderError, match="encoder threads must be >= 0"):
+        shared_encoder("onnx", corpus.index_dir, threads=-1)
 
 
 def test_with_the_onnx_model_and_the_index_cached_no_torch_is_loaded(onnx_encoder: OnnxEncoder, corpus: Corpus) -> None:

@@ -107,7 +107,7 @@ class Retrieve:
         self.store.columns()
         bm25 = poi.poi_bm25(self.ctx)
         s = poi.settings(self.ctx)
-        queries = shared_encoder(s.encoder, s.indexes)
+        queries = shared_encoder(s.encoder, s.indexes, s.encoder_threads)
         index = dense.load_or_build(self.store, s.indexes, queries, build_with=shared_torch_encoder,
                                     on_progress=self.state.on_progress, cancel=self.state.cancel)
         self.state.bm25, self.state.index = bm25, index

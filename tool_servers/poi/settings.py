@@ -22,10 +22,14 @@ class PoiSettings(EnvSettings):
     index_dir: Path | None = None
     max_results: int = 20               # records one search/retrieve/nearby call returns at most
     encoder: str = "onnx"               # "onnx" or "torch" (rlyard.embedding)
+    encoder_threads: int = 0            # the ONNX encoder's intra-op threads (0: two, or one on one CPU)
 
     def __post_init__(self) -> None:
         if self.encoder not in ("onnx", "torch"):
             raise ConfigError(f"{self.ENV_PREFIX}_ENCODER must be 'onnx' or 'torch' (got {self.encoder!r})")
+        if self.encoder_threads < 0:
+            raise ConfigError(f"{self.ENV_PREFIX}_ENCODER_THREADS must be >= 0 (0: automatic), "
+                              f"got {self.encoder_threads}")
         if self.max_results < 1:
             raise ConfigError(f"{self.ENV_PREFIX}_MAX_RESULTS must be >= 1 (got {self.max_results})")
 
