@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 C = TypeVar("C")   # a call, as the servicer starts it
 F = TypeVar("F")   # a finished call, as the writer sends it
 
-MIN_GROUP = 16     # below this many calls in hand a stream runs every call at once
+MIN_GROUP = 8      # below this many calls in hand a stream runs every call at once
 HOLD_S = 0.002     # waiting calls start anyway when no call has finished for this long
 
 
