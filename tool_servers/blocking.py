@@ -3,10 +3,12 @@
 In a ``batch_context`` (a ``CallTools`` stream runs the calls it starts in one),
 ``ToolContext.run_blocking`` queues its work instead of submitting it: what the calls of one
 event-loop turn queue goes to the pool as one job (or joins the job still draining), which runs it
-in order and wakes the loop once per burst of finished results, not once per call. A call that
-takes long must not hold up the calls queued behind it: while work waits past ``HELPER_DELAY_S``,
-another pool thread joins in, up to the pool's size, and a burst that comes while every job is
-stuck in such a call gets a job of its own at once.
+in order and wakes the loop once, when its queue is empty: the results of a burst come back
+together, not one by one while the loop is still busy with the others. A call that takes long must
+not hold up the calls queued behind it: while work waits past ``HELPER_DELAY_S``, another pool
+thread joins in, up to the pool's size, and a burst that comes while every job is stuck in such a
+call gets a job of its own at once; nor the results that finished before it: every
+``HELPER_DELAY_S`` the loop takes what has finished.
 """
 
 from __future__ import annotations
@@ -92,11 +94,19 @@ class BlockingBatch:
                 future.set_exception(exc)
 
     def _help(self) -> None:
+        """Every ``helper_delay_s`` while work waits or runs: hand over the results that finished
+        (a job wakes the loop only when its queue is empty), and start a helper job for work that
+        waits behind a stuck one."""
         self._helper = None
         with self._lock:
             waiting = bool(self._queue)
+            busy = waiting or self._draining > 0
+            finished = bool(self._finished)
+        if finished:
+            self._deliver()
         if waiting:
             self._start_drain()
+        if busy:
             self._helper = self.loop.call_later(self.helper_delay_s, self._help)
 
     def _drain(self) -> None:
@@ -119,7 +129,11 @@ class BlockingBatch:
             with self._lock:
                 self._started.pop(me, None)
                 self._finished.append(outcome)
-                wake, self._wake_pending = not self._wake_pending, True
+                # the loop hears once the burst is done; the helper timer hands over what finished
+                # before a slow piece of work
+                wake = not self._wake_pending and not self._queue
+                if wake:
+                    self._wake_pending = True
             if wake:
                 with contextlib.suppress(RuntimeError):   # the loop is closed: nobody waits any more
                     self.loop.call_soon_threadsafe(self._deliver)

@@ -26,6 +26,7 @@ from tool_servers.blocking import batch_context
 from tool_servers.executor import ToolExecutor, clip_name
 from tool_servers.registry import ToolContext
 from tool_servers.salvage import salvage
+from tool_servers.stream_calls import StreamCalls
 
 logger = logging.getLogger(__name__)
 
@@ -87,40 +88,6 @@ def pack_results(finished: Sequence[Finished], budget: int,
             size = 0
         size += n
     return messages
-
-
-class _StreamCalls:
-    """The calls of one ``CallTools`` stream: those running, by call_id, and those finished until
-    the writer takes them (a list and one waiter: less per call than an ``asyncio.Queue``'s put
-    and get, and no task set with a done-callback per call)."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self.finished: list[Finished] = []
-        self.reading = True          # more calls may come
-        self._waiter: asyncio.Future[None] | None = None
-
-    def finish(self, item: Finished) -> None:
-        self.finished.append(item)
-        self._wake()
-
-    def end_of_requests(self) -> None:
-        self.reading = False
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def take(self) -> list[Finished]:
-        """What finished since the last take, waiting for at least one; empty once every call
-        has been answered and no more can come."""
-        while not self.finished and (self.reading or self.running):
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        finished, self.finished = self.finished, []
-        return finished
 
 
 class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
@@ -227,19 +194,18 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
     async def CallTools(
         self, request_iterator: AsyncIterator[tools_pb2.CallToolsRequest | Undecodable], context: object
     ) -> AsyncIterator[tools_pb2.CallToolsResponse]:
-        calls = _StreamCalls()
-        running = calls.running
         loop = asyncio.get_running_loop()
 
         async def run(req: tools_pb2.CallToolRequest, call: common_pb2.ToolCall) -> None:
-            try:
-                result = await self._run_in_stream(req, call)
-            finally:
-                del running[call.call_id]
-            calls.finish((call, result))
+            calls.finish(call.call_id, (call, await self._run_in_stream(req, call)))
+
+        def start(pair: tuple[tools_pb2.CallToolRequest, common_pb2.ToolCall]) -> asyncio.Task[None]:
+            return loop.create_task(run(*pair))
+
+        calls: StreamCalls[tuple[tools_pb2.CallToolRequest, common_pb2.ToolCall], Finished] = StreamCalls(start)
 
         def refuse(call: common_pb2.ToolCall, why: str) -> None:
-            calls.finish((call, _failure(call, grpc.StatusCode.INVALID_ARGUMENT, why)))
+            calls.answer((call, _failure(call, grpc.StatusCode.INVALID_ARGUMENT, why)))
 
         async def read() -> None:
             try:
@@ -251,16 +217,18 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
                     for cid, why in undecodable:
                         refuse(common_pb2.ToolCall(call_id=cid), f"this call did not decode ({clip(why, 200)}); "
                                "string fields (name, arguments_json, context, session_id) must be valid UTF-8")
+                    accepted = []
                     for req, call in reqs:
                         cid = call.call_id
                         problem = None
-                        if not cid or cid in running or len(cid) > MAX_CALL_ID_CHARS or repeats:   # the rare case
+                        if not cid or calls.in_flight(cid) or len(cid) > MAX_CALL_ID_CHARS or repeats:   # the rare case
                             problem = call_id_problem(cid, in_stream=True, repeats=repeats[cid] if repeats else 1,
-                                                      in_flight=cid in running)
+                                                      in_flight=calls.in_flight(cid))
                         if problem is not None:
                             refuse(call, problem)
-                            continue
-                        running[cid] = loop.create_task(run(req, call))
+                        else:
+                            accepted.append((cid, (req, call)))
+                    calls.add(accepted)
             finally:
                 calls.end_of_requests()
 
@@ -274,8 +242,7 @@ class ToolServicer(tools_pb2_grpc.ToolServiceServicer):
             await reader
         finally:
             reader.cancel()
-            for task in list(running.values()):
-                task.cancel()
+            calls.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 

@@ -9,8 +9,9 @@ contract does not define, JSON that does not parse, nests too deep or holds NaN)
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rlyard.common.v1 import common_pb2
@@ -51,8 +52,20 @@ _SCORE_STATUS_PB = {
     ScoreStatus.INVALID_INPUT: reward_pb2.SCORE_STATUS_INVALID_INPUT,
 }
 _SCORE_STATUS = {v: k for k, v in _SCORE_STATUS_PB.items()}
-# ``json.dumps(x, default=...)`` builds an encoder per call; one built once encodes the same text
-_STRUCTURED = json.JSONEncoder(default=to_jsonable)
+
+
+def _structured_encoder() -> Callable[[Any], str]:
+    """``json.dumps(x, default=to_jsonable)``'s text from an encoder built once: ``dumps`` and
+    ``JSONEncoder.encode`` build a C encoder (and a dict to catch cycles) per call. A cycle here
+    ends in RecursionError instead of ValueError; tool results are trees."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:                    # a Python without the C accelerator
+        return json.JSONEncoder(default=to_jsonable).encode
+    encode = make(None, to_jsonable, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_STRUCTURED = _structured_encoder()
 
 
 def _enum_name(enum: Any, number: int, field: str) -> str:
@@ -138,7 +151,7 @@ def tool_result_into_pb(result: ToolResult, pb: common_pb2.ToolResult) -> None:
     pb.is_error = result.is_error
     pb.latency_ms = result.latency_ms
     if result.structured is not None:
-        pb.structured_json = _STRUCTURED.encode(result.structured)
+        pb.structured_json = _STRUCTURED(result.structured)
     pb.truncated = result.truncated
     if result.system_error is not None:
         pb.system_error.SetInParent()

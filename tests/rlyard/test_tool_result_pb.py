@@ -43,3 +43,20 @@ def test_a_result_written_in_place_equals_the_one_built_alone_and_reads_back() -
     assert response.results[4].HasField("system_error")   # set, as CopyFrom set it, even when empty
     assert not response.results[0].HasField("system_error") and response.results[0].structured_json
     assert response.results[2].structured_json == ""        # no structured data: the field stays empty
+
+
+def test_structured_data_is_encoded_as_json_dumps_encodes_it() -> None:
+    """The encoder built once writes the same text as ``json.dumps(x, default=to_jsonable)``."""
+    from decimal import Decimal
+
+    from rlyard.domain.content import to_jsonable
+
+    values = [
+        {"columns": ["a", "b"], "rows": [[1, 2.5], [None, "é\n\"x\""], [float("nan"), -0.0]], "more": True},
+        [1e300, 1.0 / 3, b"\x01", Decimal("1.10"), {"nested": {"k": [[], {}]}}],
+        "plain", 7,
+    ]
+    for value in values:
+        pb = common_pb2.ToolResult()
+        convert.tool_result_into_pb(ToolResult.of_text("t", structured=value), pb)
+        assert pb.structured_json == json.dumps(value, default=to_jsonable)

@@ -153,3 +153,47 @@ async def test_a_job_dropped_by_a_pool_shutdown_fails_its_calls() -> None:
                 call(), context=batch_context(pool_of_one, 1)), timeout=5)
     finally:
         busy.set()
+
+
+async def test_the_results_of_a_burst_come_back_together(pool: ThreadPoolExecutor) -> None:
+    """The job wakes the event loop once its queue is empty, not at its first result, so the loop
+    hands the burst's results over in one turn (and sends them in one message)."""
+    done_when_first_seen: list[int] = []
+
+    async def calls() -> list[object]:
+        batch = current(pool)
+        assert batch is not None
+        futures = [batch.submit(lambda i=i: i, ()) for i in range(8)]
+        futures[0].add_done_callback(lambda _: done_when_first_seen.append(sum(f.done() for f in futures)))
+        return await asyncio.gather(*futures)
+
+    task = asyncio.get_running_loop().create_task(calls(), context=batch_context(pool, 4, helper_delay_s=5))
+    assert await asyncio.wait_for(task, timeout=5) == list(range(8))
+    assert done_when_first_seen == [8]
+
+
+async def test_results_that_finished_before_a_slow_call_are_handed_over_while_it_runs(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """The job is stuck in the slow call, its queue empty but not done: the helper timer hands over
+    the fast call's result."""
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(5)
+        return "slow"
+
+    async def calls() -> list[object]:
+        batch = current(pool)
+        assert batch is not None
+        fast, slow_one = batch.submit(lambda: "fast", ()), batch.submit(slow, ())
+        assert await asyncio.wait_for(fast, timeout=2) == "fast"
+        assert not slow_one.done()
+        release.set()
+        return [await fast, await slow_one]
+
+    task = asyncio.get_running_loop().create_task(calls(), context=batch_context(pool, 4, helper_delay_s=0.05))
+    try:
+        assert await asyncio.wait_for(task, timeout=5) == ["fast", "slow"]
+    finally:
+        release.set()

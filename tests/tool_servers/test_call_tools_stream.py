@@ -196,3 +196,36 @@ async def test_a_mixed_batch_gives_each_call_its_own_outcome(
     again = await stream.call("sql_query", {"query": "SELECT 2 * 21"}, session_id=session_id)
     assert again.structured["rows"] == [[42]]       # the stream goes on
     await stream.close()
+
+
+async def test_a_large_message_runs_in_groups_and_a_slow_call_holds_up_none(
+    client: ToolClient, session_id: str, endless_count_sql: str
+) -> None:
+    """40 calls in one message are more than one group (``tool_servers.stream_calls``): half start,
+    the rest wait for them. The first call runs into the tool's 1.5 s limit, yet the 39 others,
+    those of the second group included, are answered long before it, each with its own rows; a
+    call that reuses the id of a call still in hand (the slow one) is refused."""
+    stub = tools_pb2_grpc.ToolServiceStub(client.channel)
+    call = stub.CallTools(timeout=10)
+    start = time.monotonic()
+    await call.write(tools_pb2.CallToolsRequest(calls=[
+        req("slow", "sql_query", {"query": endless_count_sql}, session_id=session_id),
+        *(req(f"c{i}", "sql_query", {"query": f"SELECT {i} * 3"}, session_id=session_id) for i in range(1, 40)),
+    ]))
+    await call.write(tools_pb2.CallToolsRequest(calls=[req("slow", "sql_query", {"query": "SELECT 1"})]))
+    await call.done_writing()
+    answered: list[tuple[common_pb2.ToolResult, float]] = []
+    async for response in call:
+        answered += [(r, time.monotonic() - start) for r in response.results]
+    assert await call.code() == grpc.StatusCode.OK
+    fast = {r.call_id: (r, at) for r, at in answered if r.call_id.startswith("c")}
+    assert sorted(fast) == sorted(f"c{i}" for i in range(1, 40))
+    for i in range(1, 40):
+        result, at = fast[f"c{i}"]
+        assert json.loads(result.structured_json)["rows"] == [[i * 3]] and at < 1.0
+    slow = [r for r, _ in answered if r.call_id == "slow"]
+    assert len(slow) == 2
+    refused, timed_out = sorted(slow, key=lambda r: r.system_error.code == 0)
+    assert refused.system_error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "still running" in refused.system_error.message
+    assert timed_out.system_error.code == 0 and timed_out.is_error
