@@ -460,13 +460,96 @@ def test_each_kind_gets_an_image_with_only_its_extras(table: ServiceTable) -> No
         return {re.split(r"[=<>\[]", r, maxsplit=1)[0] for r in requirements(pyproject, extras)}
 
     heavy = {"torch", "sentence-transformers", "transformers"}
-    assert not names("sql-tools") & heavy and not names("reward") & heavy
+    assert not names("sql-tools") & heavy and not names("reward") & heavy and not names("image-tools") & heavy
     assert {"sqlalchemy", "grpcio"} <= names("sql-tools")
+    assert {"opencv-python-headless", "grpcio"} <= names("image-tools") and "sqlalchemy" not in names("image-tools")
     assert "torch" in names("trainer") and "faiss-cpu" in names("search")
     assert "torch" in {r.split("==")[0] for r in requirements(pyproject, ["all"])}  # rlyard[...] expanded
     with pytest.raises(SystemExit, match="unknown extra 'nope'"):
         requirements(pyproject, ["nope"])
     assert len({table.image_of(s) for s in table.services}) == len(table.images)
+
+
+# Builds a tool server as `rlyard serve tools` does, from the environment, in an interpreter where
+# only the distributions of argv[2] (JSON list) can be imported, as in the service's image: a
+# top-level module that only other installed distributions provide raises ModuleNotFoundError
+# (optional imports, such as grpc's shim of grpc_tools, then skip as they would there). Prints
+# the top-level modules it imported and the distributions they come from.
+_BUILD_IN_IMAGE = """
+import importlib.abc, json, sys
+from importlib.metadata import packages_distributions
+from packaging.utils import canonicalize_name
+allowed = set(json.loads(sys.argv[2]))
+dists = {m: {canonicalize_name(d) for d in ds} for m, ds in packages_distributions().items()}
+class NotInImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        if top in dists and not dists[top] & allowed:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in the image)", name=name)
+        return None
+sys.meta_path.insert(0, NotInImage())
+from rlyard_app.cli.serve import FACTORIES
+FACTORIES[sys.argv[1]]()
+tops = {m.split(".")[0] for m in sys.modules}
+print(json.dumps({m: sorted(dists[m]) for m in sorted(tops) if m in dists}))
+"""
+
+
+def _image_distributions(table: ServiceTable, image: str) -> set[str]:
+    """The distributions image ``image`` of the table installs: its requirements and theirs (read
+    from this environment's metadata), normalised, and the project itself."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    todo = [(Requirement(r), frozenset[str]()) for r in requirements(pyproject, list(table.images[image]))]
+    seen = {"rlyard"}
+    while todo:
+        req, parent_extras = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in ("", *parent_extras)):
+            continue
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            deps = requires(req.name) or []
+        except PackageNotFoundError:
+            continue
+        todo.extend((Requirement(d), frozenset(req.extras)) for d in deps)
+    return seen
+
+
+def _build_in_image(spec: ServiceSpec, allowed: set[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **deploy.container_env(spec), "RLYARD_HOST": "127.0.0.1"}
+    return subprocess.run([sys.executable, "-c", _BUILD_IN_IMAGE, spec.kind, json.dumps(sorted(allowed))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("name", "needs"), [("sql-tools", "sqlalchemy"), ("image-tools", "cv2")])
+def test_a_tool_server_builds_with_only_its_images_packages(table: ServiceTable, name: str, needs: str) -> None:
+    """The tool server, configured as the table deploys it, starts with nothing importable but what
+    its image installs (torch, transformers and the other families' packages are installed here,
+    and hidden); the same server with another image's packages does not."""
+    spec = table.get(name)
+    result = _build_in_image(spec, _image_distributions(table, spec.image))
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported: dict[str, list[str]] = json.loads(result.stdout.splitlines()[-1])
+    assert needs in imported and "grpc" in imported
+    assert not {"torch", "transformers", "sentence_transformers"} & set(imported)
+    other = "image" if spec.image != "image" else "sql"
+    refused = _build_in_image(spec, _image_distributions(table, other))
+    # the server's own start-up error, naming the extra
+    assert refused.returncode != 0 and "extra (missing module" in refused.stderr, refused.stderr[-3000:]
 
 
 def test_volumes_are_filled_at_first_start_never_in_the_image(table: ServiceTable) -> None:
@@ -663,7 +746,7 @@ def test_k8s_routes_tool_sessions_through_headless_services(table: ServiceTable)
 
 def test_k8s_autoscales_tool_servers_and_budgets_disruptions(table: ServiceTable) -> None:
     autoscaled = [s.name for s in table.services if s.max_replicas]
-    assert "sql-tools" in autoscaled and all(table.get(n).kind == "tools" for n in autoscaled)
+    assert {"sql-tools", "image-tools"} <= set(autoscaled) and all(table.get(n).kind == "tools" for n in autoscaled)
     for spec in table.services:
         objects = _k8s_objects(spec)
         selector = objects["Deployment"]["spec"]["selector"]["matchLabels"]
@@ -702,6 +785,7 @@ def test_k8s_network_policies_let_only_clients_reach_tools_and_rewards(table: Se
     assert grpc_from(table.get("sql-tools")) == [client, of("reward")]      # the reward service calls the tools
     assert grpc_from(table.get("search")) == [client, of("reward")]
     assert grpc_from(table.get("retrieve")) == [client]
+    assert grpc_from(table.get("image-tools")) == [client]                  # only runs call the image tools
     assert grpc_from(table.get("reward")) == [client]
     assert grpc_from(table.get("memory")) == [client]
     assert grpc_from(table.get("trainer")) == [{"podSelector": {}}]
