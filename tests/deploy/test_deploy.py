@@ -470,85 +470,47 @@ def test_each_kind_gets_an_image_with_only_its_extras(table: ServiceTable) -> No
     assert len({table.image_of(s) for s in table.services}) == len(table.images)
 
 
-# Builds a tool server as `rlyard serve tools` does, from the environment, in an interpreter where
-# only the distributions of argv[2] (JSON list) can be imported, as in the service's image: a
-# top-level module that only other installed distributions provide raises ModuleNotFoundError
-# (optional imports, such as grpc's shim of grpc_tools, then skip as they would there). Prints
-# the top-level modules it imported and the distributions they come from.
-_BUILD_IN_IMAGE = """
-import importlib.abc, json, sys
-from importlib.metadata import packages_distributions
-from packaging.utils import canonicalize_name
-allowed = set(json.loads(sys.argv[2]))
-dists = {m: {canonicalize_name(d) for d in ds} for m, ds in packages_distributions().items()}
-class NotInImage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        top = name.split(".")[0]
-        if top in dists and not dists[top] & allowed:
-            raise ModuleNotFoundError(f"No module named {name!r} (not in the image)", name=name)
-        return None
-sys.meta_path.insert(0, NotInImage())
+# Builds a service as `rlyard serve KIND` does, from the environment, and prints the top-level
+# modules it imported (run with `python -S` over scripts/docker/image_env.py's folder: the image's
+# packages only).
+_BUILD = """
+import json, sys
 from rlyard_app.cli.serve import FACTORIES
 FACTORIES[sys.argv[1]]()
-tops = {m.split(".")[0] for m in sys.modules}
-print(json.dumps({m: sorted(dists[m]) for m in sorted(tops) if m in dists}))
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
 
-def _image_distributions(table: ServiceTable, image: str) -> set[str]:
-    """The distributions image ``image`` of the table installs: its requirements and theirs (read
-    from this environment's metadata), normalised, and the project itself."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
+def _image_env(image: str, table: ServiceTable, dest: Path) -> Path:
     sys.path.insert(0, str(ROOT / "scripts" / "docker"))
     try:
-        from requirements import requirements
+        from image_env import image_distributions, write_env
     finally:
         sys.path.pop(0)
-    import tomllib
-
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    todo = [(Requirement(r), frozenset[str]()) for r in requirements(pyproject, list(table.images[image]))]
-    seen = {"rlyard"}
-    while todo:
-        req, parent_extras = todo.pop()
-        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in ("", *parent_extras)):
-            continue
-        name = canonicalize_name(req.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            deps = requires(req.name) or []
-        except PackageNotFoundError:
-            continue
-        todo.extend((Requirement(d), frozenset(req.extras)) for d in deps)
-    return seen
+    return write_env(image_distributions(list(table.images[image])), dest)  # type: ignore[no-any-return]
 
 
-def _build_in_image(spec: ServiceSpec, allowed: set[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **deploy.container_env(spec), "RLYARD_HOST": "127.0.0.1"}
-    return subprocess.run([sys.executable, "-c", _BUILD_IN_IMAGE, spec.kind, json.dumps(sorted(allowed))],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+def _build_in(env_dir: Path, spec: ServiceSpec) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **deploy.container_env(spec), "RLYARD_HOST": "127.0.0.1",
+           "PYTHONPATH": f"{env_dir}{os.pathsep}{ROOT}"}
+    return subprocess.run([sys.executable, "-S", "-c", _BUILD, spec.kind], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(("name", "needs"), [("sql-tools", "sqlalchemy"), ("image-tools", "cv2")])
-def test_a_tool_server_builds_with_only_its_images_packages(table: ServiceTable, name: str, needs: str) -> None:
-    """The tool server, configured as the table deploys it, starts with nothing importable but what
-    its image installs (torch, transformers and the other families' packages are installed here,
-    and hidden); the same server with another image's packages does not."""
+def test_a_tool_server_builds_with_only_its_images_packages(table: ServiceTable, tmp_path: Path, name: str,
+                                                            needs: str) -> None:
+    """The tool server, configured as the table deploys it, starts where only its image's packages
+    can be imported (torch, transformers and the other families' packages are installed here, and
+    left out); the same server over another image's packages fails with the extra it needs."""
     spec = table.get(name)
-    result = _build_in_image(spec, _image_distributions(table, spec.image))
+    result = _build_in(_image_env(spec.image, table, tmp_path / "own"), spec)
     assert result.returncode == 0, result.stderr[-3000:]
-    imported: dict[str, list[str]] = json.loads(result.stdout.splitlines()[-1])
-    assert needs in imported and "grpc" in imported
-    assert not {"torch", "transformers", "sentence_transformers"} & set(imported)
+    imported = set(json.loads(result.stdout.splitlines()[-1]))
+    assert {needs, "grpc", "rlyard", "tool_servers"} <= imported
+    assert not {"torch", "transformers", "sentence_transformers"} & imported
     other = "image" if spec.image != "image" else "sql"
-    refused = _build_in_image(spec, _image_distributions(table, other))
-    # the server's own start-up error, naming the extra
+    refused = _build_in(_image_env(other, table, tmp_path / "other"), spec)
     assert refused.returncode != 0 and "extra (missing module" in refused.stderr, refused.stderr[-3000:]
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +150,63 @@ def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[st
     assert report.execution_accuracy >= 0.9 and report.answered_after_zoom == 1.0
     zooms = _tool_calls(int(service["metrics_port"]))[("zoom", "ok")] - before.get(("zoom", "ok"), 0.0)
     assert zooms == pytest.approx(report.mean_tool_calls * report.n)   # every call was served there
+
+
+def _open_sessions(metrics_port: int) -> float:
+    """OpenSession calls the launched server answered OK."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) if family.name == "rlyard_rpc"
+               for s in family.samples if s.name == "rlyard_rpc_total"
+               and s.labels["method"].endswith("OpenSession") and s.labels["code"] == "OK")
+
+
+def test_imagent_trains_on_the_trainer_images_packages_with_the_deployed_services(
+        vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
+    """`rlyard train -c` of configs/imagent.yaml (tiny steps) where only the packages of the
+    trainer's image (`train,workers`: no OpenCV) can be imported, as in its container: it runs
+    with `services: {tools: <image-tools>, reward: <reward service>}`, and every rollout's session,
+    with the task's images, is opened on the launched image tool server."""
+    from envs.vision.imagent import main as write_tasks
+    from rlyard_app.launcher import Launcher
+    from trainer.model import init_policy
+
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from image_env import image_distributions, write_env
+    finally:
+        sys.path.pop(0)
+    table = load_table()
+    trainer_env = write_env(image_distributions(list(table.images["trainer"])), tmp_path / "trainer-env")
+    assert not (trainer_env / "cv2").exists()
+    _, state = vision
+    service = state["services"]["image-tools"]
+    opened = _open_sessions(int(service["metrics_port"]))
+
+    data = tmp_path / "imagent"
+    write_tasks(["--out", str(data), "--n-train", "4", "--n-heldout", "1", "--seed", "0"])
+    init_policy(data / "policy", vision=True)
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
+    raw = json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
+    sft, rl = raw["stages"]
+    sft.update(steps=1, batch_size=2)
+    rl["steps"] = 1
+    rl["rollout"].update(group_size=2, prompts_per_step=1, max_new_tokens_per_turn=16)
+    rl["algorithm"]["micro_batch_size"] = 2
+    raw["output_dir"] = str(tmp_path / "runs")
+    with Launcher([table.get("sql-tools"), table.get("reward")], tmp_path / "logs", ephemeral_ports=True) as launcher:
+        reward = launcher.start()["reward"]
+        raw["services"] = {"tools": str(service["target"]), "reward": reward.target}
+        config = tmp_path / "imagent.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        env = {**os.environ, "PYTHONPATH": f"{trainer_env}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-S", "-m", "rlyard_app.cli.main", "train", "-c", str(config),
+                                 "--run-id", "remote"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "remote" / "report.json").read_text())
+    assert report["state"] == "SUCCEEDED"
+    assert _open_sessions(int(service["metrics_port"])) - opened == 2      # group_size × prompts_per_step
 
 
 def test_the_launcher_stops_the_image_tools_cleanly(vision: tuple[Any, dict[str, Any]]) -> None:
