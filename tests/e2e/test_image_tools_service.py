@@ -111,6 +111,36 @@ def test_up_vision_serves_the_image_tools_over_grpc(vision: tuple[Any, dict[str,
     assert calls[("crop", "ok")] >= 1 and calls[("revisit", "ok")] >= 1
 
 
+def test_sessions_with_images_stay_on_their_replica(vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
+    """Two replicas of the table's image-tools (the launched one and one more), dialled as a
+    replica list (`host:port,host:port`, as `routed:///image-tools-headless:50058` resolves in
+    Kubernetes): each session's calls find the images it was opened with, and the sessions spread."""
+    from rlyard.routing import tool_client_for
+    from rlyard_app.launcher import Launcher
+
+    _, state = vision
+    first = state["services"]["image-tools"]
+    photo = _pattern(64, 48)
+    with Launcher([load_table().get("image-tools")], tmp_path / "logs", ephemeral_ports=True) as launcher:
+        second = launcher.start()["image-tools"]
+        replicas = {str(first["target"]): int(first["metrics_port"]), second.target: int(second.metrics_port or 0)}
+        before = {t: _open_sessions(m) for t, m in replicas.items()}
+
+        async def sessions() -> None:
+            async with tool_client_for(",".join(replicas)) as client:
+                for n in range(20):   # uuid4 ids: all 20 on one replica has odds of 2e-6
+                    sid = await client.open_session({}, attachments=[_png(photo, f"photo{n}")], timeout=10)
+                    crop = await client.call_tool("crop", {"image_id": f"photo{n}", "box": [n, 0, n + 8, 8]},
+                                                  session_id=sid, timeout=10)
+                    assert not crop.is_error, crop.content
+                    assert np.array_equal(_pixels(crop.content[1]), photo[0:8, n:n + 8])   # type: ignore[arg-type]
+                    assert await client.close_session(sid, timeout=10)
+
+        asyncio.run(sessions())
+        opened = [_open_sessions(m) - before[t] for t, m in replicas.items()]
+    assert sum(opened) == 20 and min(opened) >= 1, opened
+
+
 def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
     """configs/imagent.yaml with `services: {tools: <the launched image-tools>}`: the tasks'
     images reach the service in OpenSession, and a policy that zooms where the answer is reads it
