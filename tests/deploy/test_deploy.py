@@ -460,13 +460,58 @@ def test_each_kind_gets_an_image_with_only_its_extras(table: ServiceTable) -> No
         return {re.split(r"[=<>\[]", r, maxsplit=1)[0] for r in requirements(pyproject, extras)}
 
     heavy = {"torch", "sentence-transformers", "transformers"}
-    assert not names("sql-tools") & heavy and not names("reward") & heavy
+    assert not names("sql-tools") & heavy and not names("reward") & heavy and not names("image-tools") & heavy
     assert {"sqlalchemy", "grpcio"} <= names("sql-tools")
+    assert {"opencv-python-headless", "grpcio"} <= names("image-tools") and "sqlalchemy" not in names("image-tools")
     assert "torch" in names("trainer") and "faiss-cpu" in names("search")
     assert "torch" in {r.split("==")[0] for r in requirements(pyproject, ["all"])}  # rlyard[...] expanded
     with pytest.raises(SystemExit, match="unknown extra 'nope'"):
         requirements(pyproject, ["nope"])
     assert len({table.image_of(s) for s in table.services}) == len(table.images)
+
+
+# Builds a service as `rlyard serve KIND` does, from the environment, and prints the top-level
+# modules it imported (run with `python -S` over scripts/docker/image_env.py's folder: the image's
+# packages only).
+_BUILD = """
+import json, sys
+from rlyard_app.cli.serve import FACTORIES
+FACTORIES[sys.argv[1]]()
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def _image_env(image: str, table: ServiceTable, dest: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from image_env import image_distributions, write_env
+    finally:
+        sys.path.pop(0)
+    return write_env(image_distributions(list(table.images[image])), dest)  # type: ignore[no-any-return]
+
+
+def _build_in(env_dir: Path, spec: ServiceSpec) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **deploy.container_env(spec), "RLYARD_HOST": "127.0.0.1",
+           "PYTHONPATH": f"{env_dir}{os.pathsep}{ROOT}"}
+    return subprocess.run([sys.executable, "-S", "-c", _BUILD, spec.kind], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("name", "needs"), [("sql-tools", "sqlalchemy"), ("image-tools", "cv2")])
+def test_a_tool_server_builds_with_only_its_images_packages(table: ServiceTable, tmp_path: Path, name: str,
+                                                            needs: str) -> None:
+    """The tool server, configured as the table deploys it, starts where only its image's packages
+    can be imported (torch, transformers and the other families' packages are installed here, and
+    left out); the same server over another image's packages fails with the extra it needs."""
+    spec = table.get(name)
+    result = _build_in(_image_env(spec.image, table, tmp_path / "own"), spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(json.loads(result.stdout.splitlines()[-1]))
+    assert {needs, "grpc", "rlyard", "tool_servers"} <= imported
+    assert not {"torch", "transformers", "sentence_transformers"} & imported
+    other = "image" if spec.image != "image" else "sql"
+    refused = _build_in(_image_env(other, table, tmp_path / "other"), spec)
+    assert refused.returncode != 0 and "extra (missing module" in refused.stderr, refused.stderr[-3000:]
 
 
 def test_volumes_are_filled_at_first_start_never_in_the_image(table: ServiceTable) -> None:
@@ -663,7 +708,7 @@ def test_k8s_routes_tool_sessions_through_headless_services(table: ServiceTable)
 
 def test_k8s_autoscales_tool_servers_and_budgets_disruptions(table: ServiceTable) -> None:
     autoscaled = [s.name for s in table.services if s.max_replicas]
-    assert "sql-tools" in autoscaled and all(table.get(n).kind == "tools" for n in autoscaled)
+    assert {"sql-tools", "image-tools"} <= set(autoscaled) and all(table.get(n).kind == "tools" for n in autoscaled)
     for spec in table.services:
         objects = _k8s_objects(spec)
         selector = objects["Deployment"]["spec"]["selector"]["matchLabels"]
@@ -702,6 +747,7 @@ def test_k8s_network_policies_let_only_clients_reach_tools_and_rewards(table: Se
     assert grpc_from(table.get("sql-tools")) == [client, of("reward")]      # the reward service calls the tools
     assert grpc_from(table.get("search")) == [client, of("reward")]
     assert grpc_from(table.get("retrieve")) == [client]
+    assert grpc_from(table.get("image-tools")) == [client]                  # only runs call the image tools
     assert grpc_from(table.get("reward")) == [client]
     assert grpc_from(table.get("memory")) == [client]
     assert grpc_from(table.get("trainer")) == [{"podSelector": {}}]

@@ -6,93 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-RLYARD = [sys.executable, "-m", "rlyard_app.cli.main"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); look at its state
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Up:
-    """A running `rlyard up`: the process, its state file, and its output, read as it comes (a
-    reader thread, so the pipe never fills) with Python's fault handler on, so that a launcher that
-    hangs can be made to print every thread's stack."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def output(self) -> str:
-        if self.proc.poll() is not None:
-            self.reader.join(timeout=5)
-        return "".join(self.lines)
-
-    def exit_code(self, timeout: float) -> int:
-        """The exit code within ``timeout``; else the thread stacks (SIGABRT → faulthandler) in the failure."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGABRT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            raise AssertionError(f"rlyard up did not exit within {timeout}s; its output, then its threads' "
-                                 f"stacks (faulthandler on SIGABRT):\n{self.output()}") from None
+from launcher_support import RLYARD, ROOT, alive, rlyard_up, wait_for
 
 
 @pytest.fixture
 def up(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`rlyard up --profile sql --ephemeral-ports` running in tmp_path: (Up, its state file's content)."""
-    proc = subprocess.Popen(
-        [*RLYARD, "up", "--profile", "sql", "--ephemeral-ports", "--log-dir", str(tmp_path / "logs")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-    )
-    launched = Up(proc)
-    state = tmp_path / ".rlyard" / "up.json"
-    try:
-        _wait_for(lambda: state.exists() or proc.poll() is not None, 60, "rlyard up to report its services")
-        assert proc.poll() is None, launched.output()
-        yield launched, json.loads(state.read_text())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with rlyard_up(tmp_path, "sql") as launched:
+        yield launched
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -103,7 +27,7 @@ def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ign
     launched, state = up
     service = state["services"]["sql-tools"]
     child = int(service["pid"])
-    assert _alive(child)
+    assert alive(child)
 
     status = _run(tmp_path, "status")
     assert status.returncode == 0, status.stdout + status.stderr
@@ -129,7 +53,7 @@ def test_up_status_tool_and_clean_stop(tmp_path: Path, up) -> None:  # type: ign
     launched.proc.send_signal(signal.SIGINT)
     assert launched.exit_code(timeout=20) == 0, launched.output()
     assert "stopping" in launched.output()
-    _wait_for(lambda: not _alive(child), 10, "the service process to exit")
+    wait_for(lambda: not alive(child), 10, "the service process to exit")
 
     down = _run(tmp_path, "status", "--target", service["target"], "--timeout", "0.5")
     assert down.returncode == 1 and "UNREACHABLE" in down.stdout
@@ -149,7 +73,7 @@ def test_killed_launcher_leaves_no_orphans(tmp_path: Path, up) -> None:  # type:
     child = int(state["services"]["sql-tools"]["pid"])
     proc.kill()  # SIGKILL: no cleanup code runs in the launcher
     proc.wait()
-    _wait_for(lambda: not _alive(child), 15, "the orphaned service to die with its parent")
+    wait_for(lambda: not alive(child), 15, "the orphaned service to die with its parent")
 
 
 def test_service_that_fails_to_start_is_reported(tmp_path: Path) -> None:

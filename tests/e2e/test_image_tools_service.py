@@ -1,0 +1,247 @@
+"""The image tools as a deployed service: `rlyard up --profile vision` starts the table's
+`image-tools` entry on 127.0.0.1 (as Compose and Kubernetes run it, from configs/services.yaml),
+a session opened over gRPC with an image is cropped there, and an IMAgent run whose config names
+that service (`services: {tools: <address>}`, nothing embedded) sends each task's images in
+OpenSession and reads the answers from the zooms that service returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from launcher_support import ROOT, alive, rlyard_up, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from rlyard.client import ToolClient
+from rlyard.domain import ImagePart, TextPart
+from rlyard_app.launcher import check_health
+from rlyard_app.services import load_table
+
+IMAGE_TOOLS = {"crop", "zoom", "rotate", "flip", "enhance", "revisit", "confirm"}
+
+
+def _pattern(width: int, height: int) -> np.ndarray:
+    # every pixel says where it is (blue x mod 251, green y mod 241), so a crop's offset shows
+    x = np.arange(width)[None, :]
+    y = np.arange(height)[:, None]
+    return np.stack([np.broadcast_to(x % 251, (height, width)), np.broadcast_to(y % 241, (height, width)),
+                     np.broadcast_to((x + 3 * y) % 256, (height, width))], axis=-1).astype(np.uint8)
+
+
+def _png(pixels: np.ndarray, image_id: str) -> ImagePart:
+    ok, buf = cv2.imencode(".png", pixels)
+    assert ok
+    return ImagePart(buf.tobytes(), "image/png", pixels.shape[1], pixels.shape[0], image_id)
+
+
+def _pixels(part: ImagePart) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(part.data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _tool_calls(metrics_port: int) -> dict[tuple[str, str], float]:
+    """rlyard_tool_calls_total of the launched server, by (tool, outcome)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {(s.labels["tool"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text) if family.name == "rlyard_tool_calls"
+            for s in family.samples if s.name == "rlyard_tool_calls_total"}
+
+
+@pytest.fixture(scope="module")
+def vision(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """`rlyard up --profile vision` (free ports), shared by the tests of this module."""
+    with rlyard_up(tmp_path_factory.mktemp("up"), "vision") as launched:
+        yield launched
+
+
+def test_the_vision_profile_is_the_image_tools_of_the_table() -> None:
+    table = load_table()
+    [spec] = table.profile("vision")
+    assert spec.name == "image-tools" and spec.kind == "tools"
+    assert set(spec.env["RLYARD_TOOLS_TOOLS"].split(",")) == IMAGE_TOOLS
+    assert table.images[spec.image] == ("image",)
+
+
+def test_up_vision_serves_the_image_tools_over_grpc(vision: tuple[Any, dict[str, Any]]) -> None:
+    _, state = vision
+    assert set(state["services"]) == {"image-tools"}
+    service = state["services"]["image-tools"]
+    target = str(service["target"])
+    assert target.startswith("127.0.0.1:") and alive(int(service["pid"]))
+    assert check_health(target, service="rlyard.tools.v1.ToolService") == "SERVING"
+    photo = _pattern(320, 240)
+
+    async def session() -> None:
+        async with ToolClient(target) as client:
+            assert {t.name for t in await client.list_tools(timeout=10)} == IMAGE_TOOLS
+            sid = await client.open_session({}, attachments=[_png(photo, "photo")], timeout=10)
+            crop = await client.call_tool("crop", {"image_id": "photo", "box": [40, 30, 200, 130]},
+                                          session_id=sid, timeout=10)
+            assert not crop.is_error, crop.content
+            text, image = crop.content
+            assert isinstance(text, TextPart) and "crop-1" in text.text
+            assert isinstance(image, ImagePart) and (image.width, image.height) == (160, 100)
+            assert np.array_equal(_pixels(image), photo[30:130, 40:200])      # the region, pixel for pixel
+            assert crop.structured["image_id"] == "crop-1" and crop.structured["box"] == [40, 30, 200, 130]
+            # the crop lives in this session on the server: revisit follows it back to the photo
+            back = await client.call_tool("revisit", {"image_id": "crop-1", "box": [10, 10, 20, 30]},
+                                          session_id=sid, timeout=10)
+            assert not back.is_error, back.content
+            assert back.structured["source_image_id"] == "photo" and back.structured["source_box"] == [50, 40, 60, 60]
+            assert np.array_equal(_pixels(back.content[1]), photo[40:60, 50:60])   # type: ignore[arg-type]
+            wrong = await client.call_tool("crop", {"image_id": "nope", "box": [0, 0, 1, 1]}, session_id=sid,
+                                           timeout=10)
+            assert wrong.is_error and "crop-1, photo" in wrong.content[0].text   # type: ignore[union-attr]
+            assert await client.close_session(sid, timeout=10)
+
+    asyncio.run(session())
+    calls = _tool_calls(int(service["metrics_port"]))
+    assert calls[("crop", "ok")] >= 1 and calls[("revisit", "ok")] >= 1
+
+
+def test_sessions_with_images_stay_on_their_replica(vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
+    """Two replicas of the table's image-tools (the launched one and one more), dialled as a
+    replica list (`host:port,host:port`, as `routed:///image-tools-headless:50058` resolves in
+    Kubernetes): each session's calls find the images it was opened with, and the sessions spread."""
+    from rlyard.routing import tool_client_for
+    from rlyard_app.launcher import Launcher
+
+    _, state = vision
+    first = state["services"]["image-tools"]
+    photo = _pattern(64, 48)
+    with Launcher([load_table().get("image-tools")], tmp_path / "logs", ephemeral_ports=True) as launcher:
+        second = launcher.start()["image-tools"]
+        replicas = {str(first["target"]): int(first["metrics_port"]), second.target: int(second.metrics_port or 0)}
+        before = {t: _open_sessions(m) for t, m in replicas.items()}
+
+        async def sessions() -> None:
+            async with tool_client_for(",".join(replicas)) as client:
+                for n in range(20):   # uuid4 ids: all 20 on one replica has odds of 2e-6
+                    sid = await client.open_session({}, attachments=[_png(photo, f"photo{n}")], timeout=10)
+                    crop = await client.call_tool("crop", {"image_id": f"photo{n}", "box": [n, 0, n + 8, 8]},
+                                                  session_id=sid, timeout=10)
+                    assert not crop.is_error, crop.content
+                    assert np.array_equal(_pixels(crop.content[1]), photo[0:8, n:n + 8])   # type: ignore[arg-type]
+                    assert await client.close_session(sid, timeout=10)
+
+        asyncio.run(sessions())
+        opened = [_open_sessions(m) - before[t] for t, m in replicas.items()]
+    assert sum(opened) == 20 and min(opened) >= 1, opened
+
+
+def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
+    """configs/imagent.yaml with `services: {tools: <the launched image-tools>}`: the tasks'
+    images reach the service in OpenSession, and a policy that zooms where the answer is reads it
+    from the zooms the service returns."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from envs.vision.imagent import REWARD_SPEC
+    from envs.vision.imagent import main as write_tasks
+    from envs.vision.imagent_scripted import ScriptedImagentPolicy
+    from trainer.compose import open_stack
+    from trainer.config import parse_config
+    from trainer.evaluate import evaluate
+    from trainer.model import init_policy
+
+    torch.set_num_threads(1)
+    _, state = vision
+    service = state["services"]["image-tools"]
+    target = str(service["target"])
+    before = _tool_calls(int(service["metrics_port"]))
+    data = tmp_path / "imagent"
+    write_tasks(["--out", str(data), "--n-train", "2", "--n-heldout", "8", "--seed", "0"])
+    init_policy(data / "policy", vision=True)
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
+    raw = json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
+    raw["services"] = {"tools": target}          # the deployed service instead of the embedded one
+    config = parse_config(raw, "imagent.yaml")
+
+    with open_stack(config) as stack:
+        assert stack.services.tools == target
+        tasks = stack.tasks(data / "heldout.jsonl")
+        assert all(len(t.attachments) >= 2 for t in tasks)       # 2-4 full-resolution images a task
+        policy = ScriptedImagentPolicy(AutoTokenizer.from_pretrained(data / "policy"), tasks, use_tools=True)
+        report = evaluate(policy, tasks, stack, reward_spec=REWARD_SPEC, rollout_config=config.stages[1].rollout,
+                          max_tool_calls=2)
+    assert report.n == 8 and report.infra_failures == 0
+    assert report.execution_accuracy >= 0.9 and report.answered_after_zoom == 1.0
+    zooms = _tool_calls(int(service["metrics_port"]))[("zoom", "ok")] - before.get(("zoom", "ok"), 0.0)
+    assert zooms == pytest.approx(report.mean_tool_calls * report.n)   # every call was served there
+
+
+def _open_sessions(metrics_port: int) -> float:
+    """OpenSession calls the launched server answered OK."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) if family.name == "rlyard_rpc"
+               for s in family.samples if s.name == "rlyard_rpc_total"
+               and s.labels["method"].endswith("OpenSession") and s.labels["code"] == "OK")
+
+
+def test_imagent_trains_on_the_trainer_images_packages_with_the_deployed_services(
+        vision: tuple[Any, dict[str, Any]], tmp_path: Path) -> None:
+    """`rlyard train -c` of configs/imagent.yaml (tiny steps) where only the packages of the
+    trainer's image (`train,workers`: no OpenCV) can be imported, as in its container: it runs
+    with `services: {tools: <image-tools>, reward: <reward service>}`, and every rollout's session,
+    with the task's images, is opened on the launched image tool server."""
+    from envs.vision.imagent import main as write_tasks
+    from rlyard_app.launcher import Launcher
+    from trainer.model import init_policy
+
+    sys.path.insert(0, str(ROOT / "scripts" / "docker"))
+    try:
+        from image_env import image_distributions, write_env
+    finally:
+        sys.path.pop(0)
+    table = load_table()
+    trainer_env = write_env(image_distributions(list(table.images["trainer"])), tmp_path / "trainer-env")
+    assert not (trainer_env / "cv2").exists()
+    _, state = vision
+    service = state["services"]["image-tools"]
+    opened = _open_sessions(int(service["metrics_port"]))
+
+    data = tmp_path / "imagent"
+    write_tasks(["--out", str(data), "--n-train", "4", "--n-heldout", "1", "--seed", "0"])
+    init_policy(data / "policy", vision=True)
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
+    raw = json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
+    sft, rl = raw["stages"]
+    sft.update(steps=1, batch_size=2)
+    rl["steps"] = 1
+    rl["rollout"].update(group_size=2, prompts_per_step=1, max_new_tokens_per_turn=16)
+    rl["algorithm"]["micro_batch_size"] = 2
+    raw["output_dir"] = str(tmp_path / "runs")
+    with Launcher([table.get("sql-tools"), table.get("reward")], tmp_path / "logs", ephemeral_ports=True) as launcher:
+        reward = launcher.start()["reward"]
+        raw["services"] = {"tools": str(service["target"]), "reward": reward.target}
+        config = tmp_path / "imagent.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        env = {**os.environ, "PYTHONPATH": f"{trainer_env}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-S", "-m", "rlyard_app.cli.main", "train", "-c", str(config),
+                                 "--run-id", "remote"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "remote" / "report.json").read_text())
+    assert report["state"] == "SUCCEEDED"
+    assert _open_sessions(int(service["metrics_port"])) - opened == 2      # group_size × prompts_per_step
+
+
+def test_the_launcher_stops_the_image_tools_cleanly(vision: tuple[Any, dict[str, Any]]) -> None:
+    launched, state = vision
+    child = int(state["services"]["image-tools"]["pid"])
+    launched.proc.send_signal(signal.SIGINT)
+    assert launched.exit_code(timeout=20) == 0, launched.output()
+    wait_for(lambda: not alive(child), 10, "the image tool server to exit")
