@@ -95,12 +95,12 @@ async def test_waiting_calls_start_when_no_call_has_finished_for_the_hold_time()
 
 
 async def test_calls_that_keep_finishing_keep_the_others_waiting() -> None:
-    c = Calls(min_group=2, hold_s=0.3)
+    c = Calls(min_group=2, hold_s=0.5)
     c.add(*ids("a", 6))                          # groups of 3
     for cid in ("a0", "a1"):
-        await asyncio.sleep(0.1)                 # progress within every hold time
+        await asyncio.sleep(0.2)                 # progress within every hold time (0.3 s to spare) ...
         await c.finish(cid)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)                     # ... though more than one hold time passes in all
     assert c.started == ids("a", 3)
     await c.finish("a2")
     assert c.started == ids("a", 6)
