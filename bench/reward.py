@@ -11,18 +11,24 @@ this process, for:
   both modes the SQL runs on the same SQL tool server (its own process): the
   reward service is a client of it, as in a deployment.
 
-Each mode is warmed up (gold results cached), then timed over ``--repeats``
-batches, the two modes in turns (so that both see the same load on a shared
-machine). Writes ``bench/results/reward.json`` with throughput, batch latency and
-the overhead ratio; the goal is < 20% over in-process at batch 256.
+The service is timed two ways: on the wire (the request ``RewardClient`` sends,
+built once, ``--form`` packed or items; the answer not converted: what the
+service and gRPC add, the goal's measure) and through ``RewardClient.score_batch``
+(items in, ``ScoreResult`` out, as the trainer calls it). Each mode is warmed up
+(gold results cached), then timed over ``--repeats`` batches, the three modes in
+turns (so that all see the same load on a shared machine), with the CPU time per
+item of this process and the reward service together. Writes
+``bench/results/reward.json`` with throughput, batch latency, CPU time and the
+overhead ratios; the goal is < 20% over in-process at batch 256.
 
-``python -m bench.reward [--batch 256] [--repeats 5] [--output F]``
+``python -m bench.reward [--batch 256] [--repeats 5] [--form packed|items] [--output F]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -83,19 +89,35 @@ def sql_items(n: int, rng: random.Random) -> list[ScoringItem]:
     return items
 
 
-async def _time_in_turns(modes: list[Callable[[], Awaitable[Any]]], repeats: int) -> list[list[float]]:
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time of process ``pid``, all its threads (Linux ``schedstat``, nanoseconds); 0 elsewhere."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(task.read_text().split()[0])
+    return total / 1e9
+
+
+async def _time_in_turns(modes: list[Callable[[], Awaitable[Any]]], repeats: int,
+                         server_pid: int | None) -> tuple[list[list[float]], list[float]]:
     """Times of each mode, taken in turns (the order rotated every repeat), so that all see the same
-    load when another job shares the machine."""
+    load when another job shares the machine; and each mode's CPU seconds per batch, this process's
+    and the reward service's together (read outside the timed part)."""
     for fn in modes:
         await fn()  # warm-up: caches, connections
     times: list[list[float]] = [[] for _ in modes]
+    cpu = [0.0 for _ in modes]
     for i in range(repeats):
         for k in range(len(modes)):
             slot = (i + k) % len(modes)
+            cpu_start = time.process_time() + _cpu_seconds(server_pid)
             start = time.perf_counter()
             await modes[slot]()
             times[slot].append(time.perf_counter() - start)
-    return times
+            cpu[slot] += time.process_time() + _cpu_seconds(server_pid) - cpu_start
+    return times, [c / repeats for c in cpu]
 
 
 def _stats(times: list[float], batch: int) -> dict[str, float]:
@@ -121,7 +143,7 @@ def _statuses(resp: reward_pb2.ScoreBatchResponse) -> list[int]:
 
 async def measure(
     name: str, items: list[ScoringItem], spec: RewardSpec, scorer: Scorer, client: RewardClient, repeats: int,
-    form: str = "packed",
+    form: str = "packed", server_pid: int | None = None,
 ) -> dict[str, Any]:
     """In-process vs service for one reward: the service on the wire (the request built once, the
     answer not converted) and through ``RewardClient.score_batch`` (items in, results out)."""
@@ -141,9 +163,12 @@ async def measure(
         results = await client.score_batch(items, spec)
         assert all(r.status == ScoreStatus.OK for r in results), [r.error for r in results if r.status != "OK"][:3]
 
-    local_times, remote_times, client_times = await _time_in_turns([in_process, service, through_client], repeats)
+    (local_times, remote_times, client_times), cpu = await _time_in_turns(
+        [in_process, service, through_client], repeats, server_pid)
     local, remote = _stats(local_times, len(items)), _stats(remote_times, len(items))
     via_client = _stats(client_times, len(items))
+    for stats, seconds in zip((local, remote, via_client), cpu, strict=True):
+        stats["cpu_us_per_item"] = round(seconds / len(items) * 1e6, 2)
     overhead = remote["batch_seconds_median"] / local["batch_seconds_median"] - 1.0
     return {
         "reward": name,
@@ -156,6 +181,10 @@ async def measure(
         "client": via_client,
         "overhead_client": round(via_client["batch_seconds_median"] / local["batch_seconds_median"] - 1.0, 4),
         "overhead_client_paired_quartiles": _quartiles(local_times, client_times),
+        # CPU time (this process and the reward service's) per batch over in-process: steady under load
+        "cpu_overhead": round(remote["cpu_us_per_item"] / local["cpu_us_per_item"] - 1.0, 4) if server_pid else None,
+        "cpu_overhead_client": (round(via_client["cpu_us_per_item"] / local["cpu_us_per_item"] - 1.0, 4)
+                                if server_pid else None),
         "goal": f"< {GOAL_OVERHEAD:.0%} over in-process",
         "pass": overhead < GOAL_OVERHEAD,
     }
@@ -171,7 +200,7 @@ def _services(tmp: Path) -> Launcher:
 
 
 async def run(batch: int, repeats: int, endpoints: dict[str, str], console: Console,
-              form: str = "packed") -> list[dict[str, Any]]:
+              form: str = "packed", server_pid: int | None = None) -> list[dict[str, Any]]:
     """Both rewards, both modes."""
     rng = random.Random(0)
     scorer, ctx = build_scorer(RewardSettings(sql_tools_target=endpoints["bench-sql-tools"], batch_concurrency=32))
@@ -180,7 +209,8 @@ async def run(batch: int, repeats: int, endpoints: dict[str, str], console: Cons
         async with RewardClient(endpoints["bench-reward"], timeout=600.0) as client:
             for name, items in (("qa_f1", qa_items(batch, rng)), ("sql_execution", sql_items(batch, rng))):
                 console.print(f"measuring {name} (batch {batch}, {repeats} repeats)…")
-                results.append(await measure(name, items, parse_spec({name: 1.0}), scorer, client, repeats, form))
+                results.append(await measure(name, items, parse_spec({name: 1.0}), scorer, client, repeats, form,
+                                             server_pid))
     finally:
         await ctx.close()
     return results
@@ -200,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rlyard-bench-") as tmp, _services(Path(tmp)) as launcher:
         started = launcher.start()
         endpoints = {name: e.target for name, e in started.items()}
-        results = asyncio.run(run(ns.batch, ns.repeats, endpoints, console, ns.form))
-    table = Table("reward", "batch", "in-process items/s", "service items/s", "overhead", "via client items/s",
-                  "overhead", "goal")
+        pid = started["bench-reward"].pid if Path(f"/proc/{started['bench-reward'].pid}/task").is_dir() else None
+        results = asyncio.run(run(ns.batch, ns.repeats, endpoints, console, ns.form, pid))
+    table = Table("reward", "batch", "in-process items/s", "service items/s", "overhead", "CPU", "via client items/s",
+                  "overhead", "CPU", "goal")
     for r in results:
+        cpu, cpu_client = (f"{r[k]:+.1%}" if r[k] is not None else "-" for k in ("cpu_overhead", "cpu_overhead_client"))
         table.add_row(r["reward"], str(r["batch"]), f"{r['in_process']['items_per_second']:.0f}",
-                      f"{r['service']['items_per_second']:.0f}", f"{r['overhead']:+.1%}",
-                      f"{r['client']['items_per_second']:.0f}", f"{r['overhead_client']:+.1%}",
+                      f"{r['service']['items_per_second']:.0f}", f"{r['overhead']:+.1%}", cpu,
+                      f"{r['client']['items_per_second']:.0f}", f"{r['overhead_client']:+.1%}", cpu_client,
                       "[green]pass[/]" if r["pass"] else "[red]FAIL[/]")
     console.print(table)
     report = {

@@ -22,11 +22,13 @@ def test_reward_bench_smoke(tmp_path: Path) -> None:
     for r in report["results"]:
         assert r["batch"] == 16 and r["request_form"] == "packed_items"
         for mode in ("in_process", "service", "client"):
-            assert r[mode]["items_per_second"] > 0
+            assert r[mode]["items_per_second"] > 0 and r[mode]["cpu_us_per_item"] > 0
             assert r[mode]["batch_seconds_min"] <= r[mode]["batch_seconds_median"] <= r[mode]["batch_seconds_max"]
         expected = r["service"]["batch_seconds_median"] / r["in_process"]["batch_seconds_median"] - 1
         assert abs(r["overhead"] - expected) < 1e-3
         assert r["pass"] == (r["overhead"] < 0.20)
+        cpu_ratio = r["service"]["cpu_us_per_item"] / r["in_process"]["cpu_us_per_item"]
+        assert abs(r["cpu_overhead"] - (cpu_ratio - 1)) < 1e-2
         via_client = r["client"]["batch_seconds_median"] / r["in_process"]["batch_seconds_median"] - 1
         assert abs(r["overhead_client"] - via_client) < 1e-3
         for key in ("overhead_paired_quartiles", "overhead_client_paired_quartiles"):
