@@ -48,4 +48,4 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def ScoreBatch(
         self, request: reward_pb2.ScoreBatchRequest, context: object
     ) -> reward_pb2.ScoreBatchResponse:
-        return batch_to_pb(await self.scorer.score_batch(batch_from_pb(request)))
+        return batch_to_pb(await self.scorer.score_batch(batch_from_pb(request)), request.packed_results)

@@ -10,7 +10,7 @@ from typing import Any
 
 from rlyard.client import _BaseClient
 from rlyard.domain import RewardSpec, ScoreResult, ScoringItem
-from rlyard.domain.convert import item_to_pb, score_from_pb, spec_to_pb
+from rlyard.domain.convert import batch_request_to_pb, batch_results_from_pb, item_to_pb, score_from_pb
 from rlyard.reward.v1 import reward_pb2, reward_pb2_grpc
 
 
@@ -31,6 +31,7 @@ class RewardClient(_BaseClient):
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
+        self._packed_items = True   # False once the server showed it predates PackedItems
 
     async def __aenter__(self) -> RewardClient:
         return self
@@ -54,7 +55,14 @@ class RewardClient(_BaseClient):
         spec: RewardSpec,
         timeout: float | None = None,
     ) -> list[ScoreResult]:
-        """Score many items under one spec; answers come in request order."""
-        request = reward_pb2.ScoreBatchRequest(items=[item_to_pb(i) for i in items], default_spec=spec_to_pb(spec))
+        """Score many items under one spec; answers come in request order. Items without a
+        trajectory travel in the packed form, and results come packed when they fit (the same
+        results either way); a server older than the packed form answers a packed batch with no
+        results, and then gets the batch again, and every later one, as ``items``."""
+        request = batch_request_to_pb(items, spec, packed=self._packed_items)
         resp = await self._unary(self.stub.ScoreBatch, request, timeout)
-        return [score_from_pb(r) for r in resp.results]
+        if request.HasField("packed_items") and not resp.results and not resp.HasField("packed"):
+            self._packed_items = False
+            request = batch_request_to_pb(items, spec, packed=False)
+            resp = await self._unary(self.stub.ScoreBatch, request, timeout)
+        return batch_results_from_pb(resp, [i.item_id for i in items])

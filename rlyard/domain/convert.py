@@ -8,10 +8,11 @@ contract does not define, JSON that does not parse, nests too deep or holds NaN)
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.encoder
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rlyard.common.v1 import common_pb2
@@ -26,7 +27,7 @@ from rlyard.domain.reward import (
     ScoringItem,
     StepScore,
 )
-from rlyard.domain.safejson import loads_json
+from rlyard.domain.safejson import MAX_JSON_DEPTH, depth_exceeds, loads_json
 from rlyard.domain.trajectory import (
     SystemFailure,
     ToolCall,
@@ -262,10 +263,15 @@ def item_from_pb(pb: reward_pb2.ScoreRequest, where: str | int = "") -> ScoringI
 
 
 def batch_from_pb(request: reward_pb2.ScoreBatchRequest) -> list[tuple[ScoringItem, RewardSpec]]:
-    """The items of ``ScoreBatchRequest`` with their specs, in one pass: each distinct spec is parsed
-    once (items that repeat it share one ``RewardSpec``, so the scorer binds it once). InvalidArgument
-    names an item that does not convert or has no spec while the batch has no ``default_spec``."""
+    """The items of ``ScoreBatchRequest`` (``items`` or ``packed_items``) with their specs, in one
+    pass: each distinct spec is parsed once (items that repeat it share one ``RewardSpec``, so the
+    scorer binds it once). InvalidArgument names an item that does not convert or has no spec while
+    the batch has no ``default_spec``."""
     default = spec_from_pb(request.default_spec) if request.default_spec.terms else None
+    if request.HasField("packed_items"):
+        if request.items:
+            raise InvalidArgument("a ScoreBatchRequest sets items or packed_items, not both")
+        return _packed_items_from_pb(request.packed_items, default)
     specs: dict[bytes, RewardSpec] = {}
     plan = []
     for i, pb in enumerate(request.items):
@@ -280,6 +286,72 @@ def batch_from_pb(request: reward_pb2.ScoreBatchRequest) -> list[tuple[ScoringIt
                                   "default_spec")
         plan.append((item_from_pb(pb, i), spec))
     return plan
+
+
+def _column(values: Any, n: int, name: str, unset: Any) -> Any:
+    """A ``PackedItems`` list: one entry per item, or none (every item ``unset``)."""
+    if not values:
+        return itertools.repeat(unset, n)
+    if len(values) != n:
+        raise InvalidArgument(f"packed_items.{name} has {len(values)} entries for {n} items (item_ids): "
+                              "give one per item, or none")
+    return values
+
+
+def _packed_items_from_pb(pb: reward_pb2.PackedItems, spec: RewardSpec | None) -> list[tuple[ScoringItem, RewardSpec]]:
+    """The items of ``PackedItems``, each under ``spec``; errors name items as ``batch_from_pb`` does."""
+    ids = list(pb.item_ids)
+    n = len(ids)
+    predictions = _column(pb.predictions, n, "predictions", "")
+    steps = _column(pb.training_steps, n, "training_steps", 0)
+    truths = _packed_truths(pb.ground_truths_json, ids)
+    if spec is None:
+        if n:
+            raise InvalidArgument(f"items[0] (item {ids[0][:80]!r}) has no spec and the batch has no default_spec")
+        return []
+    # the columns are checked against ids above; an unset one repeats without end
+    return [(ScoringItem(item_id, prediction, None, truth, step), spec)
+            for item_id, prediction, truth, step in zip(ids, predictions, truths, steps, strict=False)]
+
+
+def _packed_truths(text: str, ids: list[str]) -> Any:
+    """The ground truths of ``PackedItems``: one JSON text for the batch (one parse instead of one per
+    item); an item that nests deeper than ``MAX_JSON_DEPTH`` is named as in ``item_from_pb``."""
+    if not text:
+        return itertools.repeat(None, len(ids))
+    field = "packed_items.ground_truths_json"
+    values = loads_json(text, field, check_depth=False)
+    if not isinstance(values, list) or len(values) != len(ids):
+        what = f"{len(values)} entries" if isinstance(values, list) else f"a JSON {type(values).__name__}"
+        raise InvalidArgument(f"{field} must be a JSON array with one entry per item ({len(ids)}), not {what}")
+    # fewer opening brackets than the limit cannot nest past it; + 1: the array around the items
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH + 1 and depth_exceeds(values, MAX_JSON_DEPTH + 1):
+        i = next(i for i, v in enumerate(values) if depth_exceeds(v, MAX_JSON_DEPTH))
+        raise InvalidArgument(f"items[{i}] (item {_short(ids[i])}): ground_truth_json nests deeper than "
+                              f"{MAX_JSON_DEPTH} levels")
+    return values
+
+
+def batch_request_to_pb(items: Sequence[ScoringItem], spec: RewardSpec, *,
+                        packed: bool = True) -> reward_pb2.ScoreBatchRequest:
+    """``ScoreBatchRequest`` of ``items`` under ``spec``, asking for packed results; with ``packed``,
+    items without a trajectory go in ``packed_items`` (all of them, or the batch goes in ``items``)."""
+    request = reward_pb2.ScoreBatchRequest(default_spec=spec_to_pb(spec), packed_results=True)
+    if not (packed and items and all(i.trajectory is None for i in items)):
+        request.items.extend([item_to_pb(i) for i in items])
+        return request
+    pb = request.packed_items
+    pb.item_ids.extend([i.item_id for i in items])
+    predictions = [i.prediction for i in items]
+    if any(predictions):
+        pb.predictions.extend(predictions)
+    truths = [i.ground_truth for i in items]
+    if any(t is not None for t in truths):
+        pb.ground_truths_json = json.dumps(truths)   # one text: json.dumps costs ~1 µs a call beside the work
+    steps = [i.training_step for i in items]
+    if any(steps):
+        pb.training_steps.extend(steps)
+    return request
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -309,13 +381,43 @@ def score_to_pb(score: ScoreResult) -> reward_pb2.ScoreResponse:
     return pb
 
 
-def batch_to_pb(scores: Iterable[ScoreResult]) -> reward_pb2.ScoreBatchResponse:
-    """``ScoreBatchResponse``, each result written in place (no sub-message built and then copied)."""
+def batch_to_pb(scores: Sequence[ScoreResult], packed: bool = False) -> reward_pb2.ScoreBatchResponse:
+    """``ScoreBatchResponse``: with ``packed``, in ``packed`` when the results fit it (the same
+    components in every result, no step rewards), else each result written in place in ``results``
+    (no sub-message built and then copied)."""
     response = reward_pb2.ScoreBatchResponse()
+    if packed and scores and _fill_packed(response.packed, scores):
+        return response
     add = response.results.add
     for score in scores:
         _fill_score(add(), score)
     return response
+
+
+def _fill_packed(pb: reward_pb2.PackedScores, scores: Sequence[ScoreResult]) -> bool:
+    """Write ``scores`` into ``pb`` field by field; False (nothing written) when they do not fit."""
+    first = scores[0].components
+    names = [c.name for c in first]
+    weights = [c.weight for c in first]
+    k = len(names)
+    for score in scores:
+        if score.step_rewards or len(score.components) != k:
+            return False
+        for c, name, weight in zip(score.components, names, weights, strict=True):
+            if c.name != name or c.weight != weight:
+                return False
+    status = _SCORE_STATUS_PB
+    pb.totals.extend([s.total for s in scores])
+    pb.statuses.extend([status[s.status] for s in scores])
+    pb.explanations.extend([s.explanation for s in scores])
+    pb.errors.extend([s.error for s in scores])
+    pb.component_names.extend(names)
+    pb.component_weights.extend(weights)
+    components = [c for s in scores for c in s.components] if k != 1 else [s.components[0] for s in scores]
+    pb.component_values.extend([c.value for c in components])
+    pb.component_explanations.extend([c.explanation for c in components])
+    pb.component_statuses.extend([status[c.status] for c in components])
+    return True
 
 
 def _fill_score(pb: reward_pb2.ScoreResponse, score: ScoreResult) -> None:
@@ -343,6 +445,38 @@ def score_from_pb(pb: reward_pb2.ScoreResponse) -> ScoreResult:
         status=_SCORE_STATUS.get(pb.status, ScoreStatus.SYSTEM_ERROR),
         error=pb.error,
     )
+
+
+def batch_results_from_pb(response: reward_pb2.ScoreBatchResponse, item_ids: Sequence[str]) -> list[ScoreResult]:
+    """The ``ScoreResult`` of each item of a batch, from ``results`` or ``packed`` (whose results take
+    their ids from the request's ``item_ids``); ValueError when ``packed`` does not hold one result
+    per item."""
+    if not response.HasField("packed"):
+        return [score_from_pb(r) for r in response.results]
+    pb = response.packed
+    n, names, weights = len(item_ids), list(pb.component_names), list(pb.component_weights)
+    k = len(names)
+    expected = {"totals": n, "statuses": n, "explanations": n, "errors": n, "component_weights": k,
+                "component_values": n * k, "component_explanations": n * k, "component_statuses": n * k}
+    wrong = {f: len(getattr(pb, f)) for f, size in expected.items() if len(getattr(pb, f)) != size}
+    if wrong:
+        raise ValueError(f"the reward service's packed answer does not fit {n} items of {k} components: {wrong}")
+    unknown = ScoreStatus.SYSTEM_ERROR
+    statuses = [_SCORE_STATUS.get(s, unknown) for s in pb.statuses]
+    values, explanations = list(pb.component_values), list(pb.component_explanations)
+    c_statuses = [_SCORE_STATUS.get(s, unknown) for s in pb.component_statuses]
+    components: Iterable[list[ComponentScore]]
+    if k == 1:
+        name, weight = names[0], weights[0]
+        components = ([ComponentScore(name, v, weight, e, s)]
+                      for v, e, s in zip(values, explanations, c_statuses, strict=True))
+    else:
+        components = ([ComponentScore(names[j], values[b + j], weights[j], explanations[b + j], c_statuses[b + j])
+                       for j in range(k)] for b in range(0, n * k, k))
+    totals, item_explanations, errors = list(pb.totals), list(pb.explanations), list(pb.errors)
+    return [ScoreResult(item_id, total, parts, [], explanation, status, error)
+            for item_id, total, parts, explanation, status, error
+            in zip(item_ids, totals, components, item_explanations, statuses, errors, strict=True)]
 
 
 # --- graph memory --------------------------------------------------------------------------

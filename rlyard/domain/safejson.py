@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from rlyard.errors import InvalidArgument
@@ -21,9 +20,10 @@ def _refuse_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
-def loads_json(text: str | bytes, field: str) -> Any:
+def loads_json(text: str | bytes, field: str, *, check_depth: bool = True) -> Any:
     """``json.loads`` that refuses, naming ``field``: text that does not parse, nesting deeper than
-    ``MAX_JSON_DEPTH``, NaN/Infinity, and integers past Python's digit limit."""
+    ``MAX_JSON_DEPTH`` (without ``check_depth``: the caller checks, e.g. with ``depth_exceeds``),
+    NaN/Infinity, and integers past Python's digit limit."""
     try:
         value = _DECODER.decode(text) if isinstance(text, str) else json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -35,6 +35,8 @@ def loads_json(text: str | bytes, field: str) -> Any:
         if isinstance(exc, UnicodeDecodeError):
             what = "it is not UTF-8"
         raise InvalidArgument(f"{field} is not valid JSON: {what}") from None
+    if not check_depth:
+        return value
     # fewer opening brackets than the limit cannot nest past it (the walk costs more than the parse)
     brackets = text.count("[") + text.count("{") if isinstance(text, str) else MAX_JSON_DEPTH + 1
     if brackets > MAX_JSON_DEPTH and depth_exceeds(value, MAX_JSON_DEPTH):
@@ -42,18 +44,18 @@ def loads_json(text: str | bytes, field: str) -> Any:
     return value
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest deeper than ``limit`` levels (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Iterable[Any] = node.values()
-        elif isinstance(node, list | tuple):
-            children = node
-        else:
-            continue
+    """Whether lists and objects nest deeper than ``limit`` levels (level by level: no recursion,
+    and one comprehension a level instead of one step per container)."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, _CONTAINERS)]
     return False

@@ -129,15 +129,55 @@ class ScoreResponse(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., total: _Optional[float] = ..., components: _Optional[_Iterable[_Union[RewardComponent, _Mapping]]] = ..., step_rewards: _Optional[_Iterable[_Union[StepReward, _Mapping]]] = ..., explanation: _Optional[str] = ..., status: _Optional[_Union[ScoreStatus, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("items", "default_spec")
+    __slots__ = ("items", "default_spec", "packed_items", "packed_results")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SPEC_FIELD_NUMBER: _ClassVar[int]
+    PACKED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoreRequest]
     default_spec: RewardSpec
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ..., default_spec: _Optional[_Union[RewardSpec, _Mapping]] = ...) -> None: ...
+    packed_items: PackedItems
+    packed_results: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ..., default_spec: _Optional[_Union[RewardSpec, _Mapping]] = ..., packed_items: _Optional[_Union[PackedItems, _Mapping]] = ..., packed_results: _Optional[bool] = ...) -> None: ...
+
+class PackedItems(_message.Message):
+    __slots__ = ("item_ids", "predictions", "ground_truths_json", "training_steps")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    GROUND_TRUTHS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    predictions: _containers.RepeatedScalarFieldContainer[str]
+    ground_truths_json: str
+    training_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[str]] = ..., ground_truths_json: _Optional[str] = ..., training_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoreResponse]
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResponse, _Mapping]]] = ...) -> None: ...
+    packed: PackedScores
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResponse, _Mapping]]] = ..., packed: _Optional[_Union[PackedScores, _Mapping]] = ...) -> None: ...
+
+class PackedScores(_message.Message):
+    __slots__ = ("totals", "statuses", "explanations", "errors", "component_names", "component_weights", "component_values", "component_explanations", "component_statuses")
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_STATUSES_FIELD_NUMBER: _ClassVar[int]
+    totals: _containers.RepeatedScalarFieldContainer[float]
+    statuses: _containers.RepeatedScalarFieldContainer[ScoreStatus]
+    explanations: _containers.RepeatedScalarFieldContainer[str]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    component_names: _containers.RepeatedScalarFieldContainer[str]
+    component_weights: _containers.RepeatedScalarFieldContainer[float]
+    component_values: _containers.RepeatedScalarFieldContainer[float]
+    component_explanations: _containers.RepeatedScalarFieldContainer[str]
+    component_statuses: _containers.RepeatedScalarFieldContainer[ScoreStatus]
+    def __init__(self, totals: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[ScoreStatus, str]]] = ..., explanations: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., component_names: _Optional[_Iterable[str]] = ..., component_weights: _Optional[_Iterable[float]] = ..., component_values: _Optional[_Iterable[float]] = ..., component_explanations: _Optional[_Iterable[str]] = ..., component_statuses: _Optional[_Iterable[_Union[ScoreStatus, str]]] = ...) -> None: ...
