@@ -12,9 +12,15 @@ Writes, under one directory (``secrets/`` by default, which git ignores):
                                         may name any; they serve nothing, so no token of their own)
     client.env                          what a process on the host needs to call the services
                                         (``set -a; . secrets/client.env; set +a``)
+    backing/<store>-password            a random password per backing store with ``password_env``
+                                        (PostgreSQL reads it through POSTGRES_PASSWORD_FILE)
+    backing/<store>.conf, <store>.env   Redis (``requirepass``): ``requirepass <password>``, which
+                                        redis-server loads, and REDISCLI_AUTH for its probe
     k8s-secrets.yaml                    the same as Kubernetes Secrets (``kubectl apply -f``)
 
-Keys are EC P-256, written mode 0600. Nothing is overwritten without ``force``.
+The stores' users get their URLs with the password in their token files (``secret_urls``: the
+memory's RLYARD_MEMORY_DB_URL, the workers' and the trainer's RLYARD_WORKERS_BROKER_URL).
+Keys, tokens and passwords are written mode 0600. Nothing is overwritten without ``force``.
 """
 
 from __future__ import annotations
@@ -32,8 +38,23 @@ import yaml
 
 from rlyard.errors import ConfigError
 from rlyard.tls import ClientTLS
-from rlyard_app.deploy import NAMESPACE, PROJECT, TLS_FILES, TLS_SECRET, headless_name, routes_sessions, tokens_secret
-from rlyard_app.services import ServiceSpec, ServiceTable
+from rlyard_app.deploy import (
+    BACKING_DIR,
+    NAMESPACE,
+    PROBE_AUTH,
+    PROJECT,
+    TLS_FILES,
+    TLS_SECRET,
+    credentials_secret,
+    headless_name,
+    password_store,
+    routes_sessions,
+    secret_urls,
+    store_secret_file,
+    tokens_secret,
+    with_password,
+)
+from rlyard_app.services import BackingService, ServiceSpec, ServiceTable, WorkerSpec
 
 try:
     from cryptography import x509
@@ -165,6 +186,31 @@ def make_tokens(table: ServiceTable) -> dict[str, str]:
     return {s.name: secrets.token_urlsafe(32) for s in table.services}
 
 
+def make_passwords(table: ServiceTable) -> dict[str, str]:
+    """A random password per backing store that takes one (URL-safe: it goes into URLs as it is)."""
+    return {b.name: secrets.token_urlsafe(32) for b in table.backing if b.has_password}
+
+
+def url_env(table: ServiceTable, spec: ServiceSpec | WorkerSpec, passwords: dict[str, str]) -> dict[str, str]:
+    """A container's store URLs (``secret_urls``) with the stores' passwords in them."""
+    env = {}
+    for key, url in secret_urls(table, spec).items():
+        store = password_store(table, url)
+        if store is not None:     # always: secret_urls holds only such URLs
+            env[key] = with_password(url, passwords[store.name])
+    return env
+
+
+def store_files(store: BackingService, password: str) -> dict[str, str]:
+    """A store's secret files by name: its password file or Redis config, and for Redis the env
+    file of its probe."""
+    if store.requirepass:
+        return {store_secret_file(store): f"requirepass {password}\n",
+                f"{store.name}.env": _env_text(f"the password of {store.name}'s probe (rlyard certs)",
+                                               {PROBE_AUTH: password})}
+    return {store_secret_file(store): password}
+
+
 def service_token_env(table: ServiceTable, spec: ServiceSpec, tokens: dict[str, str]) -> dict[str, str]:
     """A service's token variables: its own token, and one per service it calls (by service name)."""
     return {"RLYARD_AUTH_TOKEN": tokens[spec.name],
@@ -209,8 +255,9 @@ def _env_text(header: str, env: dict[str, str]) -> str:
 
 
 def k8s_secrets(table: ServiceTable, pems: dict[str, bytes], tokens: dict[str, str],
-                namespace: str) -> list[dict[str, object]]:
-    """The TLS Secret (without the CA's key), each service's and each worker's token Secret."""
+                namespace: str, passwords: dict[str, str]) -> list[dict[str, object]]:
+    """The TLS Secret (without the CA's key), each service's and each worker's token Secret (with
+    its store URLs, ``url_env``), and each store's credentials Secret."""
     labels = {"app.kubernetes.io/part-of": PROJECT}
     docs: list[dict[str, object]] = [{
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -221,13 +268,22 @@ def k8s_secrets(table: ServiceTable, pems: dict[str, bytes], tokens: dict[str, s
         docs.append({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": tokens_secret(spec), "namespace": namespace, "labels": labels},
-            "stringData": service_token_env(table, spec, tokens),
+            "stringData": service_token_env(table, spec, tokens) | url_env(table, spec, passwords),
         })
     for worker in table.workers:
         docs.append({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": tokens_secret(worker), "namespace": namespace, "labels": labels},
-            "stringData": worker_token_env(table, tokens),
+            "stringData": worker_token_env(table, tokens) | url_env(table, worker, passwords),
+        })
+    for store in (b for b in table.backing if b.has_password):
+        data = {store_secret_file(store): store_files(store, passwords[store.name])[store_secret_file(store)]}
+        if store.requirepass:
+            data[PROBE_AUTH] = passwords[store.name]
+        docs.append({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": credentials_secret(store), "namespace": namespace, "labels": labels},
+            "stringData": data,
         })
     return docs
 
@@ -251,6 +307,7 @@ def write_certs(table: ServiceTable, out: Path, *, days: int = 365, force: bool 
     _require_cryptography()
     pems = make_tls(server_names(table), days)
     tokens = make_tokens(table)
+    passwords = make_passwords(table)
     tls_dir = out / "tls"
     files: list[tuple[Written, bytes, bool]] = []
     what = {"ca.pem": "CA certificate", "ca-key.pem": "CA key (keep it off the cluster)",
@@ -260,20 +317,25 @@ def write_certs(table: ServiceTable, out: Path, *, days: int = 365, force: bool 
     for name, pem in pems.items():
         files.append((Written(tls_dir / name, what[name]), pem, name.endswith("-key.pem")))
     for spec in table.services:
-        env = service_token_env(table, spec, tokens)
+        env = service_token_env(table, spec, tokens) | url_env(table, spec, passwords)
         callee_names = ", ".join(s.name for s in callees(table, spec)) or "none"
         text = _env_text(f"tokens of {spec.name} (rlyard certs): its own, and those of what it calls", env)
         files.append((Written(out / "tokens" / f"{spec.name}.env",
                               f"{spec.name}'s token and its callees' ({callee_names})"), text.encode(), True))
     for worker in table.workers:
         text = _env_text(f"tokens of the {worker.name}s (rlyard certs): those of every service",
-                         worker_token_env(table, tokens))
+                         worker_token_env(table, tokens) | url_env(table, worker, passwords))
         files.append((Written(out / "tokens" / f"{worker.name}.env", f"the {worker.name}s' tokens of every service"),
                       text.encode(), True))
+    for store in (b for b in table.backing if b.has_password):
+        for name, text in store_files(store, passwords[store.name]).items():
+            label = (f"{store.name}'s password for its probe" if name.endswith(".env") else
+                     f"{store.name}'s config (requirepass)" if store.requirepass else f"{store.name}'s password")
+            files.append((Written(out / BACKING_DIR / name, label), text.encode(), True))
     host_env = client_env(table, tokens, tls_dir.resolve())
     files.append((Written(out / "client.env", "TLS and tokens for clients on this host"),
                   _env_text("set -a; . client.env; set +a  (rlyard certs)", host_env).encode(), True))
-    manifest = yaml.safe_dump_all(k8s_secrets(table, pems, tokens, namespace), sort_keys=False)
+    manifest = yaml.safe_dump_all(k8s_secrets(table, pems, tokens, namespace, passwords), sort_keys=False)
     files.append((Written(out / "k8s-secrets.yaml", f"the same as Kubernetes Secrets (namespace {namespace})"),
                   manifest.encode(), True))
     existing = [w.path for w, _, _ in files if w.path.exists()]

@@ -20,6 +20,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -59,6 +60,10 @@ TLS_SECRET = "rlyard-tls"
 TLS_FILES = {"ca.pem": "ca.crt", "server.pem": "tls.crt", "server-key.pem": "tls.key",
              "client.pem": "client.crt", "client-key.pem": "client.key"}
 SECRETS_MOUNT = "/run/secrets"
+# The backing stores' passwords (``BackingService.has_password``) that ``rlyard certs`` writes under
+# ``<dir>/backing/``; with tls on, Compose mounts them as secrets and Kubernetes as ``<store>-credentials``.
+BACKING_DIR = "backing"
+PROBE_AUTH = "REDISCLI_AUTH"    # the variable redis-cli (the Redis probe) takes the password from
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -144,14 +149,91 @@ def tls_env(table: ServiceTable) -> dict[str, str]:
 
 
 def worker_env(table: ServiceTable, worker: WorkerSpec) -> dict[str, str]:
-    """A worker container's environment besides its tokens: the table's ``env`` and the client TLS."""
-    return worker.env | client_tls_env(table)
+    """A worker container's environment besides its tokens: the table's ``env`` and the client TLS
+    (with tls on, without its broker URL: ``secret_urls``)."""
+    return _public(table, worker, worker.env | client_tls_env(table))
 
 
 def service_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
     """``container_env`` with the table's TLS settings over it: what a container's environment holds
-    besides its tokens."""
-    return container_env(spec) | tls_env(table)
+    besides its tokens (and, with tls on, the store URLs of ``secret_urls``)."""
+    return _public(table, spec, container_env(spec) | tls_env(table))
+
+
+# --- the backing stores' passwords (tls on) ------------------------------------------------
+
+
+def password_store(table: ServiceTable, value: str) -> BackingService | None:
+    """The backing store with a password whose host and port the URL ``value`` names, if any."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    return next((b for b in table.backing if b.has_password and parts.hostname == b.name and port == b.port), None)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in its user information (the user kept: ``redis://:PW@redis:6379/0``)."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{password}@{host}"))
+
+
+def secret_urls(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> dict[str, str]:
+    """The variables of a container's environment that are URLs of a backing store with a password,
+    as the table writes them (the memory's RLYARD_MEMORY_DB_URL, the workers' broker URL). With tls
+    on they leave the rendered environment: the container reads them, with the password of ``rlyard
+    certs``, from its env file / token Secret. A client kind (the trainer, which submits to the
+    workers' broker) also gets the workers' URLs of the stores client pods reach (``clients``)."""
+    env = spec.env | spec.container_env if isinstance(spec, ServiceSpec) else spec.env
+    found = {k: v for k, v in env.items() if password_store(table, v)}
+    if isinstance(spec, ServiceSpec) and spec.kind in CLIENT_KINDS:
+        for worker in table.workers:
+            for key, value in worker.env.items():
+                store = password_store(table, value)
+                if store is not None and store.clients:
+                    found.setdefault(key, value)
+    return found
+
+
+def _public(table: ServiceTable, spec: ServiceSpec | WorkerSpec, env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the ``secret_urls`` of ``spec`` when the table's tls is on."""
+    if not table.tls.enabled:
+        return env
+    hidden = secret_urls(table, spec)
+    return {k: v for k, v in env.items() if k not in hidden}
+
+
+def store_secret_file(store: BackingService) -> str:
+    """The secret file of a store with a password: a file of the password (read through
+    ``<password_env>_FILE``) or Redis's config file; under ``/run/secrets`` in the container."""
+    return f"{store.name}.conf" if store.requirepass else f"{store.name}-password"
+
+
+def credentials_secret(store: BackingService) -> str:
+    """The Kubernetes Secret with a store's password (``<dir>/backing/`` under Compose)."""
+    return f"{store.name}-credentials"
+
+
+def backing_env(table: ServiceTable, store: BackingService) -> dict[str, str]:
+    """A store's environment: the table's, with tls on ``<password_env>_FILE`` (the secret file) in
+    place of ``<password_env>`` (the table's password)."""
+    if not (table.tls.enabled and store.password_env):
+        return store.env
+    return {(f"{k}_FILE" if k == store.password_env else k):
+            (f"{SECRETS_MOUNT}/{store_secret_file(store)}" if k == store.password_env else v)
+            for k, v in store.env.items()}
+
+
+def backing_command(table: ServiceTable, store: BackingService) -> list[str]:
+    """A store's command: the table's; with tls on, Redis loads the secret config file (its
+    ``requirepass``) first, so the password is on no command line (options after it add to it)."""
+    if not (table.tls.enabled and store.requirepass):
+        return list(store.command)
+    return [store.command[0], f"{SECRETS_MOUNT}/{store_secret_file(store)}", *store.command[1:]]
 
 
 def server_settings(spec: ServiceSpec) -> ServerSettings:
@@ -312,8 +394,11 @@ def _compose_secret(key: str) -> str:
 
 
 def compose_secrets(table: ServiceTable) -> dict[str, Any]:
-    """The top-level secrets: the files ``rlyard certs --out <dir>`` wrote (the CA's key stays out)."""
-    return {_compose_secret(key): {"file": f"./{table.tls.dir}/tls/{name}"} for name, key in TLS_FILES.items()}
+    """The top-level secrets: the files ``rlyard certs --out <dir>`` wrote (the CA's key stays out),
+    and the stores' password files."""
+    stores = [store_secret_file(b) for b in table.backing if b.has_password]
+    return ({_compose_secret(key): {"file": f"./{table.tls.dir}/tls/{name}"} for name, key in TLS_FILES.items()}
+            | {_compose_secret(name): {"file": f"./{table.tls.dir}/{BACKING_DIR}/{name}"} for name in stores})
 
 
 def volume_name(store: BackingService) -> str:
@@ -327,18 +412,24 @@ def compose_image(store: BackingService) -> str:
     return f"${{{store.image_variable}:-{store.image}}}"
 
 
-def compose_backing(store: BackingService) -> dict[str, Any]:
+def compose_backing(table: ServiceTable, store: BackingService) -> dict[str, Any]:
     """A backing store under Compose: its own image, a named volume (a tmpfs when it is not
-    persistent), healthy when its probe passes; not published on the host (only the services reach it)."""
+    persistent), healthy when its probe passes; not published on the host (only the services reach it).
+    With tls on, a store with a password reads it from its secret file (Redis's probe from its env file)."""
     service: dict[str, Any] = {"image": _Quoted(compose_image(store))}
     if "all" not in store.profiles:
         service["profiles"] = list(store.profiles)
     if store.command:
-        service["command"] = list(store.command)
+        service["command"] = backing_command(table, store)
+    if table.tls.enabled and store.has_password:
+        name = store_secret_file(store)
+        service["secrets"] = [{"source": _compose_secret(name), "target": name}]
+        if store.requirepass:
+            service["env_file"] = [{"path": f"{table.tls.dir}/{BACKING_DIR}/{store.name}.env", "required": True}]
     data = {"volumes": [f"{volume_name(store)}:{store.data_dir}"]} if store.persistent else {}
     return service | {
         "user": _Quoted(f"{store.run_as}:{store.run_as}"),
-        "environment": _quoted(store.env),
+        "environment": _quoted(backing_env(table, store)),
         **data,
         "read_only": True,
         "tmpfs": list(store.writable) + ([] if store.persistent else [store.data_dir]),
@@ -402,7 +493,7 @@ def render_compose(table: ServiceTable) -> str:
     _check_names(table)
     doc: dict[str, Any] = {
         "name": PROJECT,
-        "services": {store.name: compose_backing(store) for store in table.backing}
+        "services": {store.name: compose_backing(table, store) for store in table.backing}
         | {init_name(v): compose_volume_init(table, v) for v in table.volumes if v.init}
         | {spec.name: compose_service(table, spec) for spec in table.services}
         | {worker.name: compose_worker(table, worker) for worker in table.workers},
@@ -699,7 +790,7 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
         "image": store.image,
         "imagePullPolicy": "IfNotPresent",
         # the image's entrypoint stays, as under Compose
-        **({"args": list(store.command)} if store.command else {}),
+        **({"args": backing_command(table, store)} if store.command else {}),
         "envFrom": [{"configMapRef": {"name": f"{store.name}-env"}}],
         "ports": [{"name": "db", "containerPort": store.port, "protocol": "TCP"}],
         "startupProbe": probe | {"periodSeconds": 2, "failureThreshold": 60},
@@ -710,9 +801,20 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
         "volumeMounts": [{"name": "data", "mountPath": store.data_dir}]
         + [{"name": name, "mountPath": path} for name, path in scratch],
     }
+    env = backing_env(table, store)
+    volumes: list[dict[str, Any]] = [{"name": name, "emptyDir": {"sizeLimit": "64Mi"}} for name, _ in scratch]
+    if table.tls.enabled and store.has_password:
+        # the password file or config file from the store's Secret (``rlyard certs``), group-readable
+        name = store_secret_file(store)
+        container["volumeMounts"].append({"name": "credentials", "mountPath": SECRETS_MOUNT, "readOnly": True})
+        volumes.append({"name": "credentials", "secret": {"secretName": credentials_secret(store), "defaultMode": 0o440,
+                                                          "items": [{"key": name, "path": name}]}})
+        if store.requirepass:
+            container["env"] = [{"name": PROBE_AUTH, "valueFrom": {"secretKeyRef": {
+                "name": credentials_secret(store), "key": PROBE_AUTH}}}]
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": f"{store.name}-env", "namespace": NAMESPACE, "labels": labels},
-                 "data": _quoted(store.env)}
+                 "data": _quoted(env)}
     statefulset: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -723,7 +825,7 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": labels,
-                             "annotations": _quoted({"rlyard.dev/env-sha256": _config_hash(store.env)})},
+                             "annotations": _quoted({"rlyard.dev/env-sha256": _config_hash(env)})},
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
@@ -735,8 +837,7 @@ def k8s_backing(table: ServiceTable, store: BackingService) -> list[dict[str, An
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": name, "emptyDir": {"sizeLimit": "64Mi"}} for name, _ in scratch]
-                    + ([] if store.persistent else [{"name": "data", "emptyDir": {}}]),
+                    "volumes": volumes + ([] if store.persistent else [{"name": "data", "emptyDir": {}}]),
                 },
             },
         },
@@ -796,7 +897,8 @@ def k8s_env(table: ServiceTable, spec: ServiceSpec) -> dict[str, str]:
     """``container_env`` with each tool service that ``spec`` calls addressed through its headless
     Service (``routed_target``) instead of its ClusterIP Service."""
     peers = {name: routed_target(table.get(name)) for name in spec.peer_ports if routes_sessions(table.get(name))}
-    return spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port, peers) | spec.container_env
+    return _public(table, spec, spec.runtime_env(CONTAINER_HOST, spec.port, spec.metrics_port, peers)
+                   | spec.container_env)
 
 
 def pod_labels(table: ServiceTable, spec: ServiceSpec | WorkerSpec) -> dict[str, str]:

@@ -166,6 +166,18 @@ class BackingService:
     # the reference it is tagged with; Compose runs it when RLYARD_<NAME>_IMAGE names it
     offline_dockerfile: str = ""
     offline_image: str = ""
+    # With the table's tls on, the random password ``rlyard certs`` makes for the store replaces the
+    # table's (docs/deployment.md, "TLS and tokens"). ``password_env``: the variable of ``env`` that
+    # holds the table's password; it gives way to ``<password_env>_FILE``, a secret file (the official
+    # images' convention: POSTGRES_PASSWORD_FILE). ``requirepass``: Redis; the command loads a secret
+    # config file (``requirepass <password>``) first and the probe's redis-cli reads REDISCLI_AUTH.
+    password_env: str = ""
+    requirepass: bool = False
+
+    @property
+    def has_password(self) -> bool:
+        """Whether the store takes the password of ``rlyard certs`` when the table's tls is on."""
+        return bool(self.password_env) or self.requirepass
 
     @property
     def image_variable(self) -> str:
@@ -288,6 +300,8 @@ def _backing(raw: dict[str, Any]) -> BackingService:
             clients=bool(raw.get("clients", False)),
             offline_dockerfile=str(raw.get("offline_dockerfile", "")),
             offline_image=str(raw.get("offline_image", "")),
+            password_env=str(raw.get("password_env", "")),
+            requirepass=bool(raw.get("requirepass", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad backing entry {raw!r} in the service table: {exc}") from None
@@ -356,6 +370,15 @@ def load_table(path: Path = DEFAULT_TABLE) -> ServiceTable:
             if not mount_path or ":" in mount_path:
                 raise ConfigError(f"{path}: {u.name} mounts {name} at {mount!r}; give a path, or path:ro for "
                                   "read-only")
+    for b in backing:
+        if b.password_env and b.password_env not in b.env:
+            raise ConfigError(f"{path}: backing {b.name} has password_env {b.password_env}, which its env does not set")
+        if b.password_env and b.requirepass:
+            raise ConfigError(f"{path}: backing {b.name} sets both password_env and requirepass; keep the one its "
+                              "image takes")
+        if b.requirepass and b.command[:1] != ("redis-server",):
+            raise ConfigError(f"{path}: backing {b.name} has requirepass, so its command must start with redis-server "
+                              "(the secret config file goes after it)")
     stores = {b.name for b in backing}
     for u in users:
         unknown = sorted(set(u.backing) - stores)

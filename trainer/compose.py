@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -297,7 +298,10 @@ def _worker_rollouts(stage: StageConfig) -> WorkerRollouts:
     from trainer.workers.source import WorkerRollouts
 
     cfg = stage.rollout.workers
-    return WorkerRollouts(WorkerSettings(broker_url=cfg.broker_url), max_staleness=cfg.max_staleness,
+    # a config without broker_url: the deployment's (the trainer's environment; with tls on its
+    # token file gives the secured Redis's URL, password included), else the local default
+    broker_url = cfg.broker_url or os.environ.get("RLYARD_WORKERS_BROKER_URL") or WorkerSettings.broker_url
+    return WorkerRollouts(WorkerSettings(broker_url=broker_url), max_staleness=cfg.max_staleness,
                           group_timeout_s=cfg.group_timeout_s)
 
 

@@ -334,16 +334,18 @@ class WorkersConfig:
     round of the next ``prefetch_steps`` steps is drawn and submitted before the current step trains
     (``trainer.dynamic.prefetch``), so the workers roll out while the update runs; a group so prefetched is
     up to ``prefetch_steps`` versions behind when its step takes it, hence ``prefetch_steps <=
-    max_staleness``."""
+    max_staleness``. Without ``broker_url`` the trainer takes its deployment's,
+    RLYARD_WORKERS_BROKER_URL of its environment (with tls on, the secured Redis's URL with its
+    password: a run config then carries no password), else ``redis://127.0.0.1:6379/0``."""
 
     enabled: bool = False
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""
     max_staleness: int = 0
     group_timeout_s: float = 600.0
     prefetch_steps: int = 0
 
     def __post_init__(self) -> None:
-        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
             _fail("rollout.workers.broker_url",
                   f"the workers use Redis (redis://host:port/db); got {self.broker_url!r}")
         if self.max_staleness < 0:

@@ -27,7 +27,7 @@ def run(ns: argparse.Namespace) -> int:
 
     from trainer.workers import job
     from trainer.workers.app import make_app
-    from trainer.workers.settings import WorkerSettings
+    from trainer.workers.settings import WorkerSettings, masked
 
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,7 +43,7 @@ def run(ns: argparse.Namespace) -> int:
         try:
             redis.Redis.from_url(url, socket_connect_timeout=settings.connect_timeout_s).ping()
         except redis.RedisError as exc:
-            raise ConfigError(f"the workers' broker or result backend at {url} does not answer ({exc}); start "
+            raise ConfigError(f"the workers' broker or result backend at {masked(url)} does not answer ({exc}); start "
                               "redis-server there or set RLYARD_WORKERS_BROKER_URL / _RESULT_URL") from None
     app = make_app(settings)
     job.configure(settings)

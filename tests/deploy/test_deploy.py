@@ -610,7 +610,8 @@ def test_tls_compose_mounts_the_certificates_and_reads_each_services_tokens(
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
     files = {Path(s["file"]).relative_to(root).as_posix() for s in model["secrets"].values()}
-    assert files == {f"secrets/tls/{name}" for name in deploy.TLS_FILES}     # never the CA's key
+    assert files == {f"secrets/tls/{name}" for name in deploy.TLS_FILES} | {   # never the CA's key
+        "secrets/backing/postgres-password", "secrets/backing/redis.conf"}      # the stores' (below)
     for spec in table.services:
         svc = model["services"][spec.name]
         assert {s["target"] for s in svc["secrets"]} == set(deploy.TLS_FILES.values())
@@ -684,6 +685,151 @@ def test_tls_health_probe_command_against_a_real_tls_server(tls_tree: tuple[Serv
         assert probe(port, spec.name, no_cert) != 0                         # mutual TLS: no client certificate
     finally:
         server.terminate()
+        server.wait(timeout=15)
+
+
+# --- the backing stores' passwords (tls on): random, from secrets, never in the rendered files --
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_tls_keeps_the_stores_passwords_out_of_the_rendered_files(tls_tree: tuple[ServiceTable, Path]) -> None:
+    """With tls on, postgres reads the password of `rlyard certs` from a secret file, redis loads it
+    from a secret config file, and the memory, the workers and the trainer get their URLs with it
+    from their token files / Secrets: no password (the table's nor the random ones) is in a rendered file."""
+    table, root = tls_tree
+    postgres, redis = _store(table, "postgres"), _store(table, "redis")
+    backing = root / "secrets" / "backing"
+    pg_password = (backing / "postgres-password").read_text()
+    redis_password = _env_file(backing / "redis.env")["REDISCLI_AUTH"]
+    assert (backing / "redis.conf").read_text() == f"requirepass {redis_password}\n"
+    table_password = postgres.env["POSTGRES_PASSWORD"]
+    memory_url = table.get("memory").container_env["RLYARD_MEMORY_DB_URL"]
+    assert f":{table_password}@" in memory_url      # what tls off renders (the committed files)
+    rendered = {p: p.read_text() for p in [root / "docker-compose.yml", *sorted((root / "k8s").glob("*.yaml"))]}
+    for path, text in rendered.items():
+        for secret in (pg_password, redis_password, f":{table_password}@", f'"{table_password}"'):
+            assert secret not in text, (path, secret)
+        assert "POSTGRES_PASSWORD:" not in text and "requirepass" not in text and "DB_URL" not in text, path
+        assert "BROKER_URL" not in text, path
+
+    # Compose: the model it reads, env files included
+    result = _compose_config(root / "docker-compose.yml", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    secret_files = {name: Path(s["file"]).relative_to(root).as_posix() for name, s in model["secrets"].items()}
+    pg = model["services"]["postgres"]
+    [pg_secret] = pg["secrets"]
+    assert secret_files[pg_secret["source"]] == "secrets/backing/postgres-password"
+    env = _unescape(pg["environment"])
+    assert "POSTGRES_PASSWORD" not in env and env["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{pg_secret['target']}"
+    rd = model["services"]["redis"]
+    [rd_secret] = rd["secrets"]
+    assert secret_files[rd_secret["source"]] == "secrets/backing/redis.conf"
+    assert rd["command"] == ["redis-server", f"/run/secrets/{rd_secret['target']}", *redis.command[1:]]
+    assert _unescape(rd["environment"])["REDISCLI_AUTH"] == redis_password      # its probe's redis-cli
+    broker = f"redis://:{redis_password}@redis:{redis.port}/0"
+    assert _unescape(model["services"]["memory"]["environment"])["RLYARD_MEMORY_DB_URL"] == \
+        memory_url.replace(f":{table_password}@", f":{pg_password}@")
+    for name in ("worker", "trainer"):
+        assert _unescape(model["services"][name]["environment"])["RLYARD_WORKERS_BROKER_URL"] == broker, name
+
+    # Kubernetes: the ConfigMaps without them, the Secrets of k8s-secrets.yaml with them
+    secrets = {d["metadata"]["name"]: d for d in _docs(root / "secrets" / "k8s-secrets.yaml")}
+    assert secrets["postgres-credentials"]["stringData"] == {"postgres-password": pg_password}
+    assert secrets["redis-credentials"]["stringData"] == {"redis.conf": f"requirepass {redis_password}\n",
+                                                          "REDISCLI_AUTH": redis_password}
+    assert secrets["memory-tokens"]["stringData"]["RLYARD_MEMORY_DB_URL"] == \
+        memory_url.replace(f":{table_password}@", f":{pg_password}@")
+    for name in ("worker", "trainer"):
+        assert secrets[f"{name}-tokens"]["stringData"]["RLYARD_WORKERS_BROKER_URL"] == broker, name
+    for store, key in ((postgres, "postgres-password"), (redis, "redis.conf")):
+        objects = {d["kind"]: d for d in _docs(root / "k8s" / f"{store.name}.yaml")}
+        pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        [volume] = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"] == {"secretName": f"{store.name}-credentials", "defaultMode": 0o440,
+                                    "items": [{"key": key, "path": key}]}
+        assert {"name": volume["name"], "mountPath": "/run/secrets", "readOnly": True} in container["volumeMounts"]
+        assert pod["securityContext"]["fsGroup"] == store.run_as         # group-readable for its user
+        if store is postgres:
+            assert objects["ConfigMap"]["data"]["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{key}"
+        else:
+            assert container["args"][:2] == ["redis-server", f"/run/secrets/{key}"]
+            assert container["env"] == [{"name": "REDISCLI_AUTH", "valueFrom": {"secretKeyRef": {
+                "name": "redis-credentials", "key": "REDISCLI_AUTH"}}}]
+    for name in ("memory", "trainer", "worker"):
+        [configmap] = [d for d in _docs(root / "k8s" / f"{name}.yaml") if d["kind"] == "ConfigMap"]
+        assert not {"RLYARD_MEMORY_DB_URL", "RLYARD_WORKERS_BROKER_URL"} & set(configmap["data"]), name
+        [deployment] = [d for d in _docs(root / "k8s" / f"{name}.yaml") if d["kind"] == "Deployment"]
+        refs = [r.get("secretRef", {}).get("name") for r in deployment["spec"]["template"]["spec"]["containers"][0]
+                ["envFrom"]]
+        assert refs[-1] == f"{name}-tokens"
+
+
+def test_tls_redis_refuses_a_client_without_the_password_and_takes_the_workers_url(
+        tls_tree: tuple[ServiceTable, Path], tmp_path: Path) -> None:
+    """A real redis-server run with the rendered command and the secret config file of `rlyard certs`:
+    a client without the password gets NOAUTH (the probe fails), the probe with REDISCLI_AUTH passes,
+    and the broker URL of the workers' (and the trainer's) token file is accepted by redis and by the
+    trainer's side of the workers, whose messages mask it."""
+    import socket
+
+    import redis as redis_py
+
+    from trainer.workers.settings import WorkerSettings, masked
+    from trainer.workers.source import WorkerRollouts, WorkersUnavailable
+
+    table, root = tls_tree
+    store = _store(table, "redis")
+    command = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]["redis"]["command"]
+    conf = root / "secrets" / "backing" / "redis.conf"
+    data = tmp_path / "data"
+    data.mkdir()
+    args = [str(conf) if a == "/run/secrets/redis.conf" else str(data) if a == store.data_dir else a
+            for a in command]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*args, "--port", str(port), "--bind", "127.0.0.1", "--logfile", str(tmp_path / "log")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    password = _env_file(root / "secrets" / "backing" / "redis.env")["REDISCLI_AUTH"]
+    [_, _, script] = store.probe
+    probe_script = script.replace("redis-cli ping", f"redis-cli -p {port} ping", 1)
+
+    def probe(env: dict[str, str]) -> int:
+        clean = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+        return subprocess.run(["sh", "-c", probe_script], env=clean | env, capture_output=True, timeout=30).returncode
+
+    try:
+        deadline = time.monotonic() + 20
+        while probe({"REDISCLI_AUTH": password}) != 0:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        assert probe({}) != 0                                        # NOAUTH: unauthenticated
+        assert probe({"REDISCLI_AUTH": "wrong"}) != 0
+        bare = redis_py.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(redis_py.AuthenticationError):
+            bare.ping()
+        with pytest.raises(redis_py.AuthenticationError):
+            bare.set("k", "v")
+        for name in ("worker", "trainer"):
+            url = _env_file(root / "secrets" / "tokens" / f"{name}.env")["RLYARD_WORKERS_BROKER_URL"]
+            assert url == f"redis://:{password}@{store.name}:{store.port}/0"
+            local = url.replace(f"@{store.name}:{store.port}/", f"@127.0.0.1:{port}/")
+            assert redis_py.Redis.from_url(local).ping() is True
+            rollouts = WorkerRollouts(WorkerSettings(broker_url=local))     # pings broker and backend
+            rollouts.close()
+        with pytest.raises(WorkersUnavailable) as refused:
+            WorkerRollouts(WorkerSettings(broker_url=f"redis://:wrong@127.0.0.1:{port}/0"))
+        assert "wrong" not in str(refused.value) and ":**@127.0.0.1" in str(refused.value)
+        assert masked(local) == f"redis://:**@127.0.0.1:{port}/0" and password not in masked(local)
+    finally:
+        server.kill()
         server.wait(timeout=15)
 
 
@@ -1043,6 +1189,11 @@ def test_table_refuses_bad_workers_and_volumes(tmp_path: Path) -> None:
         load("wants: [sql-tools, reward, sampler]", "wants: [sql-tools, nope]")
     with pytest.raises(ConfigError, match="worker uses backing cache"):
         load("    backing: [redis]\n", "    backing: [cache]\n")
+    # the stores' passwords of tls on: a variable env sets, redis-server to load the config file
+    with pytest.raises(ConfigError, match="password_env POSTGRES_PASS, which its env does not set"):
+        load("password_env: POSTGRES_PASSWORD", "password_env: POSTGRES_PASS")
+    with pytest.raises(ConfigError, match="command must start with redis-server"):
+        load("command: [redis-server, --dir", "command: [valkey-server, --dir")
     with pytest.raises(ConfigError, match="shared and has an init"):
         load("  - name: models\n    shared: true\n",
              "  - name: models\n    shared: true\n    image: trainer\n    init: [true]\n")

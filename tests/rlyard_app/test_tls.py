@@ -268,7 +268,8 @@ def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(t
     assert {s.name: worker.token_for(f"{s.name}:1") for s in table.services} == own
     assert "RLYARD_AUTH_TOKEN" not in env("worker")                  # it serves nothing
     assert {d["metadata"]["name"] for d in secrets} == {"rlyard-tls", *(f"{s.name}-tokens" for s in table.services),
-                                                        *(f"{w.name}-tokens" for w in table.workers)}
+                                                        *(f"{w.name}-tokens" for w in table.workers),
+                                                        "postgres-credentials", "redis-credentials"}
     assert "ca-key.pem" not in str(secrets) and "ca.key" not in secrets[0]["data"]
 
     before = (out / "tls" / "ca.pem").read_bytes()
@@ -278,6 +279,43 @@ def test_certs_writes_keys_private_tokens_per_service_and_refuses_to_overwrite(t
     write_certs(table, out, force=True)
     assert (out / "tls" / "ca.pem").read_bytes() != before
 
+
+
+def test_certs_writes_random_store_passwords_private_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    """A random PostgreSQL and Redis password, mode 0600, in the stores' secret files and in the URLs
+    of the memory's, the workers' and the trainer's token files and Secrets; kept without --force."""
+    table = load_table(DEFAULT_TABLE)
+    out = tmp_path / "secrets"
+    paths = {w.path.relative_to(out).as_posix(): w.path for w in write_certs(table, out)}
+    backing = {name: paths[f"backing/{name}"] for name in ("postgres-password", "redis.conf", "redis.env")}
+    for path in backing.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+    def env(path: Path) -> dict[str, str]:
+        return dict(ln.split("=", 1) for ln in path.read_text().splitlines() if ln and not ln.startswith("#"))
+
+    pg = backing["postgres-password"].read_text()
+    rd = env(backing["redis.env"])["REDISCLI_AUTH"]
+    assert backing["redis.conf"].read_text() == f"requirepass {rd}\n"
+    [postgres] = [b for b in table.backing if b.name == "postgres"]
+    assert len({pg, rd, postgres.env["POSTGRES_PASSWORD"]}) == 3 and min(len(pg), len(rd)) >= 40
+    assert env(out / "tokens" / "memory.env")["RLYARD_MEMORY_DB_URL"] == \
+        f"postgresql+psycopg://rlyard:{pg}@postgres:5432/memory"
+    for name in ("worker", "trainer"):
+        assert env(out / "tokens" / f"{name}.env")["RLYARD_WORKERS_BROKER_URL"] == f"redis://:{rd}@redis:6379/0"
+    for name in ("sql-tools", "reward", "sampler"):       # no store URL for what uses none
+        assert not {"RLYARD_MEMORY_DB_URL", "RLYARD_WORKERS_BROKER_URL"} & set(env(out / "tokens" / f"{name}.env"))
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((out / "k8s-secrets.yaml").read_text())}
+    assert secrets["postgres-credentials"]["stringData"] == {"postgres-password": pg}
+    assert secrets["redis-credentials"]["stringData"]["REDISCLI_AUTH"] == rd
+
+    with pytest.raises(ConfigError, match="--force"):
+        write_certs(table, out)
+    assert backing["postgres-password"].read_text() == pg            # nothing was written
+    write_certs(table, out, force=True)
+    assert backing["postgres-password"].read_text() != pg
+    assert env(backing["redis.env"])["REDISCLI_AUTH"] != rd
+    assert stat.S_IMODE(os.stat(backing["postgres-password"]).st_mode) == 0o600
 
 def test_launcher_tls_needs_the_files(pki: Pki, tmp_path: Path) -> None:
     env, health = launcher_tls(pki.out)
@@ -399,9 +437,11 @@ def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out), "--days", "30"]) == 0
     printed = capsys.readouterr().out
     written = sorted(p for p in out.rglob("*") if p.is_file())
-    # 6 PEMs, client.env, k8s-secrets.yaml and a token file a service and a worker entry
+    # 6 PEMs, client.env, k8s-secrets.yaml, a token file a service and a worker entry, and the stores'
+    # password files (postgres-password; redis.conf and redis.env)
     table = load_table(DEFAULT_TABLE)
-    assert len(written) == 8 + len(table.services) + len(table.workers)
+    assert len(written) == 8 + len(table.services) + len(table.workers) + 3
+    assert "postgres-password" in printed and "redis.conf" in printed
     assert f"wrote {len(written)} files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
     assert (out / "tls" / "server.pem").is_file()
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2

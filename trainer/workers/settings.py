@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from rlyard.errors import ConfigError
 from rlyard.settings import EnvSettings
@@ -32,7 +33,7 @@ class WorkerSettings(EnvSettings):
 
     def __post_init__(self) -> None:
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"RLYARD_WORKERS_BROKER_URL={self.broker_url!r}: the workers use Redis "
+            raise ConfigError(f"RLYARD_WORKERS_BROKER_URL={masked(self.broker_url)!r}: the workers use Redis "
                               "(redis://host:port/db)")
         if self.visibility_timeout_s <= 0 or self.restore_interval_s <= 0:
             raise ConfigError("RLYARD_WORKERS_VISIBILITY_TIMEOUT_S and _RESTORE_INTERVAL_S must be > 0 seconds")
@@ -43,3 +44,17 @@ class WorkerSettings(EnvSettings):
     def backend_url(self) -> str:
         """The result backend's URL."""
         return self.result_url or self.broker_url
+
+
+def masked(url: str) -> str:
+    """``url`` with its password shown as ``**`` (as Celery logs it): for messages and logs, which
+    must not carry the Redis password of a secured deployment."""
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return url
+    if not has_password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:**@{host}"))

@@ -28,7 +28,7 @@ import redis
 
 from trainer.types import RolloutTrajectory
 from trainer.workers.app import ATTEMPTS_PREFIX, GROUP_TASK, make_app
-from trainer.workers.settings import WorkerSettings
+from trainer.workers.settings import WorkerSettings, masked
 from trainer.workers.staleness import judge_staleness
 from trainer.workers.wire import GroupJob, GroupResult, WireError
 
@@ -101,8 +101,9 @@ class WorkerRollouts:
         try:
             client.ping()
         except redis.RedisError as exc:
-            raise WorkersUnavailable(f"the workers' {what} at {url} does not answer ({exc}); start redis-server "
-                                     "there or point RLYARD_WORKERS_BROKER_URL / _RESULT_URL at one") from None
+            raise WorkersUnavailable(f"the workers' {what} at {masked(url)} does not answer ({exc}); start "
+                                     "redis-server there or point RLYARD_WORKERS_BROKER_URL / _RESULT_URL at "
+                                     "one") from None
         return client
 
     @property
@@ -117,7 +118,8 @@ class WorkerRollouts:
         try:
             self.app.send_task(GROUP_TASK, args=[job.to_json()], task_id=job.key, queue=self.settings.queue)
         except Exception as exc:   # kombu's OperationalError and redis errors after the publish retries
-            raise WorkersUnavailable(f"could not queue group {job.key} on the broker at {self.settings.broker_url}: "
+            raise WorkersUnavailable(f"could not queue group {job.key} on the broker at "
+                                     f"{masked(self.settings.broker_url)}: "
                                      f"{type(exc).__name__}: {exc}") from exc
         self._pending[job.key] = (job, self.clock())
         self.counts["submitted"] += 1
@@ -167,7 +169,7 @@ class WorkerRollouts:
         try:
             raw = self._results.mget([backend.get_key_for_task(k) for k in keys])
         except redis.RedisError as exc:
-            raise WorkersUnavailable(f"the workers' result backend at {self.settings.backend_url} failed: "
+            raise WorkersUnavailable(f"the workers' result backend at {masked(self.settings.backend_url)} failed: "
                                      f"{exc}") from None
         now = self.clock()
         for key, value in zip(keys, raw, strict=True):

@@ -157,6 +157,29 @@ def test_configs_the_workers_cannot_serve_are_refused(tiny_model_dir: Path, rl_t
         rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, {**workers, "broker_url": "amqp://x"})
 
 
+def test_a_config_without_broker_url_takes_the_deployments_secured_broker(
+        tiny_model_dir: Path, rl_tasks: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run config naming no broker_url (it then carries no password) reaches the trainer's
+    RLYARD_WORKERS_BROKER_URL: with tls on, the secured Redis's URL with the password of `rlyard
+    certs` from its token file (docs/deployment.md); here a real redis-server that requires one."""
+    from trainer.compose import _worker_rollouts
+    from trainer.workers.source import WorkersUnavailable
+
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    subprocess.run(["redis-cli", "-p", port, "config", "set", "requirepass", "s3cret"], check=True,
+                   capture_output=True, timeout=30)
+    remote = {"backend": "remote", "sampler": "127.0.0.1:1", "weights_dir": "/tmp/w"}
+    cfg = rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote, {"enabled": True})
+    [stage] = cfg.stages
+    assert stage.rollout.workers.broker_url == ""
+    monkeypatch.setenv("RLYARD_WORKERS_BROKER_URL", redis_url)            # without the password: refused
+    with pytest.raises(WorkersUnavailable, match="authenticated"):
+        _worker_rollouts(stage)
+    monkeypatch.setenv("RLYARD_WORKERS_BROKER_URL", redis_url.replace("redis://", "redis://:s3cret@"))
+    rollouts = _worker_rollouts(stage)
+    assert rollouts.settings.broker_url == f"redis://:s3cret@127.0.0.1:{port}/0"
+    rollouts.close()
+
 @pytest.mark.slow   # a trainer process started, SIGKILLed and resumed: about a minute
 def test_a_sigkilled_pipelined_trainer_resumes_and_redoes_the_groups_in_flight(
     tiny_model_dir: Path, rl_tasks: Path, tmp_path: Path, chat_server: Any, redis_url: str, start_worker: Any
