@@ -149,23 +149,17 @@ def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[st
     from transformers import AutoTokenizer
 
     from envs.vision.imagent import REWARD_SPEC
-    from envs.vision.imagent import main as write_tasks
     from envs.vision.imagent_scripted import ScriptedImagentPolicy
     from trainer.compose import open_stack
     from trainer.config import parse_config
     from trainer.evaluate import evaluate
-    from trainer.model import init_policy
 
     torch.set_num_threads(1)
     _, state = vision
     service = state["services"]["image-tools"]
     target = str(service["target"])
     before = _tool_calls(int(service["metrics_port"]))
-    data = tmp_path / "imagent"
-    write_tasks(["--out", str(data), "--n-train", "2", "--n-heldout", "8", "--seed", "0"])
-    init_policy(data / "policy", vision=True)
-    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
-    raw = json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
+    data, raw = _imagent(tmp_path, n_train=2, n_heldout=8)
     raw["services"] = {"tools": target}          # the deployed service instead of the embedded one
     config = parse_config(raw, "imagent.yaml")
 
@@ -180,6 +174,18 @@ def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[st
     assert report.execution_accuracy >= 0.9 and report.answered_after_zoom == 1.0
     zooms = _tool_calls(int(service["metrics_port"]))[("zoom", "ok")] - before.get(("zoom", "ok"), 0.0)
     assert zooms == pytest.approx(report.mean_tool_calls * report.n)   # every call was served there
+
+
+def _imagent(tmp_path: Path, *, n_train: int, n_heldout: int) -> tuple[Path, dict[str, Any]]:
+    """IMAgent tasks and a tiny vision policy under ``tmp_path``, and configs/imagent.yaml pointed at them."""
+    from envs.vision.imagent import main as write_tasks
+    from trainer.model import init_policy
+
+    data = tmp_path / "imagent"
+    write_tasks(["--out", str(data), "--n-train", str(n_train), "--n-heldout", str(n_heldout), "--seed", "0"])
+    init_policy(data / "policy", vision=True)
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
+    return data, json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
 
 
 def _open_sessions(metrics_port: int) -> float:
@@ -197,9 +203,7 @@ def test_imagent_trains_on_the_trainer_images_packages_with_the_deployed_service
     trainer's image (`train,workers`: no OpenCV) can be imported, as in its container: it runs
     with `services: {tools: <image-tools>, reward: <reward service>}`, and every rollout's session,
     with the task's images, is opened on the launched image tool server."""
-    from envs.vision.imagent import main as write_tasks
     from rlyard_app.launcher import Launcher
-    from trainer.model import init_policy
 
     sys.path.insert(0, str(ROOT / "scripts" / "docker"))
     try:
@@ -213,11 +217,7 @@ def test_imagent_trains_on_the_trainer_images_packages_with_the_deployed_service
     service = state["services"]["image-tools"]
     opened = _open_sessions(int(service["metrics_port"]))
 
-    data = tmp_path / "imagent"
-    write_tasks(["--out", str(data), "--n-train", "4", "--n-heldout", "1", "--seed", "0"])
-    init_policy(data / "policy", vision=True)
-    raw: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "imagent.yaml").read_text())
-    raw = json.loads(json.dumps(raw).replace("data/generated/imagent", str(data)))
+    _, raw = _imagent(tmp_path, n_train=4, n_heldout=1)
     sft, rl = raw["stages"]
     sft.update(steps=1, batch_size=2)
     rl["steps"] = 1
