@@ -4,8 +4,11 @@ that publishes services' ports on free loopback ports."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,17 +45,19 @@ def docker_problem(needs_base_image: bool = False) -> str | None:
 
 class Compose:
     """The Compose binary on the generated file plus an override, in ``profiles``, under a project
-    of its own (``env``: the environment Compose runs with; None = this process's)."""
+    of its own (``env``: the environment Compose runs with; None = this process's). ``file``: a
+    file rendered elsewhere (e.g. with tls on, beside its secrets/); Compose runs in its folder."""
 
     def __init__(self, binary: Path, override: Path, project: str, profiles: Iterable[str],
-                 env: dict[str, str] | None = None) -> None:
-        self.base = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "-f", str(override), "-p", project]
+                 env: dict[str, str] | None = None, file: Path = ROOT / "docker-compose.yml") -> None:
+        self.base = [str(binary), "-f", str(file), "-f", str(override), "-p", project]
+        self.cwd = file.parent
         for profile in profiles:
             self.base += ["--profile", profile]
         self.env = env
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+        proc = subprocess.run([*self.base, *args], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"compose {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
@@ -75,3 +80,17 @@ def publish_override(table: ServiceTable, names: Iterable[str]) -> str:
         lines += [f"  {name}:", "    ports: !override"]
         lines += [f'      - "127.0.0.1::{p}"' for p in (spec.port, spec.metrics_port)]
     return "\n".join(lines) + "\n"
+
+
+def build_images(*names: str) -> float:
+    """`scripts/docker/build.sh NAMES` (the offline build); its seconds."""
+    tic = time.monotonic()
+    build = subprocess.run(["bash", "scripts/docker/build.sh", *names], cwd=ROOT, capture_output=True, text=True,
+                           timeout=3600, env=dict(os.environ, PYTHON=sys.executable))
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return time.monotonic() - tic
+
+
+def exit_code(container: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], capture_output=True,
+                          text=True, check=True).stdout.strip()

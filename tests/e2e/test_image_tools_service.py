@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import yaml
+from image_support import pattern, pixels, png, tool_calls
 from launcher_support import ROOT, alive, rlyard_up, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,33 +30,6 @@ from rlyard_app.launcher import check_health
 from rlyard_app.services import load_table
 
 IMAGE_TOOLS = {"crop", "zoom", "rotate", "flip", "enhance", "revisit", "confirm"}
-
-
-def _pattern(width: int, height: int) -> np.ndarray:
-    # every pixel says where it is (blue x mod 251, green y mod 241), so a crop's offset shows
-    x = np.arange(width)[None, :]
-    y = np.arange(height)[:, None]
-    return np.stack([np.broadcast_to(x % 251, (height, width)), np.broadcast_to(y % 241, (height, width)),
-                     np.broadcast_to((x + 3 * y) % 256, (height, width))], axis=-1).astype(np.uint8)
-
-
-def _png(pixels: np.ndarray, image_id: str) -> ImagePart:
-    ok, buf = cv2.imencode(".png", pixels)
-    assert ok
-    return ImagePart(buf.tobytes(), "image/png", pixels.shape[1], pixels.shape[0], image_id)
-
-
-def _pixels(part: ImagePart) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(part.data, np.uint8), cv2.IMREAD_COLOR)
-
-
-def _tool_calls(metrics_port: int) -> dict[tuple[str, str], float]:
-    """rlyard_tool_calls_total of the launched server, by (tool, outcome)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {(s.labels["tool"], s.labels["outcome"]): s.value
-            for family in text_string_to_metric_families(text) if family.name == "rlyard_tool_calls"
-            for s in family.samples if s.name == "rlyard_tool_calls_total"}
 
 
 @pytest.fixture(scope="module")
@@ -81,33 +54,33 @@ def test_up_vision_serves_the_image_tools_over_grpc(vision: tuple[Any, dict[str,
     target = str(service["target"])
     assert target.startswith("127.0.0.1:") and alive(int(service["pid"]))
     assert check_health(target, service="rlyard.tools.v1.ToolService") == "SERVING"
-    photo = _pattern(320, 240)
+    photo = pattern(320, 240)
 
     async def session() -> None:
         async with ToolClient(target) as client:
             assert {t.name for t in await client.list_tools(timeout=10)} == IMAGE_TOOLS
-            sid = await client.open_session({}, attachments=[_png(photo, "photo")], timeout=10)
+            sid = await client.open_session({}, attachments=[png(photo, "photo")], timeout=10)
             crop = await client.call_tool("crop", {"image_id": "photo", "box": [40, 30, 200, 130]},
                                           session_id=sid, timeout=10)
             assert not crop.is_error, crop.content
             text, image = crop.content
             assert isinstance(text, TextPart) and "crop-1" in text.text
             assert isinstance(image, ImagePart) and (image.width, image.height) == (160, 100)
-            assert np.array_equal(_pixels(image), photo[30:130, 40:200])      # the region, pixel for pixel
+            assert np.array_equal(pixels(image), photo[30:130, 40:200])      # the region, pixel for pixel
             assert crop.structured["image_id"] == "crop-1" and crop.structured["box"] == [40, 30, 200, 130]
             # the crop lives in this session on the server: revisit follows it back to the photo
             back = await client.call_tool("revisit", {"image_id": "crop-1", "box": [10, 10, 20, 30]},
                                           session_id=sid, timeout=10)
             assert not back.is_error, back.content
             assert back.structured["source_image_id"] == "photo" and back.structured["source_box"] == [50, 40, 60, 60]
-            assert np.array_equal(_pixels(back.content[1]), photo[40:60, 50:60])   # type: ignore[arg-type]
+            assert np.array_equal(pixels(back.content[1]), photo[40:60, 50:60])   # type: ignore[arg-type]
             wrong = await client.call_tool("crop", {"image_id": "nope", "box": [0, 0, 1, 1]}, session_id=sid,
                                            timeout=10)
             assert wrong.is_error and "crop-1, photo" in wrong.content[0].text   # type: ignore[union-attr]
             assert await client.close_session(sid, timeout=10)
 
     asyncio.run(session())
-    calls = _tool_calls(int(service["metrics_port"]))
+    calls = tool_calls(int(service["metrics_port"]))
     assert calls[("crop", "ok")] >= 1 and calls[("revisit", "ok")] >= 1
 
 
@@ -120,7 +93,7 @@ def test_sessions_with_images_stay_on_their_replica(vision: tuple[Any, dict[str,
 
     _, state = vision
     first = state["services"]["image-tools"]
-    photo = _pattern(64, 48)
+    photo = pattern(64, 48)
     with Launcher([load_table().get("image-tools")], tmp_path / "logs", ephemeral_ports=True) as launcher:
         second = launcher.start()["image-tools"]
         replicas = {str(first["target"]): int(first["metrics_port"]), second.target: int(second.metrics_port or 0)}
@@ -129,11 +102,11 @@ def test_sessions_with_images_stay_on_their_replica(vision: tuple[Any, dict[str,
         async def sessions() -> None:
             async with tool_client_for(",".join(replicas)) as client:
                 for n in range(20):   # uuid4 ids: all 20 on one replica has odds of 2e-6
-                    sid = await client.open_session({}, attachments=[_png(photo, f"photo{n}")], timeout=10)
+                    sid = await client.open_session({}, attachments=[png(photo, f"photo{n}")], timeout=10)
                     crop = await client.call_tool("crop", {"image_id": f"photo{n}", "box": [n, 0, n + 8, 8]},
                                                   session_id=sid, timeout=10)
                     assert not crop.is_error, crop.content
-                    assert np.array_equal(_pixels(crop.content[1]), photo[0:8, n:n + 8])   # type: ignore[arg-type]
+                    assert np.array_equal(pixels(crop.content[1]), photo[0:8, n:n + 8])   # type: ignore[arg-type]
                     assert await client.close_session(sid, timeout=10)
 
         asyncio.run(sessions())
@@ -158,7 +131,7 @@ def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[st
     _, state = vision
     service = state["services"]["image-tools"]
     target = str(service["target"])
-    before = _tool_calls(int(service["metrics_port"]))
+    before = tool_calls(int(service["metrics_port"]))
     data, raw = _imagent(tmp_path, n_train=2, n_heldout=8)
     raw["services"] = {"tools": target}          # the deployed service instead of the embedded one
     config = parse_config(raw, "imagent.yaml")
@@ -172,7 +145,7 @@ def test_an_imagent_run_uses_the_launched_image_tools(vision: tuple[Any, dict[st
                           max_tool_calls=2)
     assert report.n == 8 and report.infra_failures == 0
     assert report.execution_accuracy >= 0.9 and report.answered_after_zoom == 1.0
-    zooms = _tool_calls(int(service["metrics_port"]))[("zoom", "ok")] - before.get(("zoom", "ok"), 0.0)
+    zooms = tool_calls(int(service["metrics_port"]))[("zoom", "ok")] - before.get(("zoom", "ok"), 0.0)
     assert zooms == pytest.approx(report.mean_tool_calls * report.n)   # every call was served there
 
 
