@@ -23,4 +23,4 @@ bench:
 # Celery worker and the sampler service, a remote-sampler run whose groups go to the worker. See
 # docs/deployment.md.
 compose-e2e:
-	bash -c 'source scripts/bootstrap.sh && python -m pytest tests/e2e/test_docker_compose.py tests/e2e/test_compose_workers.py -m slow -s -q'
+	bash -c 'source scripts/bootstrap.sh && python -m pytest tests/e2e/test_docker_compose.py tests/e2e/test_compose_workers.py tests/e2e/test_compose_vision.py tests/e2e/test_compose_secured.py -m slow -s -q'

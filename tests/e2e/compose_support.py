@@ -11,6 +11,11 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard_app.services import ServiceTable
 
@@ -94,3 +99,37 @@ def build_images(*names: str) -> float:
 def exit_code(container: str) -> str:
     return subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], capture_output=True,
                           text=True, check=True).stdout.strip()
+
+
+MODELS = "/app/runs/models"      # the models volume in every container that mounts it
+DATA = "/tmp/e2e/data"           # the trainer's scratch (its /tmp is a tmpfs)
+
+
+def health(port: int, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """gRPC health of the server on a published loopback port (TLS with ``credentials``)."""
+    target = f"127.0.0.1:{port}"
+    with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def workers_run_config(table: ServiceTable) -> dict[str, Any]:
+    """configs/smoke_sql.yaml as a compose run with the sampler service and the workers: the
+    models volume's paths (the sampler's container environment), the services by Compose name."""
+    sampler = table.get("sampler")
+    env = sampler.runtime_env("0.0.0.0", sampler.port, sampler.metrics_port) | sampler.container_env
+    config = yaml.safe_load((ROOT / "configs" / "smoke_sql.yaml").read_text())
+    config["name"] = "compose-workers"
+    config["model"] = {"path": env["RLYARD_SAMPLER_POLICY_DIR"], "backend": "remote",
+                       "sampler": f"sampler:{sampler.port}", "weights_dir": env["RLYARD_SAMPLER_WEIGHTS_ROOT"]}
+    config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "timeout_s": 30}
+    sft, rl = config["stages"]
+    sft["data"], sft["steps"] = f"{DATA}/text_to_sql_demos.jsonl", 4
+    rl["tasks"], rl["steps"] = {"path": f"{DATA}/text_to_sql_tasks.jsonl"}, 3
+    [worker] = table.workers
+    rl["rollout"]["workers"] = {"enabled": True, "broker_url": worker.env["RLYARD_WORKERS_BROKER_URL"],
+                                "max_staleness": 1, "group_timeout_s": 300}
+    return dict(config)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,46 +27,26 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from compose_support import ROOT, Compose, compose_bin, docker_problem, publish_override
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from compose_support import (
+    DATA,
+    MODELS,
+    Compose,
+    build_images,
+    compose_bin,
+    docker_problem,
+    exit_code,
+    health,
+    publish_override,
+    workers_run_config,
+)
 
 from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from rlyard_app.services import DEFAULT_TABLE, ServiceTable, load_table
+from rlyard_app.services import DEFAULT_TABLE, load_table
 
 pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-up, a 7-step run
 
 SERVICES = ["redis", "sql-tools", "reward", "sampler", "worker", "trainer"]
 PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
-MODELS = "/app/runs/models"      # the models volume in every container that mounts it
-DATA = "/tmp/e2e/data"           # the trainer's scratch (its /tmp is a tmpfs)
-
-
-def _health(port: int) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.RpcError as exc:
-            return f"UNREACHABLE ({exc.code().name})"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-
-
-def _config(table: ServiceTable) -> dict[str, Any]:
-    """configs/smoke_sql.yaml as a compose run with the sampler service and the workers: the
-    models volume's paths (the sampler's container environment), the services by Compose name."""
-    sampler = table.get("sampler")
-    env = sampler.runtime_env("0.0.0.0", sampler.port, sampler.metrics_port) | sampler.container_env
-    config = yaml.safe_load((ROOT / "configs" / "smoke_sql.yaml").read_text())
-    config["name"] = "compose-workers"
-    config["model"] = {"path": env["RLYARD_SAMPLER_POLICY_DIR"], "backend": "remote",
-                       "sampler": f"sampler:{sampler.port}", "weights_dir": env["RLYARD_SAMPLER_WEIGHTS_ROOT"]}
-    config["services"] = {"tools": "sql-tools:50051", "reward": "reward:50052", "timeout_s": 30}
-    sft, rl = config["stages"]
-    sft["data"], sft["steps"] = f"{DATA}/text_to_sql_demos.jsonl", 4
-    rl["tasks"], rl["steps"] = {"path": f"{DATA}/text_to_sql_tasks.jsonl"}, 3
-    [worker] = table.workers
-    rl["rollout"]["workers"] = {"enabled": True, "broker_url": worker.env["RLYARD_WORKERS_BROKER_URL"],
-                                "max_staleness": 1, "group_timeout_s": 300}
-    return dict(config)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, d
     env = dict(os.environ, **{redis.image_variable: redis.offline_image})
     compose = Compose(binary, override, f"rlyard-workers-{os.getpid()}", ["workers"], env)
     timings: dict[str, float] = {}
-    tic = time.monotonic()
     images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]
-    build = subprocess.run(["bash", "scripts/docker/build.sh", *images], cwd=ROOT, capture_output=True, text=True,
-                           timeout=3600, env=dict(os.environ, PYTHON=sys.executable))
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    timings["build_s"] = time.monotonic() - tic
+    timings["build_s"] = build_images(*images)
     try:
         # the base checkpoint into the models volume, from the trainer: the only read-write mount
         tic = time.monotonic()
@@ -114,7 +88,7 @@ def test_workers_profile_runs_a_remote_sampler_run_on_the_workers(stack: tuple[C
     table = load_table(DEFAULT_TABLE)
     ports = {name: compose.port(name, table.get(name).port) for name in PUBLISHED}
     for name, port in ports.items():
-        assert _health(port) == "SERVING", name
+        assert health(port) == "SERVING", name
 
     # the worker consumes its queue on the redis store (healthy: its ready file exists)
     worker_log = compose("logs", "--no-color", "worker").stdout
@@ -128,7 +102,7 @@ def test_workers_profile_runs_a_remote_sampler_run_on_the_workers(stack: tuple[C
 
     # a remote-sampler run whose GRPO groups go to the worker
     compose("exec", "-T", "trainer", "python", "-m", "envs.text_to_sql", "--no-schema", "--out", DATA)
-    config = _config(table)
+    config = workers_run_config(table)
     rl = config["stages"][1]
     groups = rl["steps"] * rl["rollout"]["prompts_per_step"]
     total = config["stages"][0]["steps"] + rl["steps"]
@@ -165,8 +139,5 @@ def test_workers_profile_runs_a_remote_sampler_run_on_the_workers(stack: tuple[C
     compose("stop", "--timeout", "70")
     timings["stop_s"] = time.monotonic() - tic
     for name in SERVICES:
-        container = compose("ps", "-a", "-q", name).stdout.strip()
-        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        assert code == "0", name
+        assert exit_code(compose("ps", "-a", "-q", name).stdout.strip()) == "0", name
     print("compose workers e2e timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))

@@ -1,0 +1,228 @@
+"""`docker compose --profile workers up` for real in secured mode (the table's `tls.enabled: true`):
+the table rendered with tls on into a fresh folder, `rlyard certs --out <folder>/secrets` beside it,
+the offline images (Redis: scripts/docker/Dockerfile.redis, `RLYARD_REDIS_IMAGE`).
+
+Redis loads `requirepass` from the secret `redis.conf` (its command: `redis-server
+/run/secrets/redis.conf ...`): a client without the password is refused (from the redis container
+and from a worker on the Compose network), its probe passes with `REDISCLI_AUTH` of
+`backing/redis.env`, and the worker connects with the password of its token file
+(`RLYARD_WORKERS_BROKER_URL`) and turns healthy; no password is on a command line or in the
+worker's log. The services serve mutual TLS on their published ports (plaintext is refused) and
+want their token; a remote-sampler run through the trainer service (its broker URL from the
+trainer's token file, none in the run config) goes through the worker as
+tests/e2e/test_compose_workers.py checks in plaintext, and Compose stops every container cleanly.
+
+The file secrets are bind mounts of the host files as `rlyard certs` wrote them (0600, owned by
+whoever ran it): here (root) they are given to the containers' users as docs/deployment.md says
+(redis.conf to 999, the key files to 10001); as written, redis-server exits `can't open config
+file '/run/secrets/redis.conf': Permission denied`. PostgreSQL (`POSTGRES_PASSWORD_FILE`, profile
+default) is not run: its public image (postgres:15-alpine) cannot be pulled here and there is no
+offline build of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from compose_support import (
+    DATA,
+    MODELS,
+    ROOT,
+    Compose,
+    build_images,
+    compose_bin,
+    docker_problem,
+    exit_code,
+    health,
+    publish_override,
+    workers_run_config,
+)
+
+from rlyard.tls import ClientTLS
+from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from rlyard_app import deploy
+from rlyard_app.services import DEFAULT_TABLE, ServiceTable, load_table
+
+pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-up, a 7-step run
+
+SERVICES = ["redis", "sql-tools", "reward", "sampler", "worker", "trainer"]
+PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
+CONTAINER_USER = 10001     # the rlyard images' user (Dockerfile)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _give(path: Path, uid: int) -> None:
+    """Let the container user ``uid`` read a secret file: chown as root (it stays 0600), else
+    chmod 0644 (docs/deployment.md, "TLS and tokens")."""
+    if os.geteuid() == 0:
+        os.chown(path, uid, -1)
+    else:
+        path.chmod(0o644)
+
+
+@dataclass
+class Secured:
+    compose: Compose
+    table: ServiceTable
+    secrets: Path
+    timings: dict[str, float]
+
+    def token(self, service: str) -> str:
+        return _env_file(self.secrets / "tokens" / f"{service}.env")["RLYARD_AUTH_TOKEN"]
+
+    def tls(self) -> ClientTLS:
+        tls = self.secrets / "tls"
+        return ClientTLS(tls / "ca.pem", tls / "client.pem", tls / "client-key.pem")
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    problem = docker_problem(needs_base_image=True)
+    if problem:
+        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
+    binary = compose_bin()
+    assert binary is not None
+    plain = load_table(DEFAULT_TABLE)
+    table = replace(plain, tls=replace(plain.tls, enabled=True))
+    root = tmp_path_factory.mktemp("secured")
+    deploy.write_all(table, root)
+    secrets = root / table.tls.dir
+    certs = subprocess.run([sys.executable, "-m", "rlyard_app.cli.main", "certs", "--out", str(secrets)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert certs.returncode == 0, certs.stdout + certs.stderr
+    # bind-mounted file secrets keep the host's owner and mode (0600): give them to their readers
+    [redis] = [b for b in table.backing if b.name == "redis"]
+    _give(secrets / "backing" / "redis.conf", redis.run_as)
+    for key in ("server-key.pem", "client-key.pem"):
+        _give(secrets / "tls" / key, CONTAINER_USER)
+    override = tmp_path_factory.mktemp("compose") / "override.yml"
+    override.write_text(publish_override(table, PUBLISHED))
+    env = dict(os.environ, **{redis.image_variable: redis.offline_image})
+    compose = Compose(binary, override, f"rlyard-secured-{os.getpid()}", ["workers"], env,
+                      file=root / "docker-compose.yml")
+    images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]
+    timings = {"build_s": build_images(*images)}
+    try:
+        tic = time.monotonic()
+        compose("run", "--rm", "--no-deps", "-T", "trainer", "rlyard", "model", "init", "--out", f"{MODELS}/policy")
+        timings["policy_s"] = time.monotonic() - tic
+        tic = time.monotonic()
+        compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "500", "--scale", "worker=1", *SERVICES,
+                timeout=600)
+        timings["up_s"] = time.monotonic() - tic
+        yield Secured(compose, table, secrets, timings)
+    finally:
+        logs = compose("logs", "--no-color", check=False).stdout
+        (tmp_path_factory.getbasetemp() / "compose-secured.log").write_text(logs)
+        compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+
+
+def test_redis_wants_the_password_of_rlyard_certs(secured: Secured) -> None:
+    compose = secured.compose
+    password = _env_file(secured.secrets / "backing" / "redis.env")["REDISCLI_AUTH"]
+    assert (secured.secrets / "backing" / "redis.conf").read_text() == f"requirepass {password}\n"
+    # in the redis container: without the password NOAUTH, with it (its probe's variable, or -a) PONG
+    bare = compose("exec", "-T", "redis", "sh", "-c", "unset REDISCLI_AUTH; redis-cli ping").stdout
+    assert "NOAUTH" in bare, bare
+    assert compose("exec", "-T", "redis", "redis-cli", "ping").stdout.strip() == "PONG"
+    explicit = compose("exec", "-T", "redis", "sh", "-c",
+                       'unset REDISCLI_AUTH; redis-cli --no-auth-warning -a "$0" ping', password).stdout
+    assert explicit.strip() == "PONG"
+    wrong = compose("exec", "-T", "redis", "sh", "-c",
+                    'unset REDISCLI_AUTH; redis-cli --no-auth-warning -a "$0" ping', "not-" + password)
+    said = wrong.stdout + wrong.stderr      # AUTH failed: WRONGPASS ... (stderr), then NOAUTH for the ping
+    assert "WRONGPASS" in said and "PONG" not in said, said
+    # from a worker on the Compose network: refused without it, accepted with its token file's URL
+    probe = ("import os, redis\n"
+             "try:\n    redis.Redis(host='redis', port=6379).ping(); print('open')\n"
+             "except redis.exceptions.RedisError as exc: print('refused', type(exc).__name__, exc)\n"
+             "print('url', redis.Redis.from_url(os.environ['RLYARD_WORKERS_BROKER_URL']).ping())\n")
+    out = compose("exec", "-T", "worker", "python", "-c", probe).stdout.splitlines()
+    assert out[0].startswith("refused AuthenticationError"), out
+    assert out[1] == "url True", out
+    # the password is on no command line: redis-server reads it from the secret file
+    container = compose.container("redis")
+    args = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .Args}}", container], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert args[:1] == ["/run/secrets/redis.conf"] and password not in " ".join(args)
+
+
+def test_secured_workers_profile_runs_through_the_worker(secured: Secured) -> None:
+    from trainer.sampler.remote import SamplerClient
+
+    compose, table, timings = secured.compose, secured.table, secured.timings
+    ports = {name: compose.port(name, table.get(name).port) for name in PUBLISHED}
+    tls = secured.tls()
+    credentials = tls.credentials()
+    for name, port in ports.items():
+        assert health(port, credentials) == "SERVING", name
+        assert health(port).startswith("UNREACHABLE"), name           # no plaintext
+
+    # the worker connected to redis with the password of its token file, which its log masks
+    password = _env_file(secured.secrets / "backing" / "redis.env")["REDISCLI_AUTH"]
+    worker_log = compose("logs", "--no-color", "worker").stdout
+    assert "Connected to redis://:**@redis:6379/0" in worker_log and " ready." in worker_log, worker_log[-2000:]
+    assert password not in worker_log
+    status = [json.loads(line) for line in compose("ps", "--format", "json", "worker").stdout.splitlines() if line]
+    assert [s["Health"] for s in status] == ["healthy"]
+
+    # a remote-sampler run on the worker; the config names no broker: the trainer's token file has it
+    compose("exec", "-T", "trainer", "python", "-m", "envs.text_to_sql", "--no-schema", "--out", DATA)
+    config = workers_run_config(table)
+    rl = config["stages"][1]
+    del rl["rollout"]["workers"]["broker_url"]
+    config_yaml = yaml.safe_dump(config)
+    assert password not in config_yaml
+    groups = rl["steps"] * rl["rollout"]["prompts_per_step"]
+    total = config["stages"][0]["steps"] + rl["steps"]
+    channel = grpc.secure_channel(f"127.0.0.1:{ports['trainer']}", credentials)
+    stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetRun(trainer_pb2.GetRunRequest(run_id="w"), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    auth = (("authorization", f"Bearer {secured.token('trainer')}"),)
+    tic = time.monotonic()
+    started = stub.StartRun(trainer_pb2.StartRunRequest(config_yaml=config_yaml, run_id="w"), timeout=60,
+                            metadata=auth)
+    assert started.run.total_steps == total
+    events = list(stub.StreamMetrics(trainer_pb2.StreamMetricsRequest(run_id="w"), timeout=1200, metadata=auth))
+    timings["run_s"] = time.monotonic() - tic
+    run = stub.GetRun(trainer_pb2.GetRunRequest(run_id="w"), timeout=30, metadata=auth).run
+    assert run.state == trainer_pb2.RUN_STATE_SUCCEEDED, [(e.stage, e.step, e.state) for e in events[-3:]]
+    metrics = dict(run.latest_metrics)
+    assert metrics["workers/submitted"] == metrics["workers/ok"] == groups, metrics
+    assert metrics["workers/failed"] == metrics["workers/timed_out"] == metrics["workers/stale"] == 0
+    assert compose("logs", "--no-color", "worker").stdout.count("rlyard.rollout_group[") >= groups
+    channel.close()
+
+    latest = json.loads(compose("exec", "-T", "sampler", "cat", f"{MODELS}/weights/LATEST").stdout)
+
+    async def info() -> object:
+        async with SamplerClient(f"127.0.0.1:{ports['sampler']}", tls=tls,
+                                 auth_token=secured.token("sampler")) as client:
+            return await client.info(timeout=30)
+
+    served = asyncio.run(info())
+    assert latest["version"] >= 1 and served.weight_version == latest["version"]   # type: ignore[attr-defined]
+
+    tic = time.monotonic()
+    compose("stop", "--timeout", "70")
+    timings["stop_s"] = time.monotonic() - tic
+    for name in SERVICES:
+        assert exit_code(compose("ps", "-a", "-q", name).stdout.strip()) == "0", name
+    print("compose secured e2e timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
