@@ -401,6 +401,15 @@ def compose_secrets(table: ServiceTable) -> dict[str, Any]:
             | {_compose_secret(name): {"file": f"./{table.tls.dir}/{BACKING_DIR}/{name}"} for name in stores})
 
 
+def secret_readers(table: ServiceTable) -> dict[str, int]:
+    """The private files of ``rlyard certs --out <dir>`` that the containers read (relative to
+    ``<dir>``), with the user id that reads each: Compose bind-mounts file secrets with their host
+    owner and mode (0600), so each must be given to that user (``chown``) before ``up``. The rlyard
+    images read the server's and the client's keys; each store with a password its secret file."""
+    readers = {f"tls/{name}": RUN_AS for name in TLS_FILES if name.endswith("-key.pem")}
+    return readers | {f"{BACKING_DIR}/{store_secret_file(b)}": b.run_as for b in table.backing if b.has_password}
+
+
 def volume_name(store: BackingService) -> str:
     """The persistent volume of a backing store."""
     return f"{store.name}-data"

@@ -198,6 +198,7 @@ def _cmd_deploy(ns: argparse.Namespace) -> int:
 
 def _cmd_certs(ns: argparse.Namespace) -> int:
     from rlyard_app.certs import write_certs
+    from rlyard_app.deploy import secret_readers
 
     table = load_table(ns.table)
     out = Path(ns.out)
@@ -211,6 +212,12 @@ def _cmd_certs(ns: argparse.Namespace) -> int:
                   f"Kubernetes:    kubectl apply -f {out / 'k8s-secrets.yaml'}\n"
                   "Compose and Kubernetes use them once the table's tls.enabled is true "
                   "(`rlyard deploy render`); see docs/deployment.md")
+    # Compose bind-mounts file secrets as they are: the containers' users cannot read a 0600 file of root's
+    by_user: dict[int, list[str]] = {}
+    for name, uid in secret_readers(table).items():
+        by_user.setdefault(uid, []).append(str(out / name))
+    console.print("Compose:       " + "; ".join(f"chown {uid} {' '.join(paths)}" for uid, paths in by_user.items())
+                  + "  (or chmod 0644 them)", soft_wrap=True)
     return 0
 
 

@@ -770,6 +770,31 @@ def test_tls_keeps_the_stores_passwords_out_of_the_rendered_files(tls_tree: tupl
         assert refs[-1] == f"{name}-tokens"
 
 
+def test_secret_readers_are_the_users_of_the_private_files_compose_mounts(tls_tree: tuple[ServiceTable, Path]) -> None:
+    """Compose bind-mounts file secrets with their host owner and mode: every 0600 file of `rlyard
+    certs` that a service mounts is in ``secret_readers`` (what `rlyard certs` tells to chown), with
+    the user that service runs as (a store's ``user``, else the images' 10001); none is left over."""
+    table, root = tls_tree
+    rendered = yaml.safe_load((root / "docker-compose.yml").read_text())
+    files = {name: (root / s["file"]).resolve() for name, s in rendered["secrets"].items()}
+    secrets_dir = (root / table.tls.dir).resolve()
+    readers = deploy.secret_readers(table)
+    mounted: set[str] = set()
+    for name, service in rendered["services"].items():
+        uid = int(str(service.get("user", deploy.RUN_AS)).split(":")[0])
+        for secret in service.get("secrets", []):
+            path = files[secret["source"]]
+            relative = path.relative_to(secrets_dir).as_posix()
+            if path.stat().st_mode & 0o077 == 0:           # private: only its owner reads it
+                assert readers.get(relative) == uid, (name, relative)
+                mounted.add(relative)
+            else:
+                assert relative not in readers, (name, relative)
+    assert mounted == set(readers)
+    assert readers == {"tls/server-key.pem": 10001, "tls/client-key.pem": 10001,
+                       "backing/postgres-password": 70, "backing/redis.conf": 999}
+
+
 def test_tls_redis_refuses_a_client_without_the_password_and_takes_the_workers_url(
         tls_tree: tuple[ServiceTable, Path], tmp_path: Path) -> None:
     """A real redis-server run with the rendered command and the secret config file of `rlyard certs`:

@@ -13,8 +13,8 @@ trainer's token file, none in the run config) goes through the worker as
 tests/e2e/test_compose_workers.py checks in plaintext, and Compose stops every container cleanly.
 
 The file secrets are bind mounts of the host files as `rlyard certs` wrote them (0600, owned by
-whoever ran it): here (root) they are given to the containers' users as docs/deployment.md says
-(redis.conf to 999, the key files to 10001); as written, redis-server exits `can't open config
+whoever ran it): here they are given to the containers' users as `rlyard certs` says
+(`deploy.secret_readers`: redis.conf to 999, the key files to 10001); as written, redis-server exits `can't open config
 file '/run/secrets/redis.conf': Permission denied`. PostgreSQL (`POSTGRES_PASSWORD_FILE`, profile
 default) is not run: its public image (postgres:15-alpine) cannot be pulled here and there is no
 offline build of it.
@@ -58,7 +58,6 @@ pytestmark = pytest.mark.slow  # minutes: image builds (cached: seconds), start-
 
 SERVICES = ["redis", "sql-tools", "reward", "sampler", "worker", "trainer"]
 PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
-CONTAINER_USER = 10001     # the rlyard images' user (Dockerfile)
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -106,10 +105,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
                            capture_output=True, text=True, timeout=120)
     assert certs.returncode == 0, certs.stdout + certs.stderr
     # bind-mounted file secrets keep the host's owner and mode (0600): give them to their readers
+    for name, uid in deploy.secret_readers(table).items():
+        _give(secrets / name, uid)
     [redis] = [b for b in table.backing if b.name == "redis"]
-    _give(secrets / "backing" / "redis.conf", redis.run_as)
-    for key in ("server-key.pem", "client-key.pem"):
-        _give(secrets / "tls" / key, CONTAINER_USER)
     override = tmp_path_factory.mktemp("compose") / "override.yml"
     override.write_text(publish_override(table, PUBLISHED))
     env = dict(os.environ, **{redis.image_variable: redis.offline_image})
