@@ -15,9 +15,10 @@ tests/e2e/test_compose_workers.py checks in plaintext, and Compose stops every c
 The file secrets are bind mounts of the host files as `rlyard certs` wrote them (0600, owned by
 whoever ran it): here they are given to the containers' users as `rlyard certs` says
 (`deploy.secret_readers`: redis.conf to 999, the key files to 10001); as written, redis-server exits `can't open config
-file '/run/secrets/redis.conf': Permission denied`. PostgreSQL (`POSTGRES_PASSWORD_FILE`, profile
-default) is not run: its public image (postgres:15-alpine) cannot be pulled here and there is no
-offline build of it.
+file '/run/secrets/redis.conf': Permission denied`. The last test brings up the profile `memory`
+(postgres with `POSTGRES_PASSWORD_FILE`, the memory service) when a postgres image with the official
+entrypoint is here (the table's postgres:15-alpine, or RLYARD_POSTGRES_IMAGE's); none can be
+pulled on this machine, so it is skipped unless one is given.
 """
 
 from __future__ import annotations
@@ -90,12 +91,12 @@ class Secured:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServiceTable, Path]:
+    """The table with tls on rendered into a fresh folder, `rlyard certs` beside it, its private
+    files given to their readers; (table, folder)."""
     problem = docker_problem(needs_base_image=True)
     if problem:
         pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = compose_bin()
-    assert binary is not None
     plain = load_table(DEFAULT_TABLE)
     table = replace(plain, tls=replace(plain.tls, enabled=True))
     root = tmp_path_factory.mktemp("secured")
@@ -107,6 +108,15 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     # bind-mounted file secrets keep the host's owner and mode (0600): give them to their readers
     for name, uid in deploy.secret_readers(table).items():
         _give(secrets / name, uid)
+    return table, root
+
+
+@pytest.fixture(scope="module")
+def secured(tree: tuple[ServiceTable, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    binary = compose_bin()
+    assert binary is not None
+    table, root = tree
+    secrets = root / table.tls.dir
     [redis] = [b for b in table.backing if b.name == "redis"]
     override = tmp_path_factory.mktemp("compose") / "override.yml"
     override.write_text(publish_override(table, PUBLISHED))
@@ -224,3 +234,56 @@ def test_secured_workers_profile_runs_through_the_worker(secured: Secured) -> No
     for name in SERVICES:
         assert exit_code(compose("ps", "-a", "-q", name).stdout.strip()) == "0", name
     print("compose secured e2e timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+
+
+def test_secured_memory_reads_the_postgres_password_from_its_secret(
+        tree: tuple[ServiceTable, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`--profile memory up` with tls on: postgres creates its database with the password of
+    `POSTGRES_PASSWORD_FILE` (the secret of `rlyard certs`), the memory service reaches SERVING with
+    the URL of its token file; the table's (tls off) password is refused. Needs a postgres image with
+    the official entrypoint: the table's (postgres:15-alpine) or RLYARD_POSTGRES_IMAGE's."""
+    table, root = tree
+    [postgres] = [b for b in table.backing if b.name == "postgres"]
+    image = os.environ.get(postgres.image_variable) or postgres.image
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        pytest.skip(f"no postgres image {image} here (no registry; set {postgres.image_variable} to one with the "
+                    "official docker-entrypoint.sh)")
+    binary = compose_bin()
+    assert binary is not None
+    spec = table.get("memory")
+    override = tmp_path_factory.mktemp("compose") / "override.yml"
+    override.write_text(publish_override(table, ["memory"]))
+    compose = Compose(binary, override, f"rlyard-secured-memory-{os.getpid()}", ["memory"],
+                      dict(os.environ, **{postgres.image_variable: image}), file=root / "docker-compose.yml")
+    timings = {"build_s": build_images(spec.image)}
+    secrets = root / table.tls.dir
+    password = (secrets / "backing" / "postgres-password").read_text()
+    try:
+        tic = time.monotonic()
+        compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", "postgres", "memory", timeout=400)
+        timings["up_s"] = time.monotonic() - tic
+        tls = Secured(compose, table, secrets, timings).tls()
+        assert health(compose.port("memory", spec.port), tls.credentials()) == "SERVING"
+        log = compose("logs", "--no-color", "memory").stdout
+        assert "postgresql+psycopg://rlyard:***@postgres:5432/memory" in log and password not in log, log[-2000:]
+        inspect = ["docker", "inspect", "-f", "{{json .Config.Env}}", compose.container("postgres")]
+        env = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password" in env
+        assert not [e for e in env if e.startswith("POSTGRES_PASSWORD=")]
+        table_url = f"postgresql://rlyard:{postgres.env['POSTGRES_PASSWORD']}@postgres:5432/memory"
+        probe = ("import os, psycopg\n"
+                 "for url in (os.environ['RLYARD_MEMORY_DB_URL'].replace('+psycopg', ''), os.environ['TABLE_URL']):\n"
+                 "    try:\n        psycopg.connect(url).close(); print('ok')\n"
+                 "    except psycopg.OperationalError as exc: print('refused', str(exc).strip().splitlines()[-1])\n")
+        out = compose("exec", "-T", "-e", f"TABLE_URL={table_url}", "memory", "python", "-c", probe).stdout.splitlines()
+        assert out[0] == "ok" and out[1].startswith("refused") and "password authentication failed" in out[1], out
+        tic = time.monotonic()
+        compose("stop", "--timeout", "30")
+        timings["stop_s"] = time.monotonic() - tic
+        for name in ("postgres", "memory"):
+            assert exit_code(compose("ps", "-a", "-q", name).stdout.strip()) == "0", name
+        print("compose secured memory e2e timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    finally:
+        logs = compose("logs", "--no-color", check=False).stdout
+        (tmp_path_factory.getbasetemp() / "compose-secured-memory.log").write_text(logs)
+        compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
