@@ -443,6 +443,10 @@ def test_rlyard_certs_command_lists_what_it_wrote_and_refuses_to_overwrite(
     assert len(written) == 8 + len(table.services) + len(table.workers) + 3
     assert "postgres-password" in printed and "redis.conf" in printed
     assert f"wrote {len(written)} files" in printed and "client.env" in printed and "k8s-secrets.yaml" in printed
+    # what Compose's bind-mounted secrets need: each private file given to the user that reads it
+    assert f"chown 10001 {out / 'tls' / 'server-key.pem'} {out / 'tls' / 'client-key.pem'}" in printed
+    assert f"chown 70 {out / 'backing' / 'postgres-password'}" in printed
+    assert f"chown 999 {out / 'backing' / 'redis.conf'}" in printed
     assert (out / "tls" / "server.pem").is_file()
     assert main(["--table", str(DEFAULT_TABLE), "certs", "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
