@@ -18,20 +18,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 from compose_support import Compose, build_images, compose_bin, docker_problem, exit_code, publish_override
-from image_support import pattern, pixels, png, tool_calls
+from image_support import crop_and_revisit, tool_calls
 
-from rlyard.client import ToolClient
-from rlyard.domain import ImagePart, TextPart
 from rlyard_app.launcher import check_health
 from rlyard_app.services import DEFAULT_TABLE, load_table
 
 pytestmark = pytest.mark.slow  # a minute: the image build (cached: seconds), start-up, a few calls
 
 SERVICE = "image-tools"
-IMAGE_TOOLS = {"crop", "zoom", "rotate", "flip", "enhance", "revisit", "confirm"}
 
 
 @pytest.fixture(scope="module")
@@ -82,26 +78,8 @@ def test_vision_profile_serves_the_image_tools_under_compose(stack: tuple[Compos
     assert check_health(target, service="rlyard.tools.v1.ToolService") == "SERVING"
     [status] = [json.loads(line) for line in compose("ps", "--format", "json", SERVICE).stdout.splitlines() if line]
     assert status["Health"] == "healthy"
-    photo = pattern(320, 240)
-
-    async def session() -> None:
-        async with ToolClient(target) as client:
-            assert {t.name for t in await client.list_tools(timeout=10)} == IMAGE_TOOLS
-            sid = await client.open_session({}, attachments=[png(photo, "photo")], timeout=10)
-            crop = await client.call_tool("crop", {"image_id": "photo", "box": [40, 30, 200, 130]},
-                                          session_id=sid, timeout=10)
-            assert not crop.is_error, crop.content
-            text, image = crop.content
-            assert isinstance(text, TextPart) and "crop-1" in text.text
-            assert isinstance(image, ImagePart) and (image.width, image.height) == (160, 100)
-            assert np.array_equal(pixels(image), photo[30:130, 40:200])      # the region, pixel for pixel
-            back = await client.call_tool("revisit", {"image_id": "crop-1", "box": [10, 10, 20, 30]},
-                                          session_id=sid, timeout=10)
-            assert not back.is_error and back.structured["source_image_id"] == "photo", back.content
-            assert await client.close_session(sid, timeout=10)
-
     tic = time.monotonic()
-    asyncio.run(session())
+    asyncio.run(crop_and_revisit(target))
     timings["calls_s"] = time.monotonic() - tic
     calls = tool_calls(metrics_port)      # the container's /metrics, on its published port
     assert calls[("crop", "ok")] == 1 and calls[("revisit", "ok")] == 1, calls

@@ -20,16 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from image_support import pattern, pixels, png, tool_calls
+from image_support import IMAGE_TOOLS, crop_and_revisit, pattern, pixels, png, tool_calls
 from launcher_support import ROOT, alive, rlyard_up, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from rlyard.client import ToolClient
-from rlyard.domain import ImagePart, TextPart
 from rlyard_app.launcher import check_health
 from rlyard_app.services import load_table
-
-IMAGE_TOOLS = {"crop", "zoom", "rotate", "flip", "enhance", "revisit", "confirm"}
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +50,7 @@ def test_up_vision_serves_the_image_tools_over_grpc(vision: tuple[Any, dict[str,
     target = str(service["target"])
     assert target.startswith("127.0.0.1:") and alive(int(service["pid"]))
     assert check_health(target, service="rlyard.tools.v1.ToolService") == "SERVING"
-    photo = pattern(320, 240)
-
-    async def session() -> None:
-        async with ToolClient(target) as client:
-            assert {t.name for t in await client.list_tools(timeout=10)} == IMAGE_TOOLS
-            sid = await client.open_session({}, attachments=[png(photo, "photo")], timeout=10)
-            crop = await client.call_tool("crop", {"image_id": "photo", "box": [40, 30, 200, 130]},
-                                          session_id=sid, timeout=10)
-            assert not crop.is_error, crop.content
-            text, image = crop.content
-            assert isinstance(text, TextPart) and "crop-1" in text.text
-            assert isinstance(image, ImagePart) and (image.width, image.height) == (160, 100)
-            assert np.array_equal(pixels(image), photo[30:130, 40:200])      # the region, pixel for pixel
-            assert crop.structured["image_id"] == "crop-1" and crop.structured["box"] == [40, 30, 200, 130]
-            # the crop lives in this session on the server: revisit follows it back to the photo
-            back = await client.call_tool("revisit", {"image_id": "crop-1", "box": [10, 10, 20, 30]},
-                                          session_id=sid, timeout=10)
-            assert not back.is_error, back.content
-            assert back.structured["source_image_id"] == "photo" and back.structured["source_box"] == [50, 40, 60, 60]
-            assert np.array_equal(pixels(back.content[1]), photo[40:60, 50:60])   # type: ignore[arg-type]
-            wrong = await client.call_tool("crop", {"image_id": "nope", "box": [0, 0, 1, 1]}, session_id=sid,
-                                           timeout=10)
-            assert wrong.is_error and "crop-1, photo" in wrong.content[0].text   # type: ignore[union-attr]
-            assert await client.close_session(sid, timeout=10)
-
-    asyncio.run(session())
+    asyncio.run(crop_and_revisit(target))
     calls = tool_calls(int(service["metrics_port"]))
     assert calls[("crop", "ok")] >= 1 and calls[("revisit", "ok")] >= 1
 
