@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -61,6 +62,18 @@ class Compose:
             self.base += ["--profile", profile]
         self.env = env
 
+
+    @classmethod
+    def publishing(cls, table: ServiceTable, names: Iterable[str], folder: Path, project: str,
+                   profiles: Iterable[str], env: dict[str, str] | None = None,
+                   file: Path = ROOT / "docker-compose.yml") -> Compose:
+        """A project of its own (``project``-pid) whose ``names`` are published on free loopback
+        ports (the override written into ``folder``). Call ``require_docker`` first."""
+        binary = compose_bin()
+        assert binary is not None, "no Compose binary"
+        override = folder / "override.yml"
+        override.write_text(publish_override(table, names))
+        return cls(binary, override, f"{project}-{os.getpid()}", profiles, env, file)
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([*self.base, *args], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
@@ -74,6 +87,13 @@ class Compose:
 
     def container(self, service: str) -> str:
         return self("ps", "-q", service).stdout.strip()
+
+
+def require_docker(*, needs_base_image: bool = False) -> None:
+    """Skip the test, with the reason, when docker cannot run the Compose e2e here."""
+    problem = docker_problem(needs_base_image=needs_base_image)
+    if problem:
+        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
 
 
 def publish_override(table: ServiceTable, names: Iterable[str]) -> str:

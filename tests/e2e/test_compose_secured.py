@@ -42,11 +42,9 @@ from compose_support import (
     ROOT,
     Compose,
     build_images,
-    compose_bin,
-    docker_problem,
     exit_code,
     health,
-    publish_override,
+    require_docker,
     workers_run_config,
 )
 
@@ -94,9 +92,7 @@ class Secured:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServiceTable, Path]:
     """The table with tls on rendered into a fresh folder, `rlyard certs` beside it, its private
     files given to their readers; (table, folder)."""
-    problem = docker_problem(needs_base_image=True)
-    if problem:
-        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
+    require_docker(needs_base_image=True)
     plain = load_table(DEFAULT_TABLE)
     table = replace(plain, tls=replace(plain.tls, enabled=True))
     root = tmp_path_factory.mktemp("secured")
@@ -113,16 +109,12 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServiceTable, Path]:
 
 @pytest.fixture(scope="module")
 def secured(tree: tuple[ServiceTable, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    binary = compose_bin()
-    assert binary is not None
     table, root = tree
     secrets = root / table.tls.dir
     [redis] = [b for b in table.backing if b.name == "redis"]
-    override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(publish_override(table, PUBLISHED))
     env = dict(os.environ, **{redis.image_variable: redis.offline_image})
-    compose = Compose(binary, override, f"rlyard-secured-{os.getpid()}", ["workers"], env,
-                      file=root / "docker-compose.yml")
+    compose = Compose.publishing(table, PUBLISHED, tmp_path_factory.mktemp("compose"), "rlyard-secured", ["workers"],
+                                 env, file=root / "docker-compose.yml")
     images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]
     timings = {"build_s": build_images(*images)}
     try:
@@ -248,13 +240,10 @@ def test_secured_memory_reads_the_postgres_password_from_its_secret(
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
         pytest.skip(f"no postgres image {image} here (no registry; set {postgres.image_variable} to one with the "
                     "official docker-entrypoint.sh)")
-    binary = compose_bin()
-    assert binary is not None
     spec = table.get("memory")
-    override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(publish_override(table, ["memory"]))
-    compose = Compose(binary, override, f"rlyard-secured-memory-{os.getpid()}", ["memory"],
-                      dict(os.environ, **{postgres.image_variable: image}), file=root / "docker-compose.yml")
+    compose = Compose.publishing(table, ["memory"], tmp_path_factory.mktemp("compose"), "rlyard-secured-memory",
+                                 ["memory"], dict(os.environ, **{postgres.image_variable: image}),
+                                 file=root / "docker-compose.yml")
     timings = {"build_s": build_images(spec.image)}
     secrets = root / table.tls.dir
     password = (secrets / "backing" / "postgres-password").read_text()

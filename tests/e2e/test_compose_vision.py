@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from compose_support import Compose, build_images, compose_bin, docker_problem, exit_code, publish_override
+from compose_support import Compose, build_images, exit_code, require_docker
 from image_support import crop_and_revisit, tool_calls
 
 from rlyard_app.launcher import check_health
@@ -32,15 +31,9 @@ SERVICE = "image-tools"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
-    problem = docker_problem(needs_base_image=True)
-    if problem:
-        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = compose_bin()
-    assert binary is not None
+    require_docker(needs_base_image=True)
     table = load_table(DEFAULT_TABLE)
-    override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(publish_override(table, [SERVICE]))
-    compose = Compose(binary, override, f"rlyard-vision-{os.getpid()}", ["vision"])
+    compose = Compose.publishing(table, [SERVICE], tmp_path_factory.mktemp("compose"), "rlyard-vision", ["vision"])
     timings = {"build_s": build_images(table.get(SERVICE).image)}
     try:
         tic = time.monotonic()

@@ -32,11 +32,9 @@ from compose_support import (
     MODELS,
     Compose,
     build_images,
-    compose_bin,
-    docker_problem,
     exit_code,
     health,
-    publish_override,
+    require_docker,
     workers_run_config,
 )
 
@@ -51,17 +49,12 @@ PUBLISHED = ["sql-tools", "reward", "sampler", "trainer"]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
-    problem = docker_problem(needs_base_image=True)
-    if problem:
-        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = compose_bin()
-    assert binary is not None
+    require_docker(needs_base_image=True)
     table = load_table(DEFAULT_TABLE)
     [redis] = [b for b in table.backing if b.name == "redis"]
-    override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(publish_override(table, PUBLISHED))
     env = dict(os.environ, **{redis.image_variable: redis.offline_image})
-    compose = Compose(binary, override, f"rlyard-workers-{os.getpid()}", ["workers"], env)
+    compose = Compose.publishing(table, PUBLISHED, tmp_path_factory.mktemp("compose"), "rlyard-workers", ["workers"],
+                                 env)
     timings: dict[str, float] = {}
     images = [*sorted({table.get(s).image for s in SERVICES if s not in ("redis", "worker")}), "redis"]
     timings["build_s"] = build_images(*images)

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from compose_support import ROOT, Compose, compose_bin, docker_problem, publish_override
+from compose_support import ROOT, Compose, require_docker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlyard.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -81,15 +81,9 @@ def _config() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Compose, dict[str, float]]]:
-    problem = docker_problem()
-    if problem:
-        pytest.skip(f"docker compose e2e needs a working docker: {problem}")
-    binary = compose_bin()
-    assert binary is not None
+    require_docker()
     table = load_table(DEFAULT_TABLE)
-    override = tmp_path_factory.mktemp("compose") / "override.yml"
-    override.write_text(publish_override(table, SERVICES))
-    compose = Compose(binary, override, f"rlyard-e2e-{os.getpid()}", ["sql", "train"])
+    compose = Compose.publishing(table, SERVICES, tmp_path_factory.mktemp("compose"), "rlyard-e2e", ["sql", "train"])
     timings: dict[str, float] = {}
     tic = time.monotonic()
     images = sorted({table.get(s).image for s in SERVICES})
