@@ -156,8 +156,8 @@ def onnx_threads(wanted: int = 0) -> int:
 class OnnxEncoder:
     """The exported model in ONNX Runtime, with the model folder's fast tokenizer (truncation at the
     model's ``max_seq_length``, padding to the longest text of a batch). With several intra-op threads
-    they sleep between queries instead of spinning (a spinning pool took a core from the server's other
-    threads and doubled the p50 under load)."""
+    they sleep between queries instead of spinning (a spinning pool takes a core from the server's
+    other threads under load; bench/README.md, ``search.py``)."""
 
     kind = "onnx"
 

@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import os
 import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -298,10 +297,13 @@ def _worker_rollouts(stage: StageConfig) -> WorkerRollouts:
     from trainer.workers.source import WorkerRollouts
 
     cfg = stage.rollout.workers
-    # a config without broker_url: the deployment's (the trainer's environment; with tls on its
-    # token file gives the secured Redis's URL, password included), else the local default
-    broker_url = cfg.broker_url or os.environ.get("RLYARD_WORKERS_BROKER_URL") or WorkerSettings.broker_url
-    return WorkerRollouts(WorkerSettings(broker_url=broker_url), max_staleness=cfg.max_staleness,
+    # the workers' own settings (RLYARD_WORKERS_*: with tls on the token file gives the secured
+    # Redis's URL, password included), so trainer and workers agree on broker, queue and backend;
+    # a run config's broker_url wins
+    settings = WorkerSettings.from_env("RLYARD_WORKERS")
+    if cfg.broker_url:
+        settings = settings.replaced({"broker_url": cfg.broker_url}, "rollout.workers.broker_url")
+    return WorkerRollouts(settings, max_staleness=cfg.max_staleness,
                           group_timeout_s=cfg.group_timeout_s)
 
 

@@ -334,9 +334,10 @@ class WorkersConfig:
     round of the next ``prefetch_steps`` steps is drawn and submitted before the current step trains
     (``trainer.dynamic.prefetch``), so the workers roll out while the update runs; a group so prefetched is
     up to ``prefetch_steps`` versions behind when its step takes it, hence ``prefetch_steps <=
-    max_staleness``. Without ``broker_url`` the trainer takes its deployment's,
-    RLYARD_WORKERS_BROKER_URL of its environment (with tls on, the secured Redis's URL with its
-    password: a run config then carries no password), else ``redis://127.0.0.1:6379/0``."""
+    max_staleness``. The rest of the workers' settings (result backend, queue) are the trainer's
+    RLYARD_WORKERS_* variables, as the workers read them; without ``broker_url`` the broker is
+    RLYARD_WORKERS_BROKER_URL too (with tls on, the secured Redis's URL with its password: a run
+    config then carries no password), else ``redis://127.0.0.1:6379/0``."""
 
     enabled: bool = False
     broker_url: str = ""

@@ -160,8 +160,9 @@ def test_configs_the_workers_cannot_serve_are_refused(tiny_model_dir: Path, rl_t
 def test_a_config_without_broker_url_takes_the_deployments_secured_broker(
         tiny_model_dir: Path, rl_tasks: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run config naming no broker_url (it then carries no password) reaches the trainer's
-    RLYARD_WORKERS_BROKER_URL: with tls on, the secured Redis's URL with the password of `rlyard
-    certs` from its token file (docs/deployment.md); here a real redis-server that requires one."""
+    RLYARD_WORKERS_BROKER_URL (and the rest of RLYARD_WORKERS_*, as the workers read them): with tls
+    on, the secured Redis's URL with the password of `rlyard certs` from its token file
+    (docs/deployment.md); here a real redis-server that requires one."""
     from trainer.compose import _worker_rollouts
     from trainer.workers.source import WorkersUnavailable
 
@@ -176,9 +177,16 @@ def test_a_config_without_broker_url_takes_the_deployments_secured_broker(
     with pytest.raises(WorkersUnavailable, match="authenticated"):
         _worker_rollouts(stage)
     monkeypatch.setenv("RLYARD_WORKERS_BROKER_URL", redis_url.replace("redis://", "redis://:s3cret@"))
+    monkeypatch.setenv("RLYARD_WORKERS_QUEUE", "rlyard.secured")           # the workers' other settings too
     rollouts = _worker_rollouts(stage)
     assert rollouts.settings.broker_url == f"redis://:s3cret@127.0.0.1:{port}/0"
+    assert rollouts.settings.queue == "rlyard.secured"
     rollouts.close()
+    # a run config's broker_url wins over the environment's (here: the URL without the password)
+    cfg = rl_config(tiny_model_dir, rl_tasks, "http://127.0.0.1:1/v1", remote,
+                    {"enabled": True, "broker_url": redis_url})
+    with pytest.raises(WorkersUnavailable, match="authenticated"):
+        _worker_rollouts(cfg.stages[0])
 
 @pytest.mark.slow   # a trainer process started, SIGKILLed and resumed: about a minute
 def test_a_sigkilled_pipelined_trainer_resumes_and_redoes_the_groups_in_flight(
